@@ -1,0 +1,325 @@
+//! The `pai` commands: each builds the embedded application from the configuration and calls
+//! the same use cases the HTTP API and the Lambdas call.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow, bail};
+use include_dir::{Dir, include_dir};
+use shared::config::Settings;
+use shared::embedded::{LocalApp, ingest_bytes, wait_for_jobs};
+use shared::http::{ApiState, router};
+use shared::pipeline::chat::{ChatFilters, ChatRequest, ask as chat};
+use tokio::sync::watch;
+
+use crate::output;
+
+/// The bundled sample corpus and its taxonomy (compiled in, so `pai demo` runs anywhere).
+static SAMPLES: Dir = include_dir!("$CARGO_MANIFEST_DIR/samples");
+
+/// The demo's two questions: one in English, one in German.
+pub const DEMO_QUESTIONS: [&str; 2] = [
+    "How much did I pay the plumber in 2025?",
+    "Wie hoch ist die monatliche Kaltmiete laut Mietvertrag?",
+];
+
+fn settings_from_env() -> Result<Settings> {
+    Settings::from_env().map_err(|e| anyhow!("configuration error: {e}"))
+}
+
+fn init_logging(default_level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn install_metrics() -> Result<metrics_exporter_prometheus::PrometheusHandle> {
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    shared::metrics::describe();
+    Ok(handle)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+pub async fn serve() -> Result<()> {
+    let settings = settings_from_env()?;
+    settings
+        .check_serve()
+        .map_err(|e| anyhow!("configuration error: {e}"))?;
+    init_logging("info");
+    let metrics = install_metrics()?;
+    let addr: SocketAddr = format!("{}:{}", settings.bind, settings.port)
+        .parse()
+        .context("BIND/PORT")?;
+    let public_url = settings.public_url.clone();
+    let app = LocalApp::build(settings)?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    let (stop, stopped) = watch::channel(false);
+    let workers = app.start_workers(stopped);
+    let state = ApiState::new(
+        app.svc.clone(),
+        public_url.unwrap_or_else(|| format!("http://{local}")),
+        Some(Arc::new(move || metrics.render())),
+    );
+    println!(
+        "pai listening on http://{local} (data in {}, model {}, embeddings {})",
+        app.svc.settings.data_dir.display(),
+        app.svc.model.name(),
+        app.svc.embedder.space()
+    );
+    let _ = std::io::stdout().flush();
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving")?;
+    let _ = stop.send(true);
+    for w in workers {
+        let _ = w.await;
+    }
+    Ok(())
+}
+
+/// Files to ingest under the given paths (folders recursively), in a stable order.
+fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        let meta = std::fs::metadata(p).with_context(|| format!("cannot read {}", p.display()))?;
+        if meta.is_dir() {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(p)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .collect();
+            entries.sort();
+            out.extend(collect_files(&entries)?.into_iter().filter(|f| {
+                matches!(
+                    f.extension().and_then(|e| e.to_str()),
+                    Some("txt" | "md" | "markdown" | "pdf")
+                )
+            }));
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Runs the pipeline on `files` (name, bytes) with the workers, showing progress.
+async fn run_pipeline(
+    app: &LocalApp,
+    files: Vec<(String, Vec<u8>)>,
+) -> Result<Vec<shared::domain::Job>> {
+    let (stop, stopped) = watch::channel(false);
+    let workers = app.start_workers(stopped);
+    let total = files.len();
+    let mut ids = Vec::with_capacity(total);
+    for (name, bytes) in files {
+        match ingest_bytes(&app.svc, &name, &bytes).await {
+            Ok(job) => ids.push(job.id),
+            Err(e) => eprintln!("  skipped {name}: {e}"),
+        }
+    }
+    let jobs = wait_for_jobs(&app.svc, &ids, |done, total| {
+        eprint!("\r  processed {done}/{total} documents");
+        let _ = std::io::stderr().flush();
+    })
+    .await?;
+    eprintln!();
+    let _ = stop.send(true);
+    for w in workers {
+        let _ = w.await;
+    }
+    Ok(jobs)
+}
+
+pub async fn demo(data_dir: Option<PathBuf>) -> Result<()> {
+    init_logging("warn");
+    let temporary = data_dir.is_none();
+    let dir = data_dir
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("pai-demo-{}", std::process::id())));
+    let vars: HashMap<String, String> = [
+        ("DATA_DIR", dir.display().to_string()),
+        ("LLM_PROVIDER", "lexical".into()),
+        ("WORKERS", "4".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let settings = Settings::from_map(&vars).map_err(|e| anyhow!("{e}"))?;
+    std::fs::create_dir_all(&dir)?;
+    let taxonomy = SAMPLES
+        .get_file("taxonomy.json")
+        .ok_or_else(|| anyhow!("the build has no sample taxonomy"))?;
+    std::fs::write(dir.join("taxonomy.json"), taxonomy.contents())?;
+    let app = LocalApp::build(settings)?;
+    let docs = SAMPLES
+        .get_dir("documents")
+        .ok_or_else(|| anyhow!("the build has no sample documents"))?;
+    let mut files: Vec<(String, Vec<u8>)> = docs
+        .files()
+        .map(|f| {
+            (
+                f.path()
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned(),
+                f.contents().to_vec(),
+            )
+        })
+        .collect();
+    files.sort();
+    println!(
+        "pai demo: {} sample documents, provider {} (offline), data in {}\n",
+        files.len(),
+        app.svc.model.name(),
+        dir.display()
+    );
+    let started = Instant::now();
+    let jobs = run_pipeline(&app, files).await?;
+    let elapsed = started.elapsed();
+    output::print_jobs(&app.svc, &jobs).await?;
+    println!(
+        "\n{} documents chunked, embedded, indexed and tagged in {:.2} s ({:.0} documents/s)\n",
+        jobs.len(),
+        elapsed.as_secs_f64(),
+        jobs.len() as f64 / elapsed.as_secs_f64().max(1e-9)
+    );
+    for q in DEMO_QUESTIONS {
+        let reply = chat(
+            &app.svc,
+            &ChatRequest {
+                question: q.into(),
+                filters: None,
+                document_id: None,
+                session_id: None,
+            },
+        )
+        .await?;
+        output::print_answer(q, &reply);
+    }
+    if temporary {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(())
+}
+
+pub async fn ingest(paths: Vec<PathBuf>) -> Result<()> {
+    init_logging("warn");
+    let app = LocalApp::build(settings_from_env()?)?;
+    let files = collect_files(&paths)?;
+    if files.is_empty() {
+        bail!("no .txt, .md or .pdf files under the given paths");
+    }
+    let mut loaded = Vec::with_capacity(files.len());
+    for f in &files {
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        loaded.push((
+            name,
+            std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?,
+        ));
+    }
+    println!(
+        "ingesting {} files into {}",
+        loaded.len(),
+        app.svc.settings.data_dir.display()
+    );
+    let jobs = run_pipeline(&app, loaded).await?;
+    output::print_jobs(&app.svc, &jobs).await
+}
+
+#[allow(clippy::too_many_arguments)]
+pub async fn ask(
+    question: String,
+    tags: Vec<String>,
+    correspondent: Option<String>,
+    document_type: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    document: Option<String>,
+) -> Result<()> {
+    init_logging("warn");
+    let app = LocalApp::build(settings_from_env()?)?;
+    let any_filter = !tags.is_empty()
+        || correspondent.is_some()
+        || document_type.is_some()
+        || from.is_some()
+        || to.is_some();
+    let filters = any_filter.then(|| ChatFilters {
+        tags,
+        correspondent,
+        document_type,
+        created_from: from,
+        created_to: to,
+    });
+    let req = ChatRequest {
+        question: question.clone(),
+        filters,
+        document_id: document.map(serde_json::Value::String),
+        session_id: None,
+    };
+    let reply = chat(&app.svc, &req).await?;
+    output::print_answer(&question, &reply);
+    Ok(())
+}
+
+pub async fn jobs(limit: usize) -> Result<()> {
+    let app = LocalApp::build(settings_from_env()?)?;
+    let mut all = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = app.svc.state.list("job/", after.as_deref(), 500).await?;
+        let Some((last, _)) = page.last() else { break };
+        after = Some(last.clone());
+        all.extend(page);
+        if all.len() > limit * 4 {
+            all.drain(..all.len() - limit);
+        }
+    }
+    let start = all.len().saturating_sub(limit);
+    let jobs: Vec<shared::domain::Job> = all[start..]
+        .iter()
+        .filter_map(|(_, v)| serde_json::from_value(v.clone()).ok())
+        .collect();
+    if jobs.is_empty() {
+        println!("no jobs in {}", data_dir_of(&app).display());
+    }
+    output::print_job_table(&jobs);
+    Ok(())
+}
+
+fn data_dir_of(app: &LocalApp) -> &Path {
+    &app.svc.settings.data_dir
+}

@@ -1,0 +1,108 @@
+//! `pai`: paperless-ai-serverless in one process on an embedded store. `serve` runs the HTTP API
+//! and the workers; `demo` runs the real pipeline on bundled sample documents; `ingest`, `ask`
+//! and `jobs` work on the data folder directly. Configuration is the environment (and `.env`).
+
+mod commands;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "pai",
+    version,
+    about = "AI tagging and document chat for Paperless-ngx, in one process"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API (webhook, uploads, jobs, chat, metrics) and run the workers.
+    Serve,
+    /// Run the whole pipeline on the bundled sample documents, offline, and ask two questions.
+    Demo {
+        /// Keep the demo's data in this folder instead of a temporary one.
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
+    },
+    /// Ingest files or folders (text, Markdown, PDF with a text layer) into DATA_DIR.
+    Ingest {
+        #[arg(required = true)]
+        paths: Vec<std::path::PathBuf>,
+    },
+    /// Ask the archive in DATA_DIR a question; the answer cites its documents.
+    Ask {
+        question: String,
+        /// Only documents with this tag (repeatable).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        #[arg(long)]
+        correspondent: Option<String>,
+        #[arg(long)]
+        document_type: Option<String>,
+        /// Created on or after YYYY-MM-DD.
+        #[arg(long)]
+        from: Option<String>,
+        /// Created on or before YYYY-MM-DD.
+        #[arg(long)]
+        to: Option<String>,
+        /// Only this document.
+        #[arg(long)]
+        document: Option<String>,
+    },
+    /// List the most recent jobs in DATA_DIR.
+    Jobs {
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // A `.env` beside the working directory fills in what the environment does not set.
+    let _ = dotenvy::dotenv();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve => commands::serve().await,
+            Command::Demo { data_dir } => commands::demo(data_dir).await,
+            Command::Ingest { paths } => commands::ingest(paths).await,
+            Command::Ask {
+                question,
+                tags,
+                correspondent,
+                document_type,
+                from,
+                to,
+                document,
+            } => {
+                commands::ask(
+                    question,
+                    tags,
+                    correspondent,
+                    document_type,
+                    from,
+                    to,
+                    document,
+                )
+                .await
+            }
+            Command::Jobs { limit } => commands::jobs(limit).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pai: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! Cache in SQLite: bytes by key with an expiry; expired entries read as misses.
+
+use std::path::Path;
+
+use async_trait::async_trait;
+use rusqlite::{OptionalExtension, params};
+
+use super::{Db, now_unix, sql};
+use crate::ports::{Cache, StoreError};
+
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, value BLOB NOT NULL, expires_at INTEGER);";
+
+pub struct SqliteCache {
+    db: Db,
+}
+
+impl SqliteCache {
+    pub fn open(path: &Path) -> Result<SqliteCache, StoreError> {
+        Ok(SqliteCache {
+            db: Db::open(path, SCHEMA)?,
+        })
+    }
+}
+
+#[async_trait]
+impl Cache for SqliteCache {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = key.to_string();
+        self.db
+            .call(move |c| {
+                c.query_row("SELECT value FROM cache WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)", params![key, now_unix()], |r| r.get(0))
+                    .optional()
+                    .map_err(sql)
+            })
+            .await
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        value: &[u8],
+        expires_at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let (key, value) = (key.to_string(), value.to_vec());
+        self.db
+            .call(move |c| {
+                c.execute(
+                    "INSERT OR REPLACE INTO cache (key, value, expires_at) VALUES (?1, ?2, ?3)",
+                    params![key, value, expires_at],
+                )
+                .map_err(sql)?;
+                Ok(())
+            })
+            .await
+    }
+}

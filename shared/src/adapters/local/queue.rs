@@ -1,0 +1,252 @@
+//! A durable work queue in SQLite with the semantics of SQS: at-least-once delivery, a
+//! visibility timeout per receive, a receive count, and dead-lettering once a message has been
+//! received `max_receives` times without being deleted. Senders in the same process wake the
+//! consumers at once, so an idle queue costs no polling latency.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::params;
+use tokio::sync::Notify;
+
+use super::{Db, sql};
+use crate::ports::{Delivery, StoreError, WorkQueue};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS queue_messages (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue TEXT NOT NULL,
+    message_id TEXT NOT NULL UNIQUE,
+    body TEXT NOT NULL,
+    visible_at INTEGER NOT NULL,
+    receive_count INTEGER NOT NULL DEFAULT 0,
+    receipt TEXT,
+    dead INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS queue_ready ON queue_messages (queue, dead, visible_at, seq);
+";
+
+/// Milliseconds since an arbitrary epoch; injectable so tests can move time.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+pub struct SqliteQueue {
+    db: Db,
+    name: String,
+    max_receives: u32,
+    clock: Clock,
+    ready: Arc<Notify>,
+}
+
+impl SqliteQueue {
+    /// Opens the queue `name` in the database at `path`; a message received `max_receives`
+    /// times without deletion goes to the dead letters on its next receive.
+    pub fn open(path: &Path, name: &str, max_receives: u32) -> Result<SqliteQueue, StoreError> {
+        let clock: Clock = Arc::new(|| chrono::Utc::now().timestamp_millis());
+        Self::with_clock(path, name, max_receives, clock)
+    }
+
+    pub fn with_clock(
+        path: &Path,
+        name: &str,
+        max_receives: u32,
+        clock: Clock,
+    ) -> Result<SqliteQueue, StoreError> {
+        Ok(SqliteQueue {
+            db: Db::open(path, SCHEMA)?,
+            name: name.to_string(),
+            max_receives: max_receives.max(1),
+            clock,
+            ready: Arc::new(Notify::new()),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Resolves when a message may have become available (a send in this process), or at once
+    /// if one was sent since the last wait.
+    pub async fn wait_ready(&self) {
+        self.ready.notified().await
+    }
+
+    /// Messages waiting or in flight (not dead).
+    pub async fn depth(&self) -> Result<u64, StoreError> {
+        let name = self.name.clone();
+        self.db
+            .call(move |c| {
+                c.query_row(
+                    "SELECT COUNT(*) FROM queue_messages WHERE queue = ?1 AND dead = 0",
+                    params![name],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map_err(sql)
+            })
+            .await
+            .map(|n| n as u64)
+    }
+}
+
+#[async_trait]
+impl WorkQueue for SqliteQueue {
+    async fn send(&self, bodies: &[String]) -> Result<(), StoreError> {
+        if bodies.is_empty() {
+            return Ok(());
+        }
+        if let Some(b) = bodies.iter().find(|b| b.len() > 256 * 1024) {
+            return Err(StoreError::Invalid(format!(
+                "message of {} bytes exceeds 256 KiB",
+                b.len()
+            )));
+        }
+        let (name, bodies, now) = (self.name.clone(), bodies.to_vec(), (self.clock)());
+        self.db
+            .call(move |c| {
+                let tx = c.transaction().map_err(sql)?;
+                {
+                    let mut stmt = tx.prepare_cached("INSERT INTO queue_messages (queue, message_id, body, visible_at) VALUES (?1, ?2, ?3, ?4)").map_err(sql)?;
+                    for body in &bodies {
+                        stmt.execute(params![name, uuid::Uuid::now_v7().to_string(), body, now]).map_err(sql)?;
+                    }
+                }
+                tx.commit().map_err(sql)
+            })
+            .await?;
+        self.ready.notify_waiters();
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    async fn receive(&self, max: usize, visibility: Duration) -> Result<Vec<Delivery>, StoreError> {
+        if !(1..=10).contains(&max) {
+            return Err(StoreError::Invalid(format!(
+                "receive takes 1 to 10 messages, not {max}"
+            )));
+        }
+        let (name, now, max_receives) = (self.name.clone(), (self.clock)(), self.max_receives);
+        let hidden_until = now + visibility.as_millis() as i64;
+        self.db
+            .call(move |c| {
+                let tx = c.transaction().map_err(sql)?;
+                let mut out = Vec::new();
+                {
+                    let mut pick = tx
+                        .prepare_cached("SELECT seq, message_id, body, receive_count FROM queue_messages WHERE queue = ?1 AND dead = 0 AND visible_at <= ?2 ORDER BY seq LIMIT ?3")
+                        .map_err(sql)?;
+                    let rows: Vec<(i64, String, String, u32)> = pick
+                        .query_map(params![name, now, (max * 2) as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                        .map_err(sql)?
+                        .collect::<Result<_, _>>()
+                        .map_err(sql)?;
+                    for (seq, message_id, body, count) in rows {
+                        if count >= max_receives {
+                            tx.execute("UPDATE queue_messages SET dead = 1, receipt = NULL WHERE seq = ?1", params![seq]).map_err(sql)?;
+                            tracing::warn!(queue = %name, %message_id, receives = count, "message moved to the dead-letter queue");
+                            continue;
+                        }
+                        if out.len() == max {
+                            break;
+                        }
+                        let receipt = format!("{seq}:{}", uuid::Uuid::now_v7());
+                        tx.execute("UPDATE queue_messages SET receive_count = receive_count + 1, visible_at = ?2, receipt = ?3 WHERE seq = ?1", params![seq, hidden_until, receipt])
+                            .map_err(sql)?;
+                        out.push(Delivery { message_id, receipt, body, receive_count: count + 1 });
+                    }
+                }
+                tx.commit().map_err(sql)?;
+                Ok(out)
+            })
+            .await
+    }
+
+    async fn delete(&self, receipt: &str) -> Result<(), StoreError> {
+        let receipt = receipt.to_string();
+        self.db
+            .call(move |c| {
+                c.execute(
+                    "DELETE FROM queue_messages WHERE receipt = ?1 AND dead = 0",
+                    params![receipt],
+                )
+                .map_err(sql)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn release(&self, receipt: &str, delay: Duration) -> Result<(), StoreError> {
+        let receipt = receipt.to_string();
+        let visible_at = (self.clock)() + delay.as_millis() as i64;
+        self.db
+            .call(move |c| {
+                c.execute(
+                    "UPDATE queue_messages SET visible_at = ?2 WHERE receipt = ?1 AND dead = 0",
+                    params![receipt, visible_at],
+                )
+                .map_err(sql)?;
+                Ok(())
+            })
+            .await?;
+        if delay.is_zero() {
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<Delivery>, StoreError> {
+        let name = self.name.clone();
+        self.db
+            .call(move |c| {
+                let mut stmt = c.prepare_cached("SELECT message_id, body, receive_count FROM queue_messages WHERE queue = ?1 AND dead = 1 ORDER BY seq LIMIT ?2").map_err(sql)?;
+                let rows = stmt
+                    .query_map(params![name, limit as i64], |r| Ok(Delivery { message_id: r.get(0)?, receipt: String::new(), body: r.get(1)?, receive_count: r.get(2)? }))
+                    .map_err(sql)?;
+                rows.collect::<Result<_, _>>().map_err(sql)
+            })
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn visibility_timeout_hides_until_it_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Arc::new(AtomicI64::new(1_000));
+        let t = now.clone();
+        let q = SqliteQueue::with_clock(
+            &dir.path().join("q.db"),
+            "work",
+            3,
+            Arc::new(move || t.load(Ordering::SeqCst)),
+        )
+        .unwrap();
+        q.send(&["a".into()]).await.unwrap();
+        let first = q.receive(10, Duration::from_secs(30)).await.unwrap();
+        assert_eq!(first.len(), 1);
+        now.fetch_add(29_999, Ordering::SeqCst);
+        assert!(
+            q.receive(10, Duration::from_secs(30))
+                .await
+                .unwrap()
+                .is_empty(),
+            "still hidden"
+        );
+        now.fetch_add(1, Ordering::SeqCst);
+        let again = q.receive(10, Duration::from_secs(30)).await.unwrap();
+        assert_eq!(again[0].receive_count, 2);
+        q.delete(&first[0].receipt).await.unwrap();
+        assert_eq!(
+            q.depth().await.unwrap(),
+            1,
+            "a stale receipt deletes nothing"
+        );
+        q.delete(&again[0].receipt).await.unwrap();
+        assert_eq!(q.depth().await.unwrap(), 0);
+    }
+}

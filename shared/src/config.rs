@@ -1,0 +1,510 @@
+//! Configuration: environment variables (the same names on Lambda and in `pai`, see DESIGN §5)
+//! parsed once at start-up into typed settings. A bad value stops start-up with one message
+//! naming the variable; secrets are wrapped so they never reach a log.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::domain::{Field, ObjectKind};
+
+/// A secret value: printed as `***` by `Debug` and `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// A configuration error: which variable, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{var}: {message}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub message: String,
+}
+
+fn bad<T>(var: &'static str, message: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError {
+        var,
+        message: message.into(),
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    Lexical,
+    OpenAi,
+    Ollama,
+    Bedrock,
+}
+
+impl Provider {
+    fn parse(var: &'static str, s: &str) -> Result<Provider, ConfigError> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "lexical" => Ok(Provider::Lexical),
+            "openai" => Ok(Provider::OpenAi),
+            "ollama" => Ok(Provider::Ollama),
+            "bedrock" => Ok(Provider::Bedrock),
+            other => bad(
+                var,
+                format!("unknown provider {other:?} (use openai, ollama, bedrock or lexical)"),
+            ),
+        }
+    }
+}
+
+/// How a field is written back to Paperless.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FieldMode {
+    Overwrite,
+    IfEmpty,
+    Never,
+}
+
+/// Model settings for one role (chat or embeddings).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSettings {
+    pub provider: Provider,
+    pub base_url: Option<String>,
+    pub api_key: Option<Secret>,
+    pub model: Option<String>,
+    pub dimensions: Option<usize>,
+}
+
+/// How documents are tagged and written back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaggingPolicy {
+    pub fields: BTreeSet<Field>,
+    pub modes: BTreeMap<Field, FieldMode>,
+    pub restrict: BTreeSet<ObjectKind>,
+    pub processed_tag: String,
+    pub failed_tag: String,
+    pub trigger_tag: Option<String>,
+    pub include_tags: Vec<String>,
+    pub exclude_tags: Vec<String>,
+    pub custom_fields: Vec<String>,
+    pub review_mode: bool,
+    pub system_prompt: Option<String>,
+    pub max_input_tokens: usize,
+    pub max_output_tokens: usize,
+}
+
+impl TaggingPolicy {
+    pub fn mode(&self, field: Field) -> FieldMode {
+        if !self.fields.contains(&field) {
+            return FieldMode::Never;
+        }
+        self.modes
+            .get(&field)
+            .copied()
+            .unwrap_or(FieldMode::Overwrite)
+    }
+
+    /// A fingerprint of everything that changes what tagging produces: part of the loop guard.
+    pub fn fingerprint(&self) -> String {
+        crate::text::sha256_hex(format!("{self:?}").as_bytes())[..16].to_string()
+    }
+}
+
+/// Every setting, parsed.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub paperless_url: Option<String>,
+    pub paperless_token: Option<Secret>,
+    pub webhook_secret: Option<Secret>,
+    pub api_keys: Vec<Secret>,
+    pub llm: ModelSettings,
+    pub embedding: ModelSettings,
+    pub policy: TaggingPolicy,
+    pub data_dir: PathBuf,
+    pub port: u16,
+    pub bind: String,
+    /// Base URL clients use to reach `pai` (upload links); defaults to `http://BIND:PORT`.
+    pub public_url: Option<String>,
+    pub chunk_tokens: usize,
+    pub chunk_overlap: usize,
+    pub max_upload_bytes: usize,
+    pub max_receives: u32,
+    pub workers: usize,
+    pub cache_ttl_secs: i64,
+}
+
+type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+fn get(env: Lookup, var: &str) -> Option<String> {
+    env(var)
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+fn list(env: Lookup, var: &str) -> Vec<String> {
+    get(env, var)
+        .map(|v| {
+            v.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn number<T: std::str::FromStr>(
+    env: Lookup,
+    var: &'static str,
+    default: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<T, ConfigError>
+where
+    T: PartialOrd + fmt::Display + Copy,
+{
+    let Some(raw) = get(env, var) else {
+        return Ok(default);
+    };
+    match raw.parse::<T>() {
+        Ok(v) if range.contains(&v) => Ok(v),
+        _ => bad(
+            var,
+            format!(
+                "{raw:?} is not a number from {} to {}",
+                range.start(),
+                range.end()
+            ),
+        ),
+    }
+}
+
+fn boolean(env: Lookup, var: &'static str) -> Result<bool, ConfigError> {
+    match get(env, var).map(|v| v.to_ascii_lowercase()).as_deref() {
+        None | Some("false" | "0" | "no" | "off") => Ok(false),
+        Some("true" | "1" | "yes" | "on") => Ok(true),
+        Some(other) => bad(var, format!("{other:?} is not true or false")),
+    }
+}
+
+fn url(env: Lookup, var: &'static str) -> Result<Option<String>, ConfigError> {
+    let Some(raw) = get(env, var) else {
+        return Ok(None);
+    };
+    if !(raw.starts_with("http://") || raw.starts_with("https://")) || raw.len() < 10 {
+        return bad(var, format!("{raw:?} is not an http(s) URL"));
+    }
+    Ok(Some(raw.trim_end_matches('/').to_string()))
+}
+
+impl Settings {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Settings, ConfigError> {
+        Self::from_lookup(&|k| std::env::var(k).ok())
+    }
+
+    /// Reads from a map (tests, `.env` merging).
+    pub fn from_map(map: &HashMap<String, String>) -> Result<Settings, ConfigError> {
+        Self::from_lookup(&|k| map.get(k).cloned())
+    }
+
+    pub fn from_lookup(env: Lookup) -> Result<Settings, ConfigError> {
+        let paperless_url = url(env, "PAPERLESS_URL")?;
+        let paperless_token = get(env, "PAPERLESS_TOKEN").map(Secret::new);
+        let webhook_secret = get(env, "WEBHOOK_SECRET").map(Secret::new);
+        if paperless_url.is_some() {
+            if paperless_token.is_none() {
+                return bad("PAPERLESS_TOKEN", "required when PAPERLESS_URL is set");
+            }
+            if webhook_secret.is_none() {
+                return bad("WEBHOOK_SECRET", "required when PAPERLESS_URL is set");
+            }
+        }
+        if let Some(s) = &webhook_secret
+            && s.expose().len() < 16
+        {
+            return bad("WEBHOOK_SECRET", "use at least 16 characters");
+        }
+        let api_keys: Vec<Secret> = list(env, "API_KEYS").into_iter().map(Secret::new).collect();
+        if let Some(k) = api_keys.iter().find(|k| k.expose().len() < 16) {
+            return bad(
+                "API_KEYS",
+                format!(
+                    "every key needs at least 16 characters ({} has {})",
+                    k,
+                    k.expose().len()
+                ),
+            );
+        }
+
+        let llm_provider = get(env, "LLM_PROVIDER")
+            .map(|p| Provider::parse("LLM_PROVIDER", &p))
+            .transpose()?
+            .unwrap_or(Provider::Lexical);
+        let llm = ModelSettings {
+            provider: llm_provider,
+            base_url: url(env, "LLM_BASE_URL")?,
+            api_key: get(env, "LLM_API_KEY").map(Secret::new),
+            model: get(env, "LLM_MODEL"),
+            dimensions: None,
+        };
+        let embedding_provider = get(env, "EMBEDDING_PROVIDER")
+            .map(|p| Provider::parse("EMBEDDING_PROVIDER", &p))
+            .transpose()?
+            .unwrap_or(llm_provider);
+        let dimensions = get(env, "EMBEDDING_DIMENSIONS")
+            .map(|_| number(env, "EMBEDDING_DIMENSIONS", 0usize, 1..=4096))
+            .transpose()?;
+        let embedding = ModelSettings {
+            provider: embedding_provider,
+            base_url: url(env, "EMBEDDING_BASE_URL")?.or_else(|| llm.base_url.clone()),
+            api_key: get(env, "EMBEDDING_API_KEY")
+                .map(Secret::new)
+                .or_else(|| llm.api_key.clone()),
+            model: get(env, "EMBEDDING_MODEL"),
+            dimensions,
+        };
+        for (role, m, var) in [
+            ("LLM", &llm, "LLM_BASE_URL"),
+            ("EMBEDDING", &embedding, "LLM_BASE_URL"),
+        ] {
+            if m.provider == Provider::OpenAi && m.base_url.is_none() && m.api_key.is_none() {
+                return bad(
+                    var,
+                    format!(
+                        "{role} provider openai needs LLM_BASE_URL (a local server) or LLM_API_KEY (api.openai.com)"
+                    ),
+                );
+            }
+        }
+
+        let fields: BTreeSet<Field> = match get(env, "TAG_FIELDS") {
+            None => [
+                Field::Title,
+                Field::Tags,
+                Field::Correspondent,
+                Field::DocumentType,
+                Field::Created,
+            ]
+            .into(),
+            Some(raw) => raw
+                .split(',')
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| s.parse())
+                .collect::<Result<_, _>>()
+                .or_else(|e: String| bad("TAG_FIELDS", e))?,
+        };
+        let mut modes = BTreeMap::new();
+        for pair in list(env, "FIELD_MODES") {
+            let Some((field, mode)) = pair.split_once('=') else {
+                return bad("FIELD_MODES", format!("{pair:?} is not field=mode"));
+            };
+            let field: Field = field.parse().or_else(|e: String| bad("FIELD_MODES", e))?;
+            let mode = match mode.trim() {
+                "overwrite" => FieldMode::Overwrite,
+                "if_empty" => FieldMode::IfEmpty,
+                "never" => FieldMode::Never,
+                other => {
+                    return bad(
+                        "FIELD_MODES",
+                        format!("mode {other:?} is not overwrite, if_empty or never"),
+                    );
+                }
+            };
+            modes.insert(field, mode);
+        }
+        let mut restrict = BTreeSet::new();
+        for kind in list(env, "RESTRICT_TO_EXISTING") {
+            restrict.insert(match kind.as_str() {
+                "tags" => ObjectKind::Tag,
+                "correspondents" => ObjectKind::Correspondent,
+                "document_types" => ObjectKind::DocumentType,
+                other => {
+                    return bad(
+                        "RESTRICT_TO_EXISTING",
+                        format!("{other:?} is not tags, correspondents or document_types"),
+                    );
+                }
+            });
+        }
+        let policy = TaggingPolicy {
+            fields,
+            modes,
+            restrict,
+            processed_tag: get(env, "PROCESSED_TAG").unwrap_or_else(|| "ai-processed".into()),
+            failed_tag: get(env, "FAILED_TAG").unwrap_or_else(|| "ai-failed".into()),
+            trigger_tag: get(env, "TRIGGER_TAG"),
+            include_tags: list(env, "INCLUDE_TAGS"),
+            exclude_tags: list(env, "EXCLUDE_TAGS"),
+            custom_fields: list(env, "CUSTOM_FIELDS"),
+            review_mode: boolean(env, "REVIEW_MODE")?,
+            system_prompt: get(env, "SYSTEM_PROMPT"),
+            max_input_tokens: number(env, "MAX_INPUT_TOKENS", 6000, 256..=1_000_000)?,
+            max_output_tokens: number(env, "MAX_OUTPUT_TOKENS", 600, 16..=100_000)?,
+        };
+
+        let chunk_tokens = number(env, "CHUNK_TOKENS", 400, 32..=8192)?;
+        let chunk_overlap = number(env, "CHUNK_OVERLAP", 60, 0..=4096)?;
+        if chunk_overlap >= chunk_tokens {
+            return bad(
+                "CHUNK_OVERLAP",
+                format!("must be smaller than CHUNK_TOKENS ({chunk_tokens})"),
+            );
+        }
+        let bind = get(env, "BIND").unwrap_or_else(|| "127.0.0.1".into());
+        if bind.parse::<std::net::IpAddr>().is_err() {
+            return bad("BIND", format!("{bind:?} is not an IP address"));
+        }
+        Ok(Settings {
+            paperless_url,
+            paperless_token,
+            webhook_secret,
+            api_keys,
+            llm,
+            embedding,
+            policy,
+            data_dir: PathBuf::from(get(env, "DATA_DIR").unwrap_or_else(|| "./pai-data".into())),
+            port: number(env, "PORT", 8080u16, 0..=65535)?,
+            bind,
+            public_url: url(env, "PUBLIC_URL")?,
+            chunk_tokens,
+            chunk_overlap,
+            max_upload_bytes: number(
+                env,
+                "MAX_UPLOAD_BYTES",
+                25 * 1024 * 1024,
+                1..=1024 * 1024 * 1024,
+            )?,
+            max_receives: number(env, "MAX_RECEIVES", 5, 1..=1000)?,
+            workers: number(env, "WORKERS", 4, 1..=256)?,
+            cache_ttl_secs: number(env, "CACHE_TTL_DAYS", 30i64, 1..=3650)? * 86_400,
+        })
+    }
+
+    /// `pai serve` refuses a non-loopback address without API keys.
+    pub fn check_serve(&self) -> Result<(), ConfigError> {
+        let loopback = self
+            .bind
+            .parse::<std::net::IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false);
+        if !loopback && self.api_keys.is_empty() {
+            return bad(
+                "API_KEYS",
+                format!("required when BIND is {} (not loopback)", self.bind),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        Settings::from_map(
+            &pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn defaults_run_offline() {
+        let s = parse(&[]).unwrap();
+        assert_eq!(s.llm.provider, Provider::Lexical);
+        assert_eq!(s.embedding.provider, Provider::Lexical);
+        assert_eq!(s.policy.mode(Field::Title), FieldMode::Overwrite);
+        assert_eq!(s.policy.mode(Field::CustomFields), FieldMode::Never);
+        assert_eq!((s.port, s.bind.as_str()), (8080, "127.0.0.1"));
+    }
+
+    #[test]
+    fn each_bad_value_names_its_variable() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("LLM_PROVIDER", "gpt")], "LLM_PROVIDER"),
+            (&[("PORT", "80000")], "PORT"),
+            (&[("PAPERLESS_URL", "ftp://x")], "PAPERLESS_URL"),
+            (
+                &[("PAPERLESS_URL", "http://paperless:8000")],
+                "PAPERLESS_TOKEN",
+            ),
+            (
+                &[
+                    ("PAPERLESS_URL", "http://paperless:8000"),
+                    ("PAPERLESS_TOKEN", "t"),
+                ],
+                "WEBHOOK_SECRET",
+            ),
+            (&[("WEBHOOK_SECRET", "short")], "WEBHOOK_SECRET"),
+            (&[("TAG_FIELDS", "title,colour")], "TAG_FIELDS"),
+            (&[("FIELD_MODES", "title=sometimes")], "FIELD_MODES"),
+            (
+                &[("RESTRICT_TO_EXISTING", "people")],
+                "RESTRICT_TO_EXISTING",
+            ),
+            (&[("REVIEW_MODE", "maybe")], "REVIEW_MODE"),
+            (
+                &[("CHUNK_TOKENS", "100"), ("CHUNK_OVERLAP", "100")],
+                "CHUNK_OVERLAP",
+            ),
+            (&[("LLM_PROVIDER", "openai")], "LLM_BASE_URL"),
+            (&[("BIND", "everywhere")], "BIND"),
+        ];
+        for (pairs, var) in cases {
+            let e = parse(pairs).unwrap_err();
+            assert_eq!(e.var, *var, "{pairs:?} → {e}");
+        }
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = parse(&[
+            ("API_KEYS", "a-very-long-api-key-1, another-long-api-key-2"),
+            ("WEBHOOK_SECRET", "0123456789abcdef!"),
+        ])
+        .unwrap();
+        let shown = format!("{s:?}");
+        assert!(
+            !shown.contains("a-very-long") && !shown.contains("0123456789"),
+            "{shown}"
+        );
+        assert_eq!(s.api_keys.len(), 2);
+        assert!(
+            parse(&[("BIND", "0.0.0.0")])
+                .unwrap()
+                .check_serve()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn field_modes_and_restrictions() {
+        let s = parse(&[
+            ("FIELD_MODES", "title=if_empty, created=never"),
+            ("RESTRICT_TO_EXISTING", "tags,document_types"),
+        ])
+        .unwrap();
+        assert_eq!(s.policy.mode(Field::Title), FieldMode::IfEmpty);
+        assert_eq!(s.policy.mode(Field::Created), FieldMode::Never);
+        assert!(
+            s.policy.restrict.contains(&ObjectKind::Tag)
+                && !s.policy.restrict.contains(&ObjectKind::Correspondent)
+        );
+    }
+}

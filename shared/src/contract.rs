@@ -1,0 +1,487 @@
+//! The contract of every port, as one generic test suite per port. Each adapter's tests call
+//! the suite with a factory for fresh, empty instances, so the embedded store and AWS provably
+//! behave the same. (Compiled with the `contract` feature; panics on a broken contract.)
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use crate::filter::Filter;
+use crate::ports::{
+    BlobStore, Cache, Condition, StateStore, StoreError, VectorIndex, VectorRecord, WorkQueue,
+};
+
+pub async fn blob_store<B: BlobStore>(store: B) {
+    assert_eq!(
+        store.get("a/b.txt").await.unwrap(),
+        None,
+        "missing key reads as None"
+    );
+    store.put("a/b.txt", b"one").await.unwrap();
+    assert_eq!(
+        store.get("a/b.txt").await.unwrap().as_deref(),
+        Some(&b"one"[..])
+    );
+    store.put("a/b.txt", b"two, longer").await.unwrap();
+    assert_eq!(
+        store.get("a/b.txt").await.unwrap().as_deref(),
+        Some(&b"two, longer"[..]),
+        "put replaces"
+    );
+    let big = vec![7u8; 3 * 1024 * 1024];
+    store.put("big.bin", &big).await.unwrap();
+    assert_eq!(
+        store.get("big.bin").await.unwrap().unwrap().len(),
+        big.len()
+    );
+    store.delete("a/b.txt").await.unwrap();
+    assert_eq!(store.get("a/b.txt").await.unwrap(), None);
+    store.delete("a/b.txt").await.unwrap();
+    store
+        .put("text/upload-0a/ü ß.txt", "ü".as_bytes())
+        .await
+        .unwrap();
+    assert!(
+        store.get("text/upload-0a/ü ß.txt").await.unwrap().is_some(),
+        "unicode keys"
+    );
+}
+
+pub async fn state_store<S: StateStore>(store: S) {
+    let now = chrono::Utc::now().timestamp();
+    assert!(store.get("job/1").await.unwrap().is_none());
+    let v1 = store
+        .put("job/1", &json!({"n": 1}), Condition::Absent, None)
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            store
+                .put("job/1", &json!({"n": 9}), Condition::Absent, None)
+                .await,
+            Err(StoreError::Conflict(_))
+        ),
+        "Absent refuses an existing item"
+    );
+    let got = store.get("job/1").await.unwrap().unwrap();
+    assert_eq!((got.value.clone(), got.version), (json!({"n": 1}), v1));
+    let v2 = store
+        .put("job/1", &json!({"n": 2}), Condition::Version(v1), None)
+        .await
+        .unwrap();
+    assert_ne!(v1, v2);
+    assert!(
+        matches!(
+            store
+                .put("job/1", &json!({"n": 3}), Condition::Version(v1), None)
+                .await,
+            Err(StoreError::Conflict(_))
+        ),
+        "a stale version is refused"
+    );
+    assert_eq!(
+        store.get("job/1").await.unwrap().unwrap().value,
+        json!({"n": 2})
+    );
+    store
+        .put("job/1", &json!({"n": 4}), Condition::None, None)
+        .await
+        .unwrap();
+
+    store
+        .put("session/old", &json!(1), Condition::None, Some(now - 10))
+        .await
+        .unwrap();
+    assert!(
+        store.get("session/old").await.unwrap().is_none(),
+        "an expired item is gone"
+    );
+    store
+        .put(
+            "session/old",
+            &json!(2),
+            Condition::Absent,
+            Some(now + 3600),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get("session/old").await.unwrap().unwrap().value,
+        json!(2),
+        "an expired item can be created again"
+    );
+
+    assert_eq!(store.add("job/1", "chunks_embedded", 3).await.unwrap(), 3);
+    assert_eq!(store.add("job/1", "chunks_embedded", 4).await.unwrap(), 7);
+    assert_eq!(store.add("job/1", "other", -1).await.unwrap(), -1);
+    let counters = store.counters("job/1").await.unwrap();
+    assert_eq!((counters["chunks_embedded"], counters["other"]), (7, -1));
+    assert!(store.counters("job/none").await.unwrap().is_empty());
+
+    for i in 0..5 {
+        store
+            .put(&format!("list/{i}"), &json!(i), Condition::None, None)
+            .await
+            .unwrap();
+    }
+    store
+        .put(
+            "listing",
+            &json!("not under the prefix"),
+            Condition::None,
+            None,
+        )
+        .await
+        .unwrap();
+    let page = store.list("list/", None, 3).await.unwrap();
+    assert_eq!(
+        page.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+        ["list/0", "list/1", "list/2"]
+    );
+    let rest = store.list("list/", Some("list/2"), 10).await.unwrap();
+    assert_eq!(
+        rest.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>(),
+        [json!(3), json!(4)]
+    );
+
+    store.delete("job/1").await.unwrap();
+    assert!(store.get("job/1").await.unwrap().is_none());
+}
+
+pub async fn concurrent_updates<S: StateStore + 'static>(store: std::sync::Arc<S>) {
+    // Optimistic locking: many writers, each retrying on conflict, lose no increment.
+    store
+        .put("race", &json!({"n": 0}), Condition::Absent, None)
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                loop {
+                    let cur = store.get("race").await.unwrap().unwrap();
+                    let n = cur.value["n"].as_i64().unwrap();
+                    match store
+                        .put(
+                            "race",
+                            &json!({"n": n + 1}),
+                            Condition::Version(cur.version),
+                            None,
+                        )
+                        .await
+                    {
+                        Ok(_) => break,
+                        Err(StoreError::Conflict(_)) => continue,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        store.get("race").await.unwrap().unwrap().value,
+        json!({"n": 80})
+    );
+}
+
+pub async fn cache<C: Cache>(cache: C) {
+    let now = chrono::Utc::now().timestamp();
+    assert_eq!(cache.get("k").await.unwrap(), None);
+    cache
+        .put("k", b"\x00\x01binary", Some(now + 60))
+        .await
+        .unwrap();
+    assert_eq!(
+        cache.get("k").await.unwrap().as_deref(),
+        Some(&b"\x00\x01binary"[..])
+    );
+    cache.put("k", b"new", None).await.unwrap();
+    assert_eq!(cache.get("k").await.unwrap().as_deref(), Some(&b"new"[..]));
+    cache.put("old", b"x", Some(now - 1)).await.unwrap();
+    assert_eq!(
+        cache.get("old").await.unwrap(),
+        None,
+        "expired entries are misses"
+    );
+}
+
+/// `make(max_receives)` returns an empty queue that dead-letters after that many receives.
+pub async fn work_queue<Q: WorkQueue>(make: impl Fn(u32) -> Q) {
+    let q = make(3);
+    assert!(
+        q.receive(10, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let bodies: Vec<String> = (0..25).map(|i| format!("{{\"n\":{i}}}")).collect();
+    q.send(&bodies).await.unwrap();
+    let mut seen = HashSet::new();
+    loop {
+        let batch = q.receive(10, Duration::from_secs(60)).await.unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        assert!(batch.len() <= 10);
+        for d in batch {
+            assert_eq!(d.receive_count, 1);
+            assert!(
+                seen.insert(d.body.clone()),
+                "no message twice while invisible"
+            );
+            q.delete(&d.receipt).await.unwrap();
+        }
+    }
+    assert_eq!(seen.len(), 25, "every message delivered");
+    assert!(
+        q.receive(0, Duration::ZERO).await.is_err() && q.receive(11, Duration::ZERO).await.is_err(),
+        "batch size 1..=10"
+    );
+
+    // Not deleted: delivered again, with a growing receive count, then dead-lettered.
+    q.send(&["poison".to_string()]).await.unwrap();
+    for expected in 1..=3 {
+        let d = q.receive(1, Duration::ZERO).await.unwrap();
+        assert_eq!(d.len(), 1, "receive {expected}");
+        assert_eq!(
+            (d[0].body.as_str(), d[0].receive_count),
+            ("poison", expected)
+        );
+    }
+    assert!(
+        q.receive(10, Duration::ZERO).await.unwrap().is_empty(),
+        "moved to the dead letters"
+    );
+    let dead = q.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].body, "poison");
+
+    // Release makes a message visible again; a stale receipt deletes nothing.
+    let q = make(5);
+    q.send(&["retry".to_string()]).await.unwrap();
+    let first = q
+        .receive(1, Duration::from_secs(600))
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(
+        q.receive(1, Duration::from_secs(600))
+            .await
+            .unwrap()
+            .is_empty(),
+        "invisible while in flight"
+    );
+    q.release(&first.receipt, Duration::ZERO).await.unwrap();
+    let second = q
+        .receive(1, Duration::from_secs(600))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!((second.body.as_str(), second.receive_count), ("retry", 2));
+    q.delete(&first.receipt).await.unwrap();
+    q.release(&second.receipt, Duration::ZERO).await.unwrap();
+    let third = q.receive(1, Duration::ZERO).await.unwrap();
+    assert_eq!(third.len(), 1, "a stale receipt did not delete the message");
+    q.delete(&third[0].receipt).await.unwrap();
+    assert!(q.receive(10, Duration::ZERO).await.unwrap().is_empty());
+}
+
+fn record(key: &str, vector: Vec<f32>, meta: Value) -> VectorRecord {
+    let metadata: Map<String, Value> = meta.as_object().cloned().unwrap_or_default();
+    VectorRecord {
+        key: key.into(),
+        vector,
+        metadata,
+        text: format!("text of {key}"),
+        title: "Title".into(),
+    }
+}
+
+/// `make()` returns an empty index of dimension 4.
+pub async fn vector_index<V: VectorIndex>(index: V) {
+    assert_eq!(index.dimension(), 4);
+    let q = [1.0, 0.0, 0.0, 0.0];
+    assert!(index.query(&q, 5, None).await.unwrap().is_empty());
+    index
+        .put(vec![
+            record("1#a", vec![1.0, 0.0, 0.0, 0.0], json!({"doc_id": "1", "tags": ["invoice", "home"], "created": 20250314})),
+            record("1#b", vec![0.9, 0.1, 0.0, 0.0], json!({"doc_id": "1", "tags": ["invoice", "home"], "created": 20250314})),
+            record("2#a", vec![0.0, 1.0, 0.0, 0.0], json!({"doc_id": "2", "tags": ["tax"], "created": 20240101, "correspondent": "finanzamt"})),
+            record("3#a", vec![-1.0, 0.0, 0.0, 0.0], json!({"doc_id": "3", "tags": [], "created": 20230505})),
+        ])
+        .await
+        .unwrap();
+    let hits = index.query(&q, 3, None).await.unwrap();
+    assert_eq!(
+        hits.iter()
+            .map(|h| h.record.key.as_str())
+            .collect::<Vec<_>>(),
+        ["1#a", "1#b", "2#a"],
+        "nearest first"
+    );
+    assert!(
+        hits[0].distance.abs() < 1e-5 && (hits[2].distance - 1.0).abs() < 1e-5,
+        "cosine distance"
+    );
+    assert_eq!(hits[0].record.text, "text of 1#a");
+    assert_eq!(hits[0].record.metadata["doc_id"], json!("1"));
+
+    let f = |v: Value| Filter::parse(&v).unwrap();
+    let keys = |hits: Vec<crate::ports::VectorHit>| {
+        hits.into_iter().map(|h| h.record.key).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        keys(
+            index
+                .query(&q, 10, Some(&f(json!({"tags": "tax"}))))
+                .await
+                .unwrap()
+        ),
+        ["2#a"],
+        "filter before neighbours"
+    );
+    assert_eq!(
+        keys(
+            index
+                .query(&q, 10, Some(&f(json!({"created": {"$lt": 20240601}}))))
+                .await
+                .unwrap()
+        ),
+        ["2#a", "3#a"]
+    );
+    assert_eq!(
+        keys(
+            index
+                .query(&q, 1, Some(&f(json!({"doc_id": {"$in": ["1", "3"]}}))))
+                .await
+                .unwrap()
+        ),
+        ["1#a"]
+    );
+    assert_eq!(
+        keys(
+            index
+                .query(
+                    &q,
+                    10,
+                    Some(&f(json!({"correspondent": {"$exists": true}})))
+                )
+                .await
+                .unwrap()
+        ),
+        ["2#a"]
+    );
+    assert!(
+        index
+            .query(&q, 10, Some(&f(json!({"doc_id": "9"}))))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Put replaces the whole vector and its metadata.
+    index
+        .put(vec![record(
+            "3#a",
+            vec![1.0, 0.0, 0.0, 0.01],
+            json!({"doc_id": "3", "tags": ["moved"]}),
+        )])
+        .await
+        .unwrap();
+    assert_eq!(
+        keys(
+            index
+                .query(&q, 10, Some(&f(json!({"tags": "moved"}))))
+                .await
+                .unwrap()
+        ),
+        ["3#a"]
+    );
+    let got = index.get(&["3#a".into(), "nope".into()]).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].metadata.get("created"),
+        None,
+        "old metadata replaced"
+    );
+
+    index
+        .delete(&["1#a".into(), "1#b".into(), "never".into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        keys(index.query(&q, 10, None).await.unwrap()),
+        ["3#a", "2#a"]
+    );
+
+    // Limits and bad input are refused, whole.
+    assert!(matches!(
+        index.query(&q, 0, None).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        index.query(&q, 101, None).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        index.query(&[1.0, 0.0], 1, None).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(
+        matches!(
+            index.put(vec![record("z", vec![0.0; 4], json!({}))]).await,
+            Err(StoreError::Invalid(_))
+        ),
+        "zero vector"
+    );
+    assert!(matches!(
+        index
+            .put(vec![record("z", vec![f32::NAN, 1.0, 0.0, 0.0], json!({}))])
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(
+        matches!(
+            index.put(vec![record("z", vec![1.0; 3], json!({}))]).await,
+            Err(StoreError::Invalid(_))
+        ),
+        "wrong dimension"
+    );
+    let too_many: Vec<VectorRecord> = (0..501)
+        .map(|i| record(&format!("k{i}"), vec![1.0, 0.0, 0.0, 0.0], json!({})))
+        .collect();
+    assert!(
+        matches!(index.put(too_many).await, Err(StoreError::Invalid(_))),
+        "at most 500 per put"
+    );
+    let fat = json!({"blob": "x".repeat(3000)});
+    assert!(
+        matches!(
+            index
+                .put(vec![record("z", vec![1.0, 0.0, 0.0, 0.0], fat)])
+                .await,
+            Err(StoreError::Invalid(_))
+        ),
+        "filterable metadata ≤ 2 KB"
+    );
+    assert!(
+        index.get(&["z".into()]).await.unwrap().is_empty(),
+        "a refused put wrote nothing"
+    );
+    let five_hundred: Vec<VectorRecord> = (0..500)
+        .map(|i| {
+            record(
+                &format!("k{i}"),
+                vec![1.0, i as f32, 0.0, 0.0],
+                json!({"i": i}),
+            )
+        })
+        .collect();
+    index.put(five_hundred).await.unwrap();
+    assert_eq!(index.query(&q, 100, None).await.unwrap().len(), 100);
+}

@@ -1,0 +1,522 @@
+//! The domain's plain data: documents and their identity, jobs, queue messages, manifests,
+//! taxonomy, suggestions and answers. Everything here is serialisable and free of I/O, so the
+//! AWS doors and `pai` exchange exactly the same messages.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A document's identity: a Paperless-ngx document id, or an upload that never went through
+/// Paperless (identified by the hash of its bytes, so uploading the same file twice is one
+/// document). Written as `"12"` or `"upload-<hex>"`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum DocId {
+    Paperless(u64),
+    Upload(String),
+}
+
+impl DocId {
+    pub fn paperless_id(&self) -> Option<u64> {
+        match self {
+            DocId::Paperless(id) => Some(*id),
+            DocId::Upload(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for DocId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DocId::Paperless(id) => write!(f, "{id}"),
+            DocId::Upload(h) => write!(f, "upload-{h}"),
+        }
+    }
+}
+
+impl FromStr for DocId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(h) = s.strip_prefix("upload-") {
+            if !h.is_empty() && h.len() <= 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Ok(DocId::Upload(h.to_ascii_lowercase()));
+            }
+        } else if let Ok(id) = s.parse::<u64>() {
+            return Ok(DocId::Paperless(id));
+        }
+        Err(format!("not a document id: {s:?}"))
+    }
+}
+
+impl From<DocId> for String {
+    fn from(d: DocId) -> String {
+        d.to_string()
+    }
+}
+
+impl TryFrom<String> for DocId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+/// How a job entered the system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobOrigin {
+    Webhook,
+    Upload,
+    Sync,
+}
+
+/// The pipeline's steps, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Chunk,
+    Embed,
+    Tag,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageStatus {
+    Pending,
+    Done,
+    /// Nothing to do (unchanged content, excluded by policy…); the reason is in `detail`.
+    Skipped,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageState {
+    pub status: StageStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<i64>,
+}
+
+/// A job as stored: one document's trip through the pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: String,
+    pub origin: JobOrigin,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub doc_id: Option<DocId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+    pub created_at: i64,
+    pub stages: BTreeMap<Stage, StageState>,
+    /// Chunks of the document's current text, and how many of them needed embedding.
+    #[serde(default)]
+    pub chunks_total: u32,
+    #[serde(default)]
+    pub chunks_new: u32,
+    /// Secret the local upload URL must carry (uploads only; never shown by `GET /jobs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+}
+
+/// Overall status, derived from the stages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Waiting for its upload or its first worker.
+    Queued,
+    Running,
+    Done,
+    Failed,
+}
+
+impl Job {
+    /// A new job with every stage pending.
+    pub fn new(id: String, origin: JobOrigin, doc_id: Option<DocId>, created_at: i64) -> Job {
+        let pending = StageState {
+            status: StageStatus::Pending,
+            detail: None,
+            provider: None,
+            finished_at: None,
+        };
+        Job {
+            id,
+            origin,
+            doc_id,
+            filename: None,
+            created_at,
+            stages: [Stage::Chunk, Stage::Embed, Stage::Tag]
+                .into_iter()
+                .map(|s| (s, pending.clone()))
+                .collect(),
+            chunks_total: 0,
+            chunks_new: 0,
+            upload_token: None,
+            content_type: None,
+        }
+    }
+
+    pub fn status(&self) -> JobStatus {
+        let states: Vec<StageStatus> = self.stages.values().map(|s| s.status).collect();
+        if states.contains(&StageStatus::Failed) {
+            JobStatus::Failed
+        } else if states.len() == 3 && states.iter().all(|s| *s != StageStatus::Pending) {
+            JobStatus::Done
+        } else if states.iter().all(|s| *s == StageStatus::Pending) {
+            JobStatus::Queued
+        } else {
+            JobStatus::Running
+        }
+    }
+}
+
+/// Chunk-queue message: fetch this document's text and split it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "source", rename_all = "snake_case")]
+pub enum ChunkTask {
+    Paperless {
+        job_id: String,
+        doc_id: u64,
+    },
+    /// Bytes stored in the blob store under `blob_key` (an upload).
+    Upload {
+        job_id: String,
+        blob_key: String,
+        filename: String,
+        content_type: String,
+    },
+}
+
+impl ChunkTask {
+    pub fn job_id(&self) -> &str {
+        match self {
+            ChunkTask::Paperless { job_id, .. } | ChunkTask::Upload { job_id, .. } => job_id,
+        }
+    }
+}
+
+/// One chunk of a snapshot: byte range and the hash of its text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRef {
+    pub start: usize,
+    pub end: usize,
+    /// Hex SHA-256 of the chunk text; the vector key is derived from it, so an unchanged chunk
+    /// keeps its vector however the text around it moves.
+    pub hash: String,
+}
+
+/// Embed-queue message: embed these chunks of this snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmbedTask {
+    pub job_id: String,
+    pub doc_id: DocId,
+    pub content_hash: String,
+    pub chunks: Vec<ChunkRef>,
+}
+
+/// Tag-queue message: suggest (and apply) metadata for this version of the document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TagTask {
+    pub job_id: String,
+    pub doc_id: DocId,
+    pub content_hash: String,
+}
+
+/// Metadata of a document that vectors carry as filterable fields (names normalised).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DocMeta {
+    pub title: String,
+    pub tags: Vec<String>,
+    pub correspondent: Option<String>,
+    pub document_type: Option<String>,
+    /// `YYYY-MM-DD`.
+    pub created: Option<String>,
+    pub owner: Option<u64>,
+}
+
+/// The last indexed version of a document: what the next version is diffed against.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub doc_id: DocId,
+    /// The job that indexed this version: its redelivered messages diff against `previous`.
+    pub job_id: String,
+    pub content_hash: String,
+    pub chunks: Vec<ChunkRef>,
+    /// Chunks of the version before, kept until the next version replaces this one.
+    #[serde(default)]
+    pub previous: Vec<ChunkRef>,
+    pub meta: DocMeta,
+}
+
+impl Manifest {
+    /// The vector key of a chunk of a document.
+    pub fn vector_key(doc_id: &DocId, chunk: &ChunkRef) -> String {
+        format!("{doc_id}#{}", &chunk.hash[..16])
+    }
+}
+
+/// A Paperless tag, correspondent or document type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaxonomyObject {
+    pub id: u64,
+    pub name: String,
+    /// Paperless's own match words (used by the lexical provider).
+    #[serde(default, rename = "match")]
+    pub match_words: String,
+    #[serde(default)]
+    pub matching_algorithm: u8,
+    #[serde(default)]
+    pub document_count: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CustomFieldDef {
+    pub id: u64,
+    pub name: String,
+    pub data_type: String,
+    #[serde(default)]
+    pub select_options: Vec<SelectOption>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SelectOption {
+    pub id: String,
+    pub label: String,
+}
+
+/// The user's existing taxonomy.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Taxonomy {
+    #[serde(default)]
+    pub tags: Vec<TaxonomyObject>,
+    #[serde(default)]
+    pub correspondents: Vec<TaxonomyObject>,
+    #[serde(default)]
+    pub document_types: Vec<TaxonomyObject>,
+    #[serde(default)]
+    pub custom_fields: Vec<CustomFieldDef>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObjectKind {
+    Tag,
+    Correspondent,
+    DocumentType,
+}
+
+impl Taxonomy {
+    pub fn objects(&self, kind: ObjectKind) -> &[TaxonomyObject] {
+        match kind {
+            ObjectKind::Tag => &self.tags,
+            ObjectKind::Correspondent => &self.correspondents,
+            ObjectKind::DocumentType => &self.document_types,
+        }
+    }
+
+    pub fn objects_mut(&mut self, kind: ObjectKind) -> &mut Vec<TaxonomyObject> {
+        match kind {
+            ObjectKind::Tag => &mut self.tags,
+            ObjectKind::Correspondent => &mut self.correspondents,
+            ObjectKind::DocumentType => &mut self.document_types,
+        }
+    }
+
+    /// Finds an object by name, case- and accent-insensitively.
+    pub fn find(&self, kind: ObjectKind, name: &str) -> Option<&TaxonomyObject> {
+        let key = crate::text::fold(name);
+        self.objects(kind)
+            .iter()
+            .find(|o| crate::text::fold(&o.name) == key)
+    }
+
+    pub fn name_of(&self, kind: ObjectKind, id: u64) -> Option<&str> {
+        self.objects(kind)
+            .iter()
+            .find(|o| o.id == id)
+            .map(|o| o.name.as_str())
+    }
+}
+
+/// A Paperless-ngx document as the pipeline needs it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Document {
+    pub id: u64,
+    pub title: String,
+    pub content: String,
+    pub tags: Vec<u64>,
+    pub correspondent: Option<u64>,
+    pub document_type: Option<u64>,
+    pub created: Option<String>,
+    pub owner: Option<u64>,
+    pub custom_fields: Vec<CustomFieldValue>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CustomFieldValue {
+    pub field: u64,
+    pub value: Value,
+}
+
+/// A PATCH to a document. Sets (`tags`, `custom_fields`) replace the whole set in Paperless,
+/// so they are always built by read-merge-write.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DocumentPatch {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub correspondent: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub document_type: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub custom_fields: Option<Vec<CustomFieldValue>>,
+}
+
+impl DocumentPatch {
+    pub fn is_empty(&self) -> bool {
+        *self == DocumentPatch::default()
+    }
+}
+
+/// Fields the tagger may set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Field {
+    Title,
+    Tags,
+    Correspondent,
+    DocumentType,
+    Created,
+    CustomFields,
+    StoragePath,
+}
+
+impl FromStr for Field {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s.trim() {
+            "title" => Field::Title,
+            "tags" => Field::Tags,
+            "correspondent" => Field::Correspondent,
+            "document_type" => Field::DocumentType,
+            "created" => Field::Created,
+            "custom_fields" => Field::CustomFields,
+            "storage_path" => Field::StoragePath,
+            other => return Err(format!("unknown field {other:?}")),
+        })
+    }
+}
+
+/// What the model sees to suggest metadata for one document.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TagInput {
+    pub current_title: String,
+    /// Document text, already fitted to the input budget.
+    pub content: String,
+    pub fields: Vec<Field>,
+    /// Names the model may choose from (the relevant slice of the taxonomy).
+    pub tags: Vec<String>,
+    pub correspondents: Vec<String>,
+    pub document_types: Vec<String>,
+    pub custom_fields: Vec<CustomFieldDef>,
+    /// Kinds where only the names above are allowed.
+    pub restrict_tags: bool,
+    pub restrict_correspondents: bool,
+    pub restrict_document_types: bool,
+    /// The full taxonomy's match words, for providers that match by name (lexical).
+    #[serde(skip)]
+    pub taxonomy: Taxonomy,
+    /// Today, `YYYY-MM-DD`: dates after it are rejected.
+    pub today: String,
+}
+
+/// The model's suggestion, before policy and validation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Suggestion {
+    #[serde(default)]
+    pub title: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub correspondent: Option<String>,
+    #[serde(default)]
+    pub document_type: Option<String>,
+    /// `YYYY-MM-DD`, or none when the document shows no date.
+    #[serde(default)]
+    pub created: Option<String>,
+    #[serde(default)]
+    pub custom_fields: BTreeMap<String, Value>,
+}
+
+/// A passage handed to the answerer, numbered as it will be cited.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Passage {
+    pub n: usize,
+    pub doc_id: DocId,
+    pub title: String,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AnswerInput {
+    pub question: String,
+    pub passages: Vec<Passage>,
+    /// Earlier turns of the session, oldest first: (question, answer).
+    pub history: Vec<(String, String)>,
+}
+
+/// The answer text with `[n]` markers, and the passage numbers it cites.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Answer {
+    pub text: String,
+    pub cited: Vec<usize>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doc_ids_round_trip_and_reject_garbage() {
+        for s in ["12", "upload-0a1b2c"] {
+            let id: DocId = s.parse().unwrap();
+            assert_eq!(id.to_string(), s);
+        }
+        for bad in ["", "-1", "upload-", "upload-xyz", "12a", "../etc"] {
+            assert!(bad.parse::<DocId>().is_err(), "{bad}");
+        }
+        let json = serde_json::to_string(&DocId::Paperless(7)).unwrap();
+        assert_eq!(json, "\"7\"");
+    }
+
+    #[test]
+    fn job_status_follows_stages() {
+        let mut job = Job::new("j".into(), JobOrigin::Webhook, None, 0);
+        let st = |status| StageState {
+            status,
+            detail: None,
+            provider: None,
+            finished_at: None,
+        };
+        assert_eq!(job.status(), JobStatus::Queued);
+        assert_eq!(job.stages.len(), 3);
+        job.stages.insert(Stage::Chunk, st(StageStatus::Done));
+        assert_eq!(job.status(), JobStatus::Running);
+        job.stages.insert(Stage::Embed, st(StageStatus::Skipped));
+        job.stages.insert(Stage::Tag, st(StageStatus::Done));
+        assert_eq!(job.status(), JobStatus::Done);
+        job.stages.insert(Stage::Tag, st(StageStatus::Failed));
+        assert_eq!(job.status(), JobStatus::Failed);
+    }
+}

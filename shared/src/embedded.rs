@@ -1,0 +1,251 @@
+//! Assembly of the embedded deployment: every port bound to its local adapter in one data
+//! folder, providers chosen by configuration, and the queue consumers. `pai` and the end-to-end
+//! tests build the application through here, so they run exactly the same thing.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::adapters::local::{LocalStores, SqliteQueue, SqliteVectorIndex};
+use crate::config::{ConfigError, Provider, Settings};
+use crate::domain::{Stage, Taxonomy};
+use crate::models::{CachedEmbedder, CachedModel};
+use crate::paperless::PaperlessClient;
+use crate::pipeline::{Queues, Services};
+use crate::ports::{Cache, ChatModel, Embedder, Paperless};
+use crate::providers::lexical::{DEFAULT_DIMENSION, LexicalEmbedder, LexicalModel};
+use crate::providers::openai::{OpenAiChat, OpenAiEmbedder};
+
+/// The embedded application: services plus the local queues its workers consume.
+pub struct LocalApp {
+    pub svc: Services,
+    pub chunk: Arc<SqliteQueue>,
+    pub embed: Arc<SqliteQueue>,
+    pub tag: Arc<SqliteQueue>,
+}
+
+/// Why the application could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("data folder: {0}")]
+    Store(String),
+}
+
+fn config(var: &'static str, message: impl Into<String>) -> BuildError {
+    BuildError::Config(ConfigError {
+        var,
+        message: message.into(),
+    })
+}
+
+/// The chat model the settings name.
+pub fn chat_model(settings: &Settings) -> Result<Arc<dyn ChatModel>, BuildError> {
+    let llm = &settings.llm;
+    Ok(match llm.provider {
+        Provider::Lexical => Arc::new(LexicalModel),
+        Provider::OpenAi => Arc::new(
+            OpenAiChat::new(
+                llm.base_url.as_deref(),
+                llm.api_key.clone(),
+                llm.model.as_deref(),
+                settings.policy.max_output_tokens,
+                settings.policy.system_prompt.clone(),
+            )
+            .map_err(|e| config("LLM_BASE_URL", e.to_string()))?,
+        ),
+        Provider::Ollama | Provider::Bedrock => {
+            return Err(config(
+                "LLM_PROVIDER",
+                "ollama and bedrock are not available in this build yet: use openai (Ollama serves an OpenAI-compatible /v1) or lexical",
+            ));
+        }
+    })
+}
+
+/// The embedder the settings name.
+pub fn embedder(settings: &Settings) -> Result<Arc<dyn Embedder>, BuildError> {
+    let e = &settings.embedding;
+    Ok(match e.provider {
+        Provider::Lexical => Arc::new(LexicalEmbedder::new(
+            e.dimensions.unwrap_or(DEFAULT_DIMENSION),
+        )),
+        Provider::OpenAi => Arc::new(
+            OpenAiEmbedder::new(
+                e.base_url.as_deref(),
+                e.api_key.clone(),
+                e.model.as_deref(),
+                e.dimensions,
+            )
+            .map_err(|m| config("EMBEDDING_DIMENSIONS", m))?,
+        ),
+        Provider::Ollama | Provider::Bedrock => {
+            return Err(config(
+                "EMBEDDING_PROVIDER",
+                "ollama and bedrock are not available in this build yet: use openai or lexical",
+            ));
+        }
+    })
+}
+
+/// Reads `DATA_DIR/taxonomy.json` (the taxonomy used without Paperless), if present.
+pub fn local_taxonomy(data_dir: &Path) -> Result<Taxonomy, BuildError> {
+    let path = data_dir.join("taxonomy.json");
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            config(
+                "DATA_DIR",
+                format!("{} is not a valid taxonomy: {e}", path.display()),
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Taxonomy::default()),
+        Err(e) => Err(BuildError::Store(format!("{}: {e}", path.display()))),
+    }
+}
+
+impl LocalApp {
+    pub fn build(settings: Settings) -> Result<LocalApp, BuildError> {
+        let settings = Arc::new(settings);
+        let store = |e: crate::ports::StoreError| BuildError::Store(e.to_string());
+        let dir = settings.data_dir.clone();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| BuildError::Store(format!("creating {}: {e}", dir.display())))?;
+        let stores = LocalStores::open(&dir).map_err(store)?;
+        let queue = |name: &str| {
+            SqliteQueue::open(&stores.db, name, settings.max_receives)
+                .map(Arc::new)
+                .map_err(store)
+        };
+        let (chunk, embed, tag) = (queue("chunk")?, queue("embed")?, queue("tag")?);
+        let cache: Arc<dyn Cache> = Arc::new(stores.cache);
+        let raw_embedder = embedder(&settings)?;
+        let index_name: String = raw_embedder
+            .space()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        let vectors = SqliteVectorIndex::open(&stores.db, &index_name, raw_embedder.dimension())
+            .map_err(store)?;
+        let embedder: Arc<dyn Embedder> = Arc::new(CachedEmbedder::new(
+            raw_embedder,
+            cache.clone(),
+            settings.cache_ttl_secs,
+        ));
+        let model: Arc<dyn ChatModel> = Arc::new(CachedModel::new(
+            chat_model(&settings)?,
+            cache.clone(),
+            settings.cache_ttl_secs,
+        ));
+        let paperless: Option<Arc<dyn Paperless>> =
+            match (&settings.paperless_url, &settings.paperless_token) {
+                (Some(url), Some(token)) => Some(Arc::new(
+                    PaperlessClient::new(url, token.clone(), std::time::Duration::from_secs(30))
+                        .map_err(|e| config("PAPERLESS_URL", e.to_string()))?,
+                )),
+                _ => None,
+            };
+        let taxonomy = local_taxonomy(&dir)?;
+        let queues = Queues {
+            chunk: chunk.clone(),
+            embed: embed.clone(),
+            tag: tag.clone(),
+        };
+        let svc = Services::new(
+            settings,
+            Arc::new(stores.blobs),
+            Arc::new(stores.state),
+            cache,
+            queues,
+            Arc::new(vectors),
+            model,
+            embedder,
+            paperless,
+            taxonomy,
+        );
+        Ok(LocalApp {
+            svc,
+            chunk,
+            embed,
+            tag,
+        })
+    }
+
+    /// Starts the chunk, embed and tag consumers; they stop when `stop` turns true.
+    pub fn start_workers(&self, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+        let s = &self.svc.settings;
+        [
+            (self.chunk.clone(), Stage::Chunk),
+            (self.embed.clone(), Stage::Embed),
+            (self.tag.clone(), Stage::Tag),
+        ]
+        .into_iter()
+        .map(|(q, stage)| {
+            tokio::spawn(crate::worker::consume(
+                self.svc.clone(),
+                q,
+                stage,
+                s.workers,
+                s.max_receives,
+                stop.clone(),
+            ))
+        })
+        .collect()
+    }
+}
+
+/// Ingests one file as an upload (what `POST /documents` plus the PUT do), returning its job.
+pub async fn ingest_bytes(
+    svc: &Services,
+    filename: &str,
+    bytes: &[u8],
+) -> Result<crate::domain::Job, crate::pipeline::ingest::IngestError> {
+    use crate::pipeline::ingest;
+    let content_type = ingest::check_content_type("", filename)?;
+    let job = ingest::create_upload(svc, filename, content_type, Some(bytes.len() as u64)).await?;
+    ingest::receive_upload(
+        svc,
+        &job.id,
+        job.upload_token.as_deref().unwrap_or_default(),
+        bytes,
+    )
+    .await
+}
+
+/// Waits until every job is done or failed, calling `progress(finished, total)` as they end.
+pub async fn wait_for_jobs(
+    svc: &Services,
+    job_ids: &[String],
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Vec<crate::domain::Job>, crate::pipeline::PipelineError> {
+    use crate::domain::JobStatus;
+    let mut last = usize::MAX;
+    loop {
+        let mut jobs = Vec::with_capacity(job_ids.len());
+        for id in job_ids {
+            if let Some(j) = crate::pipeline::load_job(svc.state.as_ref(), id).await? {
+                jobs.push(j);
+            }
+        }
+        let finished = jobs
+            .iter()
+            .filter(|j| matches!(j.status(), JobStatus::Done | JobStatus::Failed))
+            .count();
+        if finished != last {
+            progress(finished, job_ids.len());
+            last = finished;
+        }
+        if finished == job_ids.len() {
+            return Ok(jobs);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

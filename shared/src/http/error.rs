@@ -1,0 +1,92 @@
+//! API errors: JSON `{"error": {"code", "message"}}` with the right status. Internal details
+//! are logged, never returned; messages never carry secrets.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::pipeline::PipelineError;
+use crate::pipeline::chat::ChatError;
+use crate::pipeline::ingest::IngestError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn internal(detail: impl std::fmt::Display) -> ApiError {
+        tracing::error!(%detail, "internal error");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    }
+}
+
+impl From<PipelineError> for ApiError {
+    fn from(e: PipelineError) -> Self {
+        match e {
+            PipelineError::Retry(m) => {
+                tracing::warn!(error = %m, "upstream unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "a backing service is unavailable; try again",
+                )
+            }
+            PipelineError::Fail(m) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "failed", m),
+        }
+    }
+}
+
+impl From<IngestError> for ApiError {
+    fn from(e: IngestError) -> Self {
+        match e {
+            IngestError::BadRequest(m) => ApiError::bad_request(m),
+            IngestError::TooLarge(m) => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", m)
+            }
+            IngestError::Unsupported(m) => {
+                ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported", m)
+            }
+            IngestError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
+            IngestError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            IngestError::Pipeline(p) => p.into(),
+        }
+    }
+}
+
+impl From<ChatError> for ApiError {
+    fn from(e: ChatError) -> Self {
+        match e {
+            ChatError::BadRequest(m) => ApiError::bad_request(m),
+            ChatError::Pipeline(p) => p.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            axum::Json(json!({"error": {"code": self.code, "message": self.message}})),
+        )
+            .into_response()
+    }
+}

@@ -1,0 +1,322 @@
+//! The HTTP API of DESIGN §5 as one axum `Router`: `pai serve` serves it with `axum::serve`, the
+//! ingest and chat Lambdas with `lambda_http`, so routes, auth and errors are the same code.
+//! Handlers only translate: parse, call a use case, map the result or error to a response.
+
+mod error;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+pub use error::ApiError;
+
+use crate::auth::{ApiKeys, constant_time_eq};
+use crate::config::Secret;
+use crate::domain::{DocId, JobOrigin};
+use crate::pipeline::chat::{ChatRequest, ask};
+use crate::pipeline::ingest::{self, MAX_WEBHOOK_BYTES};
+use crate::pipeline::tag::{SuggestionRecord, suggestion_key};
+use crate::pipeline::{Services, load_job};
+
+/// How long an upload URL stays valid.
+pub const UPLOAD_TTL_SECS: i64 = 3600;
+const MAX_JSON_BYTES: usize = 64 * 1024;
+
+/// Renders the metrics page (installed by the process that owns the recorder).
+pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub svc: Services,
+    pub api_keys: ApiKeys,
+    pub webhook_secret: Option<Secret>,
+    /// Base URL of this server as clients reach it (for upload links).
+    pub public_url: String,
+    pub metrics: Option<MetricsRender>,
+}
+
+impl ApiState {
+    pub fn new(svc: Services, public_url: String, metrics: Option<MetricsRender>) -> ApiState {
+        let api_keys = ApiKeys::new(svc.settings.api_keys.iter().map(Secret::expose));
+        let webhook_secret = svc.settings.webhook_secret.clone();
+        ApiState {
+            svc,
+            api_keys,
+            webhook_secret,
+            public_url: public_url.trim_end_matches('/').to_string(),
+            metrics,
+        }
+    }
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_page))
+        .route("/webhooks/paperless", post(webhook))
+        .route("/documents", post(create_upload))
+        .route("/uploads/{job_id}", put(receive_upload))
+        .route("/jobs/{job_id}", get(job))
+        .route("/documents/{doc_id}/suggestions", get(suggestions))
+        .route("/chat", post(chat))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+/// Checks `Authorization: Bearer <key>` when keys are configured.
+fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
+    if state.api_keys.is_empty() {
+        return Ok(());
+    }
+    let key = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match key {
+        Some(k) if state.api_keys.accepts(k) => Ok(()),
+        Some(_) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "API key not accepted",
+        )),
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send Authorization: Bearer <api key>",
+        )),
+    }
+}
+
+/// Reads a body up to `limit` bytes, answering 413 beyond.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("body over {limit} bytes"),
+        )
+    })
+}
+
+fn parse_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+async fn health() -> impl IntoResponse {
+    axum::Json(json!({"status": "ok"}))
+}
+
+async fn metrics_page(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let render = state.metrics.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "metrics are not exported here",
+        )
+    })?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        render(),
+    )
+        .into_response())
+}
+
+async fn webhook(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Some(secret) = &state.webhook_secret else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_configured",
+            "the webhook needs PAPERLESS_URL and WEBHOOK_SECRET to be configured",
+        ));
+    };
+    let given = headers
+        .get("x-webhook-secret")
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if !constant_time_eq(given, secret.expose().as_bytes()) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong X-Webhook-Secret",
+        ));
+    }
+    let bytes = read_body(body, MAX_WEBHOOK_BYTES).await?;
+    let doc_id = ingest::parse_webhook(&bytes)?;
+    let job = ingest::paperless_document(&state.svc, doc_id, JobOrigin::Webhook).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"job_id": job.id, "doc_id": doc_id.to_string()})),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UploadRequest {
+    filename: String,
+    content_type: String,
+    #[serde(default)]
+    size: Option<u64>,
+}
+
+async fn create_upload(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let req: UploadRequest = parse_json(&read_body(body, MAX_JSON_BYTES).await?)?;
+    let job = ingest::create_upload(&state.svc, &req.filename, &req.content_type, req.size).await?;
+    let token = job.upload_token.clone().unwrap_or_default();
+    let upload_url = format!("{}/uploads/{}?token={token}", state.public_url, job.id);
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(
+            json!({"job_id": job.id, "upload_url": upload_url, "expires_in": UPLOAD_TTL_SECS}),
+        ),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+struct UploadQuery {
+    #[serde(default)]
+    token: String,
+}
+
+async fn receive_upload(
+    State(state): State<ApiState>,
+    Path(job_id): Path<String>,
+    Query(q): Query<UploadQuery>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    if let Some(job) = load_job(state.svc.state.as_ref(), &job_id)
+        .await
+        .map_err(ApiError::from)?
+        && job.doc_id.is_none()
+        && crate::pipeline::now() > job.created_at + UPLOAD_TTL_SECS
+    {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            "expired",
+            "the upload URL has expired: create a new upload",
+        ));
+    }
+    let bytes = read_body(body, state.svc.settings.max_upload_bytes).await?;
+    let job = ingest::receive_upload(&state.svc, &job_id, &q.token, &bytes).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"job_id": job.id, "doc_id": job.doc_id})),
+    )
+        .into_response())
+}
+
+/// A job as `GET /jobs/{id}` shows it: status, stages, counts; never the upload secret.
+pub async fn job_view(svc: &Services, job_id: &str) -> Result<Option<Value>, ApiError> {
+    let Some(job) = load_job(svc.state.as_ref(), job_id).await? else {
+        return Ok(None);
+    };
+    let counters = svc
+        .state
+        .counters(&crate::pipeline::job_key(job_id))
+        .await
+        .map_err(crate::pipeline::PipelineError::from)?;
+    let mut v = serde_json::to_value(&job).expect("job serialises");
+    let obj = v.as_object_mut().expect("object");
+    obj.remove("upload_token");
+    obj.insert("status".into(), json!(job.status()));
+    obj.insert(
+        "chunks_embedded".into(),
+        json!(counters.get("chunks_embedded").copied().unwrap_or(0)),
+    );
+    Ok(Some(v))
+}
+
+async fn job(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(job_id): Path<String>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    match job_view(&state.svc, &job_id).await? {
+        Some(v) => Ok(axum::Json(v).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no job {job_id}"),
+        )),
+    }
+}
+
+async fn suggestions(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(doc_id): Path<String>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let doc: DocId = doc_id.parse().map_err(ApiError::bad_request)?;
+    let record = state
+        .svc
+        .state
+        .get(&suggestion_key(&doc))
+        .await
+        .map_err(crate::pipeline::PipelineError::from)?;
+    let Some(record) = record else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no suggestion for document {doc}"),
+        ));
+    };
+    let record: SuggestionRecord = serde_json::from_value(record.value)
+        .map_err(|e| ApiError::internal(format!("corrupt suggestion: {e}")))?;
+    Ok(axum::Json(record).into_response())
+}
+
+async fn chat(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let req: ChatRequest = parse_json(&read_body(body, MAX_JSON_BYTES).await?)?;
+    let wants_stream = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/event-stream"));
+    let reply = ask(&state.svc, &req).await?;
+    if !wants_stream {
+        return Ok(axum::Json(reply).into_response());
+    }
+    // Token events (words of the answer), then one final event with the citations.
+    let mut events: Vec<Result<Event, Infallible>> = reply
+        .answer
+        .split_inclusive(' ')
+        .map(|w| Ok(Event::default().event("token").data(w)))
+        .collect();
+    let done = json!({"citations": reply.citations, "session_id": reply.session_id, "provider": reply.provider, "answered": reply.answered});
+    events.push(Ok(Event::default().event("done").data(done.to_string())));
+    Ok(Sse::new(futures::stream::iter(events))
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}

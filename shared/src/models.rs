@@ -1,0 +1,226 @@
+//! The layer every model call goes through, whatever the provider: the prompt and embedding
+//! caches (keyed by SHA-256 of everything that shapes the reply, so a change of model, prompt
+//! or schema is a miss) and the metrics (latency, errors, tokens, hits and misses).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use sha2::{Digest, Sha256};
+
+use crate::domain::{Answer, AnswerInput, Suggestion, TagInput};
+use crate::metrics as m;
+use crate::ports::{Cache, ChatModel, Embedder, ModelError, Usage};
+
+fn key(parts: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    hex::encode(h.finalize())
+}
+
+fn record(
+    provider: &str,
+    kind: &'static str,
+    started: Instant,
+    result: &Result<Usage, &ModelError>,
+) {
+    let provider = provider.to_string();
+    metrics::histogram!(m::MODEL_LATENCY, "provider" => provider.clone(), "kind" => kind)
+        .record(started.elapsed().as_secs_f64());
+    match result {
+        Ok(u) => {
+            metrics::counter!(m::TOKENS_IN, "provider" => provider.clone(), "kind" => kind)
+                .increment(u.input_tokens);
+            metrics::counter!(m::TOKENS_OUT, "provider" => provider, "kind" => kind)
+                .increment(u.output_tokens);
+        }
+        Err(_) => {
+            metrics::counter!(m::MODEL_ERRORS, "provider" => provider, "kind" => kind).increment(1)
+        }
+    }
+}
+
+fn cache_event(cache: &'static str, hit: bool) {
+    if hit {
+        metrics::counter!(m::CACHE_HITS, "cache" => cache).increment(1);
+    } else {
+        metrics::counter!(m::CACHE_MISSES, "cache" => cache).increment(1);
+    }
+}
+
+/// An embedder with the embedding cache in front: only the misses of a batch reach the
+/// provider, in one call.
+pub struct CachedEmbedder {
+    inner: Arc<dyn Embedder>,
+    cache: Arc<dyn Cache>,
+    ttl_secs: i64,
+}
+
+impl CachedEmbedder {
+    pub fn new(inner: Arc<dyn Embedder>, cache: Arc<dyn Cache>, ttl_secs: i64) -> CachedEmbedder {
+        CachedEmbedder {
+            inner,
+            cache,
+            ttl_secs,
+        }
+    }
+}
+
+/// Vectors are cached as little-endian f32, 4 bytes a dimension.
+fn pack(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn unpack(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+#[async_trait]
+impl Embedder for CachedEmbedder {
+    fn space(&self) -> &str {
+        self.inner.space()
+    }
+
+    fn dimension(&self) -> usize {
+        self.inner.dimension()
+    }
+
+    async fn embed(&self, texts: &[String]) -> Result<(Vec<Vec<f32>>, Usage), ModelError> {
+        let keys: Vec<String> = texts
+            .iter()
+            .map(|t| key(&[b"embedding", self.space().as_bytes(), t.as_bytes()]))
+            .collect();
+        let mut out: Vec<Option<Vec<f32>>> = Vec::with_capacity(texts.len());
+        for k in &keys {
+            // A cache that cannot be read is a miss, not a failure.
+            let hit = self
+                .cache
+                .get(k)
+                .await
+                .ok()
+                .flatten()
+                .map(|b| unpack(&b))
+                .filter(|v| v.len() == self.dimension());
+            cache_event("embedding", hit.is_some());
+            out.push(hit);
+        }
+        let missing: Vec<usize> = (0..texts.len()).filter(|i| out[*i].is_none()).collect();
+        let mut usage = Usage::default();
+        if !missing.is_empty() {
+            let batch: Vec<String> = missing.iter().map(|i| texts[*i].clone()).collect();
+            let started = Instant::now();
+            let result = self.inner.embed(&batch).await;
+            record(
+                self.space(),
+                "embed",
+                started,
+                &result.as_ref().map(|(_, u)| *u),
+            );
+            let (vectors, u) = result?;
+            if vectors.len() != batch.len() {
+                return Err(ModelError::InvalidReply(format!(
+                    "{} vectors for {} texts",
+                    vectors.len(),
+                    batch.len()
+                )));
+            }
+            usage = u;
+            let expires = chrono::Utc::now().timestamp() + self.ttl_secs;
+            for (i, v) in missing.into_iter().zip(vectors) {
+                let _ = self.cache.put(&keys[i], &pack(&v), Some(expires)).await;
+                out[i] = Some(v);
+            }
+        }
+        Ok((out.into_iter().map(|v| v.expect("filled")).collect(), usage))
+    }
+}
+
+/// A chat model with the prompt cache in front. The key covers the provider and model, the
+/// whole input (document text, taxonomy slice, policy) and the schema version.
+pub struct CachedModel {
+    inner: Arc<dyn ChatModel>,
+    cache: Arc<dyn Cache>,
+    ttl_secs: i64,
+}
+
+/// Bumped whenever prompts or the reply schema change, so old replies are misses.
+pub const PROMPT_VERSION: &str = "tag-v1/answer-v1";
+
+impl CachedModel {
+    pub fn new(inner: Arc<dyn ChatModel>, cache: Arc<dyn Cache>, ttl_secs: i64) -> CachedModel {
+        CachedModel {
+            inner,
+            cache,
+            ttl_secs,
+        }
+    }
+
+    async fn cached<T, F>(
+        &self,
+        kind: &'static str,
+        input: &impl serde::Serialize,
+        call: F,
+    ) -> Result<(T, Usage), ModelError>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned,
+        F: std::future::Future<Output = Result<(T, Usage), ModelError>>,
+    {
+        let body = serde_json::to_vec(input).expect("input serialises");
+        let k = key(&[
+            kind.as_bytes(),
+            PROMPT_VERSION.as_bytes(),
+            self.inner.name().as_bytes(),
+            &body,
+        ]);
+        if let Some(hit) = self
+            .cache
+            .get(&k)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|b| serde_json::from_slice::<T>(&b).ok())
+        {
+            cache_event("prompt", true);
+            return Ok((hit, Usage::default()));
+        }
+        cache_event("prompt", false);
+        let started = Instant::now();
+        let result = call.await;
+        record(
+            self.inner.name(),
+            kind,
+            started,
+            &result.as_ref().map(|(_, u)| *u),
+        );
+        let (value, usage) = result?;
+        let _ = self
+            .cache
+            .put(
+                &k,
+                &serde_json::to_vec(&value).expect("reply serialises"),
+                Some(chrono::Utc::now().timestamp() + self.ttl_secs),
+            )
+            .await;
+        Ok((value, usage))
+    }
+}
+
+#[async_trait]
+impl ChatModel for CachedModel {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    async fn suggest(&self, input: &TagInput) -> Result<(Suggestion, Usage), ModelError> {
+        self.cached("tag", input, self.inner.suggest(input)).await
+    }
+
+    async fn answer(&self, input: &AnswerInput) -> Result<(Answer, Usage), ModelError> {
+        self.cached("answer", input, self.inner.answer(input)).await
+    }
+}

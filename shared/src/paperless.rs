@@ -1,0 +1,330 @@
+//! The Paperless-ngx REST client: token auth, API version 9 (accepted by late 2.x and 3.x),
+//! trimmed document reads, the taxonomy paged in, objects created with matching "none" (and a
+//! concurrent duplicate resolved by name), and PATCH for write-back.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::config::Secret;
+use crate::domain::{
+    CustomFieldDef, CustomFieldValue, Document, DocumentPatch, ObjectKind, SelectOption, Taxonomy,
+    TaxonomyObject,
+};
+use crate::ports::{Paperless, PaperlessError};
+
+const ACCEPT: &str = "application/json; version=9";
+const PAGE_SIZE: usize = 1000;
+/// Largest response read from Paperless (a document's content can be long, but not this long).
+const MAX_BODY: usize = 64 * 1024 * 1024;
+
+pub struct PaperlessClient {
+    http: reqwest::Client,
+    base: String,
+    token: Secret,
+}
+
+#[derive(Deserialize)]
+struct Page<T> {
+    #[serde(default)]
+    next: Option<String>,
+    results: Vec<T>,
+}
+
+#[derive(Deserialize)]
+struct RawCustomField {
+    id: u64,
+    name: String,
+    data_type: String,
+    #[serde(default)]
+    extra_data: Option<Value>,
+}
+
+fn endpoint(kind: ObjectKind) -> &'static str {
+    match kind {
+        ObjectKind::Tag => "tags",
+        ObjectKind::Correspondent => "correspondents",
+        ObjectKind::DocumentType => "document_types",
+    }
+}
+
+impl PaperlessClient {
+    pub fn new(
+        base_url: &str,
+        token: Secret,
+        timeout: Duration,
+    ) -> Result<PaperlessClient, PaperlessError> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(Duration::from_secs(5))
+            .user_agent(concat!(
+                "paperless-ai-serverless/",
+                env!("CARGO_PKG_VERSION")
+            ))
+            .build()
+            .map_err(|e| PaperlessError::Unavailable(format!("http client: {e}")))?;
+        Ok(PaperlessClient {
+            http,
+            base: base_url.trim_end_matches('/').to_string(),
+            token,
+        })
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> Result<Value, PaperlessError> {
+        let url = format!("{}/api/{}", self.base, path.trim_start_matches('/'));
+        let mut req = self
+            .http
+            .request(method.clone(), &url)
+            .header("Authorization", format!("Token {}", self.token.expose()))
+            .header("Accept", ACCEPT)
+            .query(query);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|e| {
+            PaperlessError::Unavailable(format!("{method} {path}: {}", without_url(&e)))
+        })?;
+        let status = resp.status();
+        if resp.content_length().is_some_and(|l| l as usize > MAX_BODY) {
+            return Err(PaperlessError::Rejected(format!(
+                "{method} {path}: response too large"
+            )));
+        }
+        let bytes = resp.bytes().await.map_err(|e| {
+            PaperlessError::Unavailable(format!("{method} {path}: {}", without_url(&e)))
+        })?;
+        let excerpt = || String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned();
+        match status {
+            s if s.is_success() => {
+                if bytes.is_empty() {
+                    return Ok(Value::Null);
+                }
+                serde_json::from_slice(&bytes).map_err(|e| {
+                    PaperlessError::Rejected(format!("{method} {path}: reply is not JSON: {e}"))
+                })
+            }
+            StatusCode::UNAUTHORIZED => Err(PaperlessError::Forbidden(format!(
+                "{method} {path}: PAPERLESS_TOKEN was rejected (401)"
+            ))),
+            StatusCode::FORBIDDEN => Err(PaperlessError::Forbidden(format!(
+                "{method} {path}: the token may not do this (403)"
+            ))),
+            StatusCode::NOT_FOUND => Err(PaperlessError::NotFound(path.to_string())),
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::REQUEST_TIMEOUT => Err(
+                PaperlessError::Unavailable(format!("{method} {path}: {status}")),
+            ),
+            s if s.is_server_error() => Err(PaperlessError::Unavailable(format!(
+                "{method} {path}: {status}"
+            ))),
+            s => Err(PaperlessError::Rejected(format!(
+                "{method} {path}: {s}: {}",
+                excerpt()
+            ))),
+        }
+    }
+
+    async fn all<T: for<'de> Deserialize<'de>>(
+        &self,
+        path: &str,
+    ) -> Result<Vec<T>, PaperlessError> {
+        let mut out = Vec::new();
+        for page in 1..=10_000 {
+            let v = self
+                .call(
+                    Method::GET,
+                    path,
+                    &[
+                        ("page", page.to_string()),
+                        ("page_size", PAGE_SIZE.to_string()),
+                    ],
+                    None,
+                )
+                .await?;
+            let p: Page<T> = serde_json::from_value(v).map_err(|e| {
+                PaperlessError::Rejected(format!("GET {path}: unexpected page: {e}"))
+            })?;
+            out.extend(p.results);
+            if p.next.is_none() {
+                return Ok(out);
+            }
+        }
+        Err(PaperlessError::Rejected(format!(
+            "GET {path}: more than 10000 pages"
+        )))
+    }
+}
+
+/// reqwest errors name the URL; ours must never echo a URL that could carry a secret.
+fn without_url(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "could not connect"
+    } else if e.is_decode() || e.is_body() {
+        "broken response"
+    } else {
+        "request failed"
+    };
+    kind.to_string()
+}
+
+fn document_from(v: Value) -> Result<Document, PaperlessError> {
+    #[derive(Deserialize)]
+    struct Raw {
+        id: u64,
+        #[serde(default)]
+        title: String,
+        #[serde(default)]
+        content: Option<String>,
+        #[serde(default)]
+        tags: Vec<u64>,
+        correspondent: Option<u64>,
+        document_type: Option<u64>,
+        created: Option<String>,
+        owner: Option<u64>,
+        #[serde(default)]
+        custom_fields: Vec<CustomFieldValue>,
+    }
+    let r: Raw = serde_json::from_value(v)
+        .map_err(|e| PaperlessError::Rejected(format!("unexpected document: {e}")))?;
+    Ok(Document {
+        id: r.id,
+        title: r.title,
+        content: r.content.unwrap_or_default(),
+        tags: r.tags,
+        correspondent: r.correspondent,
+        document_type: r.document_type,
+        created: r.created,
+        owner: r.owner,
+        custom_fields: r.custom_fields,
+    })
+}
+
+#[async_trait]
+impl Paperless for PaperlessClient {
+    async fn document(&self, id: u64) -> Result<Document, PaperlessError> {
+        let fields =
+            "id,title,content,tags,correspondent,document_type,created,owner,custom_fields";
+        match self
+            .call(
+                Method::GET,
+                &format!("documents/{id}/"),
+                &[("fields", fields.into())],
+                None,
+            )
+            .await
+        {
+            Err(PaperlessError::NotFound(_)) => Err(PaperlessError::NotFound(id.to_string())),
+            other => document_from(other?),
+        }
+    }
+
+    async fn taxonomy(&self) -> Result<Taxonomy, PaperlessError> {
+        let (tags, correspondents, document_types, fields) = tokio::try_join!(
+            self.all::<TaxonomyObject>("tags/"),
+            self.all::<TaxonomyObject>("correspondents/"),
+            self.all::<TaxonomyObject>("document_types/"),
+            self.all::<RawCustomField>("custom_fields/"),
+        )?;
+        let custom_fields = fields
+            .into_iter()
+            .map(|f| {
+                let options = f
+                    .extra_data
+                    .as_ref()
+                    .and_then(|e| e.get("select_options"))
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                let select_options = options
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, o)| match o {
+                        // API ≥ 7: {id, label}; older: plain labels addressed by position.
+                        Value::Object(m) => Some(SelectOption {
+                            id: m
+                                .get("id")
+                                .map(|v| v.as_str().map(str::to_string).unwrap_or(v.to_string()))?,
+                            label: m.get("label")?.as_str()?.to_string(),
+                        }),
+                        Value::String(s) => Some(SelectOption {
+                            id: i.to_string(),
+                            label: s.clone(),
+                        }),
+                        _ => None,
+                    })
+                    .collect();
+                CustomFieldDef {
+                    id: f.id,
+                    name: f.name,
+                    data_type: f.data_type,
+                    select_options,
+                }
+            })
+            .collect();
+        Ok(Taxonomy {
+            tags,
+            correspondents,
+            document_types,
+            custom_fields,
+        })
+    }
+
+    async fn create(&self, kind: ObjectKind, name: &str) -> Result<TaxonomyObject, PaperlessError> {
+        let path = format!("{}/", endpoint(kind));
+        match self
+            .call(
+                Method::POST,
+                &path,
+                &[],
+                Some(&json!({"name": name, "matching_algorithm": 0})),
+            )
+            .await
+        {
+            Ok(v) => serde_json::from_value(v)
+                .map_err(|e| PaperlessError::Rejected(format!("unexpected created object: {e}"))),
+            Err(PaperlessError::Rejected(reason)) => {
+                // Another worker created it first (unique name): use that one.
+                let v = self
+                    .call(
+                        Method::GET,
+                        &path,
+                        &[("name__iexact", name.to_string())],
+                        None,
+                    )
+                    .await?;
+                let page: Page<TaxonomyObject> = serde_json::from_value(v)
+                    .map_err(|e| PaperlessError::Rejected(format!("unexpected page: {e}")))?;
+                page.results
+                    .into_iter()
+                    .next()
+                    .ok_or(PaperlessError::Rejected(reason))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn patch(&self, id: u64, patch: &DocumentPatch) -> Result<(), PaperlessError> {
+        let body = serde_json::to_value(patch).expect("patch serialises");
+        match self
+            .call(Method::PATCH, &format!("documents/{id}/"), &[], Some(&body))
+            .await
+        {
+            Err(PaperlessError::NotFound(_)) => Err(PaperlessError::NotFound(id.to_string())),
+            other => other.map(|_| ()),
+        }
+    }
+
+    fn document_url(&self, id: u64) -> String {
+        format!("{}/documents/{id}/details", self.base)
+    }
+}

@@ -1,0 +1,446 @@
+//! Chat: answer a question from the archive with numbered citations. The request's filters go
+//! into the vector query (filter first, then nearest neighbours), the candidates are reranked
+//! by fusing vector similarity with keyword coverage, and a question the archive cannot answer
+//! is refused without a model call.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::OnceLock;
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::embed::created_number;
+use super::{PipelineError, Services};
+use crate::domain::{AnswerInput, DocId, Passage};
+use crate::filter::Filter;
+use crate::ports::{Condition, VectorHit};
+use crate::text::{count_tokens, detect_language, fold, is_stopword, words};
+
+pub const MAX_QUESTION_CHARS: usize = 2000;
+/// Candidates fetched from the index before reranking.
+const CANDIDATES: usize = 40;
+/// Passages handed to the answerer, and at most this many from one document.
+const MAX_PASSAGES: usize = 6;
+const MAX_PER_DOCUMENT: usize = 2;
+const CONTEXT_TOKENS: usize = 3000;
+/// Below this share of the question's (weighted) words in the best passage, the archive is
+/// taken not to contain the answer.
+const MIN_COVERAGE: f32 = 0.45;
+const SESSION_TTL_SECS: i64 = 24 * 3600;
+const SESSION_TURNS: usize = 6;
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatFilters {
+    #[serde(default)]
+    pub tags: Vec<String>,
+    pub correspondent: Option<String>,
+    pub document_type: Option<String>,
+    pub created_from: Option<String>,
+    pub created_to: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ChatRequest {
+    pub question: String,
+    #[serde(default)]
+    pub filters: Option<ChatFilters>,
+    /// Chat with one document: a number or a document id string.
+    #[serde(default)]
+    pub document_id: Option<Value>,
+    #[serde(default)]
+    pub session_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Citation {
+    pub n: usize,
+    pub doc_id: DocId,
+    pub title: String,
+    pub url: Option<String>,
+    pub snippet: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChatResponse {
+    pub answer: String,
+    pub citations: Vec<Citation>,
+    pub session_id: String,
+    pub provider: String,
+    /// False when the archive did not contain the answer.
+    pub answered: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+}
+
+fn bad<T>(m: impl Into<String>) -> Result<T, ChatError> {
+    Err(ChatError::BadRequest(m.into()))
+}
+
+/// The request's filters as an S3 Vectors filter on the vectors' metadata.
+pub fn build_filter(req: &ChatRequest) -> Result<Option<Filter>, ChatError> {
+    let mut doc = serde_json::Map::new();
+    let mut parts = Vec::new();
+    if let Some(f) = &req.filters {
+        for t in &f.tags {
+            parts.push(json!({"tags": {"$eq": fold(t)}}));
+        }
+        if let Some(c) = &f.correspondent {
+            parts.push(json!({"correspondent": {"$eq": fold(c)}}));
+        }
+        if let Some(t) = &f.document_type {
+            parts.push(json!({"document_type": {"$eq": fold(t)}}));
+        }
+        let mut range = serde_json::Map::new();
+        for (key, op, value) in [
+            ("created_from", "$gte", &f.created_from),
+            ("created_to", "$lte", &f.created_to),
+        ] {
+            if let Some(v) = value {
+                let Some(n) = created_number(v).filter(|_| v.len() == 10) else {
+                    return bad(format!(
+                        "filters.{key} must be a date YYYY-MM-DD, not {v:?}"
+                    ));
+                };
+                range.insert(op.into(), json!(n));
+            }
+        }
+        if !range.is_empty() {
+            parts.push(json!({"created": range}));
+        }
+    }
+    if let Some(id) = &req.document_id {
+        let id: DocId = match id {
+            Value::Number(n) => n.to_string().parse(),
+            Value::String(s) => s.parse(),
+            _ => Err(String::new()),
+        }
+        .map_err(|_| ChatError::BadRequest(format!("document_id {id} is not a document id")))?;
+        parts.push(json!({"doc_id": {"$eq": id.to_string()}}));
+    }
+    if parts.is_empty() {
+        return Ok(None);
+    }
+    doc.insert("$and".into(), Value::Array(parts));
+    Filter::parse(&Value::Object(doc))
+        .map(Some)
+        .map_err(|e| ChatError::BadRequest(e.to_string()))
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Session {
+    turns: Vec<(String, String)>,
+}
+
+fn session_key(id: &str) -> String {
+    format!("session/{id}")
+}
+
+fn refusal(question: &str) -> &'static str {
+    match detect_language(question) {
+        "de" => "Ihre Dokumente enthalten keine Antwort auf diese Frage.",
+        "fr" => "Vos documents ne contiennent pas de réponse à cette question.",
+        _ => "Your documents do not contain an answer to this question.",
+    }
+}
+
+/// A candidate after reranking.
+struct Ranked {
+    hit: VectorHit,
+    coverage: f32,
+    score: f32,
+}
+
+/// Fuses vector similarity with keyword coverage, where each question word weighs by how rare
+/// it is among the candidates (a word every candidate has tells nothing).
+fn rerank(question_words: &[String], hits: Vec<VectorHit>) -> Vec<Ranked> {
+    let chunk_words: Vec<BTreeSet<String>> = hits
+        .iter()
+        .map(|h| words(&h.record.text).into_iter().collect())
+        .collect();
+    let n = hits.len().max(1) as f32;
+    let weights: Vec<f32> = question_words
+        .iter()
+        .map(|w| {
+            (1.0 + n / (1.0 + chunk_words.iter().filter(|c| c.contains(w)).count() as f32)).ln()
+        })
+        .collect();
+    let total: f32 = weights.iter().sum::<f32>().max(f32::EPSILON);
+    let mut ranked: Vec<Ranked> = hits
+        .into_iter()
+        .zip(&chunk_words)
+        .map(|(hit, cw)| {
+            let covered: f32 = question_words
+                .iter()
+                .zip(&weights)
+                .filter(|(w, _)| cw.contains(*w))
+                .map(|(_, x)| x)
+                .sum();
+            let coverage = covered / total;
+            let score = 0.4 * (1.0 - hit.distance) + 0.6 * coverage;
+            Ranked {
+                hit,
+                coverage,
+                score,
+            }
+        })
+        .collect();
+    ranked.sort_by(|a, b| b.score.total_cmp(&a.score));
+    ranked
+}
+
+/// Renumbers `[n]` markers to 1, 2, … in order of first use, dropping unknown numbers.
+fn renumber(text: &str, known: &[usize]) -> (String, Vec<usize>) {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    let re = RE.get_or_init(|| Regex::new(r"\[(\d+)\]").expect("regex"));
+    let mut order: Vec<usize> = Vec::new();
+    let out = re
+        .replace_all(text, |c: &regex::Captures| {
+            let n: usize = c[1].parse().unwrap_or(0);
+            if !known.contains(&n) {
+                return String::new();
+            }
+            let pos = order.iter().position(|x| *x == n).unwrap_or_else(|| {
+                order.push(n);
+                order.len() - 1
+            });
+            format!("[{}]", pos + 1)
+        })
+        .into_owned();
+    (out, order)
+}
+
+pub async fn ask(svc: &Services, req: &ChatRequest) -> Result<ChatResponse, ChatError> {
+    let started = std::time::Instant::now();
+    let question = req.question.trim();
+    if question.is_empty() {
+        return bad("question is empty");
+    }
+    if question.chars().count() > MAX_QUESTION_CHARS {
+        return bad(format!(
+            "question is longer than {MAX_QUESTION_CHARS} characters"
+        ));
+    }
+    let filter = build_filter(req)?;
+    let session_id = match &req.session_id {
+        Some(id)
+            if id.len() >= 8
+                && id.len() <= 64
+                && id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') =>
+        {
+            id.clone()
+        }
+        Some(id) => {
+            return bad(format!(
+                "session_id {id:?} must be 8 to 64 letters, digits, - or _"
+            ));
+        }
+        None => uuid::Uuid::now_v7().to_string(),
+    };
+    let session: Session = match svc
+        .state
+        .get(&session_key(&session_id))
+        .await
+        .map_err(PipelineError::from)?
+    {
+        Some(v) => serde_json::from_value(v.value).unwrap_or_default(),
+        None => Session::default(),
+    };
+    // A short follow-up ("and in 2024?") is read together with the question before it.
+    let mut query = question.to_string();
+    let content_words = |s: &str| {
+        words(s)
+            .into_iter()
+            .filter(|w| !is_stopword(w))
+            .collect::<Vec<_>>()
+    };
+    if content_words(question).len() < 4
+        && let Some((prev, _)) = session.turns.last()
+    {
+        query = format!("{prev} {question}");
+    }
+    let q_words: Vec<String> = content_words(&query)
+        .into_iter()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+
+    let (vectors, _) = svc
+        .embedder
+        .embed(std::slice::from_ref(&query))
+        .await
+        .map_err(PipelineError::from)?;
+    let qv = vectors.into_iter().next().unwrap_or_default();
+    let hits = if qv.iter().all(|x| *x == 0.0) {
+        Vec::new()
+    } else {
+        svc.vectors
+            .query(&qv, CANDIDATES, filter.as_ref())
+            .await
+            .map_err(PipelineError::from)?
+    };
+    let ranked = rerank(&q_words, hits);
+
+    let mut passages = Vec::new();
+    let mut per_doc: HashMap<String, usize> = HashMap::new();
+    let mut tokens = 0;
+    if ranked.first().is_some_and(|r| r.coverage >= MIN_COVERAGE) {
+        for r in &ranked {
+            let doc = r
+                .hit
+                .record
+                .metadata
+                .get("doc_id")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let Ok(doc_id) = doc.parse::<DocId>() else {
+                continue;
+            };
+            let count = per_doc.entry(doc).or_default();
+            let t = count_tokens(&r.hit.record.text);
+            if *count >= MAX_PER_DOCUMENT
+                || tokens + t > CONTEXT_TOKENS
+                || r.coverage < MIN_COVERAGE / 2.0
+            {
+                continue;
+            }
+            *count += 1;
+            tokens += t;
+            passages.push(Passage {
+                n: passages.len() + 1,
+                doc_id,
+                title: r.hit.record.title.clone(),
+                text: r.hit.record.text.clone(),
+            });
+            if passages.len() == MAX_PASSAGES {
+                break;
+            }
+        }
+    }
+
+    let (answer, citations, answered) = if passages.is_empty() {
+        (refusal(question).to_string(), Vec::new(), false)
+    } else {
+        let input = AnswerInput {
+            question: question.to_string(),
+            passages: passages.clone(),
+            history: session
+                .turns
+                .iter()
+                .rev()
+                .take(SESSION_TURNS)
+                .rev()
+                .cloned()
+                .collect(),
+        };
+        let (answer, _) = svc
+            .model
+            .answer(&input)
+            .await
+            .map_err(PipelineError::from)?;
+        let known: Vec<usize> = passages.iter().map(|p| p.n).collect();
+        let (text, order) = renumber(&answer.text, &known);
+        let order = if order.is_empty() {
+            answer
+                .cited
+                .iter()
+                .copied()
+                .filter(|n| known.contains(n))
+                .collect()
+        } else {
+            order
+        };
+        if order.is_empty() {
+            (refusal(question).to_string(), Vec::new(), false)
+        } else {
+            let citations = order
+                .iter()
+                .enumerate()
+                .filter_map(|(i, n)| passages.iter().find(|p| p.n == *n).map(|p| (i, p)))
+                .map(|(i, p)| Citation {
+                    n: i + 1,
+                    doc_id: p.doc_id.clone(),
+                    title: p.title.clone(),
+                    url: match (&svc.paperless, p.doc_id.paperless_id()) {
+                        (Some(pl), Some(id)) => Some(pl.document_url(id)),
+                        _ => None,
+                    },
+                    snippet: p.text.chars().take(300).collect(),
+                })
+                .collect();
+            (text, citations, true)
+        }
+    };
+
+    let mut turns = session.turns;
+    turns.push((question.to_string(), answer.clone()));
+    let keep = turns.len().saturating_sub(SESSION_TURNS);
+    let session = Session {
+        turns: turns.split_off(keep),
+    };
+    svc.state
+        .put(
+            &session_key(&session_id),
+            &serde_json::to_value(&session).expect("session serialises"),
+            Condition::None,
+            Some(super::now() + SESSION_TTL_SECS),
+        )
+        .await
+        .map_err(PipelineError::from)?;
+    metrics::histogram!(crate::metrics::CHAT_LATENCY).record(started.elapsed().as_secs_f64());
+    Ok(ChatResponse {
+        answer,
+        citations,
+        session_id,
+        provider: svc.model.name().to_string(),
+        answered,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(filters: Value) -> ChatRequest {
+        serde_json::from_value(json!({"question": "q", "filters": filters})).unwrap()
+    }
+
+    #[test]
+    fn filters_become_metadata_filters() {
+        let f = build_filter(&req(json!({"tags": ["Invoice", "Home"], "correspondent": "Müller GmbH", "created_from": "2025-01-01", "created_to": "2025-12-31"}))).unwrap().unwrap();
+        let meta = json!({"tags": ["invoice", "home"], "correspondent": "muller gmbh", "created": 20250314}).as_object().unwrap().clone();
+        assert!(f.matches(&meta));
+        let outside = json!({"tags": ["invoice", "home"], "correspondent": "muller gmbh", "created": 20240314}).as_object().unwrap().clone();
+        assert!(!f.matches(&outside));
+        assert!(build_filter(&req(json!({"created_from": "2025-13-01"}))).is_err());
+        assert!(
+            serde_json::from_value::<ChatRequest>(
+                json!({"question": "q", "filters": {"colour": "red"}})
+            )
+            .is_err()
+        );
+        let one: ChatRequest =
+            serde_json::from_value(json!({"question": "q", "document_id": 12})).unwrap();
+        assert_eq!(
+            build_filter(&one).unwrap().unwrap().to_json(),
+            json!({"$and": [{"doc_id": {"$eq": "12"}}]})
+        );
+    }
+
+    #[test]
+    fn citations_are_renumbered_in_order_of_use() {
+        let (text, order) = renumber("A [3] and B [1], again [3], bogus [9].", &[1, 2, 3]);
+        assert_eq!(text, "A [1] and B [2], again [1], bogus .");
+        assert_eq!(order, vec![3, 1]);
+    }
+}

@@ -1,0 +1,315 @@
+//! The use cases: ingest, chunk, embed, tag and chat, as plain async functions over the ports.
+//!
+//! Every queue-driven step is idempotent: SQS (and the embedded queue) deliver at least once, so
+//! a redelivered message must change nothing twice. `handle` is the one entry point both the
+//! Lambda doors and `pai`'s workers call with a message body.
+
+pub mod chat;
+pub mod chunk;
+pub mod embed;
+pub mod ingest;
+pub mod tag;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config::Settings;
+use crate::domain::{Job, Stage, StageState, StageStatus, Taxonomy};
+use crate::ports::{
+    BlobStore, Cache, ChatModel, Condition, Embedder, ModelError, Paperless, PaperlessError,
+    StateStore, StoreError, VectorIndex, WorkQueue,
+};
+
+/// The three work queues.
+#[derive(Clone)]
+pub struct Queues {
+    pub chunk: Arc<dyn WorkQueue>,
+    pub embed: Arc<dyn WorkQueue>,
+    pub tag: Arc<dyn WorkQueue>,
+}
+
+/// Everything a use case may touch, built once per process (per cold start on Lambda).
+#[derive(Clone)]
+pub struct Services {
+    pub settings: Arc<Settings>,
+    pub blobs: Arc<dyn BlobStore>,
+    pub state: Arc<dyn StateStore>,
+    pub cache: Arc<dyn Cache>,
+    pub queues: Queues,
+    pub vectors: Arc<dyn VectorIndex>,
+    pub model: Arc<dyn ChatModel>,
+    pub embedder: Arc<dyn Embedder>,
+    pub paperless: Option<Arc<dyn Paperless>>,
+    /// The taxonomy used when no Paperless is configured (e.g. `DATA_DIR/taxonomy.json`).
+    pub local_taxonomy: Arc<Taxonomy>,
+    taxonomy_cache: Arc<Mutex<Option<(Instant, Arc<Taxonomy>)>>>,
+}
+
+/// How long a fetched Paperless taxonomy is reused before it is read again.
+const TAXONOMY_TTL: Duration = Duration::from_secs(60);
+
+impl Services {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        settings: Arc<Settings>,
+        blobs: Arc<dyn BlobStore>,
+        state: Arc<dyn StateStore>,
+        cache: Arc<dyn Cache>,
+        queues: Queues,
+        vectors: Arc<dyn VectorIndex>,
+        model: Arc<dyn ChatModel>,
+        embedder: Arc<dyn Embedder>,
+        paperless: Option<Arc<dyn Paperless>>,
+        local_taxonomy: Taxonomy,
+    ) -> Services {
+        Services {
+            settings,
+            blobs,
+            state,
+            cache,
+            queues,
+            vectors,
+            model,
+            embedder,
+            paperless,
+            local_taxonomy: Arc::new(local_taxonomy),
+            taxonomy_cache: Default::default(),
+        }
+    }
+
+    /// The user's taxonomy: Paperless's (cached briefly), or the local one.
+    pub async fn taxonomy(&self) -> Result<Arc<Taxonomy>, PipelineError> {
+        let Some(paperless) = &self.paperless else {
+            return Ok(self.local_taxonomy.clone());
+        };
+        if let Some((at, t)) = self.taxonomy_cache.lock().expect("taxonomy cache").as_ref()
+            && at.elapsed() < TAXONOMY_TTL
+        {
+            return Ok(t.clone());
+        }
+        let fresh = Arc::new(paperless.taxonomy().await.map_err(PipelineError::from)?);
+        *self.taxonomy_cache.lock().expect("taxonomy cache") =
+            Some((Instant::now(), fresh.clone()));
+        Ok(fresh)
+    }
+
+    /// Forgets the cached taxonomy (after creating objects in Paperless).
+    pub fn taxonomy_changed(&self) {
+        *self.taxonomy_cache.lock().expect("taxonomy cache") = None;
+    }
+}
+
+/// Why a step failed, and whether the message should come back.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// Transient: the message is retried (and dead-lettered after too many receives).
+    #[error("{0}")]
+    Retry(String),
+    /// Permanent: recorded on the job; retrying cannot help.
+    #[error("{0}")]
+    Fail(String),
+}
+
+impl PipelineError {
+    pub fn is_retry(&self) -> bool {
+        matches!(self, PipelineError::Retry(_))
+    }
+}
+
+impl From<StoreError> for PipelineError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Invalid(m) => PipelineError::Fail(m),
+            other => PipelineError::Retry(other.to_string()),
+        }
+    }
+}
+
+impl From<ModelError> for PipelineError {
+    fn from(e: ModelError) -> Self {
+        if e.is_transient() {
+            PipelineError::Retry(e.to_string())
+        } else {
+            PipelineError::Fail(e.to_string())
+        }
+    }
+}
+
+impl From<PaperlessError> for PipelineError {
+    fn from(e: PaperlessError) -> Self {
+        metrics::counter!(crate::metrics::PAPERLESS_ERRORS, "kind" => match e {
+            PaperlessError::NotFound(_) => "not_found",
+            PaperlessError::Forbidden(_) => "forbidden",
+            PaperlessError::Rejected(_) => "rejected",
+            PaperlessError::Unavailable(_) => "unavailable",
+        })
+        .increment(1);
+        if e.is_transient() {
+            PipelineError::Retry(e.to_string())
+        } else {
+            PipelineError::Fail(e.to_string())
+        }
+    }
+}
+
+pub(crate) fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+pub fn job_key(job_id: &str) -> String {
+    format!("job/{job_id}")
+}
+
+/// Reads a job.
+pub async fn load_job(state: &dyn StateStore, job_id: &str) -> Result<Option<Job>, PipelineError> {
+    match state.get(&job_key(job_id)).await? {
+        None => Ok(None),
+        Some(v) => serde_json::from_value(v.value)
+            .map(Some)
+            .map_err(|e| PipelineError::Fail(format!("corrupt job {job_id}: {e}"))),
+    }
+}
+
+/// Applies `change` to a job with optimistic locking, retrying on concurrent updates.
+pub async fn update_job(
+    state: &dyn StateStore,
+    job_id: &str,
+    change: impl Fn(&mut Job),
+) -> Result<Job, PipelineError> {
+    let key = job_key(job_id);
+    for _ in 0..50 {
+        let Some(current) = state.get(&key).await? else {
+            return Err(PipelineError::Fail(format!("job {job_id} does not exist")));
+        };
+        let mut job: Job = serde_json::from_value(current.value)
+            .map_err(|e| PipelineError::Fail(format!("corrupt job {job_id}: {e}")))?;
+        let before = job.clone();
+        change(&mut job);
+        if job == before {
+            return Ok(job);
+        }
+        let value = serde_json::to_value(&job).expect("job serialises");
+        match state
+            .put(&key, &value, Condition::Version(current.version), None)
+            .await
+        {
+            Ok(_) => {
+                if job.status() != before.status()
+                    && matches!(
+                        job.status(),
+                        crate::domain::JobStatus::Done | crate::domain::JobStatus::Failed
+                    )
+                {
+                    metrics::histogram!(crate::metrics::JOB_DURATION)
+                        .record((now() - job.created_at).max(0) as f64);
+                }
+                return Ok(job);
+            }
+            Err(StoreError::Conflict(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(PipelineError::Retry(format!(
+        "job {job_id} is being updated by too many workers"
+    )))
+}
+
+/// Sets a stage's outcome (a stage already failed stays failed).
+pub async fn set_stage(
+    state: &dyn StateStore,
+    job_id: &str,
+    stage: Stage,
+    status: StageStatus,
+    detail: Option<String>,
+    provider: Option<String>,
+) -> Result<Job, PipelineError> {
+    update_job(state, job_id, |job| {
+        if job
+            .stages
+            .get(&stage)
+            .is_some_and(|s| s.status == StageStatus::Failed && status != StageStatus::Failed)
+        {
+            return;
+        }
+        let finished_at = job
+            .stages
+            .get(&stage)
+            .and_then(|s| s.finished_at)
+            .or(Some(now()));
+        job.stages.insert(
+            stage,
+            StageState {
+                status,
+                detail: detail.clone(),
+                provider: provider.clone(),
+                finished_at: (status != StageStatus::Pending)
+                    .then_some(finished_at)
+                    .flatten(),
+            },
+        );
+    })
+    .await
+}
+
+/// Processes one message of a stage's queue. `final_attempt` is set when the queue will
+/// dead-letter the message if this attempt fails, so the job records the failure now.
+pub async fn handle(
+    svc: &Services,
+    stage: Stage,
+    body: &str,
+    final_attempt: bool,
+) -> Result<(), PipelineError> {
+    use tracing::Instrument;
+    let malformed =
+        |e: serde_json::Error| PipelineError::Fail(format!("malformed {stage:?} message: {e}"));
+    let (job_id, result) = match stage {
+        Stage::Chunk => {
+            let t: crate::domain::ChunkTask = serde_json::from_str(body).map_err(malformed)?;
+            let span = tracing::info_span!("chunk", job_id = t.job_id());
+            (
+                t.job_id().to_string(),
+                chunk::run(svc, &t).instrument(span).await,
+            )
+        }
+        Stage::Embed => {
+            let t: crate::domain::EmbedTask = serde_json::from_str(body).map_err(malformed)?;
+            let span = tracing::info_span!("embed", job_id = %t.job_id, doc_id = %t.doc_id);
+            (t.job_id.clone(), embed::run(svc, &t).instrument(span).await)
+        }
+        Stage::Tag => {
+            let t: crate::domain::TagTask = serde_json::from_str(body).map_err(malformed)?;
+            let span = tracing::info_span!("tag", job_id = %t.job_id, doc_id = %t.doc_id);
+            (t.job_id.clone(), tag::run(svc, &t).instrument(span).await)
+        }
+    };
+    if let Err(e) = &result {
+        let label = if e.is_retry() && !final_attempt {
+            "retry"
+        } else {
+            "fail"
+        };
+        metrics::counter!(crate::metrics::MESSAGES_FAILED, "stage" => format!("{stage:?}").to_lowercase(), "outcome" => label).increment(1);
+        if !e.is_retry() || final_attempt {
+            let reason = if e.is_retry() {
+                format!("gave up after repeated failures: {e}")
+            } else {
+                e.to_string()
+            };
+            tracing::warn!(job_id, ?stage, %reason, "stage failed");
+            // The job may not exist (a message for a deleted job): nothing more to record then.
+            let _ = set_stage(
+                svc.state.as_ref(),
+                &job_id,
+                stage,
+                StageStatus::Failed,
+                Some(reason),
+                None,
+            )
+            .await;
+            if stage == Stage::Tag {
+                tag::mark_failed(svc, &job_id).await;
+            }
+        }
+    }
+    result
+}

@@ -1,0 +1,546 @@
+//! Tag: one structured model call per document version, validated against the taxonomy and
+//! the write policy, then written back to Paperless-ngx by read-merge-write (a PATCH replaces
+//! whole sets), or stored as a suggestion (review mode, uploads). A version already tagged under
+//! the same policy is a no-op: our own PATCH fires Paperless "Document Updated" workflows, and
+//! they must not loop back into a second model call.
+
+use std::collections::BTreeSet;
+
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::chunk::{load_manifest, manifest_key, snapshot_key};
+use super::{PipelineError, Services, set_stage};
+use crate::config::FieldMode;
+use crate::domain::{
+    DocId, DocMeta, Document, DocumentPatch, Field, Manifest, ObjectKind, Stage, StageStatus,
+    Suggestion, TagInput, TagTask, Taxonomy,
+};
+use crate::ports::{Condition, MAX_VECTORS_PER_CALL, StoreError};
+use crate::text::{fit_head_tail, fold, plausible_date};
+
+/// At most this many names of one kind go into a prompt; the rest of a large taxonomy is
+/// represented by the names most relevant to the document and the most used.
+pub const MAX_NAMES_PER_KIND: usize = 150;
+
+/// What was suggested, what was applied, and what it replaced (for undo).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SuggestionRecord {
+    pub doc_id: DocId,
+    pub job_id: String,
+    pub provider: String,
+    pub content_hash: String,
+    pub suggestion: Suggestion,
+    /// Parts of the model's reply that were refused, with the reason.
+    pub rejected: Vec<String>,
+    /// The PATCH sent to Paperless, if any.
+    pub applied: Option<DocumentPatch>,
+    /// The values the PATCH replaced.
+    pub previous: Option<DocumentPatch>,
+    pub review: bool,
+    pub at: i64,
+}
+
+pub fn suggestion_key(doc_id: &DocId) -> String {
+    format!("suggestion/{doc_id}")
+}
+
+fn tagged_key(doc_id: &DocId) -> String {
+    format!("tagged/{doc_id}")
+}
+
+/// The names of one kind to show the model: all of a small taxonomy; for a large one, those
+/// the document mentions first, then the most used.
+fn slice(taxonomy: &Taxonomy, kind: ObjectKind, content_words: &BTreeSet<String>) -> Vec<String> {
+    let mut objects: Vec<_> = taxonomy.objects(kind).iter().collect();
+    if objects.len() > MAX_NAMES_PER_KIND {
+        let mentioned = |name: &str| {
+            crate::text::words(name)
+                .iter()
+                .all(|w| content_words.contains(w))
+        };
+        objects.sort_by_key(|o| {
+            (
+                !mentioned(&o.name),
+                std::cmp::Reverse(o.document_count),
+                o.id,
+            )
+        });
+        objects.truncate(MAX_NAMES_PER_KIND);
+    }
+    objects.into_iter().map(|o| o.name.clone()).collect()
+}
+
+/// Validates the model's suggestion against the policy and the taxonomy: drops what it may
+/// not set, with reasons. Never substitutes a value of its own.
+pub fn validate(
+    mut s: Suggestion,
+    input: &TagInput,
+    today: NaiveDate,
+) -> (Suggestion, Vec<String>) {
+    let mut rejected = Vec::new();
+    let wants = |f: Field| input.fields.contains(&f);
+    s.title = s
+        .title
+        .map(|t| t.trim().chars().take(128).collect::<String>())
+        .filter(|t| !t.is_empty() && wants(Field::Title));
+    let check_name = |kind: ObjectKind,
+                      restricted: bool,
+                      name: Option<String>,
+                      rejected: &mut Vec<String>|
+     -> Option<String> {
+        let name = name?.trim().chars().take(128).collect::<String>();
+        if name.is_empty() {
+            return None;
+        }
+        if let Some(existing) = input.taxonomy.find(kind, &name) {
+            return Some(existing.name.clone());
+        }
+        if restricted {
+            rejected.push(format!("{kind:?} {name:?} is not in the existing taxonomy"));
+            return None;
+        }
+        Some(name)
+    };
+    let mut tags = Vec::new();
+    for t in std::mem::take(&mut s.tags) {
+        if let Some(name) = check_name(ObjectKind::Tag, input.restrict_tags, Some(t), &mut rejected)
+            && !tags.iter().any(|x: &String| fold(x) == fold(&name))
+        {
+            tags.push(name);
+        }
+    }
+    s.tags = if wants(Field::Tags) {
+        tags.into_iter().take(12).collect()
+    } else {
+        Vec::new()
+    };
+    s.correspondent = check_name(
+        ObjectKind::Correspondent,
+        input.restrict_correspondents,
+        s.correspondent.take(),
+        &mut rejected,
+    )
+    .filter(|_| wants(Field::Correspondent));
+    s.document_type = check_name(
+        ObjectKind::DocumentType,
+        input.restrict_document_types,
+        s.document_type.take(),
+        &mut rejected,
+    )
+    .filter(|_| wants(Field::DocumentType));
+    s.created = match s.created.take().filter(|_| wants(Field::Created)) {
+        None => None,
+        Some(c) => match plausible_date(&c, today) {
+            Ok(d) => Some(d.to_string()),
+            Err(reason) => {
+                rejected.push(format!("created date left alone: {reason}"));
+                None
+            }
+        },
+    };
+    if !wants(Field::CustomFields) {
+        s.custom_fields.clear();
+    }
+    (s, rejected)
+}
+
+pub async fn run(svc: &Services, task: &TagTask) -> Result<(), PipelineError> {
+    let policy = &svc.settings.policy;
+    let guard = json!({"content_hash": task.content_hash, "policy": policy.fingerprint(), "model": svc.model.name()});
+    if svc
+        .state
+        .get(&tagged_key(&task.doc_id))
+        .await?
+        .is_some_and(|v| v.value == guard)
+    {
+        metrics::counter!(crate::metrics::DOCUMENTS_TAGGED, "outcome" => "unchanged").increment(1);
+        set_stage(
+            svc.state.as_ref(),
+            &task.job_id,
+            Stage::Tag,
+            StageStatus::Skipped,
+            Some("already tagged: same text, same policy".into()),
+            None,
+        )
+        .await?;
+        return Ok(());
+    }
+    let taxonomy = svc.taxonomy().await?;
+    let paperless_doc: Option<Document> = match (&task.doc_id, &svc.paperless) {
+        (DocId::Paperless(id), Some(p)) => Some(p.document(*id).await?),
+        (DocId::Paperless(_), None) => {
+            return Err(PipelineError::Fail(
+                "PAPERLESS_URL is not configured".into(),
+            ));
+        }
+        _ => None,
+    };
+    if let Some(doc) = &paperless_doc
+        && let Some(reason) = excluded(doc, &taxonomy, policy)
+    {
+        set_stage(
+            svc.state.as_ref(),
+            &task.job_id,
+            Stage::Tag,
+            StageStatus::Skipped,
+            Some(reason),
+            None,
+        )
+        .await?;
+        return Ok(());
+    }
+    let text = match &paperless_doc {
+        Some(doc) => doc.content.clone(),
+        None => {
+            let bytes = svc
+                .blobs
+                .get(&snapshot_key(&task.doc_id, &task.content_hash))
+                .await?
+                .ok_or_else(|| PipelineError::Fail("text snapshot is missing".into()))?;
+            String::from_utf8(bytes)
+                .map_err(|_| PipelineError::Fail("text snapshot is not UTF-8".into()))?
+        }
+    };
+    let manifest = load_manifest(svc, &task.doc_id).await?;
+    let current_title = paperless_doc
+        .as_ref()
+        .map(|d| d.title.clone())
+        .or_else(|| manifest.as_ref().map(|(m, _)| m.meta.title.clone()))
+        .unwrap_or_default();
+    let today = chrono::Utc::now().date_naive();
+    let content_words: BTreeSet<String> = crate::text::words(&text).into_iter().collect();
+    let input = TagInput {
+        current_title,
+        content: fit_head_tail(&text, policy.max_input_tokens),
+        fields: policy.fields.iter().copied().collect(),
+        tags: slice(&taxonomy, ObjectKind::Tag, &content_words),
+        correspondents: slice(&taxonomy, ObjectKind::Correspondent, &content_words),
+        document_types: slice(&taxonomy, ObjectKind::DocumentType, &content_words),
+        custom_fields: taxonomy
+            .custom_fields
+            .iter()
+            .filter(|f| {
+                policy
+                    .custom_fields
+                    .iter()
+                    .any(|n| fold(n) == fold(&f.name))
+            })
+            .cloned()
+            .collect(),
+        restrict_tags: policy.restrict.contains(&ObjectKind::Tag),
+        restrict_correspondents: policy.restrict.contains(&ObjectKind::Correspondent),
+        restrict_document_types: policy.restrict.contains(&ObjectKind::DocumentType),
+        taxonomy: (*taxonomy).clone(),
+        today: today.to_string(),
+    };
+    let (raw, _usage) = svc.model.suggest(&input).await?;
+    let (suggestion, rejected) = validate(raw, &input, today);
+
+    let mut record = SuggestionRecord {
+        doc_id: task.doc_id.clone(),
+        job_id: task.job_id.clone(),
+        provider: svc.model.name().to_string(),
+        content_hash: task.content_hash.clone(),
+        suggestion: suggestion.clone(),
+        rejected: rejected.clone(),
+        applied: None,
+        previous: None,
+        review: policy.review_mode,
+        at: super::now(),
+    };
+    let outcome = match (&paperless_doc, policy.review_mode) {
+        (Some(doc), false) => {
+            let (patch, previous) = write_back(svc, doc, &suggestion, &taxonomy).await?;
+            record.applied = Some(patch);
+            record.previous = Some(previous);
+            "applied"
+        }
+        _ => "stored",
+    };
+    svc.state
+        .put(
+            &suggestion_key(&task.doc_id),
+            &serde_json::to_value(&record).expect("record serialises"),
+            Condition::None,
+            None,
+        )
+        .await?;
+
+    // Vectors carry what Paperless now shows (uploads: what was suggested).
+    if let Some((mut m, version)) = manifest {
+        let meta = match &paperless_doc {
+            Some(_) if outcome == "applied" => merged_meta(&m.meta, &suggestion, policy),
+            Some(_) => m.meta.clone(),
+            None => DocMeta {
+                title: suggestion.title.clone().unwrap_or(m.meta.title.clone()),
+                tags: suggestion.tags.iter().map(|t| fold(t)).collect(),
+                correspondent: suggestion.correspondent.as_deref().map(fold),
+                document_type: suggestion.document_type.as_deref().map(fold),
+                created: suggestion.created.clone(),
+                owner: m.meta.owner,
+            },
+        };
+        if meta != m.meta {
+            m.meta = meta;
+            match svc
+                .state
+                .put(
+                    &manifest_key(&task.doc_id),
+                    &serde_json::to_value(&m).expect("manifest serialises"),
+                    Condition::Version(version),
+                    None,
+                )
+                .await
+            {
+                Ok(_) => refresh_vector_metadata(svc, &m).await?,
+                Err(StoreError::Conflict(_)) => {
+                    return Err(PipelineError::Retry(
+                        "manifest changed while tagging".into(),
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    svc.state
+        .put(&tagged_key(&task.doc_id), &guard, Condition::None, None)
+        .await?;
+    metrics::counter!(crate::metrics::DOCUMENTS_TAGGED, "outcome" => outcome).increment(1);
+    let mut detail = format!("suggestion {outcome}");
+    if !rejected.is_empty() {
+        detail.push_str(&format!("; refused: {}", rejected.join("; ")));
+    }
+    set_stage(
+        svc.state.as_ref(),
+        &task.job_id,
+        Stage::Tag,
+        StageStatus::Done,
+        Some(detail),
+        Some(svc.model.name().to_string()),
+    )
+    .await?;
+    tracing::info!(outcome, "tagged");
+    Ok(())
+}
+
+/// Why a document is not to be processed by policy, if it is not.
+fn excluded(
+    doc: &Document,
+    taxonomy: &Taxonomy,
+    policy: &crate::config::TaggingPolicy,
+) -> Option<String> {
+    let names: Vec<String> = doc
+        .tags
+        .iter()
+        .filter_map(|id| taxonomy.name_of(ObjectKind::Tag, *id))
+        .map(fold)
+        .collect();
+    let has = |n: &String| names.contains(&fold(n));
+    if !policy.include_tags.is_empty() && !policy.include_tags.iter().any(has) {
+        return Some("none of INCLUDE_TAGS on the document".into());
+    }
+    if let Some(t) = policy.exclude_tags.iter().find(|t| has(t)) {
+        return Some(format!("document has excluded tag {t:?}"));
+    }
+    None
+}
+
+fn merged_meta(old: &DocMeta, s: &Suggestion, policy: &crate::config::TaggingPolicy) -> DocMeta {
+    let pick = |field: Field, old: &Option<String>, new: &Option<String>| match (
+        policy.mode(field),
+        old,
+        new,
+    ) {
+        (FieldMode::Overwrite, _, Some(n)) | (FieldMode::IfEmpty, None, Some(n)) => Some(fold(n)),
+        _ => old.clone(),
+    };
+    let mut tags = old.tags.clone();
+    for t in s
+        .tags
+        .iter()
+        .map(|t| fold(t))
+        .chain([fold(&policy.processed_tag)])
+    {
+        if !tags.contains(&t) {
+            tags.push(t);
+        }
+    }
+    if let Some(trigger) = &policy.trigger_tag {
+        tags.retain(|t| *t != fold(trigger));
+    }
+    DocMeta {
+        title: match policy.mode(Field::Title) {
+            FieldMode::Overwrite => s.title.clone().unwrap_or(old.title.clone()),
+            _ => old.title.clone(),
+        },
+        tags,
+        correspondent: pick(Field::Correspondent, &old.correspondent, &s.correspondent),
+        document_type: pick(Field::DocumentType, &old.document_type, &s.document_type),
+        created: match policy.mode(Field::Created) {
+            FieldMode::Overwrite => s.created.clone().or(old.created.clone()),
+            _ => old.created.clone(),
+        },
+        owner: old.owner,
+    }
+}
+
+/// The id of a named object, created (matching "none") when missing and allowed.
+async fn object_id(
+    svc: &Services,
+    taxonomy: &Taxonomy,
+    kind: ObjectKind,
+    name: &str,
+) -> Result<u64, PipelineError> {
+    if let Some(o) = taxonomy.find(kind, name) {
+        return Ok(o.id);
+    }
+    let paperless = svc.paperless.as_ref().expect("write-back needs Paperless");
+    let created = paperless.create(kind, name).await?;
+    svc.taxonomy_changed();
+    Ok(created.id)
+}
+
+/// Read-merge-write of the suggestion onto the freshly read document, per field mode.
+/// Returns the PATCH and the values it replaced.
+async fn write_back(
+    svc: &Services,
+    doc: &Document,
+    s: &Suggestion,
+    taxonomy: &Taxonomy,
+) -> Result<(DocumentPatch, DocumentPatch), PipelineError> {
+    let policy = &svc.settings.policy;
+    let mut patch = DocumentPatch::default();
+    let mut previous = DocumentPatch::default();
+    let write = |field: Field, is_empty: bool| match policy.mode(field) {
+        FieldMode::Overwrite => true,
+        FieldMode::IfEmpty => is_empty,
+        FieldMode::Never => false,
+    };
+    if let Some(t) = &s.title
+        && write(Field::Title, doc.title.trim().is_empty())
+        && *t != doc.title
+    {
+        patch.title = Some(t.clone());
+        previous.title = Some(doc.title.clone());
+    }
+    if let Some(c) = &s.correspondent
+        && write(Field::Correspondent, doc.correspondent.is_none())
+    {
+        let id = object_id(svc, taxonomy, ObjectKind::Correspondent, c).await?;
+        if doc.correspondent != Some(id) {
+            patch.correspondent = Some(id);
+            previous.correspondent = doc.correspondent.or(Some(0));
+        }
+    }
+    if let Some(d) = &s.document_type
+        && write(Field::DocumentType, doc.document_type.is_none())
+    {
+        let id = object_id(svc, taxonomy, ObjectKind::DocumentType, d).await?;
+        if doc.document_type != Some(id) {
+            patch.document_type = Some(id);
+            previous.document_type = doc.document_type.or(Some(0));
+        }
+    }
+    if let Some(c) = &s.created
+        && write(Field::Created, doc.created.is_none())
+        && doc.created.as_deref().map(|d| &d[..d.len().min(10)]) != Some(c.as_str())
+    {
+        patch.created = Some(c.clone());
+        previous.created = doc.created.clone();
+    }
+    // Tags: what the document has, plus the suggestion and the processed tag, minus the
+    // trigger tag. Never removes anything else.
+    let mut tags: Vec<u64> = doc.tags.clone();
+    let names = s.tags.iter().cloned().chain([policy.processed_tag.clone()]);
+    for name in names {
+        let id = object_id(svc, taxonomy, ObjectKind::Tag, &name).await?;
+        if !tags.contains(&id) {
+            tags.push(id);
+        }
+    }
+    if let Some(trigger) = policy
+        .trigger_tag
+        .as_deref()
+        .and_then(|t| taxonomy.find(ObjectKind::Tag, t))
+    {
+        tags.retain(|id| *id != trigger.id);
+    }
+    if tags != doc.tags {
+        patch.tags = Some(tags);
+        previous.tags = Some(doc.tags.clone());
+    }
+    if !patch.is_empty() {
+        svc.paperless
+            .as_ref()
+            .expect("write-back needs Paperless")
+            .patch(doc.id, &patch)
+            .await?;
+    }
+    Ok((patch, previous))
+}
+
+/// Rewrites the metadata of a document's vectors without re-embedding them.
+pub async fn refresh_vector_metadata(
+    svc: &Services,
+    manifest: &Manifest,
+) -> Result<(), PipelineError> {
+    let metadata = super::embed::vector_metadata(&manifest.doc_id, &manifest.meta);
+    let keys: Vec<String> = manifest
+        .chunks
+        .iter()
+        .map(|c| Manifest::vector_key(&manifest.doc_id, c))
+        .collect();
+    let mut updated = Vec::new();
+    for batch in keys.chunks(100) {
+        for mut r in svc.vectors.get(batch).await? {
+            r.metadata = metadata.clone();
+            r.title = manifest.meta.title.clone();
+            updated.push(r);
+        }
+    }
+    for batch in updated.chunks(MAX_VECTORS_PER_CALL) {
+        svc.vectors.put(batch.to_vec()).await?;
+    }
+    Ok(())
+}
+
+/// Marks a Paperless document with the failed tag (best effort: the job already has the reason).
+pub async fn mark_failed(svc: &Services, job_id: &str) {
+    let Ok(Some(job)) = super::load_job(svc.state.as_ref(), job_id).await else {
+        return;
+    };
+    let (Some(DocId::Paperless(id)), Some(paperless)) = (job.doc_id, &svc.paperless) else {
+        return;
+    };
+    let result: Result<(), PipelineError> = async {
+        let taxonomy = svc.taxonomy().await?;
+        let doc = paperless.document(id).await?;
+        let tag = object_id(
+            svc,
+            &taxonomy,
+            ObjectKind::Tag,
+            &svc.settings.policy.failed_tag,
+        )
+        .await?;
+        if !doc.tags.contains(&tag) {
+            let mut tags = doc.tags.clone();
+            tags.push(tag);
+            paperless
+                .patch(
+                    id,
+                    &DocumentPatch {
+                        tags: Some(tags),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(job_id, doc_id = id, error = %e, "could not add the failed tag");
+    }
+}

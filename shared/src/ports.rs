@@ -1,0 +1,240 @@
+//! The ports: every capability the use cases need from the outside world, as small traits.
+//!
+//! Each port has an embedded adapter (`adapters::local`, used by `pai`) and an AWS adapter; the
+//! use cases in `pipeline` only ever see these traits, so the same code runs in both places and
+//! one contract suite (`contract`) proves every adapter behaves the same. No SDK type appears here.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+
+use crate::domain::{
+    Answer, AnswerInput, Document, DocumentPatch, ObjectKind, Suggestion, TagInput, Taxonomy,
+    TaxonomyObject,
+};
+use crate::filter::Filter;
+
+/// Failure of a storage-like port (blob, state, cache, queue, vectors).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A conditional write found a different version than required.
+    #[error("conditional write failed: {0}")]
+    Conflict(String),
+    /// The request itself was invalid (too many items, bad key, bad filter…).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The backing store failed; retrying may help.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Documents' text snapshots, manifests and raw uploads, by key.
+#[async_trait]
+pub trait BlobStore: Send + Sync {
+    /// Writes the whole object atomically: a reader sees the old bytes or the new, never a part.
+    async fn put(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError>;
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+}
+
+/// One item of the state store with the version a conditional write must name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Versioned {
+    pub value: Value,
+    pub version: u64,
+}
+
+/// How a state-store write is guarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    /// Write whatever is there.
+    None,
+    /// Write only if no item exists under the key (idempotent creation).
+    Absent,
+    /// Write only if the item is still at this version (optimistic locking).
+    Version(u64),
+}
+
+/// Jobs, manifests, suggestions, undo records and sessions: JSON items with versions, atomic
+/// counters and an optional expiry (DynamoDB on AWS, SQLite in `pai`).
+#[async_trait]
+pub trait StateStore: Send + Sync {
+    async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError>;
+    /// Returns the new version. `expires_at` is a Unix time after which the item is gone.
+    async fn put(
+        &self,
+        key: &str,
+        value: &Value,
+        condition: Condition,
+        expires_at: Option<i64>,
+    ) -> Result<u64, StoreError>;
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+    /// Adds `delta` to a named counter of the item (created at 0) and returns the new value.
+    async fn add(&self, key: &str, counter: &str, delta: i64) -> Result<i64, StoreError>;
+    async fn counters(&self, key: &str) -> Result<BTreeMap<String, i64>, StoreError>;
+    /// Items whose key starts with `prefix`, newest key last, at most `limit`, starting after `after`.
+    async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Value)>, StoreError>;
+}
+
+/// Prompt and embedding cache: opaque bytes by key, with an expiry.
+#[async_trait]
+pub trait Cache: Send + Sync {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    async fn put(&self, key: &str, value: &[u8], expires_at: Option<i64>)
+    -> Result<(), StoreError>;
+}
+
+/// A message handed out by a queue: delete it with its receipt when done, or it comes back.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub message_id: String,
+    pub receipt: String,
+    pub body: String,
+    /// 1 on first delivery.
+    pub receive_count: u32,
+}
+
+/// The work queues (chunk, embed, tag) with SQS semantics: at-least-once delivery, visibility
+/// timeout, receive count, and dead letters after too many receives.
+#[async_trait]
+pub trait WorkQueue: Send + Sync {
+    /// Sends the bodies in order; callers may pass any number (adapters batch by 10).
+    async fn send(&self, bodies: &[String]) -> Result<(), StoreError>;
+    /// Up to `max` (≤ 10) visible messages, hidden for `visibility` once received.
+    async fn receive(&self, max: usize, visibility: Duration) -> Result<Vec<Delivery>, StoreError>;
+    /// Acknowledges a message; a stale receipt (the message was redelivered since) is ignored.
+    async fn delete(&self, receipt: &str) -> Result<(), StoreError>;
+    /// Makes a received message visible again after `delay` (retry with back-off).
+    async fn release(&self, receipt: &str, delay: Duration) -> Result<(), StoreError>;
+    /// Messages moved to the dead-letter queue, oldest first.
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<Delivery>, StoreError>;
+}
+
+/// Largest top-k a vector query may ask for (S3 Vectors' limit, kept by every adapter).
+pub const MAX_TOP_K: usize = 100;
+/// Largest number of vectors per put or delete call (S3 Vectors' limit).
+pub const MAX_VECTORS_PER_CALL: usize = 500;
+
+/// A vector with its filterable metadata and the non-filterable chunk text and title.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VectorRecord {
+    pub key: String,
+    pub vector: Vec<f32>,
+    /// Filterable metadata: strings, numbers, booleans, arrays of those.
+    pub metadata: Map<String, Value>,
+    /// Non-filterable: returned with hits, never matched by filters.
+    pub text: String,
+    pub title: String,
+}
+
+/// One nearest neighbour: cosine distance (0 = same direction, 2 = opposite).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VectorHit {
+    pub record: VectorRecord,
+    pub distance: f32,
+}
+
+/// The vector index (S3 Vectors on AWS, an embedded index in `pai`): cosine distance, the
+/// S3 Vectors filter language, top-k ≤ 100, ≤ 500 vectors per write.
+#[async_trait]
+pub trait VectorIndex: Send + Sync {
+    fn dimension(&self) -> usize;
+    /// Inserts or wholly replaces vectors by key.
+    async fn put(&self, records: Vec<VectorRecord>) -> Result<(), StoreError>;
+    async fn delete(&self, keys: &[String]) -> Result<(), StoreError>;
+    async fn get(&self, keys: &[String]) -> Result<Vec<VectorRecord>, StoreError>;
+    /// Filter first, then the `top_k` nearest by cosine distance, nearest first.
+    async fn query(
+        &self,
+        vector: &[f32],
+        top_k: usize,
+        filter: Option<&Filter>,
+    ) -> Result<Vec<VectorHit>, StoreError>;
+}
+
+/// Failure of a model call.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The server could not be reached or answered 5xx/429 after retries; try again later.
+    #[error("model unavailable: {0}")]
+    Unavailable(String),
+    /// The reply did not satisfy the schema (after the repair attempt).
+    #[error("model reply rejected: {0}")]
+    InvalidReply(String),
+    /// The request was refused (4xx other than 429): configuration or input problem.
+    #[error("model refused the request: {0}")]
+    Refused(String),
+}
+
+impl ModelError {
+    /// Whether retrying the message later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ModelError::Unavailable(_))
+    }
+}
+
+/// Token counts of one model call, for budgets and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+/// Turns text into vectors, many texts per call.
+#[async_trait]
+pub trait Embedder: Send + Sync {
+    /// Identifies the vector space (provider, model, dimensions): part of every cache key.
+    fn space(&self) -> &str;
+    fn dimension(&self) -> usize;
+    async fn embed(&self, texts: &[String]) -> Result<(Vec<Vec<f32>>, Usage), ModelError>;
+}
+
+/// The chat model as the use cases need it: suggest metadata for a document, answer a question
+/// from passages. LLM providers build prompts and validate structured output behind this;
+/// `lexical` answers without a model.
+#[async_trait]
+pub trait ChatModel: Send + Sync {
+    /// `provider/model`, recorded on jobs and answers.
+    fn name(&self) -> &str;
+    async fn suggest(&self, input: &TagInput) -> Result<(Suggestion, Usage), ModelError>;
+    async fn answer(&self, input: &AnswerInput) -> Result<(Answer, Usage), ModelError>;
+}
+
+/// Failure talking to Paperless-ngx.
+#[derive(Debug, thiserror::Error)]
+pub enum PaperlessError {
+    #[error("document {0} not found in Paperless")]
+    NotFound(String),
+    #[error("Paperless refused access: {0}")]
+    Forbidden(String),
+    #[error("Paperless rejected the request: {0}")]
+    Rejected(String),
+    #[error("Paperless unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl PaperlessError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, PaperlessError::Unavailable(_))
+    }
+}
+
+/// The document system: Paperless-ngx's REST API.
+#[async_trait]
+pub trait Paperless: Send + Sync {
+    async fn document(&self, id: u64) -> Result<Document, PaperlessError>;
+    async fn taxonomy(&self) -> Result<Taxonomy, PaperlessError>;
+    /// Creates a tag/correspondent/document type with matching "none"; an existing object of
+    /// the same name (created concurrently) is looked up and returned instead.
+    async fn create(&self, kind: ObjectKind, name: &str) -> Result<TaxonomyObject, PaperlessError>;
+    async fn patch(&self, id: u64, patch: &DocumentPatch) -> Result<(), PaperlessError>;
+    /// The web link users open for a document.
+    fn document_url(&self, id: u64) -> String;
+}

@@ -1,0 +1,412 @@
+//! `lexical`: the provider that needs no model and no network. Embeddings are hashed word and
+//! character n-grams; tagging matches the existing taxonomy by name and by Paperless's own match
+//! words and reads dates from the text; answers are the best-matching sentences, cited. It keeps
+//! `pai` useful offline, keeps tests deterministic, and never invents a value it cannot see.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use chrono::NaiveDate;
+
+use crate::domain::{Answer, AnswerInput, ObjectKind, Suggestion, TagInput, TaxonomyObject};
+use crate::ports::{ChatModel, Embedder, ModelError, Usage};
+use crate::text::{contains_phrase, detect_language, find_dates, fold, is_stopword, words};
+
+/// Default dimension of lexical vectors: large enough to keep hash collisions rare in one
+/// document's vocabulary, small enough for exact search over 10⁵ chunks in milliseconds.
+pub const DEFAULT_DIMENSION: usize = 256;
+
+pub struct LexicalEmbedder {
+    dimension: usize,
+    space: String,
+}
+
+impl LexicalEmbedder {
+    pub fn new(dimension: usize) -> LexicalEmbedder {
+        LexicalEmbedder {
+            dimension,
+            space: format!("lexical/hash-ngram/{dimension}"),
+        }
+    }
+
+    /// The embedding of one text (unit length, or all zeros for a text without words).
+    pub fn vector(&self, text: &str) -> Vec<f32> {
+        let mut v = vec![0.0f32; self.dimension];
+        let ws: Vec<String> = words(text)
+            .into_iter()
+            .filter(|w| !is_stopword(w))
+            .collect();
+        let mut add = |feature: &str, weight: f32| {
+            let h = fnv1a(feature.as_bytes());
+            let sign = if h >> 63 == 0 { 1.0 } else { -1.0 };
+            v[(h % self.dimension as u64) as usize] += sign * weight;
+        };
+        for (i, w) in ws.iter().enumerate() {
+            add(w, 1.0);
+            if let Some(next) = ws.get(i + 1) {
+                add(&format!("{w} {next}"), 0.5);
+            }
+            // Character trigrams tie together inflections and compounds ("Rechnung", "Rechnungen").
+            let chars: Vec<char> = format!("^{w}$").chars().collect();
+            for tri in chars.windows(3) {
+                add(&tri.iter().collect::<String>(), 0.25);
+            }
+        }
+        // Sublinear term frequency: one repeated word should not dominate a chunk.
+        for x in v.iter_mut() {
+            *x = x.signum() * (1.0 + x.abs()).ln();
+        }
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        if norm > 0.0 {
+            v.iter_mut().for_each(|x| *x /= norm);
+        }
+        v
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+#[async_trait]
+impl Embedder for LexicalEmbedder {
+    fn space(&self) -> &str {
+        &self.space
+    }
+
+    fn dimension(&self) -> usize {
+        self.dimension
+    }
+
+    async fn embed(&self, texts: &[String]) -> Result<(Vec<Vec<f32>>, Usage), ModelError> {
+        Ok((
+            texts.iter().map(|t| self.vector(t)).collect(),
+            Usage::default(),
+        ))
+    }
+}
+
+/// Tagging and answering without a model.
+pub struct LexicalModel;
+
+/// Where a taxonomy object first shows up in the document, and how often.
+fn find_object(text_words: &[String], object: &TaxonomyObject) -> Option<(usize, usize)> {
+    let mut needles: Vec<Vec<String>> = vec![words(&object.name)];
+    // Paperless matching algorithms: 1 any word, 2 all words, 3 literal; others: name only.
+    match object.matching_algorithm {
+        1 => needles.extend(
+            words(&object.match_words)
+                .into_iter()
+                .filter(|w| w.len() > 2)
+                .map(|w| vec![w]),
+        ),
+        2 => {
+            let all = words(&object.match_words);
+            if !all.is_empty() && all.iter().all(|w| text_words.contains(w)) {
+                needles.push(all[..1].to_vec());
+            }
+        }
+        3 => needles.push(words(&object.match_words)),
+        _ => {}
+    }
+    let mut first: Option<usize> = None;
+    let mut count = 0;
+    for needle in needles.iter().filter(|n| !n.is_empty()) {
+        for (i, window) in text_words.windows(needle.len()).enumerate() {
+            if window == needle.as_slice() {
+                count += 1;
+                first = Some(first.map_or(i, |f| f.min(i)));
+            }
+        }
+    }
+    first.map(|f| (f, count))
+}
+
+fn allowed<'a>(input: &'a TagInput, kind: ObjectKind) -> impl Iterator<Item = &'a TaxonomyObject> {
+    let names = match kind {
+        ObjectKind::Tag => &input.tags,
+        ObjectKind::Correspondent => &input.correspondents,
+        ObjectKind::DocumentType => &input.document_types,
+    };
+    let names: Vec<String> = names.iter().map(|n| fold(n)).collect();
+    input
+        .taxonomy
+        .objects(kind)
+        .iter()
+        .filter(move |o| names.contains(&fold(&o.name)))
+}
+
+impl LexicalModel {
+    fn suggestion(input: &TagInput) -> Suggestion {
+        let text_words = words(&input.content);
+        let best = |kind: ObjectKind, by_position: bool| {
+            allowed(input, kind)
+                .filter_map(|o| find_object(&text_words, o).map(|(first, count)| (o, first, count)))
+                .min_by_key(|(o, first, count)| {
+                    if by_position {
+                        (*first, usize::MAX - count, o.id)
+                    } else {
+                        (usize::MAX - count, *first, o.id)
+                    }
+                })
+                .map(|(o, _, _)| o.name.clone())
+        };
+        // The sender is named first (letterhead); the kind of document is what it says most.
+        let correspondent = best(ObjectKind::Correspondent, true);
+        let document_type = best(ObjectKind::DocumentType, false);
+        let mut tags: Vec<String> = allowed(input, ObjectKind::Tag)
+            .filter(|o| find_object(&text_words, o).is_some())
+            .map(|o| o.name.clone())
+            .collect();
+        tags.sort();
+        let today = NaiveDate::parse_from_str(&input.today, "%Y-%m-%d").unwrap_or(NaiveDate::MAX);
+        let created = find_dates(&input.content, today)
+            .first()
+            .map(|d| d.to_string());
+        let first_line = input
+            .content
+            .lines()
+            .map(str::trim)
+            .find(|l| l.chars().filter(|c| c.is_alphabetic()).count() >= 3)
+            .map(|l| l.chars().take(60).collect::<String>());
+        let subject = correspondent.clone().or(first_line);
+        let title = match (&document_type, &subject) {
+            (Some(t), Some(s)) => Some(format!("{t} {s}")),
+            (Some(t), None) => Some(t.clone()),
+            (None, Some(s)) => Some(s.clone()),
+            (None, None) => None,
+        }
+        .map(|t| match &created {
+            Some(d) => format!("{t} {}", &d[..7]),
+            None => t,
+        });
+        Suggestion {
+            title,
+            tags,
+            correspondent,
+            document_type,
+            created,
+            custom_fields: Default::default(),
+        }
+    }
+
+    fn extract(input: &AnswerInput) -> Answer {
+        let q: Vec<String> = words(&input.question)
+            .into_iter()
+            .filter(|w| !is_stopword(w))
+            .collect();
+        let mut scored: Vec<(f32, usize, String)> = Vec::new();
+        for p in &input.passages {
+            for sentence in sentences(&p.text) {
+                let sw = words(&sentence);
+                let hits = q.iter().filter(|w| sw.contains(w)).count();
+                if hits > 0 {
+                    // Prefer sentences that cover more of the question, then shorter ones.
+                    let score = hits as f32 + 0.5 * contains_phrase(&sw, &q) as u8 as f32
+                        - sw.len() as f32 / 400.0;
+                    scored.push((score, p.n, sentence));
+                }
+            }
+        }
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let mut seen: HashMap<String, ()> = HashMap::new();
+        let picked: Vec<(usize, String)> = scored
+            .into_iter()
+            .filter(|(_, _, s)| seen.insert(fold(s), ()).is_none())
+            .take(3)
+            .map(|(_, n, s)| (n, s))
+            .collect();
+        let lead = match detect_language(&input.question) {
+            "de" => "Laut Ihren Dokumenten:",
+            "fr" => "D'après vos documents :",
+            _ => "From your documents:",
+        };
+        if picked.is_empty() {
+            return Answer {
+                text: String::new(),
+                cited: vec![],
+            };
+        }
+        let mut text = lead.to_string();
+        let mut cited = Vec::new();
+        for (n, s) in picked {
+            text.push_str(&format!("\n- {s} [{n}]"));
+            if !cited.contains(&n) {
+                cited.push(n);
+            }
+        }
+        Answer { text, cited }
+    }
+}
+
+/// Sentences and lines of a passage, trimmed, without fragments too short to say anything.
+fn sentences(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut start = 0;
+        let bytes = line.as_bytes();
+        for (i, &b) in bytes.iter().enumerate() {
+            let end_of_sentence = matches!(b, b'.' | b'!' | b'?')
+                && bytes.get(i + 1).is_none_or(|n| *n == b' ')
+                && !line[..i].ends_with(|c: char| c.is_ascii_digit());
+            if end_of_sentence {
+                out.push(line[start..=i].trim().to_string());
+                start = i + 1;
+            }
+        }
+        out.push(line[start..].trim().to_string());
+    }
+    out.retain(|s| s.chars().filter(|c| c.is_alphanumeric()).count() >= 8);
+    out
+}
+
+#[async_trait]
+impl ChatModel for LexicalModel {
+    fn name(&self) -> &str {
+        "lexical"
+    }
+
+    async fn suggest(&self, input: &TagInput) -> Result<(Suggestion, Usage), ModelError> {
+        Ok((Self::suggestion(input), Usage::default()))
+    }
+
+    async fn answer(&self, input: &AnswerInput) -> Result<(Answer, Usage), ModelError> {
+        Ok((Self::extract(input), Usage::default()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{DocId, Field, Passage, Taxonomy};
+
+    fn obj(id: u64, name: &str, m: &str) -> TaxonomyObject {
+        TaxonomyObject {
+            id,
+            name: name.into(),
+            match_words: m.into(),
+            matching_algorithm: 1,
+            document_count: 0,
+        }
+    }
+
+    fn input(content: &str) -> TagInput {
+        let taxonomy = Taxonomy {
+            tags: vec![
+                obj(1, "Invoice", "rechnung facture"),
+                obj(2, "Insurance", "versicherung"),
+                obj(3, "Tax", "steuer"),
+            ],
+            correspondents: vec![
+                obj(1, "Berger Haustechnik GmbH", "berger"),
+                obj(2, "Stadtwerke München", ""),
+            ],
+            document_types: vec![obj(1, "Invoice", "rechnung"), obj(2, "Letter", "")],
+            custom_fields: vec![],
+        };
+        TagInput {
+            current_title: "scan_0001".into(),
+            content: content.into(),
+            fields: vec![
+                Field::Title,
+                Field::Tags,
+                Field::Correspondent,
+                Field::DocumentType,
+                Field::Created,
+            ],
+            tags: taxonomy.tags.iter().map(|o| o.name.clone()).collect(),
+            correspondents: taxonomy
+                .correspondents
+                .iter()
+                .map(|o| o.name.clone())
+                .collect(),
+            document_types: taxonomy
+                .document_types
+                .iter()
+                .map(|o| o.name.clone())
+                .collect(),
+            custom_fields: vec![],
+            restrict_tags: true,
+            restrict_correspondents: true,
+            restrict_document_types: true,
+            taxonomy,
+            today: "2026-01-01".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn matches_taxonomy_by_name_and_match_words_across_accents() {
+        let (s, _) = LexicalModel.suggest(&input("STADTWERKE MUENCHEN\nStadtwerke Munchen GmbH\nRechnung Nr. 4711\nDatum: 14.03.2025\nBerger is mentioned later.")).await.unwrap();
+        assert_eq!(s.correspondent.as_deref(), Some("Stadtwerke München"));
+        assert_eq!(s.document_type.as_deref(), Some("Invoice"));
+        assert_eq!(s.tags, vec!["Invoice"]);
+        assert_eq!(s.created.as_deref(), Some("2025-03-14"));
+        assert_eq!(
+            s.title.as_deref(),
+            Some("Invoice Stadtwerke München 2025-03")
+        );
+    }
+
+    #[tokio::test]
+    async fn never_invents_a_date_or_an_object() {
+        let (s, _) = LexicalModel
+            .suggest(&input(
+                "a note without any known name, dated 31.02.2025 and 01.01.2099",
+            ))
+            .await
+            .unwrap();
+        assert_eq!(s.created, None);
+        assert_eq!(s.correspondent, None);
+        assert!(s.tags.is_empty());
+    }
+
+    #[test]
+    fn similar_texts_embed_closer_than_unrelated_ones() {
+        let e = LexicalEmbedder::new(DEFAULT_DIMENSION);
+        let cos = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+        let a = e.vector("Invoice for plumbing work, boiler repair");
+        let b = e.vector("plumber invoice: repair of the boiler");
+        let c = e.vector("Lab report: blood count and cholesterol");
+        assert!(cos(&a, &b) > cos(&a, &c) + 0.2);
+        assert_eq!(
+            e.vector("Rechnung"),
+            e.vector("rechnung"),
+            "deterministic and case-folded"
+        );
+        assert!(e.vector("the and of").iter().all(|x| *x == 0.0));
+    }
+
+    #[tokio::test]
+    async fn answers_cite_the_passage_they_quote() {
+        let passages = vec![
+            Passage {
+                n: 1,
+                doc_id: DocId::Paperless(1),
+                title: "a".into(),
+                text: "The weather was fine. Nothing else.".into(),
+            },
+            Passage {
+                n: 2,
+                doc_id: DocId::Paperless(2),
+                title: "b".into(),
+                text: "Total amount due for the boiler repair: EUR 1,250.00.".into(),
+            },
+        ];
+        let (a, _) = LexicalModel
+            .answer(&AnswerInput {
+                question: "What was the total for the boiler repair?".into(),
+                passages,
+                history: vec![],
+            })
+            .await
+            .unwrap();
+        assert_eq!(a.cited, vec![2]);
+        assert!(
+            a.text.contains("1,250.00") && a.text.contains("[2]"),
+            "{}",
+            a.text
+        );
+    }
+}

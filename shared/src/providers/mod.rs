@@ -1,0 +1,6 @@
+//! Model providers behind the `ChatModel` and `Embedder` ports, chosen by configuration.
+
+pub mod lexical;
+pub mod llm;
+#[cfg(feature = "clients")]
+pub mod openai;

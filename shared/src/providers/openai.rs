@@ -1,0 +1,294 @@
+//! `openai`: any OpenAI-compatible server (OpenAI, vLLM, LM Studio, llama.cpp server, LiteLLM,
+//! OpenRouter…). Tagging uses chat completions with a strict JSON-schema response format and
+//! one repair turn; embeddings send a whole batch of inputs per call.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use super::llm::{Message, answer_messages, cited, parse_suggestion, tag_messages, tag_schema};
+use crate::config::Secret;
+use crate::domain::{Answer, AnswerInput, Suggestion, TagInput};
+use crate::ports::{ChatModel, Embedder, ModelError, Usage};
+
+pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
+pub const DEFAULT_CHAT_MODEL: &str = "gpt-4o-mini";
+pub const DEFAULT_EMBEDDING_MODEL: &str = "text-embedding-3-small";
+/// Attempts per call for 429 and 5xx replies, honouring `Retry-After` (capped).
+const ATTEMPTS: u32 = 3;
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(20);
+
+/// Dimensions of well-known embedding models, so `EMBEDDING_DIMENSIONS` is needed only for others.
+pub fn known_dimensions(model: &str) -> Option<usize> {
+    match model {
+        "text-embedding-3-small" | "text-embedding-ada-002" => Some(1536),
+        "text-embedding-3-large" => Some(3072),
+        "nomic-embed-text" => Some(768),
+        "mxbai-embed-large" => Some(1024),
+        "all-minilm" => Some(384),
+        _ => None,
+    }
+}
+
+#[derive(Clone)]
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    key: Option<Secret>,
+}
+
+impl Client {
+    fn new(
+        base: Option<&str>,
+        key: Option<Secret>,
+        timeout: Duration,
+    ) -> Result<Client, ModelError> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| ModelError::Refused(format!("http client: {e}")))?;
+        Ok(Client {
+            http,
+            base: base
+                .unwrap_or(DEFAULT_BASE_URL)
+                .trim_end_matches('/')
+                .to_string(),
+            key,
+        })
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> Result<Value, ModelError> {
+        let mut last = String::new();
+        for attempt in 1..=ATTEMPTS {
+            let mut req = self.http.post(format!("{}/{path}", self.base)).json(body);
+            if let Some(k) = &self.key {
+                req = req.bearer_auth(k.expose());
+            }
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    last = if e.is_timeout() {
+                        "timed out".into()
+                    } else {
+                        "could not connect".into()
+                    };
+                    if attempt < ATTEMPTS {
+                        tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(attempt))).await;
+                    }
+                    continue;
+                }
+            };
+            let status = resp.status();
+            let retry_after = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let text = resp.text().await.unwrap_or_default();
+            if status.is_success() {
+                return serde_json::from_str(&text).map_err(|e| {
+                    ModelError::InvalidReply(format!("{path}: reply is not JSON: {e}"))
+                });
+            }
+            let excerpt: String = text.chars().take(300).collect();
+            if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+                last = format!("{status}: {excerpt}");
+                if attempt < ATTEMPTS {
+                    tokio::time::sleep(
+                        retry_after
+                            .unwrap_or(Duration::from_millis(500 * 2u64.pow(attempt)))
+                            .min(MAX_RETRY_AFTER),
+                    )
+                    .await;
+                }
+                continue;
+            }
+            return Err(ModelError::Refused(format!("{path}: {status}: {excerpt}")));
+        }
+        Err(ModelError::Unavailable(format!("{path}: {last}")))
+    }
+}
+
+pub struct OpenAiChat {
+    client: Client,
+    model: String,
+    name: String,
+    max_output_tokens: usize,
+    system_prompt: Option<String>,
+}
+
+impl OpenAiChat {
+    pub fn new(
+        base: Option<&str>,
+        key: Option<Secret>,
+        model: Option<&str>,
+        max_output_tokens: usize,
+        system_prompt: Option<String>,
+    ) -> Result<OpenAiChat, ModelError> {
+        let model = model.unwrap_or(DEFAULT_CHAT_MODEL).to_string();
+        Ok(OpenAiChat {
+            client: Client::new(base, key, Duration::from_secs(120))?,
+            name: format!("openai/{model}"),
+            model,
+            max_output_tokens,
+            system_prompt,
+        })
+    }
+
+    async fn complete(
+        &self,
+        messages: &[Message],
+        schema: Option<&Value>,
+    ) -> Result<(String, Usage), ModelError> {
+        let mut body = json!({"model": self.model, "messages": messages, "temperature": 0, "max_tokens": self.max_output_tokens});
+        if let Some(s) = schema {
+            body["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "document_metadata", "strict": true, "schema": s}});
+        }
+        let reply = self.client.post("chat/completions", &body).await?;
+        let choice = &reply["choices"][0];
+        if choice["finish_reason"] == "length" {
+            return Err(ModelError::InvalidReply(
+                "the reply was cut off at the output token limit".into(),
+            ));
+        }
+        let content = choice["message"]["content"]
+            .as_str()
+            .ok_or_else(|| ModelError::InvalidReply("the reply has no message content".into()))?
+            .to_string();
+        let usage = Usage {
+            input_tokens: reply["usage"]["prompt_tokens"].as_u64().unwrap_or(0),
+            output_tokens: reply["usage"]["completion_tokens"].as_u64().unwrap_or(0),
+        };
+        Ok((content, usage))
+    }
+}
+
+#[async_trait]
+impl ChatModel for OpenAiChat {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn suggest(&self, input: &TagInput) -> Result<(Suggestion, Usage), ModelError> {
+        let schema = tag_schema(input);
+        let mut messages = tag_messages(input, self.system_prompt.as_deref());
+        let (reply, mut usage) = self.complete(&messages, Some(&schema)).await?;
+        match parse_suggestion(&reply, &schema) {
+            Ok(s) => Ok((s, usage)),
+            Err(problem) => {
+                // One repair turn: the model sees its reply and what is wrong with it.
+                tracing::info!(%problem, "repairing an invalid model reply");
+                messages.push(Message {
+                    role: "assistant",
+                    content: reply,
+                });
+                messages.push(Message { role: "user", content: format!("That reply is invalid: {problem}. Reply again with only the JSON object the schema describes.") });
+                let (again, u2) = self.complete(&messages, Some(&schema)).await?;
+                usage.input_tokens += u2.input_tokens;
+                usage.output_tokens += u2.output_tokens;
+                parse_suggestion(&again, &schema)
+                    .map(|s| (s, usage))
+                    .map_err(|p| ModelError::InvalidReply(format!("after one repair attempt: {p}")))
+            }
+        }
+    }
+
+    async fn answer(&self, input: &AnswerInput) -> Result<(Answer, Usage), ModelError> {
+        let (text, usage) = self.complete(&answer_messages(input), None).await?;
+        Ok((cited(&text, input.passages.len()), usage))
+    }
+}
+
+pub struct OpenAiEmbedder {
+    client: Client,
+    model: String,
+    dimension: usize,
+    send_dimensions: bool,
+    space: String,
+}
+
+impl OpenAiEmbedder {
+    /// `dimensions` set by the user is sent to the server; otherwise the model's known size.
+    pub fn new(
+        base: Option<&str>,
+        key: Option<Secret>,
+        model: Option<&str>,
+        dimensions: Option<usize>,
+    ) -> Result<OpenAiEmbedder, String> {
+        let model = model.unwrap_or(DEFAULT_EMBEDDING_MODEL).to_string();
+        let dimension = dimensions
+            .or_else(|| known_dimensions(&model))
+            .ok_or_else(|| {
+                format!(
+                    "the size of embedding model {model:?} is unknown: set EMBEDDING_DIMENSIONS"
+                )
+            })?;
+        let client = Client::new(base, key, Duration::from_secs(60)).map_err(|e| e.to_string())?;
+        Ok(OpenAiEmbedder {
+            client,
+            space: format!("openai/{model}/{dimension}"),
+            model,
+            dimension,
+            send_dimensions: dimensions.is_some(),
+        })
+    }
+}
+
+#[async_trait]
+impl Embedder for OpenAiEmbedder {
+    fn space(&self) -> &str {
+        &self.space
+    }
+
+    fn dimension(&self) -> usize {
+        self.dimension
+    }
+
+    async fn embed(&self, texts: &[String]) -> Result<(Vec<Vec<f32>>, Usage), ModelError> {
+        if texts.is_empty() {
+            return Ok((Vec::new(), Usage::default()));
+        }
+        let mut body = json!({"model": self.model, "input": texts});
+        if self.send_dimensions {
+            body["dimensions"] = json!(self.dimension);
+        }
+        let reply = self.client.post("embeddings", &body).await?;
+        let data = reply["data"]
+            .as_array()
+            .ok_or_else(|| ModelError::InvalidReply("embeddings reply has no data".into()))?;
+        let mut out: Vec<Option<Vec<f32>>> = vec![None; texts.len()];
+        for (pos, item) in data.iter().enumerate() {
+            let index = item["index"].as_u64().map(|i| i as usize).unwrap_or(pos);
+            let v: Vec<f32> = item["embedding"]
+                .as_array()
+                .ok_or_else(|| ModelError::InvalidReply("embedding is not an array".into()))?
+                .iter()
+                .filter_map(Value::as_f64)
+                .map(|x| x as f32)
+                .collect();
+            if v.len() != self.dimension {
+                return Err(ModelError::InvalidReply(format!(
+                    "embedding has {} dimensions, expected {}",
+                    v.len(),
+                    self.dimension
+                )));
+            }
+            *out.get_mut(index).ok_or_else(|| {
+                ModelError::InvalidReply(format!("embedding index {index} out of range"))
+            })? = Some(v);
+        }
+        let vectors = out
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| ModelError::InvalidReply("embeddings reply is missing inputs".into()))?;
+        let usage = Usage {
+            input_tokens: reply["usage"]["prompt_tokens"].as_u64().unwrap_or(0),
+            output_tokens: 0,
+        };
+        Ok((vectors, usage))
+    }
+}

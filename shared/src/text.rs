@@ -1,0 +1,348 @@
+//! Text utilities shared by every stage: accent- and case-folding for name matching, word
+//! tokens, content hashes, token counting and token-sized chunking, fitting text to a token
+//! budget (head and tail), and finding dates in documents.
+
+use std::sync::OnceLock;
+
+use chrono::NaiveDate;
+use regex::Regex;
+use sha2::{Digest, Sha256};
+use text_splitter::{ChunkConfig, TextSplitter};
+use tiktoken_rs::CoreBPE;
+use unicode_normalization::UnicodeNormalization;
+
+/// Lower-cases and strips accents, so "Müller", "MULLER" and "müller" compare equal, and
+/// "ß" folds to "ss".
+pub fn fold(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.nfkd() {
+        if unicode_normalization::char::is_combining_mark(c) {
+            continue;
+        }
+        match c {
+            'ß' => out.push_str("ss"),
+            c => out.extend(c.to_lowercase()),
+        }
+    }
+    out.trim().to_string()
+}
+
+/// Folded words: runs of letters and digits.
+pub fn words(s: &str) -> Vec<String> {
+    fold(s)
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Whether `needle` (folded words) occurs in `haystack` (folded words) as consecutive words.
+pub fn contains_phrase(haystack: &[String], needle: &[String]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Words too common to say anything about a passage (English, German, French).
+pub fn is_stopword(w: &str) -> bool {
+    const STOP: &[&str] = &[
+        "a", "an", "and", "are", "as", "at", "be", "by", "did", "do", "does", "for", "from", "has",
+        "have", "how", "i", "in", "is", "it", "its", "me", "my", "of", "on", "or", "our", "that",
+        "the", "their", "this", "to", "was", "we", "were", "what", "when", "where", "which", "who",
+        "why", "will", "with", "you", "your", "much", "many", "der", "die", "das", "den", "dem",
+        "des", "ein", "eine", "einen", "einem", "einer", "und", "oder", "ist", "sind", "war",
+        "wie", "was", "wer", "wann", "wo", "welche", "welcher", "welches", "mit", "von", "vom",
+        "zu", "zum", "zur", "im", "in", "am", "an", "auf", "fur", "ich", "mein", "meine", "meinen",
+        "meiner", "hat", "habe", "haben", "wurde", "viel", "le", "la", "les", "un", "une", "des",
+        "du", "de", "et", "ou", "est", "pour", "par", "sur", "au", "aux", "ce", "cette", "qui",
+        "que", "quel", "quelle", "combien", "mon", "ma", "mes",
+    ];
+    STOP.contains(&w)
+}
+
+/// The language of `text` among English, German and French ("en", "de", "fr"), by counting
+/// each language's commonest words; English when nothing tells.
+pub fn detect_language(text: &str) -> &'static str {
+    const DE: &[&str] = &[
+        "der", "die", "das", "und", "ist", "nicht", "mit", "wie", "viel", "ich", "fur", "von",
+        "zu", "den", "ein", "eine", "hat", "wurde", "wann", "welche", "mein", "meine", "habe",
+    ];
+    const FR: &[&str] = &[
+        "le", "la", "les", "et", "est", "pas", "avec", "pour", "une", "des", "du", "quel",
+        "quelle", "combien", "mon", "ma", "mes", "ai", "j", "que", "qui",
+    ];
+    const EN: &[&str] = &[
+        "the", "and", "is", "not", "with", "how", "much", "i", "for", "of", "to", "what", "when",
+        "which", "my", "did", "was", "a", "an", "do",
+    ];
+    let (mut de, mut fr, mut en) = (0, 0, 0);
+    for w in words(text).iter().take(400) {
+        de += DE.contains(&w.as_str()) as usize;
+        fr += FR.contains(&w.as_str()) as usize;
+        en += EN.contains(&w.as_str()) as usize;
+    }
+    if de > en && de >= fr {
+        "de"
+    } else if fr > en && fr > de {
+        "fr"
+    } else {
+        "en"
+    }
+}
+
+/// Hex SHA-256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn bpe() -> &'static CoreBPE {
+    static BPE: OnceLock<CoreBPE> = OnceLock::new();
+    // The token files are compiled into tiktoken-rs: no download, cannot fail at run time.
+    BPE.get_or_init(|| tiktoken_rs::cl100k_base().expect("cl100k_base is bundled in tiktoken-rs"))
+}
+
+/// Tokens of `text` in OpenAI's cl100k encoding.
+pub fn count_tokens(text: &str) -> usize {
+    bpe().encode_ordinary(text).len()
+}
+
+/// Splits `text` into chunks of at most `max_tokens` tokens, consecutive chunks sharing up to
+/// `overlap` tokens, cut at the largest semantic unit that fits (paragraph, sentence, word).
+/// Returns byte ranges into `text`.
+pub fn chunk_ranges(text: &str, max_tokens: usize, overlap: usize) -> Vec<(usize, usize)> {
+    let config = ChunkConfig::new(max_tokens)
+        .with_sizer(bpe())
+        .with_overlap(overlap.min(max_tokens.saturating_sub(1)))
+        .expect("overlap below capacity")
+        .with_trim(true);
+    TextSplitter::new(config)
+        .chunk_indices(text)
+        .map(|(start, chunk)| (start, start + chunk.len()))
+        .collect()
+}
+
+/// Fits `text` into `max_tokens`, keeping the head and the tail (where dates, senders and
+/// totals usually are) and marking the cut.
+pub fn fit_head_tail(text: &str, max_tokens: usize) -> String {
+    let tokens = bpe().encode_ordinary(text);
+    if tokens.len() <= max_tokens {
+        return text.to_string();
+    }
+    let marker = "\n[…]\n";
+    let budget = max_tokens.saturating_sub(4);
+    let head = budget * 2 / 3;
+    let tail = budget - head;
+    let decode = |t: &[u32]| bpe().decode(t).unwrap_or_default();
+    format!(
+        "{}{marker}{}",
+        decode(&tokens[..head]),
+        decode(&tokens[tokens.len() - tail..])
+    )
+}
+
+/// A date is plausible for a document: a real calendar date, from 1900 up to `today`.
+pub fn plausible_date(s: &str, today: NaiveDate) -> Result<NaiveDate, String> {
+    let date = NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
+        .map_err(|_| format!("{s:?} is not a date (YYYY-MM-DD)"))?;
+    let earliest = NaiveDate::from_ymd_opt(1900, 1, 1).expect("valid");
+    if date < earliest {
+        return Err(format!("{date} is before 1900"));
+    }
+    if date > today {
+        return Err(format!("{date} is in the future"));
+    }
+    Ok(date)
+}
+
+fn month_number(name: &str) -> Option<u32> {
+    const MONTHS: &[(&str, u32)] = &[
+        ("january", 1),
+        ("jan", 1),
+        ("januar", 1),
+        ("janvier", 1),
+        ("jänner", 1),
+        ("february", 2),
+        ("feb", 2),
+        ("februar", 2),
+        ("fevrier", 2),
+        ("march", 3),
+        ("mar", 3),
+        ("marz", 3),
+        ("mars", 3),
+        ("april", 4),
+        ("apr", 4),
+        ("avril", 4),
+        ("may", 5),
+        ("mai", 5),
+        ("june", 6),
+        ("jun", 6),
+        ("juni", 6),
+        ("juin", 6),
+        ("july", 7),
+        ("jul", 7),
+        ("juli", 7),
+        ("juillet", 7),
+        ("august", 8),
+        ("aug", 8),
+        ("aout", 8),
+        ("september", 9),
+        ("sep", 9),
+        ("sept", 9),
+        ("septembre", 9),
+        ("october", 10),
+        ("oct", 10),
+        ("oktober", 10),
+        ("okt", 10),
+        ("octobre", 10),
+        ("november", 11),
+        ("nov", 11),
+        ("novembre", 11),
+        ("december", 12),
+        ("dec", 12),
+        ("dezember", 12),
+        ("dez", 12),
+        ("decembre", 12),
+    ];
+    let n = fold(name.trim_end_matches('.'));
+    MONTHS.iter().find(|(m, _)| *m == n).map(|(_, v)| *v)
+}
+
+/// Every plausible date written in `text` (ISO, `14.03.2025`, `14/03/2025`, `March 14, 2025`,
+/// `14. März 2025`, `14 mars 2025`), in order of appearance.
+pub fn find_dates(text: &str, today: NaiveDate) -> Vec<NaiveDate> {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    let re = RE.get_or_init(|| {
+        Regex::new(
+            r"(?x)
+            \b(?P<iy>\d{4})-(?P<im>\d{1,2})-(?P<id>\d{1,2})\b
+          | \b(?P<nd>\d{1,2})[./](?P<nm>\d{1,2})[./](?P<ny>\d{4})\b
+          | \b(?P<ad>\d{1,2})\.?\s+(?P<am>\p{L}{3,10})\.?\s+(?P<ay>\d{4})\b
+          | \b(?P<bm>\p{L}{3,10})\.?\s+(?P<bd>\d{1,2})(?:st|nd|rd|th)?,?\s+(?P<by>\d{4})\b",
+        )
+        .expect("date regex")
+    });
+    let mut out = Vec::new();
+    for c in re.captures_iter(text) {
+        let num = |n: &str| c.name(n).and_then(|m| m.as_str().parse::<u32>().ok());
+        let ymd = if let Some(y) = num("iy") {
+            Some((y, num("im"), num("id")))
+        } else if let Some(y) = num("ny") {
+            Some((y, num("nm"), num("nd")))
+        } else if let Some(y) = num("ay") {
+            Some((
+                y,
+                c.name("am").and_then(|m| month_number(m.as_str())),
+                num("ad"),
+            ))
+        } else {
+            num("by").map(|y| {
+                (
+                    y,
+                    c.name("bm").and_then(|m| month_number(m.as_str())),
+                    num("bd"),
+                )
+            })
+        };
+        if let Some((y, Some(m), Some(d))) = ymd
+            && let Some(date) = NaiveDate::from_ymd_opt(y as i32, m, d)
+            && plausible_date(&date.to_string(), today).is_ok()
+        {
+            out.push(date);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folding_ignores_case_and_accents() {
+        assert_eq!(fold("  Müller Straße "), "muller strasse");
+        assert_eq!(fold("Électricité"), fold("electricite"));
+        assert_eq!(
+            words("Rechnung Nr. 2025-03/17"),
+            vec!["rechnung", "nr", "2025", "03", "17"]
+        );
+    }
+
+    #[test]
+    fn chunks_are_token_bounded_and_overlap() {
+        let text = (0..400)
+            .map(|i| format!("Sentence number {i} talks about invoices."))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let ranges = chunk_ranges(&text, 64, 16);
+        assert!(ranges.len() > 10);
+        for (s, e) in &ranges {
+            assert!(count_tokens(&text[*s..*e]) <= 64);
+        }
+        assert!(
+            ranges.windows(2).all(|w| w[1].0 < w[0].1),
+            "consecutive chunks overlap"
+        );
+        assert_eq!(ranges.last().unwrap().1, text.len());
+    }
+
+    #[test]
+    fn head_and_tail_survive_the_budget() {
+        let text = format!("HEADSTART {} TAILEND", "filler words here ".repeat(2000));
+        let fitted = fit_head_tail(&text, 100);
+        assert!(count_tokens(&fitted) <= 100);
+        assert!(fitted.starts_with("HEADSTART") && fitted.ends_with("TAILEND"));
+        assert_eq!(fit_head_tail("short", 100), "short");
+    }
+
+    #[test]
+    fn dates_in_several_languages() {
+        let today = NaiveDate::from_ymd_opt(2026, 1, 1).unwrap();
+        let found = find_dates(
+            "Datum: 14.03.2025, due March 3, 2025; le 2 mars 2024; am 1. Dezember 2023; 2022-07-09; 31.02.2020; 01.01.2999",
+            today,
+        );
+        let s: Vec<String> = found.iter().map(|d| d.to_string()).collect();
+        assert_eq!(
+            s,
+            [
+                "2025-03-14",
+                "2025-03-03",
+                "2024-03-02",
+                "2023-12-01",
+                "2022-07-09"
+            ]
+        );
+    }
+
+    #[test]
+    fn language_of_questions() {
+        assert_eq!(detect_language("How much did I pay the plumber?"), "en");
+        assert_eq!(
+            detect_language("Wie viel habe ich dem Klempner bezahlt?"),
+            "de"
+        );
+        assert_eq!(
+            detect_language("Combien ai-je payé pour le plombier ?"),
+            "fr"
+        );
+    }
+
+    #[test]
+    fn implausible_dates_are_refused_with_a_reason() {
+        let today = NaiveDate::from_ymd_opt(2026, 1, 1).unwrap();
+        assert!(
+            plausible_date("2025-02-30", today)
+                .unwrap_err()
+                .contains("not a date")
+        );
+        assert!(
+            plausible_date("1899-12-31", today)
+                .unwrap_err()
+                .contains("1900")
+        );
+        assert!(
+            plausible_date("2026-01-02", today)
+                .unwrap_err()
+                .contains("future")
+        );
+        assert!(plausible_date("1990-01-01", today).is_ok());
+    }
+}

@@ -1,0 +1,121 @@
+//! The port contract suites run against the embedded adapters.
+
+#![cfg(all(feature = "local", feature = "contract"))]
+
+use std::sync::Arc;
+
+use shared::adapters::local::{
+    FileBlobStore, SqliteCache, SqliteQueue, SqliteStateStore, SqliteVectorIndex,
+};
+use shared::contract;
+
+#[tokio::test]
+async fn blob_store() {
+    let dir = tempfile::tempdir().unwrap();
+    contract::blob_store(FileBlobStore::open(dir.path()).unwrap()).await;
+}
+
+#[tokio::test]
+async fn blob_store_refuses_keys_that_escape_its_folder() {
+    use shared::ports::BlobStore;
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileBlobStore::open(&dir.path().join("blobs")).unwrap();
+    for key in ["../x", "/etc/passwd", "a/../../x", ""] {
+        assert!(store.put(key, b"x").await.is_err(), "{key}");
+    }
+}
+
+#[tokio::test]
+async fn state_store() {
+    let dir = tempfile::tempdir().unwrap();
+    contract::state_store(SqliteStateStore::open(&dir.path().join("s.db")).unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn state_store_concurrent_updates() {
+    let dir = tempfile::tempdir().unwrap();
+    contract::concurrent_updates(Arc::new(
+        SqliteStateStore::open(&dir.path().join("s.db")).unwrap(),
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn cache() {
+    let dir = tempfile::tempdir().unwrap();
+    contract::cache(SqliteCache::open(&dir.path().join("c.db")).unwrap()).await;
+}
+
+#[tokio::test]
+async fn work_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.db");
+    let n = std::sync::atomic::AtomicU32::new(0);
+    contract::work_queue(|max| {
+        SqliteQueue::open(
+            &db,
+            &format!("q{}", n.fetch_add(1, std::sync::atomic::Ordering::SeqCst)),
+            max,
+        )
+        .unwrap()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn vector_index() {
+    let dir = tempfile::tempdir().unwrap();
+    contract::vector_index(
+        SqliteVectorIndex::open(&dir.path().join("v.db"), "chunks-test", 4).unwrap(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn embedded_stores_survive_a_restart() {
+    use serde_json::json;
+    use shared::ports::{Condition, StateStore, VectorIndex, VectorRecord, WorkQueue};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("pai.db");
+    {
+        let state = SqliteStateStore::open(&db).unwrap();
+        state
+            .put("job/1", &json!({"kept": true}), Condition::None, None)
+            .await
+            .unwrap();
+        let q = SqliteQueue::open(&db, "chunk", 3).unwrap();
+        q.send(&["pending".into()]).await.unwrap();
+        let v = SqliteVectorIndex::open(&db, "idx", 2).unwrap();
+        v.put(vec![VectorRecord {
+            key: "k".into(),
+            vector: vec![1.0, 1.0],
+            metadata: Default::default(),
+            text: "t".into(),
+            title: "T".into(),
+        }])
+        .await
+        .unwrap();
+    }
+    let state = SqliteStateStore::open(&db).unwrap();
+    assert_eq!(
+        state.get("job/1").await.unwrap().unwrap().value,
+        json!({"kept": true})
+    );
+    let q = SqliteQueue::open(&db, "chunk", 3).unwrap();
+    assert_eq!(
+        q.receive(10, std::time::Duration::from_secs(1))
+            .await
+            .unwrap()[0]
+            .body,
+        "pending"
+    );
+    let v = SqliteVectorIndex::open(&db, "idx", 2).unwrap();
+    assert_eq!(
+        v.query(&[1.0, 0.9], 1, None).await.unwrap()[0].record.key,
+        "k"
+    );
+    assert!(
+        SqliteVectorIndex::open(&db, "idx", 3).is_err(),
+        "an index keeps its dimension"
+    );
+}
