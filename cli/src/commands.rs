@@ -24,7 +24,7 @@ static SAMPLES: Dir = include_dir!("$CARGO_MANIFEST_DIR/samples");
 /// The demo's two questions: one in English, one in German.
 pub const DEMO_QUESTIONS: [&str; 2] = [
     "How much did I pay the plumber in 2025?",
-    "Wie hoch ist die monatliche Kaltmiete laut Mietvertrag?",
+    "Wie viel Kaution leistet der Mieter laut Mietvertrag?",
 ];
 
 fn settings_from_env() -> Result<Settings> {
@@ -277,7 +277,7 @@ pub async fn ask(
         || document_type.is_some()
         || from.is_some()
         || to.is_some();
-    let filters = any_filter.then(|| ChatFilters {
+    let filters = any_filter.then_some(ChatFilters {
         tags,
         correspondent,
         document_type,

@@ -167,14 +167,14 @@ fn list(env: Lookup, var: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn number<T: std::str::FromStr>(
+fn number<T>(
     env: Lookup,
     var: &'static str,
     default: T,
     range: std::ops::RangeInclusive<T>,
 ) -> Result<T, ConfigError>
 where
-    T: PartialOrd + fmt::Display + Copy,
+    T: std::str::FromStr + PartialOrd + fmt::Display + Copy,
 {
     let Some(raw) = get(env, var) else {
         return Ok(default);

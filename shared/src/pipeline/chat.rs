@@ -151,6 +151,43 @@ fn refusal(question: &str) -> &'static str {
     }
 }
 
+/// Words of questions that documents rarely contain ("how high is…", "how much did I pay…"):
+/// they are left out of keyword coverage so a natural question is not refused for them.
+fn is_question_filler(w: &str) -> bool {
+    const FILLER: &[&str] = &[
+        "hoch",
+        "lange",
+        "viele",
+        "betragt",
+        "betrug",
+        "kostet",
+        "kostete",
+        "bezahlt",
+        "zahlen",
+        "gezahlt",
+        "laut",
+        "gemass",
+        "steht",
+        "cost",
+        "costs",
+        "pay",
+        "paid",
+        "long",
+        "according",
+        "say",
+        "says",
+        "tell",
+        "show",
+        "quel",
+        "quelle",
+        "combien",
+        "coute",
+        "paye",
+        "selon",
+    ];
+    FILLER.contains(&w)
+}
+
 /// A candidate after reranking.
 struct Ranked {
     hit: VectorHit,
@@ -260,7 +297,7 @@ pub async fn ask(svc: &Services, req: &ChatRequest) -> Result<ChatResponse, Chat
     let content_words = |s: &str| {
         words(s)
             .into_iter()
-            .filter(|w| !is_stopword(w))
+            .filter(|w| !is_stopword(w) && !is_question_filler(w))
             .collect::<Vec<_>>()
     };
     if content_words(question).len() < 4

@@ -111,7 +111,7 @@ pub async fn run(svc: &Services, task: &ChunkTask) -> Result<(), PipelineError> 
             .map(|(start, end)| ChunkRef {
                 start,
                 end,
-                hash: sha256_hex(text[start..end].as_bytes()),
+                hash: sha256_hex(&text.as_bytes()[start..end]),
             })
             .filter(|c| seen.insert(c.hash.clone()))
             .collect();

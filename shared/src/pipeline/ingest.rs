@@ -412,3 +412,27 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod sample_events {
+    use super::parse_webhook;
+    use crate::domain::{ChunkTask, EmbedTask, TagTask};
+
+    fn event(name: &str) -> Vec<u8> {
+        std::fs::read(format!("{}/../events/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    }
+
+    #[test]
+    fn the_sample_events_parse() {
+        assert_eq!(parse_webhook(&event("webhook-paperless.json")).unwrap(), 1);
+        assert_eq!(
+            parse_webhook(&event("webhook-paperless-2x.form")).unwrap(),
+            1
+        );
+        serde_json::from_slice::<ChunkTask>(&event("chunk-message.json")).unwrap();
+        serde_json::from_slice::<EmbedTask>(&event("embed-message.json")).unwrap();
+        serde_json::from_slice::<TagTask>(&event("tag-message.json")).unwrap();
+        serde_json::from_slice::<crate::pipeline::chat::ChatRequest>(&event("chat-request.json"))
+            .unwrap();
+    }
+}

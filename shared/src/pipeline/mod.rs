@@ -42,8 +42,11 @@ pub struct Services {
     pub paperless: Option<Arc<dyn Paperless>>,
     /// The taxonomy used when no Paperless is configured (e.g. `DATA_DIR/taxonomy.json`).
     pub local_taxonomy: Arc<Taxonomy>,
-    taxonomy_cache: Arc<Mutex<Option<(Instant, Arc<Taxonomy>)>>>,
+    taxonomy_cache: Arc<Mutex<Option<CachedTaxonomy>>>,
 }
+
+/// A Paperless taxonomy and when it was fetched.
+type CachedTaxonomy = (Instant, Arc<Taxonomy>);
 
 /// How long a fetched Paperless taxonomy is reused before it is read again.
 const TAXONOMY_TTL: Duration = Duration::from_secs(60);

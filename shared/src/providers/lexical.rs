@@ -124,7 +124,7 @@ fn find_object(text_words: &[String], object: &TaxonomyObject) -> Option<(usize,
     first.map(|f| (f, count))
 }
 
-fn allowed<'a>(input: &'a TagInput, kind: ObjectKind) -> impl Iterator<Item = &'a TaxonomyObject> {
+fn allowed(input: &TagInput, kind: ObjectKind) -> impl Iterator<Item = &TaxonomyObject> {
     let names = match kind {
         ObjectKind::Tag => &input.tags,
         ObjectKind::Correspondent => &input.correspondents,
@@ -212,9 +212,11 @@ impl LexicalModel {
         }
         scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         let mut seen: HashMap<String, ()> = HashMap::new();
+        // Only sentences nearly as good as the best: a weak runner-up is noise, not support.
+        let best = scored.first().map(|s| s.0).unwrap_or(0.0);
         let picked: Vec<(usize, String)> = scored
             .into_iter()
-            .filter(|(_, _, s)| seen.insert(fold(s), ()).is_none())
+            .filter(|(score, _, s)| *score >= best * 0.6 && seen.insert(fold(s), ()).is_none())
             .take(3)
             .map(|(_, n, s)| (n, s))
             .collect();
@@ -258,7 +260,7 @@ fn sentences(text: &str) -> Vec<String> {
         }
         out.push(line[start..].trim().to_string());
     }
-    out.retain(|s| s.chars().filter(|c| c.is_alphanumeric()).count() >= 8);
+    out.retain(|s| s.chars().filter(|c| c.is_alphanumeric()).count() >= 15);
     out
 }
 

@@ -104,7 +104,7 @@ impl WorkQueue for SqliteQueue {
         let (name, bodies, now) = (self.name.clone(), bodies.to_vec(), (self.clock)());
         self.db
             .call(move |c| {
-                let tx = c.transaction().map_err(sql)?;
+                let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql)?;
                 {
                     let mut stmt = tx.prepare_cached("INSERT INTO queue_messages (queue, message_id, body, visible_at) VALUES (?1, ?2, ?3, ?4)").map_err(sql)?;
                     for body in &bodies {
@@ -129,7 +129,7 @@ impl WorkQueue for SqliteQueue {
         let hidden_until = now + visibility.as_millis() as i64;
         self.db
             .call(move |c| {
-                let tx = c.transaction().map_err(sql)?;
+                let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql)?;
                 let mut out = Vec::new();
                 {
                     let mut pick = tx

@@ -61,7 +61,7 @@ impl StateStore for SqliteStateStore {
         let text = value.to_string();
         self.db
             .call(move |c| {
-                let tx = c.transaction().map_err(sql)?;
+                let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql)?;
                 let current: Option<u64> = tx
                     .query_row("SELECT version FROM state WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)", params![key, now_unix()], |r| r.get::<_, i64>(0))
                     .optional()

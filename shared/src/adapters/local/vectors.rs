@@ -293,7 +293,7 @@ impl VectorIndex for SqliteVectorIndex {
             .collect();
         self.db
             .call(move |c| {
-                let tx = c.transaction().map_err(sql)?;
+                let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql)?;
                 {
                     let mut stmt = tx.prepare_cached("INSERT OR REPLACE INTO vectors (idx, key, vector, metadata, text, title) VALUES (?1, ?2, ?3, ?4, ?5, ?6)").map_err(sql)?;
                     for (key, blob, meta, text, title) in &rows {
@@ -320,7 +320,9 @@ impl VectorIndex for SqliteVectorIndex {
         let (name, owned) = (self.name.clone(), keys.to_vec());
         self.db
             .call(move |c| {
-                let tx = c.transaction().map_err(sql)?;
+                let tx = c
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                    .map_err(sql)?;
                 for k in &owned {
                     tx.execute(
                         "DELETE FROM vectors WHERE idx = ?1 AND key = ?2",

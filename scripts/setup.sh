@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what building and testing need on a fresh machine; safe to run again.
+# The Rust toolchain itself must already be there (rustup, Rust >= 1.94.1).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo not found: install Rust (https://rustup.rs), version 1.94.1 or newer" >&2
+  exit 1
+fi
+need="1.94.1"
+have=$(rustc --version | awk '{print $2}')
+if [ "$(printf '%s\n%s\n' "$need" "$have" | sort -V | head -n1)" != "$need" ]; then
+  echo "Rust $have is too old: $need or newer is required" >&2
+  exit 1
+fi
+# rustfmt and clippy come with the default rustup profile; add them where they are missing.
+for component in rustfmt clippy; do
+  if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+    rustup component add "$component"
+  fi
+done
+# SQLite is compiled in (rusqlite "bundled") and TLS is rustls: no system libraries needed
+# beyond a C compiler.
+command -v cc >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq gcc >/dev/null; }
