@@ -149,12 +149,16 @@ pub fn validate(
 pub async fn run(svc: &Services, task: &TagTask) -> Result<(), PipelineError> {
     let policy = &svc.settings.policy;
     let guard = json!({"content_hash": task.content_hash, "policy": policy.fingerprint(), "model": svc.model.name()});
-    if svc
+    let tagged = svc
         .state
         .get(&tagged_key(&task.doc_id))
         .await?
-        .is_some_and(|v| v.value == guard)
-    {
+        .map(|v| v.value);
+    if let Some(tagged) = tagged.filter(|t| t["guard"] == guard) {
+        if tagged["job_id"] == task.job_id.as_str() {
+            // This very message, delivered again: its job already records the outcome.
+            return Ok(());
+        }
         metrics::counter!(crate::metrics::DOCUMENTS_TAGGED, "outcome" => "unchanged").increment(1);
         set_stage(
             svc.state.as_ref(),
@@ -305,7 +309,12 @@ pub async fn run(svc: &Services, task: &TagTask) -> Result<(), PipelineError> {
         }
     }
     svc.state
-        .put(&tagged_key(&task.doc_id), &guard, Condition::None, None)
+        .put(
+            &tagged_key(&task.doc_id),
+            &json!({"guard": guard, "job_id": task.job_id}),
+            Condition::None,
+            None,
+        )
         .await?;
     metrics::counter!(crate::metrics::DOCUMENTS_TAGGED, "outcome" => outcome).increment(1);
     let mut detail = format!("suggestion {outcome}");

@@ -1,0 +1,448 @@
+//! End to end over real HTTP on loopback: Paperless-ngx webhook → chunk → embed → tag →
+//! write-back to a stateful fake Paperless → chat answer citing that document; redelivery of
+//! every message; and the bad inputs, each a clear error with nothing half-written.
+
+mod common;
+
+use common::{API_KEY, Pai, SECRET};
+use pai_tests::fake_paperless::DocSeed;
+use serde_json::{Value, json};
+
+const INVOICE: &str = "Berger Haustechnik GmbH\nRechnung Nr. 2025-031\nDatum: 14.03.2025\n\nReparatur des Heizkessels (boiler repair), Austausch der Umwälzpumpe.\nGesamtbetrag: EUR 1.250,00\nZahlbar bis 28.03.2025.";
+
+async fn seeded(pai: &Pai) -> u64 {
+    let inbox = pai.paperless.add_tag("Inbox", "");
+    pai.paperless.add_tag("Invoice", "rechnung");
+    pai.paperless
+        .add_correspondent("Berger Haustechnik GmbH", "berger");
+    pai.paperless.add_document_type("Invoice", "rechnung");
+    pai.paperless.add_document(DocSeed {
+        title: "scan_0031".into(),
+        content: INVOICE.into(),
+        tags: vec![inbox],
+        ..Default::default()
+    })
+}
+
+fn tag_names(pai: &Pai, doc: &Value) -> Vec<String> {
+    let ids: Vec<u64> = doc["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    let mut names = pai.paperless.tag_names(&ids);
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_tags_the_document_and_chat_cites_it() {
+    let mut pai = Pai::start(&[]).await;
+    pai.start_workers();
+    let id = seeded(&pai).await;
+    let body = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../events/webhook-paperless.json"
+    ))
+    .unwrap()
+    .replace("\"1\"", &format!("\"{id}\""))
+    .replace("/1/", &format!("/{id}/"));
+    let r = pai.webhook(&body).await;
+    assert_eq!(r.status(), 202);
+    let job_id = r.json::<Value>().await.unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let job = pai.wait_job(&job_id).await;
+    assert_eq!(job["status"], "done", "{job:#}");
+    assert_eq!(job["stages"]["tag"]["provider"], "openai/test-model");
+    assert!(job["chunks_total"].as_u64().unwrap() >= 1);
+    assert!(job.get("upload_token").is_none());
+
+    // Written back: tags merged (Inbox kept), new tag created, processed tag added.
+    let doc = pai.paperless.document(id).unwrap();
+    assert_eq!(
+        tag_names(&pai, &doc),
+        ["Inbox", "Invoice", "Plumbing", "ai-processed"]
+    );
+    assert_eq!(doc["title"], "Invoice for boiler repair");
+    assert_eq!(doc["created"], "2025-03-14");
+    assert!(doc["correspondent"].as_u64().is_some() && doc["document_type"].as_u64().is_some());
+    let created = pai
+        .paperless
+        .tags()
+        .into_iter()
+        .find(|t| t["name"] == "Plumbing")
+        .unwrap();
+    assert_eq!(
+        created["matching_algorithm"], 0,
+        "created with matching none"
+    );
+
+    // The model got a strict JSON schema and the document fenced as data.
+    let tag_call = pai
+        .model
+        .chat_requests()
+        .into_iter()
+        .find(|r| r.get("response_format").is_some())
+        .unwrap();
+    assert_eq!(tag_call["response_format"]["json_schema"]["strict"], true);
+    assert!(
+        tag_call["messages"][1]["content"]
+            .as_str()
+            .unwrap()
+            .contains("<document>")
+    );
+    assert!(
+        pai.model
+            .embedding_requests()
+            .iter()
+            .all(|r| r["input"].is_array()),
+        "embeddings are batched"
+    );
+
+    let (status, suggestion) = pai.get_json(&format!("/documents/{id}/suggestions")).await;
+    assert_eq!(status, 200);
+    assert_eq!(suggestion["applied"]["title"], "Invoice for boiler repair");
+    assert_eq!(suggestion["previous"]["title"], "scan_0031");
+
+    let (status, answer) = pai
+        .post_json(
+            "/chat",
+            json!({"question": "How much did the boiler repair cost?"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["citations"][0]["doc_id"], id.to_string());
+    assert_eq!(
+        answer["citations"][0]["url"],
+        format!("{}/documents/{id}/details", pai.paperless.url())
+    );
+    assert!(answer["answer"].as_str().unwrap().contains("[1]"));
+
+    // Filters go into the vector query: a filter the document does not match finds nothing.
+    let (_, none) = pai.post_json("/chat", json!({"question": "How much did the boiler repair cost?", "filters": {"tags": ["Tax"]}})).await;
+    assert_eq!(none["citations"], json!([]));
+    assert_eq!(none["answered"], false);
+    let (_, one) = pai.post_json("/chat", json!({"question": "boiler repair cost?", "filters": {"correspondent": "berger haustechnik gmbh", "created_from": "2025-03-01"}})).await;
+    assert_eq!(one["citations"][0]["doc_id"], id.to_string(), "{one}");
+    pai.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redelivering_every_message_changes_nothing_twice() {
+    let pai = Pai::start(&[]).await;
+    let id = seeded(&pai).await;
+    let r = pai
+        .webhook(&json!({"doc_id": id.to_string()}).to_string())
+        .await;
+    let job_id = r.json::<Value>().await.unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let first = pai.drain().await;
+    assert!(first.len() >= 3, "chunk, embed and tag ran");
+    let job = pai.wait_job(&job_id).await;
+    assert_eq!(job["status"], "done");
+
+    let doc = pai.paperless.document(id).unwrap();
+    let patches = pai.paperless.count("PATCH", "/api/documents/");
+    let chats = pai.model.chat_requests().len();
+    let embeds = pai.model.embedding_requests().len();
+    let tags = pai.paperless.tags().len();
+
+    for (stage, body) in &first {
+        shared::pipeline::handle(&pai.app.svc, *stage, body, false)
+            .await
+            .unwrap();
+    }
+    let again = pai.drain().await;
+    assert!(
+        !again.is_empty(),
+        "the redelivered chunk message queued its follow-ups again"
+    );
+
+    assert_eq!(
+        pai.paperless.document(id).unwrap(),
+        doc,
+        "document unchanged"
+    );
+    assert_eq!(
+        pai.paperless.count("PATCH", "/api/documents/"),
+        patches,
+        "no second write-back"
+    );
+    assert_eq!(
+        pai.model.chat_requests().len(),
+        chats,
+        "no second tagging call"
+    );
+    assert_eq!(
+        pai.model.embedding_requests().len(),
+        embeds,
+        "no second embedding call (cache)"
+    );
+    assert_eq!(pai.paperless.tags().len(), tags, "no duplicate tags");
+    let after = pai.wait_job(&job_id).await;
+    assert_eq!(
+        after["chunks_embedded"], job["chunks_embedded"],
+        "embedded chunks counted once"
+    );
+    assert_eq!(after["stages"]["tag"], job["stages"]["tag"]);
+
+    // A second webhook for the unchanged document (our own PATCH firing "Document Updated")
+    // is a no-op: no model call, no write.
+    let r = pai
+        .webhook(&json!({"doc_id": id.to_string()}).to_string())
+        .await;
+    let loop_job = r.json::<Value>().await.unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    pai.drain().await;
+    let j = pai.wait_job(&loop_job).await;
+    assert_eq!(j["stages"]["tag"]["status"], "skipped", "{j:#}");
+    assert_eq!(j["stages"]["embed"]["status"], "skipped");
+    assert_eq!(pai.model.chat_requests().len(), chats);
+    assert_eq!(pai.paperless.count("PATCH", "/api/documents/"), patches);
+    pai.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_and_malformed_webhooks_get_clear_errors() {
+    let pai = Pai::start(&[]).await;
+    let send = |secret: Option<&'static str>, body: &'static str| {
+        let mut req = pai.http.post(pai.url("/webhooks/paperless")).body(body);
+        if let Some(s) = secret {
+            req = req.header("X-Webhook-Secret", s);
+        }
+        req.send()
+    };
+    for (secret, body, status) in [
+        (None, r#"{"doc_id":"1"}"#, 401),
+        (Some("wrong-secret-0123456789"), r#"{"doc_id":"1"}"#, 401),
+        (Some(SECRET), "", 400),
+        (Some(SECRET), "{not json", 400),
+        (Some(SECRET), r#"{"doc_id":"1 OR 1=1"}"#, 400),
+        (Some(SECRET), r#"{"doc_url":"http://evil.example/"}"#, 400),
+        (Some(SECRET), r#"[{"doc_id":"1"}]"#, 400),
+    ] {
+        let r = send(secret, body).await.unwrap();
+        assert_eq!(r.status().as_u16(), status, "{body}");
+        let err: Value = r.json().await.unwrap();
+        assert!(
+            err["error"]["code"].is_string() && err["error"]["message"].is_string(),
+            "{err}"
+        );
+    }
+    let huge = "x".repeat(200_000);
+    let r = pai
+        .http
+        .post(pai.url("/webhooks/paperless"))
+        .header("X-Webhook-Secret", SECRET)
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert!(
+        pai.app
+            .svc
+            .state
+            .list("job/", None, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "no job was written"
+    );
+    pai.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_document_fails_its_job_with_the_reason() {
+    let pai = Pai::start(&[]).await;
+    let r = pai.webhook(r#"{"doc_id":"4040"}"#).await;
+    assert_eq!(r.status(), 202);
+    let job_id = r.json::<Value>().await.unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    pai.drain().await;
+    let job = pai.wait_job(&job_id).await;
+    assert_eq!(job["status"], "failed");
+    assert!(
+        job["stages"]["chunk"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not found"),
+        "{job:#}"
+    );
+    assert!(pai.model.chat_requests().is_empty());
+    pai.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_outside_the_schema_fails_the_job_after_one_repair() {
+    let pai = Pai::start(&[]).await;
+    pai.model.set_default(|req| {
+        if req.get("response_format").is_some() {
+            r#"{"title": 42, "tags": "Invoice"}"#.to_string()
+        } else {
+            "no".into()
+        }
+    });
+    let id = seeded(&pai).await;
+    let before = pai.paperless.document(id).unwrap();
+    let r = pai.webhook(&json!({"doc_id": id}).to_string()).await;
+    let job_id = r.json::<Value>().await.unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    pai.drain().await;
+    let job = pai.wait_job(&job_id).await;
+    assert_eq!(job["status"], "failed");
+    let reason = job["stages"]["tag"]["detail"].as_str().unwrap();
+    assert!(reason.contains("after one repair attempt"), "{reason}");
+    let tag_calls = pai
+        .model
+        .chat_requests()
+        .into_iter()
+        .filter(|r| r.get("response_format").is_some())
+        .count();
+    assert_eq!(tag_calls, 2, "one call and one repair");
+    let doc = pai.paperless.document(id).unwrap();
+    assert_eq!(doc["title"], before["title"], "no made-up value written");
+    assert_eq!(doc["correspondent"], before["correspondent"]);
+    assert_eq!(
+        tag_names(&pai, &doc),
+        ["Inbox", "ai-failed"],
+        "only the failed tag added"
+    );
+    pai.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_are_checked_and_run_the_pipeline() {
+    let mut pai = Pai::start(&[]).await;
+    pai.start_workers();
+    let (status, err) = pai
+        .post_json(
+            "/documents",
+            json!({"filename": "big.txt", "content_type": "text/plain", "size": 10_000_000}),
+        )
+        .await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (413, Some("too_large"))
+    );
+    let (status, err) = pai
+        .post_json(
+            "/documents",
+            json!({"filename": "scan.png", "content_type": "image/png"}),
+        )
+        .await;
+    assert_eq!(status, 415, "{err}");
+    let (status, _) = pai.post_json("/documents", json!({"name": "x"})).await;
+    assert_eq!(status, 400);
+
+    let (status, created) = pai
+        .post_json(
+            "/documents",
+            json!({"filename": "invoice.txt", "content_type": "text/plain"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let url = created["upload_url"].as_str().unwrap().to_string();
+    let job_id = created["job_id"].as_str().unwrap().to_string();
+    let r = pai
+        .http
+        .put(&url)
+        .body(vec![b'a'; 100_001])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413, "over MAX_UPLOAD_BYTES");
+    let r = pai
+        .http
+        .put(url.replace("token=", "token=x"))
+        .body(INVOICE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "wrong token");
+    let (_, waiting) = pai.get_json(&format!("/jobs/{job_id}")).await;
+    assert_eq!(
+        waiting["status"], "queued",
+        "nothing half-written by refused uploads"
+    );
+    let r = pai.http.put(&url).body(INVOICE).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let r = pai.http.put(&url).body(INVOICE).send().await.unwrap();
+    assert_eq!(r.status(), 409, "an upload URL is used once");
+    let job = pai.wait_job(&job_id).await;
+    assert_eq!(job["status"], "done", "{job:#}");
+    let doc_id = job["doc_id"].as_str().unwrap();
+    let (status, s) = pai
+        .get_json(&format!("/documents/{doc_id}/suggestions"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(s["suggestion"]["title"], "Invoice for boiler repair");
+    assert_eq!(
+        s["applied"],
+        Value::Null,
+        "uploads are not written to Paperless"
+    );
+    pai.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_guard_everything_but_health_and_the_webhook() {
+    let pai = Pai::start(&[]).await;
+    assert_eq!(
+        pai.http
+            .get(pai.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    for (method, path) in [
+        ("GET", "/jobs/x"),
+        ("POST", "/chat"),
+        ("POST", "/documents"),
+        ("GET", "/documents/1/suggestions"),
+    ] {
+        let r = pai
+            .http
+            .request(method.parse().unwrap(), pai.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{method} {path}");
+        let r = pai
+            .http
+            .request(method.parse().unwrap(), pai.url(path))
+            .bearer_auth("not-the-key-0123456789")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{method} {path}");
+    }
+    let r = pai
+        .http
+        .get(pai.url("/jobs/nope"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let (status, err) = pai
+        .post_json("/chat", json!({"question": "x".repeat(5000)}))
+        .await;
+    assert_eq!(status, 400, "{err}");
+    let r = pai.http.get(pai.url("/nope")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    pai.shutdown().await;
+}
