@@ -115,7 +115,7 @@ impl LocalApp {
             .map_err(|e| BuildError::Store(format!("creating {}: {e}", dir.display())))?;
         let stores = LocalStores::open(&dir).map_err(store)?;
         let queue = |name: &str| {
-            SqliteQueue::open(&stores.db, name, settings.max_receives)
+            SqliteQueue::new(&stores.db, name, settings.max_receives)
                 .map(Arc::new)
                 .map_err(store)
         };
@@ -133,7 +133,7 @@ impl LocalApp {
                 }
             })
             .collect();
-        let vectors = SqliteVectorIndex::open(&stores.db, &index_name, raw_embedder.dimension())
+        let vectors = SqliteVectorIndex::new(&stores.db, &index_name, raw_embedder.dimension())
             .map_err(store)?;
         let embedder: Arc<dyn Embedder> = Arc::new(CachedEmbedder::new(
             raw_embedder,

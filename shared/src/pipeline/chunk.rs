@@ -104,9 +104,11 @@ pub async fn run(svc: &Services, task: &ChunkTask) -> Result<(), PipelineError> 
         .put(&snapshot_key(&doc_id, &content_hash), text.as_bytes())
         .await?;
 
-    let mut seen = HashSet::new();
-    let chunks: Vec<ChunkRef> =
-        chunk_ranges(&text, svc.settings.chunk_tokens, svc.settings.chunk_overlap)
+    // Tokenising is CPU work: off the async threads, so requests are not kept waiting.
+    let (max, overlap) = (svc.settings.chunk_tokens, svc.settings.chunk_overlap);
+    let chunks = tokio::task::spawn_blocking(move || {
+        let mut seen = HashSet::new();
+        let chunks: Vec<ChunkRef> = chunk_ranges(&text, max, overlap)
             .into_iter()
             .map(|(start, end)| ChunkRef {
                 start,
@@ -115,6 +117,10 @@ pub async fn run(svc: &Services, task: &ChunkTask) -> Result<(), PipelineError> 
             })
             .filter(|c| seen.insert(c.hash.clone()))
             .collect();
+        chunks
+    })
+    .await
+    .map_err(|e| PipelineError::Retry(format!("chunking task failed: {e}")))?;
 
     // The base to diff against: the last manifest, or — when this job already wrote it (a
     // redelivered message) — the version before it, so the redelivery redoes the same work.

@@ -217,7 +217,12 @@ pub async fn run(svc: &Services, task: &TagTask) -> Result<(), PipelineError> {
     let content_words: BTreeSet<String> = crate::text::words(&text).into_iter().collect();
     let input = TagInput {
         current_title,
-        content: fit_head_tail(&text, policy.max_input_tokens),
+        content: {
+            let (text, budget) = (text.clone(), policy.max_input_tokens);
+            tokio::task::spawn_blocking(move || fit_head_tail(&text, budget))
+                .await
+                .map_err(|e| PipelineError::Retry(format!("budgeting task failed: {e}")))?
+        },
         fields: policy.fields.iter().copied().collect(),
         tags: slice(&taxonomy, ObjectKind::Tag, &content_words),
         correspondents: slice(&taxonomy, ObjectKind::Correspondent, &content_words),

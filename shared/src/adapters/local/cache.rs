@@ -16,9 +16,12 @@ pub struct SqliteCache {
 
 impl SqliteCache {
     pub fn open(path: &Path) -> Result<SqliteCache, StoreError> {
-        Ok(SqliteCache {
-            db: Db::open(path, SCHEMA)?,
-        })
+        Self::new(&Db::open(path)?)
+    }
+
+    pub fn new(db: &Db) -> Result<SqliteCache, StoreError> {
+        db.apply(SCHEMA)?;
+        Ok(SqliteCache { db: db.clone() })
     }
 }
 

@@ -12,7 +12,7 @@ mod state;
 mod vectors;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use rusqlite::Connection;
 
@@ -24,32 +24,101 @@ pub use queue::SqliteQueue;
 pub use state::SqliteStateStore;
 pub use vectors::SqliteVectorIndex;
 
-/// One SQLite connection, used from async code through the blocking pool.
+/// One SQLite connection shared by every adapter of a process, owned by a writer thread
+/// that commits in groups: every operation waiting when the thread comes round runs in its own
+/// savepoint inside one transaction, and all of them are answered after the single COMMIT.
+/// SQLite runs one writer at a time anyway; grouping turns fifty concurrent webhooks into a
+/// handful of commits instead of fifty queued ones, which keeps acknowledgement latency low
+/// while the workers write too.
 #[derive(Clone)]
 pub struct Db {
-    conn: Arc<Mutex<Connection>>,
+    ops: std::sync::mpsc::Sender<Op>,
     path: PathBuf,
+    /// The checkpoint thread stops once every handle is gone.
+    _alive: Arc<()>,
 }
 
+/// How often the WAL is checkpointed.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Checkpoints the WAL in the background (PASSIVE: never blocks the writer).
+fn spawn_checkpointer(path: &Path, alive: std::sync::Weak<()>) -> Result<(), StoreError> {
+    let conn = Connection::open(path).map_err(sql)?;
+    conn.busy_timeout(std::time::Duration::from_secs(1))
+        .map_err(sql)?;
+    std::thread::Builder::new()
+        .name("pai-checkpoint".into())
+        .spawn(move || {
+            while alive.upgrade().is_some() {
+                std::thread::sleep(CHECKPOINT_EVERY);
+                if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE);") {
+                    tracing::warn!(error = %e, "WAL checkpoint failed");
+                }
+            }
+            let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+        })
+        .map_err(|e| StoreError::Unavailable(format!("starting the checkpoint thread: {e}")))?;
+    Ok(())
+}
+
+/// An operation for the writer thread: runs on the connection, returns what to do once the
+/// group is committed (answer the caller with its result, or with the commit's error).
+type Op = Box<dyn FnOnce(&mut Connection) -> Box<dyn FnOnce(Result<(), String>) + Send> + Send>;
+
+/// Most operations grouped into one transaction.
+const MAX_GROUP: usize = 128;
+
 impl Db {
-    /// Opens (creating if needed) the database at `path` and applies `schema`.
-    pub fn open(path: &Path, schema: &str) -> Result<Db, StoreError> {
+    /// Opens (creating if needed) the database at `path` and starts its writer thread.
+    pub fn open(path: &Path) -> Result<Db, StoreError> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| {
                 StoreError::Unavailable(format!("creating {}: {e}", parent.display()))
             })?;
         }
-        let conn = Connection::open(path).map_err(sql)?;
+        let mut conn = Connection::open(path).map_err(sql)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(sql)?;
+        // Checkpoints (copying the WAL back into the database, with an fsync) run on their own
+        // connection and thread, so the writer never stalls behind one.
         conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;",
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA wal_autocheckpoint=0;",
         )
         .map_err(sql)?;
-        conn.execute_batch(schema).map_err(sql)?;
+        let alive = Arc::new(());
+        spawn_checkpointer(path, Arc::downgrade(&alive))?;
+        let (ops, queue) = std::sync::mpsc::channel::<Op>();
+        std::thread::Builder::new()
+            .name("pai-sqlite".into())
+            .spawn(move || {
+                // Ends when the last `Db` handle is dropped.
+                while let Ok(first) = queue.recv() {
+                    let mut group = vec![first];
+                    while group.len() < MAX_GROUP {
+                        match queue.try_recv() {
+                            Ok(op) => group.push(op),
+                            Err(_) => break,
+                        }
+                    }
+                    let began = conn
+                        .execute_batch("BEGIN IMMEDIATE")
+                        .map_err(|e| e.to_string());
+                    let answers: Vec<_> = group.into_iter().map(|op| op(&mut conn)).collect();
+                    let committed =
+                        began.and_then(|_| conn.execute_batch("COMMIT").map_err(|e| e.to_string()));
+                    if committed.is_err() {
+                        let _ = conn.execute_batch("ROLLBACK");
+                    }
+                    for answer in answers {
+                        answer(committed.clone());
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Unavailable(format!("starting the database thread: {e}")))?;
         Ok(Db {
-            conn: Arc::new(Mutex::new(conn)),
+            ops,
             path: path.to_path_buf(),
+            _alive: alive,
         })
     }
 
@@ -57,19 +126,77 @@ impl Db {
         &self.path
     }
 
-    /// Runs `f` with the connection on the blocking pool.
+    fn submit<R, F>(
+        &self,
+        f: F,
+    ) -> Result<std::sync::mpsc::Receiver<Result<R, StoreError>>, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
+    {
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        self.enqueue(f, move |r| {
+            let _ = reply.send(r);
+        })?;
+        Ok(answer)
+    }
+
+    fn enqueue<R, F>(
+        &self,
+        f: F,
+        reply: impl FnOnce(Result<R, StoreError>) + Send + 'static,
+    ) -> Result<(), StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
+    {
+        let op: Op = Box::new(move |conn: &mut Connection| {
+            // Operations of several statements open their own savepoint, so a failing one
+            // rolls back alone; the group's COMMIT makes the survivors durable together.
+            let result = f(conn);
+            Box::new(move |committed: Result<(), String>| {
+                reply(match committed {
+                    Ok(()) => result,
+                    Err(e) => Err(StoreError::Unavailable(format!("sqlite commit: {e}"))),
+                })
+            })
+        });
+        self.ops
+            .send(op)
+            .map_err(|_| StoreError::Unavailable("the database thread has stopped".into()))
+    }
+
+    /// Runs `f` and waits for it: for building adapters, outside the async hot path.
+    pub fn setup<R>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+    {
+        self.submit(move |c| f(c))?
+            .recv()
+            .map_err(|_| StoreError::Unavailable("the database thread has stopped".into()))?
+    }
+
+    /// Creates an adapter's tables if they do not exist.
+    pub fn apply(&self, schema: &'static str) -> Result<(), StoreError> {
+        self.setup(move |c| c.execute_batch(schema).map_err(sql))
+    }
+
+    /// Runs `f` on the connection in its own savepoint; answers once its group is committed.
     pub async fn call<R, F>(&self, f: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
     {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut guard = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            f(&mut guard)
-        })
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("database task failed: {e}")))?
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.enqueue(f, move |r| {
+            let _ = reply.send(r);
+        })?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the database thread has stopped".into()))?
     }
 }
 
@@ -81,21 +208,21 @@ pub(crate) fn now_unix() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-/// Every embedded adapter of one data folder.
+/// Every embedded adapter of one data folder, on one shared connection.
 pub struct LocalStores {
     pub blobs: FileBlobStore,
     pub state: SqliteStateStore,
     pub cache: SqliteCache,
-    pub db: PathBuf,
+    pub db: Db,
 }
 
 impl LocalStores {
     pub fn open(data_dir: &Path) -> Result<LocalStores, StoreError> {
-        let db = data_dir.join("pai.sqlite3");
+        let db = Db::open(&data_dir.join("pai.sqlite3"))?;
         Ok(LocalStores {
             blobs: FileBlobStore::open(&data_dir.join("blobs"))?,
-            state: SqliteStateStore::open(&db)?,
-            cache: SqliteCache::open(&db)?,
+            state: SqliteStateStore::new(&db)?,
+            cache: SqliteCache::new(&db)?,
             db,
         })
     }

@@ -43,18 +43,23 @@ impl SqliteQueue {
     /// Opens the queue `name` in the database at `path`; a message received `max_receives`
     /// times without deletion goes to the dead letters on its next receive.
     pub fn open(path: &Path, name: &str, max_receives: u32) -> Result<SqliteQueue, StoreError> {
+        Self::new(&Db::open(path)?, name, max_receives)
+    }
+
+    pub fn new(db: &Db, name: &str, max_receives: u32) -> Result<SqliteQueue, StoreError> {
         let clock: Clock = Arc::new(|| chrono::Utc::now().timestamp_millis());
-        Self::with_clock(path, name, max_receives, clock)
+        Self::with_clock(db, name, max_receives, clock)
     }
 
     pub fn with_clock(
-        path: &Path,
+        db: &Db,
         name: &str,
         max_receives: u32,
         clock: Clock,
     ) -> Result<SqliteQueue, StoreError> {
+        db.apply(SCHEMA)?;
         Ok(SqliteQueue {
-            db: Db::open(path, SCHEMA)?,
+            db: db.clone(),
             name: name.to_string(),
             max_receives: max_receives.max(1),
             clock,
@@ -104,7 +109,7 @@ impl WorkQueue for SqliteQueue {
         let (name, bodies, now) = (self.name.clone(), bodies.to_vec(), (self.clock)());
         self.db
             .call(move |c| {
-                let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql)?;
+                let tx = c.savepoint().map_err(sql)?;
                 {
                     let mut stmt = tx.prepare_cached("INSERT INTO queue_messages (queue, message_id, body, visible_at) VALUES (?1, ?2, ?3, ?4)").map_err(sql)?;
                     for body in &bodies {
@@ -129,7 +134,7 @@ impl WorkQueue for SqliteQueue {
         let hidden_until = now + visibility.as_millis() as i64;
         self.db
             .call(move |c| {
-                let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql)?;
+                let tx = c.savepoint().map_err(sql)?;
                 let mut out = Vec::new();
                 {
                     let mut pick = tx
@@ -220,7 +225,7 @@ mod tests {
         let now = Arc::new(AtomicI64::new(1_000));
         let t = now.clone();
         let q = SqliteQueue::with_clock(
-            &dir.path().join("q.db"),
+            &Db::open(&dir.path().join("q.db")).unwrap(),
             "work",
             3,
             Arc::new(move || t.load(Ordering::SeqCst)),

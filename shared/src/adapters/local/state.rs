@@ -21,9 +21,12 @@ pub struct SqliteStateStore {
 
 impl SqliteStateStore {
     pub fn open(path: &Path) -> Result<SqliteStateStore, StoreError> {
-        Ok(SqliteStateStore {
-            db: Db::open(path, SCHEMA)?,
-        })
+        Self::new(&Db::open(path)?)
+    }
+
+    pub fn new(db: &Db) -> Result<SqliteStateStore, StoreError> {
+        db.apply(SCHEMA)?;
+        Ok(SqliteStateStore { db: db.clone() })
     }
 }
 
@@ -61,7 +64,7 @@ impl StateStore for SqliteStateStore {
         let text = value.to_string();
         self.db
             .call(move |c| {
-                let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql)?;
+                let tx = c.savepoint().map_err(sql)?;
                 let current: Option<u64> = tx
                     .query_row("SELECT version FROM state WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)", params![key, now_unix()], |r| r.get::<_, i64>(0))
                     .optional()
@@ -91,11 +94,12 @@ impl StateStore for SqliteStateStore {
         let key = key.to_string();
         self.db
             .call(move |c| {
-                c.execute("DELETE FROM state WHERE key = ?1", params![key])
+                let sp = c.savepoint().map_err(sql)?;
+                sp.execute("DELETE FROM state WHERE key = ?1", params![key])
                     .map_err(sql)?;
-                c.execute("DELETE FROM counters WHERE key = ?1", params![key])
+                sp.execute("DELETE FROM counters WHERE key = ?1", params![key])
                     .map_err(sql)?;
-                Ok(())
+                sp.commit().map_err(sql)
             })
             .await
     }

@@ -102,6 +102,56 @@ fn unit(v: &[f32]) -> Result<Vec<f32>, StoreError> {
     Ok(v.iter().map(|x| x / norm).collect())
 }
 
+/// Reads every vector of index `name` into memory (recording the index if new).
+fn load(conn: &rusqlite::Connection, name: &str, dimension: usize) -> Result<Memory, StoreError> {
+    let existing: Option<usize> = conn
+        .query_row(
+            "SELECT dimension FROM vector_indexes WHERE name = ?1",
+            params![name],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()
+        .map_err(sql)?
+        .map(|d| d as usize);
+    match existing {
+        Some(d) if d != dimension => {
+            return Err(StoreError::Invalid(format!(
+                "index {name} has dimension {d}, not {dimension}"
+            )));
+        }
+        Some(_) => {}
+        None => {
+            conn.execute(
+                "INSERT INTO vector_indexes (name, dimension) VALUES (?1, ?2)",
+                params![name, dimension as i64],
+            )
+            .map_err(sql)?;
+        }
+    }
+    let mut memory = Memory::default();
+    {
+        let mut stmt = conn
+            .prepare("SELECT key, vector, metadata FROM vectors WHERE idx = ?1")
+            .map_err(sql)?;
+        let rows = stmt
+            .query_map(params![name], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })
+            .map_err(sql)?;
+        for row in rows {
+            let (key, blob, meta) = row.map_err(sql)?;
+            let meta: Map<String, Value> = serde_json::from_str(&meta)
+                .map_err(|e| StoreError::Unavailable(format!("corrupt metadata of {key}: {e}")))?;
+            memory.upsert(dimension, key, &from_blob(&blob), meta);
+        }
+    }
+    Ok(memory)
+}
+
 impl SqliteVectorIndex {
     /// Opens the index `name` of `dimension`; an existing index keeps its dimension (as on
     /// S3 Vectors, it cannot change: use a new index name for a new embedding model).
@@ -110,61 +160,21 @@ impl SqliteVectorIndex {
         name: &str,
         dimension: usize,
     ) -> Result<SqliteVectorIndex, StoreError> {
+        Self::new(&Db::open(path)?, name, dimension)
+    }
+
+    /// Loads the index into memory from the shared database.
+    pub fn new(db: &Db, name: &str, dimension: usize) -> Result<SqliteVectorIndex, StoreError> {
         if !(1..=4096).contains(&dimension) {
             return Err(StoreError::Invalid(format!(
                 "dimension {dimension} outside 1..=4096"
             )));
         }
-        let db = Db::open(path, SCHEMA)?;
-        let conn = rusqlite::Connection::open(path).map_err(sql)?;
-        let existing: Option<usize> = conn
-            .query_row(
-                "SELECT dimension FROM vector_indexes WHERE name = ?1",
-                params![name],
-                |r| r.get::<_, i64>(0),
-            )
-            .optional()
-            .map_err(sql)?
-            .map(|d| d as usize);
-        match existing {
-            Some(d) if d != dimension => {
-                return Err(StoreError::Invalid(format!(
-                    "index {name} has dimension {d}, not {dimension}"
-                )));
-            }
-            Some(_) => {}
-            None => {
-                conn.execute(
-                    "INSERT INTO vector_indexes (name, dimension) VALUES (?1, ?2)",
-                    params![name, dimension as i64],
-                )
-                .map_err(sql)?;
-            }
-        }
-        let mut memory = Memory::default();
-        {
-            let mut stmt = conn
-                .prepare("SELECT key, vector, metadata FROM vectors WHERE idx = ?1")
-                .map_err(sql)?;
-            let rows = stmt
-                .query_map(params![name], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, Vec<u8>>(1)?,
-                        r.get::<_, String>(2)?,
-                    ))
-                })
-                .map_err(sql)?;
-            for row in rows {
-                let (key, blob, meta) = row.map_err(sql)?;
-                let meta: Map<String, Value> = serde_json::from_str(&meta).map_err(|e| {
-                    StoreError::Unavailable(format!("corrupt metadata of {key}: {e}"))
-                })?;
-                memory.upsert(dimension, key, &from_blob(&blob), meta);
-            }
-        }
+        db.apply(SCHEMA)?;
+        let owned = name.to_string();
+        let memory = db.setup(move |conn| load(conn, &owned, dimension))?;
         Ok(SqliteVectorIndex {
-            db,
+            db: db.clone(),
             name: name.to_string(),
             dimension,
             memory: Arc::new(RwLock::new(memory)),
@@ -293,7 +303,7 @@ impl VectorIndex for SqliteVectorIndex {
             .collect();
         self.db
             .call(move |c| {
-                let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sql)?;
+                let tx = c.savepoint().map_err(sql)?;
                 {
                     let mut stmt = tx.prepare_cached("INSERT OR REPLACE INTO vectors (idx, key, vector, metadata, text, title) VALUES (?1, ?2, ?3, ?4, ?5, ?6)").map_err(sql)?;
                     for (key, blob, meta, text, title) in &rows {
@@ -320,9 +330,7 @@ impl VectorIndex for SqliteVectorIndex {
         let (name, owned) = (self.name.clone(), keys.to_vec());
         self.db
             .call(move |c| {
-                let tx = c
-                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                    .map_err(sql)?;
+                let tx = c.savepoint().map_err(sql)?;
                 for k in &owned {
                     tx.execute(
                         "DELETE FROM vectors WHERE idx = ?1 AND key = ?2",
