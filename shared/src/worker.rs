@@ -32,6 +32,17 @@ pub async fn consume(
     max_receives: u32,
     mut stop: watch::Receiver<bool>,
 ) {
+    match queue.recover_in_flight().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            queue = queue.name(),
+            messages = n,
+            "resumed messages left in flight by a previous run"
+        ),
+        Err(e) => {
+            tracing::error!(queue = queue.name(), error = %e, "could not resume messages left in flight")
+        }
+    }
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut running = JoinSet::new();
     loop {

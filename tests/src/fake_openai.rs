@@ -138,13 +138,13 @@ fn completion(content: &str, finish: &str) -> Response {
 }
 
 async fn chat(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> Response {
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    ctx.script.lock().unwrap().chats.push(request.clone());
     if !authorized(&ctx, &headers) {
         return unauthorized();
     }
-    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let (next, default, latency) = {
         let mut s = ctx.script.lock().unwrap();
-        s.chats.push(request.clone());
         (s.replies.pop_front(), s.default.clone(), s.latency)
     };
     tokio::time::sleep(latency).await;

@@ -67,6 +67,27 @@ impl SqliteQueue {
         })
     }
 
+    /// Makes every message still in flight visible again: called when a process starts
+    /// consuming, since the process that received them (and would delete them) is gone. Their
+    /// receive counts stay, so a message that keeps crashing its consumer still dead-letters.
+    pub async fn recover_in_flight(&self) -> Result<u64, StoreError> {
+        let (name, now) = (self.name.clone(), (self.clock)());
+        let n = self
+            .db
+            .call(move |c| {
+                c.execute(
+                    "UPDATE queue_messages SET visible_at = ?2, receipt = NULL WHERE queue = ?1 AND dead = 0 AND receipt IS NOT NULL AND visible_at > ?2",
+                    params![name, now],
+                )
+                .map_err(sql)
+            })
+            .await?;
+        if n > 0 {
+            self.ready.notify_one();
+        }
+        Ok(n as u64)
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -253,5 +274,29 @@ mod tests {
         );
         q.delete(&again[0].receipt).await.unwrap();
         assert_eq!(q.depth().await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_new_process_resumes_messages_left_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        {
+            let crashed = SqliteQueue::open(&path, "work", 3).unwrap();
+            crashed.send(&["a".into(), "b".into()]).await.unwrap();
+            assert_eq!(
+                crashed
+                    .receive(1, Duration::from_secs(300))
+                    .await
+                    .unwrap()
+                    .len(),
+                1
+            );
+        }
+        let q = SqliteQueue::open(&path, "work", 3).unwrap();
+        assert_eq!(q.recover_in_flight().await.unwrap(), 1);
+        let all = q.receive(10, Duration::from_secs(300)).await.unwrap();
+        let counts: Vec<(String, u32)> =
+            all.into_iter().map(|d| (d.body, d.receive_count)).collect();
+        assert_eq!(counts, [("a".to_string(), 2), ("b".to_string(), 1)]);
     }
 }

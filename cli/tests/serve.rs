@@ -1,0 +1,242 @@
+//! The `pai` binary itself: configuration errors name their variable, `serve` answers and
+//! exports metrics, a `kill -9` in the middle of the pipeline loses nothing, and `demo` runs.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pai_tests::fake_openai::FakeOpenAi;
+use pai_tests::fake_paperless::{DocSeed, FakePaperless};
+use serde_json::{Value, json};
+
+const PAI: &str = env!("CARGO_BIN_EXE_pai");
+const TOKEN: &str = "paperless-token";
+const SECRET: &str = "webhook-secret-0123456789";
+
+fn pai(args: &[&str], env: &[(&str, String)]) -> Command {
+    let mut c = Command::new(PAI);
+    c.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "warn");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c
+}
+
+/// Starts `pai serve` and returns it with its base URL (read from its first line).
+fn serve(env: &[(&str, String)]) -> (Child, String) {
+    let mut child = pai(&["serve"], env)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    (child, url)
+}
+
+#[test]
+fn a_bad_setting_stops_start_up_naming_the_variable() {
+    for (var, value) in [
+        ("PORT", "eighty"),
+        ("LLM_PROVIDER", "gpt"),
+        ("PAPERLESS_URL", "paperless:8000"),
+        ("BIND", "0.0.0.0"),
+    ] {
+        let out = pai(
+            &["serve"],
+            &[
+                (var, value.to_string()),
+                ("DATA_DIR", std::env::temp_dir().display().to_string()),
+            ],
+        )
+        .output()
+        .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{var}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(var) && err.lines().count() == 1,
+            "{var}: {err}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_survives_kill_9_mid_pipeline_and_exports_metrics() {
+    let paperless = FakePaperless::start(TOKEN).await;
+    let model = FakeOpenAi::start(None).await;
+    model.set_default(|req| {
+        if req.get("response_format").is_some() {
+            json!({"title": "Letter", "tags": ["Mail"], "correspondent": null, "document_type": null, "created": null}).to_string()
+        } else {
+            "ok [1]".into()
+        }
+    });
+    // Slow Paperless answers keep documents in flight when the process is killed.
+    paperless.set_latency(Duration::from_millis(20));
+    let ids: Vec<u64> = (0..30)
+        .map(|i| {
+            paperless.add_document(DocSeed {
+                title: format!("scan {i}"),
+                content: format!("Letter number {i} about the garden fence."),
+                ..Default::default()
+            })
+        })
+        .collect();
+    let data = tempfile::tempdir().unwrap();
+    let env = vec![
+        ("DATA_DIR", data.path().display().to_string()),
+        ("PORT", "0".to_string()),
+        ("PAPERLESS_URL", paperless.url()),
+        ("PAPERLESS_TOKEN", TOKEN.to_string()),
+        ("WEBHOOK_SECRET", SECRET.to_string()),
+        ("LLM_PROVIDER", "openai".to_string()),
+        ("LLM_BASE_URL", model.url()),
+        ("EMBEDDING_MODEL", "e".to_string()),
+        ("EMBEDDING_DIMENSIONS", "32".to_string()),
+        ("WORKERS", "2".to_string()),
+    ];
+    let http = reqwest::Client::new();
+    let (mut first, url) = serve(&env);
+    assert_eq!(
+        http.get(format!("{url}/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    for id in &ids {
+        let r = http
+            .post(format!("{url}/webhooks/paperless"))
+            .header("X-Webhook-Secret", SECRET)
+            .json(&json!({"doc_id": id.to_string()}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    first.kill().unwrap(); // SIGKILL: no shutdown code runs.
+    first.wait().unwrap();
+    let before = paperless.count_documents_with_tag("ai-processed");
+    assert!(
+        before < ids.len(),
+        "killed before the pipeline finished ({before} done)"
+    );
+
+    paperless.set_latency(Duration::ZERO);
+    let (mut second, url) = serve(&env);
+    let started = Instant::now();
+    while paperless.count_documents_with_tag("ai-processed") < ids.len() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "documents lost: {} of {}",
+            paperless.count_documents_with_tag("ai-processed"),
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Tags merge by id, so even a document processed twice carries its processed tag once.
+    for id in &ids {
+        let doc = paperless.document(*id).unwrap();
+        let names = paperless.tag_names(
+            &doc["tags"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap())
+                .collect::<Vec<_>>(),
+        );
+        assert_eq!(names.iter().filter(|n| *n == "ai-processed").count(), 1);
+    }
+    let metrics = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "pai_documents_tagged_total",
+        "pai_chunks_embedded_total",
+        "pai_model_latency_seconds",
+        "pai_cache_misses_total",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+    let answer: Value = http
+        .post(format!("{url}/chat"))
+        .json(&json!({"question": "What about the garden fence letter number 7?"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        !answer["citations"].as_array().unwrap().is_empty(),
+        "{answer}"
+    );
+    second.kill().unwrap();
+    second.wait().unwrap();
+}
+
+#[test]
+fn demo_runs_offline_and_answers_with_citations() {
+    let out = pai(&["demo"], &[]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.matches("✓ ").count(), 36, "{stdout}");
+    assert!(
+        stdout.contains("743.04") && stdout.contains("4.260,00"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("   [1] "), "answers cite: {stdout}");
+}
+
+#[test]
+fn ingest_then_ask_from_the_data_folder() {
+    let data = tempfile::tempdir().unwrap();
+    let docs = data.path().join("in");
+    std::fs::create_dir_all(&docs).unwrap();
+    std::fs::write(
+        docs.join("note.md"),
+        "# Bicycle\nThe bicycle frame number is WTU-4471-X, bought at Cabot Cycles.",
+    )
+    .unwrap();
+    std::fs::write(docs.join("image.png"), [0x89, b'P', b'N', b'G']).unwrap();
+    let env = [("DATA_DIR", data.path().join("store").display().to_string())];
+    let out = pai(&["ingest", docs.to_str().unwrap()], &env)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("✓ note.md"));
+    let out = pai(&["ask", "What is the bicycle frame number?"], &env)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("WTU-4471-X") && stdout.contains("[1]"),
+        "{stdout}"
+    );
+    let out = pai(&["jobs"], &env).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("done"));
+}
