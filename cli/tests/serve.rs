@@ -1,8 +1,7 @@
 //! The `pai` binary itself: configuration errors name their variable, `serve` answers and
 //! exports metrics, a `kill -9` in the middle of the pipeline loses nothing, and `demo` runs.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use pai_tests::fake_openai::FakeOpenAi;
@@ -25,23 +24,8 @@ fn pai(args: &[&str], env: &[(&str, String)]) -> Command {
     c
 }
 
-/// Starts `pai serve` and returns it with its base URL (read from its first line).
-fn serve(env: &[(&str, String)]) -> (Child, String) {
-    let mut child = pai(&["serve"], env)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_string();
-    (child, url)
+fn serve(env: &[(&str, String)]) -> (std::process::Child, String) {
+    pai_tests::spawn_pai_serve(PAI, env)
 }
 
 #[test]

@@ -288,31 +288,7 @@ fn not_found() -> Response {
 }
 
 fn query_pairs(q: &str) -> Vec<(String, String)> {
-    q.split('&')
-        .filter_map(|p| p.split_once('='))
-        .map(|(k, v)| {
-            let v = v.replace('+', " ");
-            let mut out = Vec::new();
-            let b = v.as_bytes();
-            let mut i = 0;
-            while i < b.len() {
-                if b[i] == b'%'
-                    && i + 2 < b.len()
-                    && let Ok(x) = u8::from_str_radix(
-                        std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"),
-                        16,
-                    )
-                {
-                    out.push(x);
-                    i += 3;
-                    continue;
-                }
-                out.push(b[i]);
-                i += 1;
-            }
-            (k.to_string(), String::from_utf8_lossy(&out).into_owned())
-        })
-        .collect()
+    form_urlencoded::parse(q.as_bytes()).into_owned().collect()
 }
 
 /// `{count, next, previous, results}` for one page, with absolute next/previous links.

@@ -48,12 +48,7 @@ async fn webhook_tags_the_document_and_chat_cites_it() {
     .unwrap()
     .replace("\"1\"", &format!("\"{id}\""))
     .replace("/1/", &format!("/{id}/"));
-    let r = pai.webhook(&body).await;
-    assert_eq!(r.status(), 202);
-    let job_id = r.json::<Value>().await.unwrap()["job_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let job_id = pai.webhook_job(&body).await;
     let job = pai.wait_job(&job_id).await;
     assert_eq!(job["status"], "done", "{job:#}");
     assert_eq!(job["stages"]["tag"]["provider"], "openai/test-model");
@@ -121,6 +116,34 @@ async fn webhook_tags_the_document_and_chat_cites_it() {
     );
     assert!(answer["answer"].as_str().unwrap().contains("[1]"));
 
+    // Streaming: token events, then one final event with the citations.
+    let r = pai
+        .http
+        .post(pai.url("/chat"))
+        .bearer_auth(API_KEY)
+        .header("Accept", "text/event-stream")
+        .json(&json!({"question": "How much did the boiler repair cost?"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let stream = r.text().await.unwrap();
+    assert!(stream.contains("event: token"), "{stream}");
+    let done = stream
+        .split("event: done\ndata: ")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap();
+    let done: Value = serde_json::from_str(done).unwrap();
+    assert_eq!(done["citations"][0]["doc_id"], id.to_string());
+
     // Filters go into the vector query: a filter the document does not match finds nothing.
     let (_, none) = pai.post_json("/chat", json!({"question": "How much did the boiler repair cost?", "filters": {"tags": ["Tax"]}})).await;
     assert_eq!(none["citations"], json!([]));
@@ -134,13 +157,9 @@ async fn webhook_tags_the_document_and_chat_cites_it() {
 async fn redelivering_every_message_changes_nothing_twice() {
     let pai = Pai::start(&[]).await;
     let id = seeded(&pai).await;
-    let r = pai
-        .webhook(&json!({"doc_id": id.to_string()}).to_string())
+    let job_id = pai
+        .webhook_job(&json!({"doc_id": id.to_string()}).to_string())
         .await;
-    let job_id = r.json::<Value>().await.unwrap()["job_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
     let first = pai.drain().await;
     assert!(first.len() >= 3, "chunk, embed and tag ran");
     let job = pai.wait_job(&job_id).await;
@@ -193,13 +212,9 @@ async fn redelivering_every_message_changes_nothing_twice() {
 
     // A second webhook for the unchanged document (our own PATCH firing "Document Updated")
     // is a no-op: no model call, no write.
-    let r = pai
-        .webhook(&json!({"doc_id": id.to_string()}).to_string())
+    let loop_job = pai
+        .webhook_job(&json!({"doc_id": id.to_string()}).to_string())
         .await;
-    let loop_job = r.json::<Value>().await.unwrap()["job_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
     pai.drain().await;
     let j = pai.wait_job(&loop_job).await;
     assert_eq!(j["stages"]["tag"]["status"], "skipped", "{j:#}");
@@ -262,12 +277,7 @@ async fn hostile_and_malformed_webhooks_get_clear_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_document_fails_its_job_with_the_reason() {
     let pai = Pai::start(&[]).await;
-    let r = pai.webhook(r#"{"doc_id":"4040"}"#).await;
-    assert_eq!(r.status(), 202);
-    let job_id = r.json::<Value>().await.unwrap()["job_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let job_id = pai.webhook_job(r#"{"doc_id":"4040"}"#).await;
     pai.drain().await;
     let job = pai.wait_job(&job_id).await;
     assert_eq!(job["status"], "failed");
@@ -294,11 +304,7 @@ async fn a_reply_outside_the_schema_fails_the_job_after_one_repair() {
     });
     let id = seeded(&pai).await;
     let before = pai.paperless.document(id).unwrap();
-    let r = pai.webhook(&json!({"doc_id": id}).to_string()).await;
-    let job_id = r.json::<Value>().await.unwrap()["job_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let job_id = pai.webhook_job(&json!({"doc_id": id}).to_string()).await;
     pai.drain().await;
     let job = pai.wait_job(&job_id).await;
     assert_eq!(job["status"], "failed");

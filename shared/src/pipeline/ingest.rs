@@ -64,7 +64,9 @@ pub fn parse_webhook(body: &[u8]) -> Result<u64, IngestError> {
                 "webhook body is malformed JSON".into(),
             ));
         }
-        Err(_) => form_urlencoded(text),
+        Err(_) => form_urlencoded::parse(text.as_bytes())
+            .into_owned()
+            .collect(),
     };
     let get = |k: &str| {
         fields
@@ -95,34 +97,6 @@ fn object_fields(map: &serde_json::Map<String, Value>) -> Vec<(String, String)> 
             Value::Number(n) => Some((k.clone(), n.to_string())),
             _ => None,
         })
-        .collect()
-}
-
-fn form_urlencoded(text: &str) -> Vec<(String, String)> {
-    fn decode(s: &str) -> String {
-        let bytes = s.replace('+', " ").into_bytes();
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            if bytes[i] == b'%'
-                && i + 2 < bytes.len()
-                && let Ok(b) = u8::from_str_radix(
-                    std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
-                    16,
-                )
-            {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-            out.push(bytes[i]);
-            i += 1;
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    }
-    text.split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .map(|(k, v)| (decode(k), decode(v)))
         .collect()
 }
 

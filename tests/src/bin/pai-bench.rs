@@ -3,8 +3,6 @@
 //! and prints one JSON object: webhook acknowledgement latency under 50 concurrent senders,
 //! pipeline throughput, peak RSS of `pai serve`, and chat retrieval latency over 100k chunks.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -103,39 +101,24 @@ async fn pipeline(pai_bin: &str, documents: usize) -> Value {
         .collect();
 
     let data = tempfile::tempdir().unwrap();
-    let mut child = Command::new(pai_bin)
-        .arg("serve")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATA_DIR", data.path())
-        .env("PORT", "0")
-        .env("PAPERLESS_URL", paperless.url())
-        .env("PAPERLESS_TOKEN", TOKEN)
-        .env("WEBHOOK_SECRET", SECRET)
-        .env("LLM_PROVIDER", "openai")
-        .env("LLM_BASE_URL", model.url())
-        .env("LLM_MODEL", "bench-model")
-        .env("EMBEDDING_MODEL", "bench-embed")
-        .env("EMBEDDING_DIMENSIONS", "256")
-        .env(
+    let env = [
+        ("DATA_DIR", data.path().display().to_string()),
+        ("PORT", "0".to_string()),
+        ("PAPERLESS_URL", paperless.url()),
+        ("PAPERLESS_TOKEN", TOKEN.to_string()),
+        ("WEBHOOK_SECRET", SECRET.to_string()),
+        ("LLM_PROVIDER", "openai".to_string()),
+        ("LLM_BASE_URL", model.url()),
+        ("LLM_MODEL", "bench-model".to_string()),
+        ("EMBEDDING_MODEL", "bench-embed".to_string()),
+        ("EMBEDDING_DIMENSIONS", "256".to_string()),
+        (
             "WORKERS",
             std::env::var("BENCH_WORKERS").unwrap_or("8".into()),
-        )
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("pai serve starts");
+        ),
+    ];
+    let (mut child, base) = pai_tests::spawn_pai_serve(pai_bin, &env);
     let pid = child.id();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .expect("pai prints its address")
-        .to_string();
 
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(SENDERS)

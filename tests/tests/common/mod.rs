@@ -127,6 +127,14 @@ impl Pai {
             .unwrap()
     }
 
+    /// Sends a webhook that must be accepted and returns its job id.
+    pub async fn webhook_job(&self, body: &str) -> String {
+        let r = self.webhook(body).await;
+        assert_eq!(r.status(), 202);
+        let reply: Value = r.json().await.unwrap();
+        reply["job_id"].as_str().expect("job_id").to_string()
+    }
+
     pub async fn get_json(&self, path: &str) -> (u16, Value) {
         let r = self
             .http
