@@ -485,3 +485,140 @@ pub async fn vector_index<V: VectorIndex>(index: V) {
     index.put(five_hundred).await.unwrap();
     assert_eq!(index.query(&q, 100, None).await.unwrap().len(), 100);
 }
+
+/// Any embedder: one vector per text, in order, of the advertised dimension, the same text
+/// giving the same vector, and texts that share words closer than texts that do not.
+pub async fn embedder<E: crate::ports::Embedder>(e: E) {
+    let (none, _) = e.embed(&[]).await.unwrap();
+    assert!(none.is_empty());
+    let texts: Vec<String> = [
+        "invoice for the boiler repair",
+        "the boiler repair invoice total",
+        "blood test results and cholesterol",
+    ]
+    .map(String::from)
+    .to_vec();
+    let (v, _) = e.embed(&texts).await.unwrap();
+    assert_eq!(v.len(), 3);
+    assert!(v.iter().all(|x| x.len() == e.dimension()));
+    let (again, _) = e.embed(&texts[..1]).await.unwrap();
+    assert_eq!(again[0], v[0], "deterministic");
+    let cos = |a: &[f32], b: &[f32]| {
+        let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        dot / (a.iter().map(|x| x * x).sum::<f32>().sqrt()
+            * b.iter().map(|x| x * x).sum::<f32>().sqrt())
+    };
+    assert!(cos(&v[0], &v[1]) > cos(&v[0], &v[2]));
+    assert!(!e.space().is_empty());
+}
+
+/// Any chat model: a suggestion in the domain's shape (names, a plausible date or none), and
+/// an answer that cites only passages it was given.
+pub async fn chat_model<M: crate::ports::ChatModel>(m: M) {
+    use crate::domain::{AnswerInput, DocId, Field, Passage, TagInput, Taxonomy, TaxonomyObject};
+    let object = |id, name: &str| TaxonomyObject {
+        id,
+        name: name.into(),
+        match_words: String::new(),
+        matching_algorithm: 0,
+        document_count: 0,
+    };
+    let taxonomy = Taxonomy {
+        tags: vec![object(1, "Invoice")],
+        correspondents: vec![object(1, "ACME")],
+        document_types: vec![object(1, "Invoice")],
+        custom_fields: vec![],
+    };
+    let input = TagInput {
+        current_title: "scan".into(),
+        content: "ACME\nInvoice 2025-031\nDate: 14.03.2025\nTotal: EUR 120.00".into(),
+        fields: vec![
+            Field::Title,
+            Field::Tags,
+            Field::Correspondent,
+            Field::DocumentType,
+            Field::Created,
+        ],
+        tags: vec!["Invoice".into()],
+        correspondents: vec!["ACME".into()],
+        document_types: vec!["Invoice".into()],
+        custom_fields: vec![],
+        restrict_tags: true,
+        restrict_correspondents: true,
+        restrict_document_types: true,
+        taxonomy,
+        today: "2025-06-01".into(),
+    };
+    let (s, _) = m.suggest(&input).await.unwrap();
+    assert!(
+        s.tags.iter().all(|t| input.tags.contains(t)),
+        "{:?}",
+        s.tags
+    );
+    if let Some(c) = &s.created {
+        assert!(
+            chrono::NaiveDate::parse_from_str(c, "%Y-%m-%d").is_ok(),
+            "{c}"
+        );
+    }
+    let passages = vec![Passage {
+        n: 1,
+        doc_id: DocId::Paperless(7),
+        title: "ACME invoice".into(),
+        text: "The invoice total is EUR 120.00.".into(),
+    }];
+    let (a, _) = m
+        .answer(&AnswerInput {
+            question: "What is the invoice total?".into(),
+            passages,
+            history: vec![],
+        })
+        .await
+        .unwrap();
+    assert!(
+        !a.cited.is_empty() && a.cited.iter().all(|n| *n == 1),
+        "{a:?}"
+    );
+    assert!(!m.name().is_empty());
+}
+
+/// The document system: read, write back with sets replaced, create objects without
+/// duplicates, and typed failures. `doc` is a document id that exists and may be changed.
+pub async fn paperless<P: crate::ports::Paperless>(p: P, doc: u64) {
+    use crate::domain::{DocumentPatch, ObjectKind};
+    use crate::ports::PaperlessError;
+    let before = p.document(doc).await.unwrap();
+    let tag = p.create(ObjectKind::Tag, "contract-suite").await.unwrap();
+    let same = p.create(ObjectKind::Tag, "Contract-Suite").await.unwrap();
+    assert_eq!(
+        tag.id, same.id,
+        "an existing name is reused, case-insensitively"
+    );
+    let mut tags = before.tags.clone();
+    tags.push(tag.id);
+    p.patch(
+        doc,
+        &DocumentPatch {
+            tags: Some(tags.clone()),
+            title: Some("contract title".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let after = p.document(doc).await.unwrap();
+    assert_eq!((after.tags, after.title.as_str()), (tags, "contract title"));
+    assert!(
+        p.taxonomy()
+            .await
+            .unwrap()
+            .tags
+            .iter()
+            .any(|t| t.id == tag.id)
+    );
+    assert!(matches!(
+        p.document(u64::MAX / 2).await,
+        Err(PaperlessError::NotFound(_))
+    ));
+    assert!(p.document_url(doc).contains(&doc.to_string()));
+}

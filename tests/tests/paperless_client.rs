@@ -147,3 +147,16 @@ async fn failures_are_typed() {
     .unwrap();
     assert!(dead.taxonomy().await.unwrap_err().is_transient());
 }
+
+#[tokio::test]
+async fn the_paperless_port_contract() {
+    let fake = FakePaperless::start(TOKEN).await;
+    let tag = fake.add_tag("Inbox", "");
+    let id = fake.add_document(DocSeed {
+        title: "scan".into(),
+        content: "text".into(),
+        tags: vec![tag],
+        ..Default::default()
+    });
+    shared::contract::paperless(client(&fake, TOKEN), id).await;
+}

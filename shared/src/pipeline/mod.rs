@@ -309,7 +309,9 @@ pub async fn handle(
                 None,
             )
             .await;
-            if stage == Stage::Tag {
+            // The document shows the failure in Paperless too (not for embedding: its tagging
+            // may still succeed, and chat is what misses the document).
+            if stage != Stage::Embed {
                 tag::mark_failed(svc, &job_id).await;
             }
         }
