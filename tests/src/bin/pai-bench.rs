@@ -164,12 +164,15 @@ async fn pipeline(pai_bin: &str, documents: usize) -> Value {
     let _ = child.kill();
     let _ = child.wait();
     let model_calls = model.chat_requests().len() + model.embedding_requests().len();
+    let paperless_requests = paperless.requests().len();
     drop((paperless, model));
     fakes_runtime.shutdown_background();
     json!({
         "webhook_ack_ms": {"p50": round(percentile(&acks, 0.5)), "p99": round(percentile(&acks, 0.99)), "requests": acks.len(), "concurrent_senders": SENDERS},
         "pipeline": {"documents": documents, "processed": processed, "seconds": round(seconds), "documents_per_second": round(processed as f64 / seconds),
-                     "model": "openai-compatible fake, zero latency", "model_calls": model_calls},
+                     "model": "openai-compatible fake, zero latency", "model_calls": model_calls,
+                     "model_calls_per_document": round(model_calls as f64 / documents as f64),
+                     "paperless_requests_per_document": round(paperless_requests as f64 / documents as f64)},
         "serve_peak_rss_mb": round(rss),
     })
 }
