@@ -223,6 +223,7 @@ pub async fn demo(data_dir: Option<PathBuf>) -> Result<()> {
                 document_id: None,
                 session_id: None,
             },
+            None,
         )
         .await?;
         output::print_answer(q, &reply);
@@ -290,7 +291,7 @@ pub async fn ask(
         document_id: document.map(serde_json::Value::String),
         session_id: None,
     };
-    let reply = chat(&app.svc, &req).await?;
+    let reply = chat(&app.svc, &req, None).await?;
     output::print_answer(&question, &reply);
     Ok(())
 }

@@ -30,6 +30,11 @@ impl ApiKeys {
         self.digests.is_empty()
     }
 
+    /// A stable, non-secret name for a key (for limits and logs): a prefix of its digest.
+    pub fn id(key: &str) -> String {
+        hex::encode(&Sha256::digest(key.as_bytes())[..8])
+    }
+
     /// Whether `key` is one of the accepted keys (every key is compared, in constant time).
     pub fn accepts(&self, key: &str) -> bool {
         let d: [u8; 32] = Sha256::digest(key.as_bytes()).into();

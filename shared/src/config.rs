@@ -146,6 +146,10 @@ pub struct Settings {
     pub max_receives: u32,
     pub workers: usize,
     pub cache_ttl_secs: i64,
+    /// Chat requests per minute per API key.
+    pub chat_requests_per_minute: u32,
+    /// Model tokens chat may use per API key per day.
+    pub chat_daily_tokens: u64,
 }
 
 type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -391,6 +395,8 @@ impl Settings {
             max_receives: number(env, "MAX_RECEIVES", 5, 1..=1000)?,
             workers: number(env, "WORKERS", 4, 1..=256)?,
             cache_ttl_secs: number(env, "CACHE_TTL_DAYS", 30i64, 1..=3650)? * 86_400,
+            chat_requests_per_minute: number(env, "CHAT_REQUESTS_PER_MINUTE", 30, 1..=1_000_000)?,
+            chat_daily_tokens: number(env, "CHAT_DAILY_TOKENS", 200_000, 1..=u64::MAX / 2)?,
         })
     }
 

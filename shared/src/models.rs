@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use crate::domain::{Answer, AnswerInput, Suggestion, TagInput};
 use crate::metrics as m;
-use crate::ports::{Cache, ChatModel, Embedder, ModelError, Usage};
+use crate::ports::{Cache, ChatModel, Embedder, ModelError, TokenSink, Usage};
 
 fn key(parts: &[&[u8]]) -> String {
     let mut h = Sha256::new();
@@ -222,5 +222,40 @@ impl ChatModel for CachedModel {
 
     async fn answer(&self, input: &AnswerInput) -> Result<(Answer, Usage), ModelError> {
         self.cached("answer", input, self.inner.answer(input)).await
+    }
+
+    async fn answer_streaming(
+        &self,
+        input: &AnswerInput,
+        tokens: &TokenSink,
+    ) -> Result<(Answer, Usage), ModelError> {
+        // A cached answer is sent whole; a fresh one streams from the provider.
+        let streamed = std::sync::atomic::AtomicBool::new(false);
+        let (answer, usage) = self
+            .cached("answer", input, async {
+                streamed.store(true, std::sync::atomic::Ordering::Relaxed);
+                self.inner.answer_streaming(input, tokens).await
+            })
+            .await?;
+        if !streamed.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = tokens.send(answer.text.clone());
+        }
+        Ok((answer, usage))
+    }
+
+    async fn standalone(
+        &self,
+        history: &[(String, String)],
+        question: &str,
+    ) -> Result<(String, Usage), ModelError> {
+        if history.is_empty() {
+            return Ok((question.to_string(), Usage::default()));
+        }
+        self.cached(
+            "rewrite",
+            &(history, question),
+            self.inner.standalone(history, question),
+        )
+        .await
     }
 }

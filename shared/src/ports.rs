@@ -205,7 +205,30 @@ pub trait ChatModel: Send + Sync {
     fn name(&self) -> &str;
     async fn suggest(&self, input: &TagInput) -> Result<(Suggestion, Usage), ModelError>;
     async fn answer(&self, input: &AnswerInput) -> Result<(Answer, Usage), ModelError>;
+
+    /// Like `answer`, sending pieces of the text to `tokens` as they are produced. Providers
+    /// that cannot stream send the whole text once.
+    async fn answer_streaming(
+        &self,
+        input: &AnswerInput,
+        tokens: &TokenSink,
+    ) -> Result<(Answer, Usage), ModelError> {
+        let (answer, usage) = self.answer(input).await?;
+        let _ = tokens.send(answer.text.clone());
+        Ok((answer, usage))
+    }
+
+    /// Rewrites a follow-up ("and in 2024?") into a question that stands alone, for retrieval;
+    /// returns the question unchanged when there is no history.
+    async fn standalone(
+        &self,
+        history: &[(String, String)],
+        question: &str,
+    ) -> Result<(String, Usage), ModelError>;
 }
+
+/// Where a streaming answer's pieces go.
+pub type TokenSink = tokio::sync::mpsc::UnboundedSender<String>;
 
 /// Failure talking to Paperless-ngx.
 #[derive(Debug, thiserror::Error)]

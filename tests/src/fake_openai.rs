@@ -127,6 +127,24 @@ fn unauthorized() -> Response {
     (StatusCode::UNAUTHORIZED, axum::Json(json!({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}}))).into_response()
 }
 
+/// A streamed completion (`"stream": true`): one event per word, then usage and `[DONE]`.
+fn streamed(content: &str) -> Response {
+    let mut body = String::new();
+    for piece in content.split_inclusive(' ') {
+        body.push_str(&format!(
+            "data: {}\n\n",
+            json!({"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]})
+        ));
+    }
+    body.push_str(&format!(
+        "data: {}\n\n",
+        json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    ));
+    body.push_str(&format!("data: {}\n\n", json!({"choices": [], "usage": {"prompt_tokens": 100, "completion_tokens": content.split_whitespace().count()}})));
+    body.push_str("data: [DONE]\n\n");
+    ([("content-type", "text/event-stream")], body).into_response()
+}
+
 fn completion(content: &str, finish: &str) -> Response {
     let tokens = |s: &str| s.split_whitespace().count() as u64;
     axum::Json(json!({
@@ -167,6 +185,7 @@ async fn chat(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> Respon
             tokio::time::sleep(d).await;
             completion(&default(&request), "stop")
         }
+        None if request["stream"] == true => streamed(&default(&request)),
         None => completion(&default(&request), "stop"),
     }
 }

@@ -452,3 +452,125 @@ async fn api_keys_guard_everything_but_health_and_the_webhook() {
     assert_eq!(r.status(), 404);
     pai.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_streams_follows_up_in_sessions_and_keeps_its_limits() {
+    let pai = Pai::start(&[
+        ("CHAT_REQUESTS_PER_MINUTE", "4"),
+        ("CHAT_DAILY_TOKENS", "200"),
+    ])
+    .await;
+    let id = seeded(&pai).await;
+    pai.webhook_job(&json!({"doc_id": id}).to_string()).await;
+    pai.drain().await;
+
+    // Streaming: the model's pieces arrive as separate token events.
+    let r = pai
+        .http
+        .post(pai.url("/chat"))
+        .bearer_auth(API_KEY)
+        .header("Accept", "text/event-stream")
+        .json(&json!({"question": "How much did the boiler repair cost?"}))
+        .send()
+        .await
+        .unwrap();
+    let stream = r.text().await.unwrap();
+    assert!(stream.matches("event: token").count() > 3, "{stream}");
+    let streamed = pai
+        .model
+        .chat_requests()
+        .into_iter()
+        .rev()
+        .find(|r| r["stream"] == true)
+        .unwrap();
+    assert!(
+        streamed["messages"].to_string().contains("[1]"),
+        "passages are numbered"
+    );
+    let done: Value = serde_json::from_str(
+        stream
+            .split("event: done\ndata: ")
+            .nth(1)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let session = done["session_id"].as_str().unwrap().to_string();
+
+    // A follow-up in the same session is rewritten into a standalone question first.
+    let (status, follow) = pai
+        .post_json(
+            "/chat",
+            json!({"question": "and when was that?", "session_id": session}),
+        )
+        .await;
+    assert_eq!(status, 200, "{follow}");
+    let rewrite = pai
+        .model
+        .chat_requests()
+        .into_iter()
+        .find(|r| {
+            r["messages"][0]["content"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("Rewrite")
+        })
+        .unwrap();
+    assert!(
+        rewrite["messages"][1]["content"]
+            .as_str()
+            .unwrap()
+            .contains("boiler repair cost"),
+        "the history is shown"
+    );
+    assert_eq!(follow["citations"][0]["doc_id"], id.to_string());
+    let (status, err) = pai
+        .post_json("/chat", json!({"question": "x", "session_id": "../../etc"}))
+        .await;
+    assert_eq!(status, 400, "{err}");
+
+    // The daily token cap (200) is used up by now: the fake model reports 100+ tokens a call.
+    let (status, err) = pai
+        .post_json(
+            "/chat",
+            json!({"question": "How much did the boiler repair cost?"}),
+        )
+        .await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (429, Some("token_cap")),
+        "{err}"
+    );
+    pai.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_is_rate_limited_per_key() {
+    let pai = Pai::start(&[("CHAT_REQUESTS_PER_MINUTE", "2")]).await;
+    for _ in 0..2 {
+        let (status, _) = pai
+            .post_json("/chat", json!({"question": "anything at all?"}))
+            .await;
+        assert_eq!(status, 200);
+    }
+    let r = pai
+        .http
+        .post(pai.url("/chat"))
+        .bearer_auth(API_KEY)
+        .json(&json!({"question": "anything at all?"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(
+        r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    pai.shutdown().await;
+}

@@ -3,6 +3,7 @@
 //! Handlers only translate: parse, call a use case, map the result or error to a response.
 
 mod error;
+pub mod limits;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ pub use error::ApiError;
 use crate::auth::{ApiKeys, constant_time_eq};
 use crate::config::Secret;
 use crate::domain::{DocId, JobOrigin};
-use crate::pipeline::chat::{ChatRequest, ask};
+use crate::pipeline::chat::{ChatRequest, ask, validate};
 use crate::pipeline::ingest::{self, MAX_WEBHOOK_BYTES};
 use crate::pipeline::tag::{SuggestionRecord, suggestion_key};
 use crate::pipeline::{Services, load_job};
@@ -42,18 +43,21 @@ pub struct ApiState {
     /// Base URL of this server as clients reach it (for upload links).
     pub public_url: String,
     pub metrics: Option<MetricsRender>,
+    pub rate_limiter: Arc<limits::RateLimiter>,
 }
 
 impl ApiState {
     pub fn new(svc: Services, public_url: String, metrics: Option<MetricsRender>) -> ApiState {
         let api_keys = ApiKeys::new(svc.settings.api_keys.iter().map(Secret::expose));
         let webhook_secret = svc.settings.webhook_secret.clone();
+        let per_minute = svc.settings.chat_requests_per_minute;
         ApiState {
             svc,
             api_keys,
             webhook_secret,
             public_url: public_url.trim_end_matches('/').to_string(),
             metrics,
+            rate_limiter: Arc::new(limits::RateLimiter::new(per_minute)),
         }
     }
 }
@@ -73,10 +77,11 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// Checks `Authorization: Bearer <key>` when keys are configured.
-fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Checks `Authorization: Bearer <key>` when keys are configured; returns who is calling
+/// (a key's id, or `local` when no keys are configured).
+fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<String, ApiError> {
     if state.api_keys.is_empty() {
-        return Ok(());
+        return Ok("local".into());
     }
     let key = headers
         .get(header::AUTHORIZATION)
@@ -84,7 +89,7 @@ fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     match key {
-        Some(k) if state.api_keys.accepts(k) => Ok(()),
+        Some(k) if state.api_keys.accepts(k) => Ok(ApiKeys::id(k)),
         Some(_) => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -298,25 +303,80 @@ async fn chat(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
+    let caller = authorize(&state, &headers)?;
     let req: ChatRequest = parse_json(&read_body(body, MAX_JSON_BYTES).await?)?;
+    validate(&req)?;
+    if let Err(wait) = state.rate_limiter.check(&caller) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many chat requests: retry in {wait} s"),
+        )
+        .retry_after(wait));
+    }
+    let cap = state.svc.settings.chat_daily_tokens;
+    let used = limits::tokens_today(state.svc.state.as_ref(), &caller)
+        .await
+        .map_err(crate::pipeline::PipelineError::from)?;
+    if used >= cap as i64 {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "token_cap",
+            format!("the daily chat budget of {cap} model tokens is used up"),
+        )
+        .retry_after(3600));
+    }
     let wants_stream = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("text/event-stream"));
-    let reply = ask(&state.svc, &req).await?;
     if !wants_stream {
+        let reply = ask(&state.svc, &req, None).await?;
+        let _ = limits::add_tokens(
+            state.svc.state.as_ref(),
+            &caller,
+            reply.usage.input_tokens + reply.usage.output_tokens,
+        )
+        .await;
         return Ok(axum::Json(reply).into_response());
     }
-    // Token events (words of the answer), then one final event with the citations.
-    let mut events: Vec<Result<Event, Infallible>> = reply
-        .answer
-        .split_inclusive(' ')
-        .map(|w| Ok(Event::default().event("token").data(w)))
-        .collect();
-    let done = json!({"citations": reply.citations, "session_id": reply.session_id, "provider": reply.provider, "answered": reply.answered});
-    events.push(Ok(Event::default().event("done").data(done.to_string())));
-    Ok(Sse::new(futures::stream::iter(events))
+    // Token events as the model writes, then one final event with the citations (or an
+    // error event: the status line has gone out already).
+    let (sink, tokens) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let svc = state.svc.clone();
+    let answering = tokio::spawn(async move {
+        let reply = ask(&svc, &req, Some(&sink)).await;
+        if let Ok(r) = &reply {
+            let _ = limits::add_tokens(
+                svc.state.as_ref(),
+                &caller,
+                r.usage.input_tokens + r.usage.output_tokens,
+            )
+            .await;
+        }
+        reply
+    });
+    let events = futures::stream::unfold(
+        (tokens, Some(answering)),
+        |(mut tokens, answering)| async move {
+            if let Some(piece) = tokens.recv().await {
+                return Some((
+                    Ok::<Event, Infallible>(Event::default().event("token").data(piece)),
+                    (tokens, answering),
+                ));
+            }
+            let event = match answering?.await {
+            Ok(Ok(r)) => Event::default().event("done").data(json!({"citations": r.citations, "session_id": r.session_id, "provider": r.provider, "answered": r.answered}).to_string()),
+            Ok(Err(e)) => {
+                let e = ApiError::from(e);
+                Event::default().event("error").data(json!({"error": {"code": e.code, "message": e.message}}).to_string())
+            }
+            Err(_) => Event::default().event("error").data(json!({"error": {"code": "internal", "message": "internal error"}}).to_string()),
+        };
+            Some((Ok(event), (tokens, None)))
+        },
+    );
+    Ok(Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response())
 }

@@ -4,9 +4,7 @@
 //! is refused without a model call.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::OnceLock;
 
-use regex::Regex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -14,7 +12,7 @@ use super::embed::created_number;
 use super::{PipelineError, Services};
 use crate::domain::{AnswerInput, DocId, Passage};
 use crate::filter::Filter;
-use crate::ports::{Condition, VectorHit};
+use crate::ports::{Condition, TokenSink, Usage, VectorHit};
 use crate::text::{count_tokens, detect_language, fold, is_stopword, words};
 
 pub const MAX_QUESTION_CHARS: usize = 2000;
@@ -70,6 +68,8 @@ pub struct ChatResponse {
     pub provider: String,
     /// False when the archive did not contain the answer.
     pub answered: bool,
+    /// Model tokens this answer cost (rewrite and answer).
+    pub usage: Usage,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -233,29 +233,9 @@ fn rerank(question_words: &[String], hits: Vec<VectorHit>) -> Vec<Ranked> {
     ranked
 }
 
-/// Renumbers `[n]` markers to 1, 2, … in order of first use, dropping unknown numbers.
-fn renumber(text: &str, known: &[usize]) -> (String, Vec<usize>) {
-    static RE: OnceLock<Regex> = OnceLock::new();
-    let re = RE.get_or_init(|| Regex::new(r"\[(\d+)\]").expect("regex"));
-    let mut order: Vec<usize> = Vec::new();
-    let out = re
-        .replace_all(text, |c: &regex::Captures| {
-            let n: usize = c[1].parse().unwrap_or(0);
-            if !known.contains(&n) {
-                return String::new();
-            }
-            let pos = order.iter().position(|x| *x == n).unwrap_or_else(|| {
-                order.push(n);
-                order.len() - 1
-            });
-            format!("[{}]", pos + 1)
-        })
-        .into_owned();
-    (out, order)
-}
-
-pub async fn ask(svc: &Services, req: &ChatRequest) -> Result<ChatResponse, ChatError> {
-    let started = std::time::Instant::now();
+/// Checks a request before any work: question length, filters, session id. Streaming
+/// answers call this first, so a bad request is a 400, not a broken stream.
+pub fn validate(req: &ChatRequest) -> Result<Option<Filter>, ChatError> {
     let question = req.question.trim();
     if question.is_empty() {
         return bad("question is empty");
@@ -265,24 +245,102 @@ pub async fn ask(svc: &Services, req: &ChatRequest) -> Result<ChatResponse, Chat
             "question is longer than {MAX_QUESTION_CHARS} characters"
         ));
     }
-    let filter = build_filter(req)?;
-    let session_id = match &req.session_id {
-        Some(id)
-            if id.len() >= 8
-                && id.len() <= 64
-                && id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') =>
-        {
-            id.clone()
-        }
-        Some(id) => {
+    if let Some(id) = &req.session_id {
+        let ok = (8..=64).contains(&id.len())
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !ok {
             return bad(format!(
                 "session_id {id:?} must be 8 to 64 letters, digits, - or _"
             ));
         }
-        None => uuid::Uuid::now_v7().to_string(),
-    };
+    }
+    build_filter(req)
+}
+
+/// Words that carry a question's meaning (no stop words, no question filler).
+fn content_words(s: &str) -> Vec<String> {
+    words(s)
+        .into_iter()
+        .filter(|w| !is_stopword(w) && !is_question_filler(w))
+        .collect()
+}
+
+/// The passages that answer `query` best, numbered from 1: the filter goes into the vector
+/// query, candidates are reranked, at most a few per document, within the context budget.
+/// Empty when even the best candidate covers too little of the question.
+pub async fn retrieve(
+    svc: &Services,
+    query: &str,
+    filter: Option<&Filter>,
+) -> Result<Vec<Passage>, PipelineError> {
+    let q_words: Vec<String> = content_words(query)
+        .into_iter()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let (vectors, _) = svc.embedder.embed(&[query.to_string()]).await?;
+    let qv = vectors.into_iter().next().unwrap_or_default();
+    if qv.iter().all(|x| *x == 0.0) {
+        return Ok(Vec::new());
+    }
+    let ranked = rerank(&q_words, svc.vectors.query(&qv, CANDIDATES, filter).await?);
+    let mut passages = Vec::new();
+    if !ranked.first().is_some_and(|r| r.coverage >= MIN_COVERAGE) {
+        return Ok(passages);
+    }
+    let mut per_doc: HashMap<String, usize> = HashMap::new();
+    let mut tokens = 0;
+    for r in &ranked {
+        let doc = r
+            .hit
+            .record
+            .metadata
+            .get("doc_id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let Ok(doc_id) = doc.parse::<DocId>() else {
+            continue;
+        };
+        let count = per_doc.entry(doc).or_default();
+        let t = count_tokens(&r.hit.record.text);
+        if *count >= MAX_PER_DOCUMENT
+            || tokens + t > CONTEXT_TOKENS
+            || r.coverage < MIN_COVERAGE / 2.0
+        {
+            continue;
+        }
+        *count += 1;
+        tokens += t;
+        passages.push(Passage {
+            n: passages.len() + 1,
+            doc_id,
+            title: r.hit.record.title.clone(),
+            text: r.hit.record.text.clone(),
+        });
+        if passages.len() == MAX_PASSAGES {
+            break;
+        }
+    }
+    Ok(passages)
+}
+
+/// Answers a question from the archive. With `tokens`, the answer's text is also sent there
+/// piece by piece as the model produces it (the final response carries the citations).
+pub async fn ask(
+    svc: &Services,
+    req: &ChatRequest,
+    tokens: Option<&TokenSink>,
+) -> Result<ChatResponse, ChatError> {
+    let started = std::time::Instant::now();
+    let filter = validate(req)?;
+    let question = req.question.trim();
+    let session_id = req
+        .session_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let session: Session = match svc
         .state
         .get(&session_key(&session_id))
@@ -292,132 +350,67 @@ pub async fn ask(svc: &Services, req: &ChatRequest) -> Result<ChatResponse, Chat
         Some(v) => serde_json::from_value(v.value).unwrap_or_default(),
         None => Session::default(),
     };
-    // A short follow-up ("and in 2024?") is read together with the question before it.
-    let mut query = question.to_string();
-    let content_words = |s: &str| {
-        words(s)
-            .into_iter()
-            .filter(|w| !is_stopword(w) && !is_question_filler(w))
-            .collect::<Vec<_>>()
-    };
-    if content_words(question).len() < 4
-        && let Some((prev, _)) = session.turns.last()
-    {
-        query = format!("{prev} {question}");
-    }
-    let q_words: Vec<String> = content_words(&query)
-        .into_iter()
-        .collect::<BTreeSet<_>>()
-        .into_iter()
+    let history: Vec<(String, String)> = session
+        .turns
+        .iter()
+        .rev()
+        .take(SESSION_TURNS)
+        .rev()
+        .cloned()
         .collect();
-
-    let (vectors, _) = svc
-        .embedder
-        .embed(std::slice::from_ref(&query))
+    // A follow-up ("and in 2024?") is made to stand alone before it is searched for.
+    let (query, rewrite_usage) = svc
+        .model
+        .standalone(&history, question)
         .await
         .map_err(PipelineError::from)?;
-    let qv = vectors.into_iter().next().unwrap_or_default();
-    let hits = if qv.iter().all(|x| *x == 0.0) {
-        Vec::new()
-    } else {
-        svc.vectors
-            .query(&qv, CANDIDATES, filter.as_ref())
-            .await
-            .map_err(PipelineError::from)?
-    };
-    let ranked = rerank(&q_words, hits);
+    let passages = retrieve(svc, &query, filter.as_ref()).await?;
 
-    let mut passages = Vec::new();
-    let mut per_doc: HashMap<String, usize> = HashMap::new();
-    let mut tokens = 0;
-    if ranked.first().is_some_and(|r| r.coverage >= MIN_COVERAGE) {
-        for r in &ranked {
-            let doc = r
-                .hit
-                .record
-                .metadata
-                .get("doc_id")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            let Ok(doc_id) = doc.parse::<DocId>() else {
-                continue;
-            };
-            let count = per_doc.entry(doc).or_default();
-            let t = count_tokens(&r.hit.record.text);
-            if *count >= MAX_PER_DOCUMENT
-                || tokens + t > CONTEXT_TOKENS
-                || r.coverage < MIN_COVERAGE / 2.0
-            {
-                continue;
-            }
-            *count += 1;
-            tokens += t;
-            passages.push(Passage {
-                n: passages.len() + 1,
-                doc_id,
-                title: r.hit.record.title.clone(),
-                text: r.hit.record.text.clone(),
-            });
-            if passages.len() == MAX_PASSAGES {
-                break;
-            }
-        }
-    }
-
-    let (answer, citations, answered) = if passages.is_empty() {
-        (refusal(question).to_string(), Vec::new(), false)
+    let mut usage = rewrite_usage;
+    let (answer, citations) = if passages.is_empty() {
+        (None, Vec::new())
     } else {
         let input = AnswerInput {
             question: question.to_string(),
             passages: passages.clone(),
-            history: session
-                .turns
-                .iter()
-                .rev()
-                .take(SESSION_TURNS)
-                .rev()
-                .cloned()
-                .collect(),
+            history,
         };
-        let (answer, _) = svc
-            .model
-            .answer(&input)
-            .await
-            .map_err(PipelineError::from)?;
-        let known: Vec<usize> = passages.iter().map(|p| p.n).collect();
-        let (text, order) = renumber(&answer.text, &known);
-        let order = if order.is_empty() {
-            answer
-                .cited
-                .iter()
-                .copied()
-                .filter(|n| known.contains(n))
-                .collect()
-        } else {
-            order
-        };
-        if order.is_empty() {
-            (refusal(question).to_string(), Vec::new(), false)
-        } else {
-            let citations = order
-                .iter()
-                .enumerate()
-                .filter_map(|(i, n)| passages.iter().find(|p| p.n == *n).map(|p| (i, p)))
-                .map(|(i, p)| Citation {
-                    n: i + 1,
-                    doc_id: p.doc_id.clone(),
-                    title: p.title.clone(),
-                    url: match (&svc.paperless, p.doc_id.paperless_id()) {
-                        (Some(pl), Some(id)) => Some(pl.document_url(id)),
-                        _ => None,
-                    },
-                    snippet: p.text.chars().take(300).collect(),
-                })
-                .collect();
-            (text, citations, true)
+        let (answer, u) = match tokens {
+            Some(sink) => svc.model.answer_streaming(&input, sink).await,
+            None => svc.model.answer(&input).await,
         }
+        .map_err(PipelineError::from)?;
+        usage.input_tokens += u.input_tokens;
+        usage.output_tokens += u.output_tokens;
+        let citations: Vec<Citation> = answer
+            .cited
+            .iter()
+            .filter_map(|n| passages.iter().find(|p| p.n == *n))
+            .map(|p| Citation {
+                n: p.n,
+                doc_id: p.doc_id.clone(),
+                title: p.title.clone(),
+                url: match (&svc.paperless, p.doc_id.paperless_id()) {
+                    (Some(pl), Some(id)) => Some(pl.document_url(id)),
+                    _ => None,
+                },
+                snippet: p.text.chars().take(300).collect(),
+            })
+            .collect();
+        (
+            Some(answer.text).filter(|_| !citations.is_empty()),
+            citations,
+        )
     };
+    let answered = answer.is_some();
+    let answer = answer.unwrap_or_else(|| {
+        // Nothing relevant enough: said plainly, without a model call.
+        let text = refusal(question).to_string();
+        if let Some(sink) = tokens {
+            let _ = sink.send(text.clone());
+        }
+        text
+    });
 
     let mut turns = session.turns;
     turns.push((question.to_string(), answer.clone()));
@@ -441,6 +434,7 @@ pub async fn ask(svc: &Services, req: &ChatRequest) -> Result<ChatResponse, Chat
         session_id,
         provider: svc.model.name().to_string(),
         answered,
+        usage,
     })
 }
 
@@ -472,12 +466,5 @@ mod tests {
             build_filter(&one).unwrap().unwrap().to_json(),
             json!({"$and": [{"doc_id": {"$eq": "12"}}]})
         );
-    }
-
-    #[test]
-    fn citations_are_renumbered_in_order_of_use() {
-        let (text, order) = renumber("A [3] and B [1], again [3], bogus [9].", &[1, 2, 3]);
-        assert_eq!(text, "A [1] and B [2], again [1], bogus .");
-        assert_eq!(order, vec![3, 1]);
     }
 }

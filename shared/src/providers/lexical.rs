@@ -277,6 +277,23 @@ impl ChatModel for LexicalModel {
     async fn answer(&self, input: &AnswerInput) -> Result<(Answer, Usage), ModelError> {
         Ok((Self::extract(input), Usage::default()))
     }
+
+    async fn standalone(
+        &self,
+        history: &[(String, String)],
+        question: &str,
+    ) -> Result<(String, Usage), ModelError> {
+        // A short follow-up borrows the words of the question before it.
+        let content = words(question)
+            .into_iter()
+            .filter(|w| !is_stopword(w))
+            .count();
+        let standalone = match history.last() {
+            Some((previous, _)) if content < 4 => format!("{previous} {question}"),
+            _ => question.to_string(),
+        };
+        Ok((standalone, Usage::default()))
+    }
 }
 
 #[cfg(test)]

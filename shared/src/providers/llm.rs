@@ -276,6 +276,18 @@ pub fn answer_messages(input: &AnswerInput) -> Vec<Message> {
     messages
 }
 
+/// The conversation that turns a follow-up into a standalone question.
+pub fn standalone_messages(history: &[(String, String)], question: &str) -> Vec<Message> {
+    let mut transcript = String::new();
+    for (q, a) in history.iter().rev().take(3).rev() {
+        transcript.push_str(&format!("User: {q}\nAssistant: {a}\n"));
+    }
+    vec![
+        Message { role: "system", content: "Rewrite the user's last question so that it can be understood without the conversation, for a search in their documents. Keep its language. Reply with the question only.".into() },
+        Message { role: "user", content: format!("{transcript}Last question: {question}") },
+    ]
+}
+
 /// The passage numbers an answer cites.
 pub fn cited(text: &str, passages: usize) -> Answer {
     let mut cited = Vec::new();

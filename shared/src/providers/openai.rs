@@ -8,10 +8,13 @@ use async_trait::async_trait;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use super::llm::{Message, answer_messages, cited, parse_suggestion, tag_messages, tag_schema};
+use super::llm::{
+    Message, answer_messages, cited, parse_suggestion, standalone_messages, tag_messages,
+    tag_schema,
+};
 use crate::config::Secret;
 use crate::domain::{Answer, AnswerInput, Suggestion, TagInput};
-use crate::ports::{ChatModel, Embedder, ModelError, Usage};
+use crate::ports::{ChatModel, Embedder, ModelError, TokenSink, Usage};
 
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 pub const DEFAULT_CHAT_MODEL: &str = "gpt-4o-mini";
@@ -60,7 +63,9 @@ impl Client {
         })
     }
 
-    async fn post(&self, path: &str, body: &Value) -> Result<Value, ModelError> {
+    /// Sends a request, retrying connection failures, 429 and 5xx (honouring `Retry-After`);
+    /// returns the successful response with its body unread, so it can be streamed.
+    async fn send(&self, path: &str, body: &Value) -> Result<reqwest::Response, ModelError> {
         let mut last = String::new();
         for attempt in 1..=ATTEMPTS {
             let mut req = self.http.post(format!("{}/{path}", self.base)).json(body);
@@ -82,6 +87,9 @@ impl Client {
                 }
             };
             let status = resp.status();
+            if status.is_success() {
+                return Ok(resp);
+            }
             let retry_after = resp
                 .headers()
                 .get("retry-after")
@@ -89,27 +97,29 @@ impl Client {
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(Duration::from_secs);
             let text = resp.text().await.unwrap_or_default();
-            if status.is_success() {
-                return serde_json::from_str(&text).map_err(|e| {
-                    ModelError::InvalidReply(format!("{path}: reply is not JSON: {e}"))
-                });
-            }
             let excerpt: String = text.chars().take(300).collect();
             if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
                 last = format!("{status}: {excerpt}");
                 if attempt < ATTEMPTS {
-                    tokio::time::sleep(
-                        retry_after
-                            .unwrap_or(Duration::from_millis(500 * 2u64.pow(attempt)))
-                            .min(MAX_RETRY_AFTER),
-                    )
-                    .await;
+                    let backoff = Duration::from_millis(500 * 2u64.pow(attempt));
+                    tokio::time::sleep(retry_after.unwrap_or(backoff).min(MAX_RETRY_AFTER)).await;
                 }
                 continue;
             }
             return Err(ModelError::Refused(format!("{path}: {status}: {excerpt}")));
         }
         Err(ModelError::Unavailable(format!("{path}: {last}")))
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> Result<Value, ModelError> {
+        let text = self
+            .send(path, body)
+            .await?
+            .text()
+            .await
+            .map_err(|_| ModelError::Unavailable(format!("{path}: broken response")))?;
+        serde_json::from_str(&text)
+            .map_err(|e| ModelError::InvalidReply(format!("{path}: reply is not JSON: {e}")))
     }
 }
 
@@ -200,6 +210,85 @@ impl ChatModel for OpenAiChat {
     async fn answer(&self, input: &AnswerInput) -> Result<(Answer, Usage), ModelError> {
         let (text, usage) = self.complete(&answer_messages(input), None).await?;
         Ok((cited(&text, input.passages.len()), usage))
+    }
+
+    async fn answer_streaming(
+        &self,
+        input: &AnswerInput,
+        tokens: &TokenSink,
+    ) -> Result<(Answer, Usage), ModelError> {
+        use futures::StreamExt;
+        let body = json!({
+            "model": self.model, "messages": answer_messages(input), "temperature": 0,
+            "max_tokens": self.max_output_tokens, "stream": true, "stream_options": {"include_usage": true},
+        });
+        let mut stream = self
+            .client
+            .send("chat/completions", &body)
+            .await?
+            .bytes_stream();
+        let (mut buffer, mut text, mut usage) = (Vec::new(), String::new(), Usage::default());
+        // Server-sent events: `data: {json}` lines, ending with `data: [DONE]`.
+        while let Some(chunk) = stream.next().await {
+            buffer.extend_from_slice(
+                &chunk.map_err(|_| ModelError::Unavailable("chat stream broke off".into()))?,
+            );
+            while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buffer.drain(..=end).collect();
+                let line = String::from_utf8_lossy(&line);
+                let Some(data) = line.trim().strip_prefix("data:").map(str::trim) else {
+                    continue;
+                };
+                if data == "[DONE]" {
+                    return Ok((cited(&text, input.passages.len()), usage));
+                }
+                let event: Value = serde_json::from_str(data)
+                    .map_err(|e| ModelError::InvalidReply(format!("bad stream event: {e}")))?;
+                if let Some(piece) = event["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .filter(|p| !p.is_empty())
+                {
+                    text.push_str(piece);
+                    let _ = tokens.send(piece.to_string());
+                }
+                if event["choices"][0]["finish_reason"] == "length" {
+                    return Err(ModelError::InvalidReply(
+                        "the answer was cut off at the output token limit".into(),
+                    ));
+                }
+                if let Some(u) = event.get("usage").filter(|u| u.is_object()) {
+                    usage = Usage {
+                        input_tokens: u["prompt_tokens"].as_u64().unwrap_or(0),
+                        output_tokens: u["completion_tokens"].as_u64().unwrap_or(0),
+                    };
+                }
+            }
+        }
+        Err(ModelError::Unavailable(
+            "chat stream ended without [DONE]".into(),
+        ))
+    }
+
+    async fn standalone(
+        &self,
+        history: &[(String, String)],
+        question: &str,
+    ) -> Result<(String, Usage), ModelError> {
+        if history.is_empty() {
+            return Ok((question.to_string(), Usage::default()));
+        }
+        let (text, usage) = self
+            .complete(&standalone_messages(history, question), None)
+            .await?;
+        let text = text.trim().trim_matches('"').to_string();
+        Ok((
+            if text.is_empty() {
+                question.to_string()
+            } else {
+                text
+            },
+            usage,
+        ))
     }
 }
 

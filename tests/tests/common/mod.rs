@@ -37,6 +37,10 @@ pub struct Pai {
 
 /// A reply of the fake model: a tagging JSON when a schema was sent, else a cited answer.
 pub fn scripted_model(request: &Value) -> String {
+    let system = request["messages"][0]["content"].as_str().unwrap_or("");
+    if system.starts_with("Rewrite") {
+        return "How much did the boiler repair cost?".to_string();
+    }
     if request.get("response_format").is_some() {
         json!({
             "title": "Invoice for boiler repair",
