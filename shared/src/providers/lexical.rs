@@ -398,6 +398,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_answer_follows_the_language_of_the_question() {
+        let passages = vec![Passage {
+            n: 1,
+            doc_id: DocId::Paperless(1),
+            title: "Mietvertrag".into(),
+            text: "Der Mieter leistet eine Kaution von 4.260,00 €.".into(),
+        }];
+        let (a, _) = LexicalModel
+            .answer(&AnswerInput {
+                question: "Wie hoch ist die Kaution des Mieters?".into(),
+                passages,
+                history: vec![],
+            })
+            .await
+            .unwrap();
+        assert!(
+            a.text.starts_with("Laut Ihren Dokumenten:")
+                && a.text.contains("Kaution von 4.260,00 €. [1]"),
+            "{}",
+            a.text
+        );
+    }
+
+    #[tokio::test]
     async fn answers_cite_the_passage_they_quote() {
         let passages = vec![
             Passage {

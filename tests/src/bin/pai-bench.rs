@@ -223,13 +223,140 @@ async fn retrieval(chunks: usize, queries: usize) -> Value {
     json!({"chunks": chunks, "queries": queries, "top_k": 40, "p50_ms": round(percentile(&times, 0.5)), "p99_ms": round(percentile(&times, 0.99))})
 }
 
+/// The chat load test: 200 concurrent clients for 30 s against `pai serve` whose model answers
+/// after a fixed latency (every question differs, so none is served from the cache).
+async fn load(pai_bin: &str) -> Value {
+    let clients: usize = std::env::var("LOAD_CLIENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let seconds: u64 = std::env::var("LOAD_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let latency_ms: u64 = std::env::var("LOAD_MODEL_LATENCY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let (paperless, model, fakes_runtime) = start_fakes().await;
+    model.set_default(scripted);
+    let texts = corpus();
+    let ids: Vec<u64> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            paperless.add_document(DocSeed {
+                title: format!("doc {i}"),
+                content: t.clone(),
+                ..Default::default()
+            })
+        })
+        .collect();
+    let data = tempfile::tempdir().unwrap();
+    let env = [
+        ("DATA_DIR", data.path().display().to_string()),
+        ("PORT", "0".to_string()),
+        ("PAPERLESS_URL", paperless.url()),
+        ("PAPERLESS_TOKEN", TOKEN.to_string()),
+        ("WEBHOOK_SECRET", SECRET.to_string()),
+        ("LLM_PROVIDER", "openai".to_string()),
+        ("LLM_BASE_URL", model.url()),
+        ("EMBEDDING_PROVIDER", "lexical".to_string()),
+        ("CHAT_REQUESTS_PER_MINUTE", "1000000".to_string()),
+        ("CHAT_DAILY_TOKENS", "1000000000000".to_string()),
+    ];
+    let (mut child, base) = pai_tests::spawn_pai_serve(pai_bin, &env);
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(clients)
+        .build()
+        .unwrap();
+    for id in &ids {
+        http.post(format!("{base}/webhooks/paperless"))
+            .header("X-Webhook-Secret", SECRET)
+            .json(&json!({"doc_id": id.to_string()}))
+            .send()
+            .await
+            .unwrap();
+    }
+    while paperless.count_documents_with_tag("ai-processed") < ids.len() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    model.set_latency(Duration::from_millis(latency_ms));
+    let questions: Vec<String> = serde_json::from_str::<Vec<Value>>(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../cli/samples/questions.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap()
+    .iter()
+    .filter_map(|q| q["question"].as_str().map(str::to_string))
+    .collect();
+    let questions = Arc::new(questions);
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (http, base, questions) = (http.clone(), base.clone(), questions.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut times, mut errors, mut n) = (Vec::new(), 0usize, 0usize);
+            while Instant::now() < deadline {
+                let q = format!("{} ({c}-{n})", questions[(c + n) % questions.len()]);
+                n += 1;
+                let t = Instant::now();
+                match http
+                    .post(format!("{base}/chat"))
+                    .json(&json!({"question": q}))
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status().is_success() => match r.json::<Value>().await {
+                        Ok(_) => times.push(t.elapsed().as_secs_f64() * 1000.0),
+                        Err(_) => errors += 1,
+                    },
+                    _ => errors += 1,
+                }
+            }
+            (times, errors)
+        }));
+    }
+    let (mut times, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        let (ts, e) = t.await.unwrap();
+        times.extend(ts);
+        errors += e;
+    }
+    times.sort_by(f64::total_cmp);
+    let model_calls = model.chat_requests().len();
+    let _ = child.kill();
+    let _ = child.wait();
+    drop((paperless, model));
+    fakes_runtime.shutdown_background();
+    json!({"chat_load": {
+        "clients": clients, "seconds": seconds, "model_latency_ms": latency_ms, "requests": times.len() + errors, "errors": errors,
+        "requests_per_second": round(times.len() as f64 / seconds as f64), "p50_ms": round(percentile(&times, 0.5)), "p99_ms": round(percentile(&times, 0.99)),
+        "model_calls": model_calls,
+    }})
+}
+
 #[tokio::main]
 async fn main() {
-    let args: Vec<String> = std::env::args().collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let load_test = args.first().is_some_and(|a| a == "load");
+    if load_test {
+        args.remove(0);
+    }
     let pai_bin = args
-        .get(1)
+        .first()
         .cloned()
         .unwrap_or_else(|| "target/release/pai".into());
+    if load_test {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&load(&pai_bin).await).unwrap()
+        );
+        return;
+    }
     let documents: usize = std::env::var("BENCH_DOCUMENTS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -240,6 +367,7 @@ async fn main() {
         .unwrap_or(100_000);
     let mut out = pipeline(&pai_bin, documents).await;
     out["retrieval"] = retrieval(chunks, 200).await;
+    out["chat_quality"] = pai_tests::quality::measure().await;
     out["targets"] = json!({"webhook_ack_p99_ms": 20, "documents_per_second": 100, "serve_peak_rss_mb": 100, "retrieval_p50_ms": 15});
     out["paperless_ai_measured"] = json!({"webhook_ack_ms_with_0_5s_model": 680, "documents_per_second_zero_latency_model": 26.7, "peak_rss_mb": 141});
     println!("{}", serde_json::to_string_pretty(&out).unwrap());
