@@ -366,21 +366,41 @@ pub struct CustomFieldValue {
 }
 
 /// A PATCH to a document. Sets (`tags`, `custom_fields`) replace the whole set in Paperless,
-/// so they are always built by read-merge-write.
+/// so they are always built by read-merge-write. `Some(None)` clears a field (JSON `null`),
+/// `None` leaves it out.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DocumentPatch {
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub title: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tags: Option<Vec<u64>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub correspondent: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub document_type: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub created: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub correspondent: Option<Option<u64>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub document_type: Option<Option<u64>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub created: Option<Option<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custom_fields: Option<Vec<CustomFieldValue>>,
+}
+
+/// A field that is present is `Some`, even when it is `null` (which clears it).
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
 impl DocumentPatch {
@@ -498,6 +518,18 @@ mod tests {
         }
         let json = serde_json::to_string(&DocId::Paperless(7)).unwrap();
         assert_eq!(json, "\"7\"");
+    }
+
+    #[test]
+    fn a_patch_can_clear_a_field_and_says_so_after_a_round_trip() {
+        let p = DocumentPatch {
+            correspondent: Some(None),
+            document_type: Some(Some(3)),
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&p).unwrap();
+        assert_eq!(json, r#"{"correspondent":null,"document_type":3}"#);
+        assert_eq!(serde_json::from_str::<DocumentPatch>(&json).unwrap(), p);
     }
 
     #[test]

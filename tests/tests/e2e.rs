@@ -574,3 +574,122 @@ async fn chat_is_rate_limited_per_key() {
     );
     pai.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_mode_stores_then_approve_applies_and_undo_restores_exactly() {
+    let pai = Pai::start(&[("REVIEW_MODE", "true"), ("TRIGGER_TAG", "Inbox")]).await;
+    let id = seeded(&pai).await;
+    let original = pai.paperless.document(id).unwrap();
+    pai.webhook_job(&json!({"doc_id": id}).to_string()).await;
+    pai.drain().await;
+    assert_eq!(
+        pai.paperless.document(id).unwrap(),
+        original,
+        "review mode writes nothing"
+    );
+    let (_, s) = pai.get_json(&format!("/documents/{id}/suggestions")).await;
+    assert_eq!(
+        (s["review"].as_bool(), s["applied"].is_null()),
+        (Some(true), true),
+        "{s}"
+    );
+
+    // Approve with an edit; the user then adds a tag of their own.
+    let (status, applied) = pai
+        .post_json(
+            &format!("/documents/{id}/suggestions/approve"),
+            json!({"title": "Boiler repair, Berger"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{applied}");
+    let doc = pai.paperless.document(id).unwrap();
+    assert_eq!(doc["title"], "Boiler repair, Berger");
+    assert_eq!(
+        tag_names(&pai, &doc),
+        ["Invoice", "Plumbing", "ai-processed"],
+        "trigger tag Inbox removed"
+    );
+    let (status, _) = pai
+        .post_json(&format!("/documents/{id}/approve"), json!({}))
+        .await;
+    assert_eq!(status, 409, "applied once");
+    let mine = pai.paperless.add_tag("Keep", "");
+    let mut tags: Vec<Value> = doc["tags"].as_array().unwrap().clone();
+    tags.push(json!(mine));
+    pai.http
+        .patch(format!("{}/api/documents/{id}/", pai.paperless.url()))
+        .header("Authorization", format!("Token {}", common::TOKEN))
+        .json(&json!({"tags": tags}))
+        .send()
+        .await
+        .unwrap();
+
+    let (status, undone) = pai
+        .post_json(&format!("/documents/{id}/undo"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{undone}");
+    let restored = pai.paperless.document(id).unwrap();
+    for field in ["title", "correspondent", "document_type", "created"] {
+        assert_eq!(restored[field], original[field], "{field} restored");
+    }
+    assert_eq!(
+        tag_names(&pai, &restored),
+        ["Inbox", "Keep"],
+        "our tags removed, trigger back, the user's kept"
+    );
+    let (status, _) = pai
+        .post_json(&format!("/documents/{id}/undo"), json!({}))
+        .await;
+    assert_eq!(status, 409);
+    let (status, _) = pai.post_json("/documents/999/undo", json!({})).await;
+    assert_eq!(status, 404);
+    let (status, _) = pai
+        .post_json(
+            &format!("/documents/{id}/approve"),
+            json!({"colour": "red"}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    pai.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reinstall_does_not_retag_what_paperless_marks_processed() {
+    let first = Pai::start(&[]).await;
+    let id = seeded(&first).await;
+    first.webhook_job(&json!({"doc_id": id}).to_string()).await;
+    first.drain().await;
+    let tagged = first.paperless.document(id).unwrap();
+
+    // A new install: empty data folder, same Paperless.
+    let second = Pai::start_with(&[], Some(first.paperless.clone())).await;
+    let job = second.webhook_job(&json!({"doc_id": id}).to_string()).await;
+    second.drain().await;
+    let j = second.wait_job(&job).await;
+    assert_eq!(j["stages"]["tag"]["status"], "skipped", "{j:#}");
+    assert!(
+        j["stages"]["tag"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("ai-processed")
+    );
+    assert!(
+        second
+            .model
+            .chat_requests()
+            .iter()
+            .all(|r| r.get("response_format").is_none()),
+        "no tagging call"
+    );
+    assert_eq!(second.paperless.document(id).unwrap(), tagged);
+    // Still indexed for chat.
+    let (_, answer) = second
+        .post_json(
+            "/chat",
+            json!({"question": "How much did the boiler repair cost?"}),
+        )
+        .await;
+    assert_eq!(answer["citations"][0]["doc_id"], id.to_string());
+    second.shutdown().await;
+    first.shutdown().await;
+}

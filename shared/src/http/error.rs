@@ -80,6 +80,21 @@ impl From<IngestError> for ApiError {
     }
 }
 
+impl From<crate::pipeline::tag::ReviewError> for ApiError {
+    fn from(e: crate::pipeline::tag::ReviewError) -> Self {
+        use crate::pipeline::tag::ReviewError;
+        match e {
+            ReviewError::NotFound(doc) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no suggestion for document {doc}"),
+            ),
+            ReviewError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            ReviewError::Pipeline(p) => p.into(),
+        }
+    }
+}
+
 impl From<ChatError> for ApiError {
     fn from(e: ChatError) -> Self {
         match e {

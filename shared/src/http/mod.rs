@@ -25,7 +25,7 @@ use crate::config::Secret;
 use crate::domain::{DocId, JobOrigin};
 use crate::pipeline::chat::{ChatRequest, ask, validate};
 use crate::pipeline::ingest::{self, MAX_WEBHOOK_BYTES};
-use crate::pipeline::tag::{SuggestionRecord, suggestion_key};
+use crate::pipeline::tag::{self, SuggestionRecord, suggestion_key};
 use crate::pipeline::{Services, load_job};
 
 /// How long an upload URL stays valid.
@@ -71,6 +71,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/uploads/{job_id}", put(receive_upload))
         .route("/jobs/{job_id}", get(job))
         .route("/documents/{doc_id}/suggestions", get(suggestions))
+        .route("/documents/{doc_id}/suggestions/approve", post(approve))
+        .route("/documents/{doc_id}/approve", post(approve))
+        .route("/documents/{doc_id}/suggestions/undo", post(undo))
+        .route("/documents/{doc_id}/undo", post(undo))
         .route("/chat", post(chat))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(axum::extract::DefaultBodyLimit::disable())
@@ -296,6 +300,35 @@ async fn suggestions(
     let record: SuggestionRecord = serde_json::from_value(record.value)
         .map_err(|e| ApiError::internal(format!("corrupt suggestion: {e}")))?;
     Ok(axum::Json(record).into_response())
+}
+
+/// `POST /documents/{id}/suggestions/approve`: applies the stored suggestion, with edits.
+async fn approve(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(doc_id): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let doc: DocId = doc_id.parse().map_err(ApiError::bad_request)?;
+    let bytes = read_body(body, MAX_JSON_BYTES).await?;
+    let edits: tag::Edits = if bytes.iter().all(u8::is_ascii_whitespace) {
+        tag::Edits::default()
+    } else {
+        parse_json(&bytes)?
+    };
+    Ok(axum::Json(tag::approve(&state.svc, &doc, edits).await?).into_response())
+}
+
+/// `POST /documents/{id}/suggestions/undo`: restores what the applied suggestion replaced.
+async fn undo(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(doc_id): Path<String>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let doc: DocId = doc_id.parse().map_err(ApiError::bad_request)?;
+    Ok(axum::Json(tag::undo(&state.svc, &doc).await?).into_response())
 }
 
 async fn chat(

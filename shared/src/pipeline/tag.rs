@@ -5,6 +5,7 @@
 //! they must not loop back into a second model call.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
@@ -17,7 +18,7 @@ use crate::domain::{
     DocId, DocMeta, Document, DocumentPatch, Field, Manifest, ObjectKind, Stage, StageStatus,
     Suggestion, TagInput, TagTask, Taxonomy,
 };
-use crate::ports::{Condition, MAX_VECTORS_PER_CALL, StoreError};
+use crate::ports::{Condition, MAX_VECTORS_PER_CALL, Paperless, StoreError};
 use crate::text::{fit_head_tail, fold, plausible_date};
 
 /// At most this many names of one kind go into a prompt; the rest of a large taxonomy is
@@ -40,6 +41,11 @@ pub struct SuggestionRecord {
     pub previous: Option<DocumentPatch>,
     pub review: bool,
     pub at: i64,
+    /// When an undo restored the previous values, and what it undid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undone_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undone: Option<DocumentPatch>,
 }
 
 pub fn suggestion_key(doc_id: &DocId) -> String {
@@ -154,6 +160,7 @@ pub async fn run(svc: &Services, task: &TagTask) -> Result<(), PipelineError> {
         .get(&tagged_key(&task.doc_id))
         .await?
         .map(|v| v.value);
+    let known_here = tagged.is_some();
     if let Some(tagged) = tagged.filter(|t| t["guard"] == guard) {
         if tagged["job_id"] == task.job_id.as_str() {
             // This very message, delivered again: its job already records the outcome.
@@ -181,6 +188,28 @@ pub async fn run(svc: &Services, task: &TagTask) -> Result<(), PipelineError> {
         }
         _ => None,
     };
+    // A store that has never tagged this document (a reinstall, a second instance) trusts the
+    // processed tag Paperless shows: no second model call, no second bill.
+    let processed = taxonomy
+        .find(ObjectKind::Tag, &policy.processed_tag)
+        .map(|t| t.id);
+    if let (Some(doc), Some(processed)) = (&paperless_doc, processed)
+        && !known_here
+        && doc.tags.contains(&processed)
+    {
+        metrics::counter!(crate::metrics::DOCUMENTS_TAGGED, "outcome" => "unchanged").increment(1);
+        let reason = format!("already carries {:?} in Paperless", policy.processed_tag);
+        set_stage(
+            svc.state.as_ref(),
+            &task.job_id,
+            Stage::Tag,
+            StageStatus::Skipped,
+            Some(reason),
+            None,
+        )
+        .await?;
+        return Ok(());
+    }
     if let Some(doc) = &paperless_doc
         && let Some(reason) = excluded(doc, &taxonomy, policy)
     {
@@ -258,6 +287,8 @@ pub async fn run(svc: &Services, task: &TagTask) -> Result<(), PipelineError> {
         previous: None,
         review: policy.review_mode,
         at: super::now(),
+        undone_at: None,
+        undone: None,
     };
     let outcome = match (&paperless_doc, policy.review_mode) {
         (Some(doc), false) => {
@@ -444,8 +475,8 @@ async fn write_back(
     {
         let id = object_id(svc, taxonomy, ObjectKind::Correspondent, c).await?;
         if doc.correspondent != Some(id) {
-            patch.correspondent = Some(id);
-            previous.correspondent = doc.correspondent.or(Some(0));
+            patch.correspondent = Some(Some(id));
+            previous.correspondent = Some(doc.correspondent);
         }
     }
     if let Some(d) = &s.document_type
@@ -453,16 +484,16 @@ async fn write_back(
     {
         let id = object_id(svc, taxonomy, ObjectKind::DocumentType, d).await?;
         if doc.document_type != Some(id) {
-            patch.document_type = Some(id);
-            previous.document_type = doc.document_type.or(Some(0));
+            patch.document_type = Some(Some(id));
+            previous.document_type = Some(doc.document_type);
         }
     }
     if let Some(c) = &s.created
         && write(Field::Created, doc.created.is_none())
         && doc.created.as_deref().map(|d| &d[..d.len().min(10)]) != Some(c.as_str())
     {
-        patch.created = Some(c.clone());
-        previous.created = doc.created.clone();
+        patch.created = Some(Some(c.clone()));
+        previous.created = Some(doc.created.clone());
     }
     // Tags: what the document has, plus the suggestion and the processed tag, minus the
     // trigger tag. Never removes anything else.
@@ -557,4 +588,218 @@ pub async fn mark_failed(svc: &Services, job_id: &str) {
     if let Err(e) = result {
         tracing::warn!(job_id, doc_id = id, error = %e, "could not add the failed tag");
     }
+}
+
+/// Why a review action (approve, undo) was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    #[error("no suggestion for document {0}")]
+    NotFound(DocId),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+}
+
+impl From<StoreError> for ReviewError {
+    fn from(e: StoreError) -> Self {
+        ReviewError::Pipeline(e.into())
+    }
+}
+
+impl From<crate::ports::PaperlessError> for ReviewError {
+    fn from(e: crate::ports::PaperlessError) -> Self {
+        ReviewError::Pipeline(e.into())
+    }
+}
+
+/// Changes a reviewer makes to a suggestion before approving it.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Edits {
+    pub title: Option<String>,
+    pub tags: Option<Vec<String>>,
+    pub correspondent: Option<String>,
+    pub document_type: Option<String>,
+    pub created: Option<String>,
+}
+
+async fn load_record(
+    svc: &Services,
+    doc_id: &DocId,
+) -> Result<(SuggestionRecord, u64), ReviewError> {
+    let v = svc
+        .state
+        .get(&suggestion_key(doc_id))
+        .await?
+        .ok_or_else(|| ReviewError::NotFound(doc_id.clone()))?;
+    let record = serde_json::from_value(v.value)
+        .map_err(|e| PipelineError::Fail(format!("corrupt suggestion of {doc_id}: {e}")))?;
+    Ok((record, v.version))
+}
+
+fn paperless_target(
+    svc: &Services,
+    doc_id: &DocId,
+) -> Result<(u64, Arc<dyn Paperless>), ReviewError> {
+    match (doc_id.paperless_id(), &svc.paperless) {
+        (Some(id), Some(p)) => Ok((id, p.clone())),
+        _ => Err(ReviewError::Conflict(format!(
+            "document {doc_id} is not in Paperless: there is nothing to write back"
+        ))),
+    }
+}
+
+/// Makes the index's filterable metadata what Paperless shows for the document now.
+async fn sync_index_meta(
+    svc: &Services,
+    doc_id: &DocId,
+    doc: &Document,
+) -> Result<(), PipelineError> {
+    let Some((mut manifest, version)) = load_manifest(svc, doc_id).await? else {
+        return Ok(());
+    };
+    let taxonomy = svc.taxonomy().await?;
+    let meta = super::chunk::paperless_meta(doc, &taxonomy);
+    if meta == manifest.meta {
+        return Ok(());
+    }
+    manifest.meta = meta;
+    match svc
+        .state
+        .put(
+            &manifest_key(doc_id),
+            &serde_json::to_value(&manifest).expect("manifest serialises"),
+            Condition::Version(version),
+            None,
+        )
+        .await
+    {
+        Ok(_) => refresh_vector_metadata(svc, &manifest).await,
+        Err(StoreError::Conflict(_)) => {
+            Err(PipelineError::Retry("manifest changed concurrently".into()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Applies a stored suggestion (review mode), with the reviewer's edits, by read-merge-write.
+pub async fn approve(
+    svc: &Services,
+    doc_id: &DocId,
+    edits: Edits,
+) -> Result<SuggestionRecord, ReviewError> {
+    let (mut record, version) = load_record(svc, doc_id).await?;
+    let (id, paperless) = paperless_target(svc, doc_id)?;
+    if record.applied.is_some() && record.undone_at.is_none() {
+        return Err(ReviewError::Conflict(format!(
+            "the suggestion for document {doc_id} is already applied"
+        )));
+    }
+    let mut s = record.suggestion.clone();
+    s.title = edits.title.or(s.title);
+    s.tags = edits.tags.unwrap_or(s.tags);
+    s.correspondent = edits.correspondent.or(s.correspondent);
+    s.document_type = edits.document_type.or(s.document_type);
+    s.created = edits.created.or(s.created);
+    let taxonomy = svc.taxonomy().await.map_err(ReviewError::from)?;
+    let policy = &svc.settings.policy;
+    let restricted = |kind: ObjectKind, name: &str| {
+        policy.restrict.contains(&kind) && taxonomy.find(kind, name).is_none()
+    };
+    if let Some(bad) = s.tags.iter().find(|t| restricted(ObjectKind::Tag, t)) {
+        return Err(ReviewError::Pipeline(PipelineError::Fail(format!(
+            "tag {bad:?} is not in the existing taxonomy"
+        ))));
+    }
+    for (kind, name) in [
+        (ObjectKind::Correspondent, &s.correspondent),
+        (ObjectKind::DocumentType, &s.document_type),
+    ] {
+        if let Some(n) = name.as_deref().filter(|n| restricted(kind, n)) {
+            return Err(ReviewError::Pipeline(PipelineError::Fail(format!(
+                "{kind:?} {n:?} is not in the existing taxonomy"
+            ))));
+        }
+    }
+    if let Some(c) = &s.created {
+        plausible_date(c, chrono::Utc::now().date_naive())
+            .map_err(|e| ReviewError::Pipeline(PipelineError::Fail(format!("created: {e}"))))?;
+    }
+    let doc = paperless.document(id).await?;
+    let (patch, previous) = write_back(svc, &doc, &s, &taxonomy).await?;
+    record.suggestion = s;
+    record.applied = Some(patch);
+    record.previous = Some(previous);
+    record.review = false;
+    record.undone_at = None;
+    record.undone = None;
+    svc.state
+        .put(
+            &suggestion_key(doc_id),
+            &serde_json::to_value(&record).expect("record serialises"),
+            Condition::Version(version),
+            None,
+        )
+        .await?;
+    sync_index_meta(svc, doc_id, &paperless.document(id).await?).await?;
+    Ok(record)
+}
+
+/// Restores exactly what the applied suggestion replaced: fields back to their previous
+/// values, tags it added removed and tags it removed (the trigger tag) added back; tags the
+/// user added since are kept.
+pub async fn undo(svc: &Services, doc_id: &DocId) -> Result<SuggestionRecord, ReviewError> {
+    let (mut record, version) = load_record(svc, doc_id).await?;
+    let (id, paperless) = paperless_target(svc, doc_id)?;
+    let (Some(applied), Some(previous)) = (record.applied.clone(), record.previous.clone()) else {
+        return Err(ReviewError::Conflict(format!(
+            "nothing applied to document {doc_id} to undo"
+        )));
+    };
+    if record.undone_at.is_some() {
+        return Err(ReviewError::Conflict(format!(
+            "the suggestion for document {doc_id} was already undone"
+        )));
+    }
+    let doc = paperless.document(id).await?;
+    let mut patch = DocumentPatch {
+        title: previous.title.clone(),
+        correspondent: previous.correspondent,
+        document_type: previous.document_type,
+        created: previous.created.clone(),
+        ..Default::default()
+    };
+    if let (Some(after), Some(before)) = (&applied.tags, &previous.tags) {
+        let mut tags: Vec<u64> = doc
+            .tags
+            .iter()
+            .copied()
+            .filter(|t| before.contains(t) || !after.contains(t))
+            .collect();
+        let restored: Vec<u64> = before
+            .iter()
+            .copied()
+            .filter(|t| !after.contains(t) && !tags.contains(t))
+            .collect();
+        tags.extend(restored);
+        if tags != doc.tags {
+            patch.tags = Some(tags);
+        }
+    }
+    if !patch.is_empty() {
+        paperless.patch(id, &patch).await?;
+    }
+    record.undone_at = Some(super::now());
+    record.undone = Some(applied);
+    svc.state
+        .put(
+            &suggestion_key(doc_id),
+            &serde_json::to_value(&record).expect("record serialises"),
+            Condition::Version(version),
+            None,
+        )
+        .await?;
+    sync_index_meta(svc, doc_id, &paperless.document(id).await?).await?;
+    Ok(record)
 }

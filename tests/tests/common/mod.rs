@@ -27,7 +27,7 @@ pub struct Pai {
     pub app: LocalApp,
     pub base: String,
     pub http: reqwest::Client,
-    pub paperless: FakePaperless,
+    pub paperless: Arc<FakePaperless>,
     pub model: FakeOpenAi,
     pub dir: tempfile::TempDir,
     stop: watch::Sender<bool>,
@@ -57,7 +57,15 @@ pub fn scripted_model(request: &Value) -> String {
 
 impl Pai {
     pub async fn start(extra: &[(&str, &str)]) -> Pai {
-        let paperless = FakePaperless::start(TOKEN).await;
+        Self::start_with(extra, None).await
+    }
+
+    /// Like `start`, against an existing fake Paperless (a second install of the same user).
+    pub async fn start_with(extra: &[(&str, &str)], paperless: Option<Arc<FakePaperless>>) -> Pai {
+        let paperless = match paperless {
+            Some(p) => p,
+            None => Arc::new(FakePaperless::start(TOKEN).await),
+        };
         let model = FakeOpenAi::start(Some(MODEL_KEY)).await;
         model.set_default(scripted_model);
         let dir = tempfile::tempdir().unwrap();
@@ -216,8 +224,4 @@ impl Pai {
         }
         let _ = self.server.await;
     }
-}
-
-pub fn arc<T>(t: T) -> Arc<T> {
-    Arc::new(t)
 }
