@@ -86,7 +86,8 @@ pub async fn serve() -> Result<()> {
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
     let (stop, stopped) = watch::channel(false);
-    let workers = app.start_workers(stopped);
+    let mut workers = app.start_workers(stopped.clone());
+    workers.extend(app.start_sync_timer(stopped));
     let state = ApiState::new(
         app.svc.clone(),
         public_url.unwrap_or_else(|| format!("http://{local}")),
@@ -323,4 +324,57 @@ pub async fn jobs(limit: usize) -> Result<()> {
 
 fn data_dir_of(app: &LocalApp) -> &Path {
     &app.svc.settings.data_dir
+}
+
+fn doc_id(s: &str) -> Result<shared::domain::DocId> {
+    s.parse().map_err(|e: String| anyhow!(e))
+}
+
+pub async fn suggestions(document: String) -> Result<()> {
+    let app = LocalApp::build(settings_from_env()?)?;
+    let doc = doc_id(&document)?;
+    let record = app
+        .svc
+        .state
+        .get(&shared::pipeline::tag::suggestion_key(&doc))
+        .await?
+        .ok_or_else(|| anyhow!("no suggestion for document {doc}"))?;
+    println!("{}", serde_json::to_string_pretty(&record.value)?);
+    Ok(())
+}
+
+pub async fn approve(document: String, edits: shared::pipeline::tag::Edits) -> Result<()> {
+    let app = LocalApp::build(settings_from_env()?)?;
+    let record = shared::pipeline::tag::approve(&app.svc, &doc_id(&document)?, edits).await?;
+    println!(
+        "applied to document {document}: {}",
+        serde_json::to_string(&record.applied)?
+    );
+    Ok(())
+}
+
+pub async fn undo(document: String) -> Result<()> {
+    let app = LocalApp::build(settings_from_env()?)?;
+    let record = shared::pipeline::tag::undo(&app.svc, &doc_id(&document)?).await?;
+    println!(
+        "restored document {document}: undid {}",
+        serde_json::to_string(&record.undone)?
+    );
+    Ok(())
+}
+
+pub async fn sync() -> Result<()> {
+    init_logging("warn");
+    let app = LocalApp::build(settings_from_env()?)?;
+    let report = shared::pipeline::sync::run(&app.svc).await?;
+    println!(
+        "queued {} documents, removed {} deleted ones; next sync starts after {}",
+        report.queued,
+        report.removed,
+        report.cursor.as_deref().unwrap_or("the beginning")
+    );
+    if report.queued > 0 {
+        println!("the documents are processed by `pai serve` (or the next `pai ingest`)");
+    }
+    Ok(())
 }

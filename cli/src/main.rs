@@ -55,6 +55,28 @@ enum Command {
         #[arg(long)]
         document: Option<String>,
     },
+    /// Queue documents added or changed in Paperless since the last sync; forget deleted ones.
+    Sync,
+    /// Show the last suggestion for a document, what was applied and what it replaced.
+    Suggestions { document: String },
+    /// Apply a document's stored suggestion (review mode) to Paperless, optionally edited.
+    Approve {
+        document: String,
+        #[arg(long)]
+        title: Option<String>,
+        /// Replace the suggested tags (repeatable).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        #[arg(long)]
+        correspondent: Option<String>,
+        #[arg(long)]
+        document_type: Option<String>,
+        /// YYYY-MM-DD.
+        #[arg(long)]
+        created: Option<String>,
+    },
+    /// Restore what the applied suggestion replaced in Paperless.
+    Undo { document: String },
     /// List the most recent jobs in DATA_DIR.
     Jobs {
         #[arg(long, default_value_t = 20)]
@@ -96,6 +118,26 @@ fn main() -> ExitCode {
                 .await
             }
             Command::Jobs { limit } => commands::jobs(limit).await,
+            Command::Sync => commands::sync().await,
+            Command::Suggestions { document } => commands::suggestions(document).await,
+            Command::Approve {
+                document,
+                title,
+                tags,
+                correspondent,
+                document_type,
+                created,
+            } => {
+                let edits = shared::pipeline::tag::Edits {
+                    title,
+                    tags: (!tags.is_empty()).then_some(tags),
+                    correspondent,
+                    document_type,
+                    created,
+                };
+                commands::approve(document, edits).await
+            }
+            Command::Undo { document } => commands::undo(document).await,
         }
     });
     match result {

@@ -150,6 +150,8 @@ pub struct Settings {
     pub chat_requests_per_minute: u32,
     /// Model tokens chat may use per API key per day.
     pub chat_daily_tokens: u64,
+    /// `pai serve` runs sync this often (0: never); needs PAPERLESS_URL.
+    pub sync_interval_minutes: u64,
 }
 
 type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -397,6 +399,7 @@ impl Settings {
             cache_ttl_secs: number(env, "CACHE_TTL_DAYS", 30i64, 1..=3650)? * 86_400,
             chat_requests_per_minute: number(env, "CHAT_REQUESTS_PER_MINUTE", 30, 1..=1_000_000)?,
             chat_daily_tokens: number(env, "CHAT_DAILY_TOKENS", 200_000, 1..=u64::MAX / 2)?,
+            sync_interval_minutes: number(env, "SYNC_INTERVAL_MINUTES", 15, 0..=10_080)?,
         })
     }
 

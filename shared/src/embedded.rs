@@ -179,6 +179,30 @@ impl LocalApp {
         })
     }
 
+    /// Runs sync every `SYNC_INTERVAL_MINUTES` (first after one interval) until `stop`, when
+    /// Paperless is configured and the interval is not 0.
+    pub fn start_sync_timer(&self, mut stop: watch::Receiver<bool>) -> Option<JoinHandle<()>> {
+        let minutes = self.svc.settings.sync_interval_minutes;
+        if minutes == 0 || self.svc.paperless.is_none() {
+            return None;
+        }
+        let svc = self.svc.clone();
+        Some(tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(minutes * 60));
+            every.tick().await;
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {
+                        if let Err(e) = crate::pipeline::sync::run(&svc).await {
+                            tracing::warn!(error = %e, "sync failed; next run at the next interval");
+                        }
+                    }
+                    _ = stop.changed() => break,
+                }
+            }
+        }))
+    }
+
     /// Starts the chunk, embed and tag consumers; they stop when `stop` turns true.
     pub fn start_workers(&self, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
         let s = &self.svc.settings;

@@ -14,7 +14,7 @@ use crate::domain::{
     CustomFieldDef, CustomFieldValue, Document, DocumentPatch, ObjectKind, SelectOption, Taxonomy,
     TaxonomyObject,
 };
-use crate::ports::{Paperless, PaperlessError};
+use crate::ports::{DocumentQuery, DocumentSummary, Paperless, PaperlessError};
 
 const ACCEPT: &str = "application/json; version=9";
 const PAGE_SIZE: usize = 1000;
@@ -322,6 +322,35 @@ impl Paperless for PaperlessClient {
             Err(PaperlessError::NotFound(_)) => Err(PaperlessError::NotFound(id.to_string())),
             other => other.map(|_| ()),
         }
+    }
+
+    async fn list(
+        &self,
+        query: &DocumentQuery,
+        page: u32,
+    ) -> Result<(Vec<DocumentSummary>, bool), PaperlessError> {
+        let mut q: Vec<(&str, String)> = vec![
+            ("page", page.max(1).to_string()),
+            ("page_size", "100".into()),
+            ("ordering", "modified".into()),
+            ("fields", "id,modified".into()),
+        ];
+        if let Some(after) = &query.modified_after {
+            q.push(("modified__gt", after.clone()));
+        }
+        if let Some(tag) = query.tag {
+            q.push(("tags__id__all", tag.to_string()));
+        }
+        if let Some(ids) = &query.ids {
+            q.push((
+                "id__in",
+                ids.iter().map(u64::to_string).collect::<Vec<_>>().join(","),
+            ));
+        }
+        let v = self.call(Method::GET, "documents/", &q, None).await?;
+        let page: Page<DocumentSummary> = serde_json::from_value(v)
+            .map_err(|e| PaperlessError::Rejected(format!("unexpected document list: {e}")))?;
+        Ok((page.results, page.next.is_some()))
     }
 
     fn document_url(&self, id: u64) -> String {

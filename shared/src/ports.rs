@@ -249,6 +249,25 @@ impl PaperlessError {
     }
 }
 
+/// Which documents to list.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DocumentQuery {
+    /// Modified strictly after this RFC 3339 time.
+    pub modified_after: Option<String>,
+    /// Carrying this tag.
+    pub tag: Option<u64>,
+    /// Only these ids (existence checks).
+    pub ids: Option<Vec<u64>>,
+}
+
+/// A listed document: enough to decide whether to process it.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct DocumentSummary {
+    pub id: u64,
+    #[serde(default)]
+    pub modified: Option<String>,
+}
+
 /// The document system: Paperless-ngx's REST API.
 #[async_trait]
 pub trait Paperless: Send + Sync {
@@ -258,6 +277,13 @@ pub trait Paperless: Send + Sync {
     /// the same name (created concurrently) is looked up and returned instead.
     async fn create(&self, kind: ObjectKind, name: &str) -> Result<TaxonomyObject, PaperlessError>;
     async fn patch(&self, id: u64, patch: &DocumentPatch) -> Result<(), PaperlessError>;
+    /// One page (from 1) of documents matching `query`, oldest modification first, and
+    /// whether more pages follow.
+    async fn list(
+        &self,
+        query: &DocumentQuery,
+        page: u32,
+    ) -> Result<(Vec<DocumentSummary>, bool), PaperlessError>;
     /// The web link users open for a document.
     fn document_url(&self, id: u64) -> String;
 }

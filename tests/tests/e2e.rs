@@ -693,3 +693,86 @@ async fn a_reinstall_does_not_retag_what_paperless_marks_processed() {
     second.shutdown().await;
     first.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_queues_only_what_changed_and_forgets_deleted_documents() {
+    let pai = Pai::start(&[]).await;
+    let id = seeded(&pai).await;
+    let other = pai.paperless.add_document(DocSeed {
+        title: "letter".into(),
+        content: "A letter about the garden fence and its repair.".into(),
+        ..Default::default()
+    });
+    let sync = || shared::pipeline::sync::run(&pai.app.svc);
+    let first = sync().await.unwrap();
+    assert_eq!(first.queued, 2, "first run: everything");
+    pai.drain().await;
+    let tagging_calls = pai.model.chat_requests().len();
+
+    // Our own write-back bumped `modified`: those documents come back once, as no-ops.
+    let again = sync().await.unwrap();
+    pai.drain().await;
+    assert!(again.queued <= 2);
+    assert_eq!(
+        pai.model.chat_requests().len(),
+        tagging_calls,
+        "unchanged documents cost nothing"
+    );
+    assert_eq!(
+        sync().await.unwrap().queued,
+        0,
+        "incremental: nothing changed since"
+    );
+    let lists = pai
+        .paperless
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.method == "GET" && r.path == "/api/documents/" && r.query.contains("modified__gt")
+        })
+        .count();
+    assert!(
+        lists >= 2,
+        "later runs ask only for what changed since the cursor"
+    );
+
+    let new = pai.paperless.add_document(DocSeed {
+        title: "new".into(),
+        content: "Receipt for a new bicycle lamp.".into(),
+        ..Default::default()
+    });
+    let third = sync().await.unwrap();
+    assert_eq!(third.queued, 1);
+    pai.drain().await;
+    assert!(
+        pai.paperless.document(new).unwrap()["tags"]
+            .as_array()
+            .unwrap()
+            .len()
+            >= 1,
+        "the new document was tagged"
+    );
+
+    // Deleted in Paperless: gone from the index, so chat no longer cites it.
+    pai.paperless.delete_document(other);
+    assert_eq!(sync().await.unwrap().removed, 1);
+    let (_, answer) = pai
+        .post_json("/chat", json!({"question": "garden fence repair letter"}))
+        .await;
+    assert!(
+        answer["citations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["doc_id"] != other.to_string()),
+        "{answer}"
+    );
+    let (_, still) = pai
+        .post_json(
+            "/chat",
+            json!({"question": "How much did the boiler repair cost?"}),
+        )
+        .await;
+    assert_eq!(still["citations"][0]["doc_id"], id.to_string());
+    pai.shutdown().await;
+}

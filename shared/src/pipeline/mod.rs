@@ -8,6 +8,7 @@ pub mod chat;
 pub mod chunk;
 pub mod embed;
 pub mod ingest;
+pub mod sync;
 pub mod tag;
 
 use std::sync::{Arc, Mutex};
