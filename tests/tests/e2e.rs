@@ -763,7 +763,7 @@ async fn sync_queues_only_what_changed_and_forgets_deleted_documents() {
             .as_array()
             .unwrap()
             .iter()
-            .all(|c| c["doc_id"] != other.to_string()),
+            .all(|c| c["doc_id"].as_str() != Some(other.to_string().as_str())),
         "{answer}"
     );
     let (_, still) = pai
