@@ -130,6 +130,8 @@ impl TaggingPolicy {
 pub struct Settings {
     pub paperless_url: Option<String>,
     pub paperless_token: Option<Secret>,
+    /// Paperless user id that owns the tags, correspondents and types we create.
+    pub paperless_owner: Option<u64>,
     pub webhook_secret: Option<Secret>,
     pub api_keys: Vec<Secret>,
     pub llm: ModelSettings,
@@ -374,9 +376,13 @@ impl Settings {
         if bind.parse::<std::net::IpAddr>().is_err() {
             return bad("BIND", format!("{bind:?} is not an IP address"));
         }
+        let paperless_owner = get(env, "PAPERLESS_OWNER_ID")
+            .map(|_| number(env, "PAPERLESS_OWNER_ID", 0u64, 1..=u64::MAX / 2))
+            .transpose()?;
         Ok(Settings {
             paperless_url,
             paperless_token,
+            paperless_owner,
             webhook_secret,
             api_keys,
             llm,

@@ -149,7 +149,8 @@ impl LocalApp {
             match (&settings.paperless_url, &settings.paperless_token) {
                 (Some(url), Some(token)) => Some(Arc::new(
                     PaperlessClient::new(url, token.clone(), std::time::Duration::from_secs(30))
-                        .map_err(|e| config("PAPERLESS_URL", e.to_string()))?,
+                        .map_err(|e| config("PAPERLESS_URL", e.to_string()))?
+                        .with_owner(settings.paperless_owner),
                 )),
                 _ => None,
             };

@@ -25,6 +25,7 @@ pub struct PaperlessClient {
     http: reqwest::Client,
     base: String,
     token: Secret,
+    owner: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -70,7 +71,14 @@ impl PaperlessClient {
             http,
             base: base_url.trim_end_matches('/').to_string(),
             token,
+            owner: None,
         })
+    }
+
+    /// Objects this client creates are owned by this Paperless user.
+    pub fn with_owner(mut self, owner: Option<u64>) -> PaperlessClient {
+        self.owner = owner;
+        self
     }
 
     async fn call(
@@ -286,7 +294,7 @@ impl Paperless for PaperlessClient {
                 Method::POST,
                 &path,
                 &[],
-                Some(&json!({"name": name, "matching_algorithm": 0})),
+                Some(&json!({"name": name, "matching_algorithm": 0, "owner": self.owner})),
             )
             .await
         {

@@ -48,7 +48,7 @@ async fn chat(fake: &FakeOpenAi) -> OpenAiChat {
 #[tokio::test]
 async fn sends_a_strict_schema_and_repairs_once() {
     let fake = FakeOpenAi::start(Some("k")).await;
-    fake.push_reply(Reply::Content(r#"{"title":"x","tags":["Made up"],"correspondent":null,"document_type":null,"created":null}"#.into()));
+    fake.push_reply(Reply::Content(r#"{"title":"x","tags":"Invoice","correspondent":null,"document_type":null,"created":null}"#.into()));
     fake.push_reply(Reply::Content(GOOD.into()));
     let (s, usage) = chat(&fake).await.suggest(&input()).await.unwrap();
     assert_eq!(s.tags, vec!["Invoice"]);
@@ -68,7 +68,7 @@ async fn sends_a_strict_schema_and_repairs_once() {
         repair.last().unwrap()["content"]
             .as_str()
             .unwrap()
-            .contains("tags[0]"),
+            .contains("tags must be array"),
         "the model is told what was wrong"
     );
 }

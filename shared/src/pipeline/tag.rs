@@ -61,18 +61,16 @@ fn tagged_key(doc_id: &DocId) -> String {
 fn slice(taxonomy: &Taxonomy, kind: ObjectKind, content_words: &BTreeSet<String>) -> Vec<String> {
     let mut objects: Vec<_> = taxonomy.objects(kind).iter().collect();
     if objects.len() > MAX_NAMES_PER_KIND {
-        let mentioned = |name: &str| {
-            crate::text::words(name)
+        // Mentioned: by its whole name, or by one of its Paperless match words.
+        let mentioned = |o: &crate::domain::TaxonomyObject| {
+            crate::text::words(&o.name)
                 .iter()
                 .all(|w| content_words.contains(w))
+                || crate::text::words(&o.match_words)
+                    .iter()
+                    .any(|w| w.len() > 2 && content_words.contains(w))
         };
-        objects.sort_by_key(|o| {
-            (
-                !mentioned(&o.name),
-                std::cmp::Reverse(o.document_count),
-                o.id,
-            )
-        });
+        objects.sort_by_key(|o| (!mentioned(o), std::cmp::Reverse(o.document_count), o.id));
         objects.truncate(MAX_NAMES_PER_KIND);
     }
     objects.into_iter().map(|o| o.name.clone()).collect()
@@ -146,10 +144,118 @@ pub fn validate(
             }
         },
     };
-    if !wants(Field::CustomFields) {
-        s.custom_fields.clear();
+    let suggested = std::mem::take(&mut s.custom_fields);
+    if wants(Field::CustomFields) {
+        for (name, value) in suggested {
+            let Some(def) = input
+                .custom_fields
+                .iter()
+                .find(|f| fold(&f.name) == fold(&name))
+            else {
+                rejected.push(format!("custom field {name:?} is not one of CUSTOM_FIELDS"));
+                continue;
+            };
+            if value.is_null() {
+                continue;
+            }
+            match custom_value(def, &value, today) {
+                Ok(v) => {
+                    s.custom_fields.insert(def.name.clone(), v);
+                }
+                Err(reason) => {
+                    rejected.push(format!("custom field {:?} left alone: {reason}", def.name))
+                }
+            }
+        }
     }
     (s, rejected)
+}
+
+/// A model's value for a custom field, in the form Paperless stores for its data type, or
+/// why it cannot be one.
+pub fn custom_value(
+    def: &crate::domain::CustomFieldDef,
+    value: &serde_json::Value,
+    today: NaiveDate,
+) -> Result<serde_json::Value, String> {
+    use serde_json::Value;
+    let text = match value {
+        Value::String(s) => s.trim().to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        other => return Err(format!("{other} is not a single value")),
+    };
+    let number = |t: &str| -> Option<f64> {
+        // "1.234,56" and "1,234.56" both mean 1234.56; a lone comma is a decimal comma.
+        let t: String = t
+            .chars()
+            .filter(|c| c.is_ascii_digit() || matches!(c, '.' | ',' | '-'))
+            .collect();
+        let normalised = match (t.rfind(','), t.rfind('.')) {
+            (Some(c), Some(d)) if c > d => t.replace('.', "").replace(',', "."),
+            (Some(_), Some(_)) => t.replace(',', ""),
+            (Some(_), None) => t.replace(',', "."),
+            _ => t,
+        };
+        normalised.parse::<f64>().ok().filter(|n| n.is_finite())
+    };
+    match def.data_type.as_str() {
+        "string" | "longtext" => {
+            let limit = if def.data_type == "string" {
+                128
+            } else {
+                10_000
+            };
+            (!text.is_empty())
+                .then(|| json!(text.chars().take(limit).collect::<String>()))
+                .ok_or_else(|| "empty".into())
+        }
+        "url" if text.starts_with("https://") || text.starts_with("http://") => Ok(json!(text)),
+        "url" => Err(format!("{text:?} is not a URL")),
+        "date" => plausible_date(&text, today).map(|d| json!(d.to_string())),
+        "boolean" => match text.to_ascii_lowercase().as_str() {
+            "true" | "yes" | "ja" => Ok(json!(true)),
+            "false" | "no" | "nein" => Ok(json!(false)),
+            _ => Err(format!("{text:?} is not true or false")),
+        },
+        "integer" => text
+            .parse::<i64>()
+            .map(|n| json!(n))
+            .map_err(|_| format!("{text:?} is not a whole number")),
+        "float" => number(&text)
+            .map(|n| json!(n))
+            .ok_or_else(|| format!("{text:?} is not a number")),
+        "monetary" => {
+            let currency: String = text
+                .chars()
+                .filter(|c| c.is_ascii_alphabetic())
+                .collect::<String>()
+                .to_ascii_uppercase();
+            let symbol = if text.contains('€') {
+                "EUR"
+            } else if text.contains('£') {
+                "GBP"
+            } else if text.contains('$') {
+                "USD"
+            } else {
+                ""
+            };
+            let code = if currency.len() == 3 {
+                currency.as_str()
+            } else {
+                symbol
+            };
+            let amount = number(&text).ok_or_else(|| format!("{text:?} is not an amount"))?;
+            Ok(json!(format!("{code}{amount:.2}")))
+        }
+        "select" => def
+            .select_options
+            .iter()
+            .find(|o| fold(&o.label) == fold(&text))
+            .map(|o| json!(o.id))
+            .ok_or_else(|| format!("{text:?} is not one of its options")),
+        other => Err(format!("fields of type {other} are not filled")),
+    }
 }
 
 pub async fn run(svc: &Services, task: &TagTask) -> Result<(), PipelineError> {
@@ -516,6 +622,30 @@ async fn write_back(
         patch.tags = Some(tags);
         previous.tags = Some(doc.tags.clone());
     }
+    // Custom fields: PATCH replaces the whole set, so merge into what the document has.
+    let cf_mode = policy.mode(Field::CustomFields);
+    if cf_mode != FieldMode::Never && !s.custom_fields.is_empty() {
+        let mut fields = doc.custom_fields.clone();
+        for (name, value) in &s.custom_fields {
+            let Some(def) = taxonomy.custom_fields.iter().find(|f| f.name == *name) else {
+                continue;
+            };
+            match fields.iter_mut().find(|f| f.field == def.id) {
+                Some(existing) if cf_mode == FieldMode::Overwrite || existing.value.is_null() => {
+                    existing.value = value.clone()
+                }
+                Some(_) => {}
+                None => fields.push(crate::domain::CustomFieldValue {
+                    field: def.id,
+                    value: value.clone(),
+                }),
+            }
+        }
+        if fields != doc.custom_fields {
+            patch.custom_fields = Some(fields);
+            previous.custom_fields = Some(doc.custom_fields.clone());
+        }
+    }
     if !patch.is_empty() {
         svc.paperless
             .as_ref()
@@ -787,6 +917,24 @@ pub async fn undo(svc: &Services, doc_id: &DocId) -> Result<SuggestionRecord, Re
             patch.tags = Some(tags);
         }
     }
+    // Custom fields we set go back to their previous values (or away); others stay.
+    if let (Some(after), Some(before)) = (&applied.custom_fields, &previous.custom_fields) {
+        let ours: Vec<u64> = after
+            .iter()
+            .filter(|f| !before.contains(f))
+            .map(|f| f.field)
+            .collect();
+        let mut fields: Vec<_> = doc
+            .custom_fields
+            .iter()
+            .filter(|f| !ours.contains(&f.field))
+            .cloned()
+            .collect();
+        fields.extend(before.iter().filter(|f| ours.contains(&f.field)).cloned());
+        if fields != doc.custom_fields {
+            patch.custom_fields = Some(fields);
+        }
+    }
     if !patch.is_empty() {
         paperless.patch(id, &patch).await?;
     }
@@ -802,4 +950,58 @@ pub async fn undo(svc: &Services, doc_id: &DocId) -> Result<SuggestionRecord, Re
         .await?;
     sync_index_meta(svc, doc_id, &paperless.document(id).await?).await?;
     Ok(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{CustomFieldDef, SelectOption};
+
+    fn def(data_type: &str) -> CustomFieldDef {
+        let select_options = vec![
+            SelectOption {
+                id: "opt1".into(),
+                label: "Hoch".into(),
+            },
+            SelectOption {
+                id: "opt2".into(),
+                label: "Niedrig".into(),
+            },
+        ];
+        CustomFieldDef {
+            id: 1,
+            name: "F".into(),
+            data_type: data_type.into(),
+            select_options,
+        }
+    }
+
+    #[test]
+    fn custom_values_take_paperless_form_or_are_refused() {
+        let today = NaiveDate::from_ymd_opt(2026, 1, 1).unwrap();
+        let ok = |t: &str, v: serde_json::Value| custom_value(&def(t), &v, today).unwrap();
+        assert_eq!(ok("monetary", json!("EUR 1.250,00")), json!("EUR1250.00"));
+        assert_eq!(ok("monetary", json!("743.04 €")), json!("EUR743.04"));
+        assert_eq!(ok("monetary", json!(12.5)), json!("12.50"));
+        assert_eq!(ok("select", json!("hoch")), json!("opt1"));
+        assert_eq!(ok("date", json!("2025-03-14")), json!("2025-03-14"));
+        assert_eq!(ok("boolean", json!("yes")), json!(true));
+        assert_eq!(ok("integer", json!("42")), json!(42));
+        assert_eq!(ok("float", json!("3,5")), json!(3.5));
+        assert_eq!(
+            ok("url", json!("https://example.org/x")),
+            json!("https://example.org/x")
+        );
+        for (t, v) in [
+            ("select", json!("Mittel")),
+            ("date", json!("2099-01-01")),
+            ("date", json!("14.03.2025")),
+            ("integer", json!("4.5")),
+            ("url", json!("javascript:alert(1)")),
+            ("monetary", json!("a lot")),
+            ("string", json!([1])),
+        ] {
+            assert!(custom_value(&def(t), &v, today).is_err(), "{t} {v}");
+        }
+    }
 }

@@ -192,9 +192,23 @@ pub fn parse_suggestion(reply: &str, schema: &Value) -> Result<Suggestion, Strin
         let Some(value) = map.get(key) else {
             return Err(format!("missing property {key:?}"));
         };
-        check(key, value, prop)?;
+        // The shape must hold; a name outside an enum is the policy's to refuse (with the
+        // reason recorded), not a reason to fail the whole reply.
+        check(key, value, &without_enums(prop))?;
     }
     serde_json::from_value(v).map_err(|e| format!("the reply does not match the schema ({e})"))
+}
+
+fn without_enums(schema: &Value) -> Value {
+    match schema {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(k, _)| *k != "enum")
+                .map(|(k, v)| (k.clone(), without_enums(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
 }
 
 fn check(path: &str, value: &Value, schema: &Value) -> Result<(), String> {
@@ -338,13 +352,25 @@ mod tests {
     }
 
     #[test]
-    fn schema_restricts_to_the_allow_list() {
+    fn schema_restricts_to_the_allow_list_and_checks_the_shape() {
         let schema = tag_schema(&input());
+        assert_eq!(
+            schema["properties"]["tags"]["items"]["enum"],
+            json!(["Invoice", "Tax"]),
+            "the model is told the allow-list"
+        );
         let ok = r#"{"title":"Invoice ACME","tags":["Invoice"],"correspondent":"New Co","document_type":"Invoice","created":"2025-05-01"}"#;
         assert_eq!(parse_suggestion(ok, &schema).unwrap().tags, vec!["Invoice"]);
+        // A name outside the allow-list parses: the policy refuses it, with the reason.
         let escaped = r#"{"title":"x","tags":["Secret"],"correspondent":null,"document_type":null,"created":null}"#;
+        assert_eq!(
+            parse_suggestion(escaped, &schema).unwrap().tags,
+            vec!["Secret"]
+        );
+        let wrong_shape =
+            r#"{"title":"x","tags":[7],"correspondent":null,"document_type":null,"created":null}"#;
         assert!(
-            parse_suggestion(escaped, &schema)
+            parse_suggestion(wrong_shape, &schema)
                 .unwrap_err()
                 .contains("tags[0]")
         );
@@ -358,11 +384,11 @@ mod tests {
                 .unwrap_err()
                 .contains("not valid JSON")
         );
-        let extra = r#"{"title":"x","tags":[],"correspondent":null,"document_type":"Letter","created":null}"#;
+        let extra = r#"{"title":"x","tags":[],"correspondent":null,"document_type":"Letter","created":null,"colour":"red"}"#;
         assert!(
             parse_suggestion(extra, &schema)
                 .unwrap_err()
-                .contains("document_type")
+                .contains("colour")
         );
     }
 
