@@ -528,6 +528,7 @@ pub async fn chat_model<M: crate::ports::ChatModel>(m: M) {
         correspondents: vec![object(1, "ACME")],
         document_types: vec![object(1, "Invoice")],
         custom_fields: vec![],
+        storage_paths: vec![],
     };
     let input = TagInput {
         current_title: "scan".into(),
@@ -543,6 +544,7 @@ pub async fn chat_model<M: crate::ports::ChatModel>(m: M) {
         correspondents: vec!["ACME".into()],
         document_types: vec!["Invoice".into()],
         custom_fields: vec![],
+        storage_paths: vec![],
         restrict_tags: true,
         restrict_correspondents: true,
         restrict_document_types: true,

@@ -302,6 +302,9 @@ pub struct Taxonomy {
     pub document_types: Vec<TaxonomyObject>,
     #[serde(default)]
     pub custom_fields: Vec<CustomFieldDef>,
+    /// Chosen from, never created.
+    #[serde(default)]
+    pub storage_paths: Vec<TaxonomyObject>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -356,6 +359,8 @@ pub struct Document {
     pub document_type: Option<u64>,
     pub created: Option<String>,
     pub owner: Option<u64>,
+    #[serde(default)]
+    pub storage_path: Option<u64>,
     pub custom_fields: Vec<CustomFieldValue>,
 }
 
@@ -394,6 +399,12 @@ pub struct DocumentPatch {
     pub created: Option<Option<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custom_fields: Option<Vec<CustomFieldValue>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub storage_path: Option<Option<u64>>,
 }
 
 /// A field that is present is `Some`, even when it is `null` (which clears it).
@@ -450,6 +461,8 @@ pub struct TagInput {
     pub correspondents: Vec<String>,
     pub document_types: Vec<String>,
     pub custom_fields: Vec<CustomFieldDef>,
+    /// Existing storage paths (the only ones that may be suggested).
+    pub storage_paths: Vec<String>,
     /// Kinds where only the names above are allowed.
     pub restrict_tags: bool,
     pub restrict_correspondents: bool,
@@ -477,6 +490,8 @@ pub struct Suggestion {
     pub created: Option<String>,
     #[serde(default)]
     pub custom_fields: BTreeMap<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_path: Option<String>,
 }
 
 /// A passage handed to the answerer, numbered as it will be cited.

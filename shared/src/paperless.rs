@@ -201,6 +201,8 @@ fn document_from(v: Value) -> Result<Document, PaperlessError> {
         owner: Option<u64>,
         #[serde(default)]
         custom_fields: Vec<CustomFieldValue>,
+        #[serde(default)]
+        storage_path: Option<u64>,
     }
     let r: Raw = serde_json::from_value(v)
         .map_err(|e| PaperlessError::Rejected(format!("unexpected document: {e}")))?;
@@ -214,14 +216,14 @@ fn document_from(v: Value) -> Result<Document, PaperlessError> {
         created: r.created,
         owner: r.owner,
         custom_fields: r.custom_fields,
+        storage_path: r.storage_path,
     })
 }
 
 #[async_trait]
 impl Paperless for PaperlessClient {
     async fn document(&self, id: u64) -> Result<Document, PaperlessError> {
-        let fields =
-            "id,title,content,tags,correspondent,document_type,created,owner,custom_fields";
+        let fields = "id,title,content,tags,correspondent,document_type,created,owner,custom_fields,storage_path";
         match self
             .call(
                 Method::GET,
@@ -237,11 +239,12 @@ impl Paperless for PaperlessClient {
     }
 
     async fn taxonomy(&self) -> Result<Taxonomy, PaperlessError> {
-        let (tags, correspondents, document_types, fields) = tokio::try_join!(
+        let (tags, correspondents, document_types, fields, storage_paths) = tokio::try_join!(
             self.all::<TaxonomyObject>("tags/"),
             self.all::<TaxonomyObject>("correspondents/"),
             self.all::<TaxonomyObject>("document_types/"),
             self.all::<RawCustomField>("custom_fields/"),
+            self.all::<TaxonomyObject>("storage_paths/"),
         )?;
         let custom_fields = fields
             .into_iter()
@@ -284,6 +287,7 @@ impl Paperless for PaperlessClient {
             correspondents,
             document_types,
             custom_fields,
+            storage_paths,
         })
     }
 

@@ -167,6 +167,10 @@ impl FakePaperless {
         )
     }
 
+    pub fn add_storage_path(&self, name: &str) -> u64 {
+        self.add_object("storage_paths", name, json!({"path": format!("{{{{ correspondent }}}}/{name}"), "match": "", "matching_algorithm": 0}))
+    }
+
     /// A custom field; `select_options` are labels (ids are generated).
     pub fn add_custom_field(&self, name: &str, data_type: &str, select_options: &[&str]) -> u64 {
         let options: Vec<Value> = select_options

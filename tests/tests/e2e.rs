@@ -941,3 +941,88 @@ async fn a_large_taxonomy_is_sliced_and_paperless_refusals_fail_the_job() {
     assert_eq!(pai.paperless.document(locked).unwrap()["title"], "locked");
     pai.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_path_is_chosen_from_existing_ones_and_created_objects_have_the_owner() {
+    let pai = Pai::start(&[
+        ("TAG_FIELDS", "title,tags,storage_path"),
+        ("PAPERLESS_OWNER_ID", "3"),
+    ])
+    .await;
+    pai.model.set_default(|req| {
+        let schema = req["response_format"]["json_schema"]["schema"].to_string();
+        assert!(
+            schema.contains("Household"),
+            "existing storage paths are offered: {schema}"
+        );
+        json!({"title": "Boiler invoice", "tags": ["Plumbing"], "storage_path": "household"})
+            .to_string()
+    });
+    let household = pai.paperless.add_storage_path("Household");
+    let id = seeded(&pai).await;
+    pai.webhook_job(&json!({"doc_id": id}).to_string()).await;
+    pai.drain().await;
+    let doc = pai.paperless.document(id).unwrap();
+    assert_eq!(doc["storage_path"], household, "matched case-insensitively");
+    assert_eq!(doc["correspondent"], Value::Null, "not in TAG_FIELDS");
+    let plumbing = pai
+        .paperless
+        .tags()
+        .into_iter()
+        .find(|t| t["name"] == "Plumbing")
+        .unwrap();
+    assert_eq!(plumbing["owner"], 3);
+    let (status, _) = pai
+        .post_json(&format!("/documents/{id}/undo"), json!({}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        pai.paperless.document(id).unwrap()["storage_path"],
+        Value::Null,
+        "undo clears it again"
+    );
+    pai.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_deleted_mid_process_fails_its_job_cleanly() {
+    use shared::ports::WorkQueue;
+    let pai = Pai::start(&[]).await;
+    let id = seeded(&pai).await;
+    let job = pai.webhook_job(&json!({"doc_id": id}).to_string()).await;
+    let chunk = pai
+        .app
+        .chunk
+        .receive(1, std::time::Duration::from_secs(60))
+        .await
+        .unwrap()
+        .remove(0);
+    shared::pipeline::handle(
+        &pai.app.svc,
+        shared::domain::Stage::Chunk,
+        &chunk.body,
+        false,
+    )
+    .await
+    .unwrap();
+    pai.app.chunk.delete(&chunk.receipt).await.unwrap();
+    pai.paperless.delete_document(id);
+    pai.drain().await;
+    let j = pai.wait_job(&job).await;
+    assert_eq!(j["status"], "failed");
+    assert!(
+        j["stages"]["tag"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not found"),
+        "{j:#}"
+    );
+    assert!(
+        pai.model
+            .chat_requests()
+            .iter()
+            .all(|r| r.get("response_format").is_none()),
+        "no tagging call for a deleted document"
+    );
+    pai.shutdown().await;
+}

@@ -24,6 +24,7 @@ fn input() -> TagInput {
         correspondents: vec!["ACME".into()],
         document_types: vec!["Invoice".into()],
         custom_fields: vec![],
+        storage_paths: vec![],
         restrict_tags: true,
         restrict_correspondents: false,
         restrict_document_types: false,

@@ -144,6 +144,22 @@ pub fn validate(
             }
         },
     };
+    // Storage paths are chosen from the existing ones only, never created.
+    s.storage_path = match s.storage_path.take().filter(|_| wants(Field::StoragePath)) {
+        Some(p) => match input
+            .taxonomy
+            .storage_paths
+            .iter()
+            .find(|x| fold(&x.name) == fold(&p))
+        {
+            Some(existing) => Some(existing.name.clone()),
+            None => {
+                rejected.push(format!("storage path {p:?} does not exist"));
+                None
+            }
+        },
+        None => None,
+    };
     let suggested = std::mem::take(&mut s.custom_fields);
     if wants(Field::CustomFields) {
         for (name, value) in suggested {
@@ -373,6 +389,15 @@ pub async fn run(svc: &Services, task: &TagTask) -> Result<(), PipelineError> {
             })
             .cloned()
             .collect(),
+        storage_paths: if policy.mode(Field::StoragePath) == FieldMode::Never {
+            Vec::new()
+        } else {
+            taxonomy
+                .storage_paths
+                .iter()
+                .map(|p| p.name.clone())
+                .collect()
+        },
         restrict_tags: policy.restrict.contains(&ObjectKind::Tag),
         restrict_correspondents: policy.restrict.contains(&ObjectKind::Correspondent),
         restrict_document_types: policy.restrict.contains(&ObjectKind::DocumentType),
@@ -621,6 +646,16 @@ async fn write_back(
     if tags != doc.tags {
         patch.tags = Some(tags);
         previous.tags = Some(doc.tags.clone());
+    }
+    if let Some(path) = s
+        .storage_path
+        .as_deref()
+        .and_then(|p| taxonomy.storage_paths.iter().find(|x| x.name == p))
+        && write(Field::StoragePath, doc.storage_path.is_none())
+        && doc.storage_path != Some(path.id)
+    {
+        patch.storage_path = Some(Some(path.id));
+        previous.storage_path = Some(doc.storage_path);
     }
     // Custom fields: PATCH replaces the whole set, so merge into what the document has.
     let cf_mode = policy.mode(Field::CustomFields);
@@ -898,6 +933,7 @@ pub async fn undo(svc: &Services, doc_id: &DocId) -> Result<SuggestionRecord, Re
         correspondent: previous.correspondent,
         document_type: previous.document_type,
         created: previous.created.clone(),
+        storage_path: previous.storage_path,
         ..Default::default()
     };
     if let (Some(after), Some(before)) = (&applied.tags, &previous.tags) {

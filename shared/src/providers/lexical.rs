@@ -189,6 +189,7 @@ impl LexicalModel {
             document_type,
             created,
             custom_fields: Default::default(),
+            storage_path: None,
         }
     }
 
@@ -324,6 +325,7 @@ mod tests {
             ],
             document_types: vec![obj(1, "Invoice", "rechnung"), obj(2, "Letter", "")],
             custom_fields: vec![],
+            storage_paths: vec![],
         };
         TagInput {
             current_title: "scan_0001".into(),
@@ -347,6 +349,7 @@ mod tests {
                 .map(|o| o.name.clone())
                 .collect(),
             custom_fields: vec![],
+            storage_paths: vec![],
             restrict_tags: true,
             restrict_correspondents: true,
             restrict_document_types: true,

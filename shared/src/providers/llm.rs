@@ -75,6 +75,9 @@ pub fn tag_schema(input: &TagInput) -> Value {
             ),
         );
     }
+    if wants(Field::StoragePath) && !input.storage_paths.is_empty() {
+        add("storage_path", nullable_string(Some(&input.storage_paths)));
+    }
     if wants(Field::Created) {
         add(
             "created",
@@ -139,6 +142,12 @@ pub fn tag_messages(input: &TagInput, system_prompt: Option<&str>) -> Vec<Messag
         "Existing document types: {}\n",
         list(&input.document_types, input.restrict_document_types)
     ));
+    if !input.storage_paths.is_empty() {
+        user.push_str(&format!(
+            "Existing storage paths: {} (choose only from these)\n",
+            input.storage_paths.join(", ")
+        ));
+    }
     if !input.custom_fields.is_empty() {
         let cf: Vec<String> = input
             .custom_fields
@@ -343,6 +352,7 @@ mod tests {
             correspondents: vec!["ACME".into()],
             document_types: vec!["Invoice".into()],
             custom_fields: vec![],
+            storage_paths: vec![],
             restrict_tags: true,
             restrict_correspondents: false,
             restrict_document_types: true,
