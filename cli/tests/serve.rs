@@ -77,18 +77,12 @@ async fn serve_survives_kill_9_mid_pipeline_and_exports_metrics() {
         })
         .collect();
     let data = tempfile::tempdir().unwrap();
-    let env = vec![
-        ("DATA_DIR", data.path().display().to_string()),
-        ("PORT", "0".to_string()),
-        ("PAPERLESS_URL", paperless.url()),
-        ("PAPERLESS_TOKEN", TOKEN.to_string()),
-        ("WEBHOOK_SECRET", SECRET.to_string()),
-        ("LLM_PROVIDER", "openai".to_string()),
-        ("LLM_BASE_URL", model.url()),
+    let mut env = pai_tests::serve_env(data.path(), &paperless, TOKEN, SECRET, &model);
+    env.extend([
         ("EMBEDDING_MODEL", "e".to_string()),
         ("EMBEDDING_DIMENSIONS", "32".to_string()),
         ("WORKERS", "2".to_string()),
-    ];
+    ]);
     let http = reqwest::Client::new();
     let (mut first, url) = serve(&env);
     assert_eq!(

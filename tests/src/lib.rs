@@ -33,3 +33,23 @@ pub fn spawn_pai_serve(bin: &str, env: &[(&str, String)]) -> (std::process::Chil
         .to_string();
     (child, url)
 }
+
+/// The environment of a `pai serve` wired to a fake Paperless (token `token`, webhook secret
+/// `secret`) and a fake OpenAI-compatible server, with its data in `data_dir`, on a free port.
+pub fn serve_env(
+    data_dir: &std::path::Path,
+    paperless: &fake_paperless::FakePaperless,
+    token: &str,
+    secret: &str,
+    model: &fake_openai::FakeOpenAi,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("DATA_DIR", data_dir.display().to_string()),
+        ("PORT", "0".to_string()),
+        ("PAPERLESS_URL", paperless.url()),
+        ("PAPERLESS_TOKEN", token.to_string()),
+        ("WEBHOOK_SECRET", secret.to_string()),
+        ("LLM_PROVIDER", "openai".to_string()),
+        ("LLM_BASE_URL", model.url()),
+    ]
+}

@@ -315,26 +315,18 @@ pub async fn run(svc: &Services, task: &TagTask) -> Result<(), PipelineError> {
     let processed = taxonomy
         .find(ObjectKind::Tag, &policy.processed_tag)
         .map(|t| t.id);
-    if let (Some(doc), Some(processed)) = (&paperless_doc, processed)
-        && !known_here
-        && doc.tags.contains(&processed)
-    {
-        metrics::counter!(crate::metrics::DOCUMENTS_TAGGED, "outcome" => "unchanged").increment(1);
-        let reason = format!("already carries {:?} in Paperless", policy.processed_tag);
-        set_stage(
-            svc.state.as_ref(),
-            &task.job_id,
-            Stage::Tag,
-            StageStatus::Skipped,
-            Some(reason),
-            None,
-        )
-        .await?;
-        return Ok(());
-    }
-    if let Some(doc) = &paperless_doc
-        && let Some(reason) = excluded(doc, &taxonomy, policy)
-    {
+    let skip = paperless_doc.as_ref().and_then(|doc| {
+        if !known_here && processed.is_some_and(|p| doc.tags.contains(&p)) {
+            metrics::counter!(crate::metrics::DOCUMENTS_TAGGED, "outcome" => "unchanged")
+                .increment(1);
+            return Some(format!(
+                "already carries {:?} in Paperless",
+                policy.processed_tag
+            ));
+        }
+        excluded(doc, &taxonomy, policy)
+    });
+    if let Some(reason) = skip {
         set_stage(
             svc.state.as_ref(),
             &task.job_id,

@@ -101,14 +101,8 @@ async fn pipeline(pai_bin: &str, documents: usize) -> Value {
         .collect();
 
     let data = tempfile::tempdir().unwrap();
-    let env = [
-        ("DATA_DIR", data.path().display().to_string()),
-        ("PORT", "0".to_string()),
-        ("PAPERLESS_URL", paperless.url()),
-        ("PAPERLESS_TOKEN", TOKEN.to_string()),
-        ("WEBHOOK_SECRET", SECRET.to_string()),
-        ("LLM_PROVIDER", "openai".to_string()),
-        ("LLM_BASE_URL", model.url()),
+    let mut env = pai_tests::serve_env(data.path(), &paperless, TOKEN, SECRET, &model);
+    env.extend([
         ("LLM_MODEL", "bench-model".to_string()),
         ("EMBEDDING_MODEL", "bench-embed".to_string()),
         ("EMBEDDING_DIMENSIONS", "256".to_string()),
@@ -116,7 +110,7 @@ async fn pipeline(pai_bin: &str, documents: usize) -> Value {
             "WORKERS",
             std::env::var("BENCH_WORKERS").unwrap_or("8".into()),
         ),
-    ];
+    ]);
     let (mut child, base) = pai_tests::spawn_pai_serve(pai_bin, &env);
     let pid = child.id();
 
@@ -253,18 +247,12 @@ async fn load(pai_bin: &str) -> Value {
         })
         .collect();
     let data = tempfile::tempdir().unwrap();
-    let env = [
-        ("DATA_DIR", data.path().display().to_string()),
-        ("PORT", "0".to_string()),
-        ("PAPERLESS_URL", paperless.url()),
-        ("PAPERLESS_TOKEN", TOKEN.to_string()),
-        ("WEBHOOK_SECRET", SECRET.to_string()),
-        ("LLM_PROVIDER", "openai".to_string()),
-        ("LLM_BASE_URL", model.url()),
+    let mut env = pai_tests::serve_env(data.path(), &paperless, TOKEN, SECRET, &model);
+    env.extend([
         ("EMBEDDING_PROVIDER", "lexical".to_string()),
         ("CHAT_REQUESTS_PER_MINUTE", "1000000".to_string()),
         ("CHAT_DAILY_TOKENS", "1000000000000".to_string()),
-    ];
+    ]);
     let (mut child, base) = pai_tests::spawn_pai_serve(pai_bin, &env);
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(clients)
