@@ -154,6 +154,8 @@ pub struct Settings {
     pub chat_daily_tokens: u64,
     /// `pai serve` runs sync this often (0: never); needs PAPERLESS_URL.
     pub sync_interval_minutes: u64,
+    /// Context size for every Ollama call (fixed, so the model is not reloaded per document).
+    pub ollama_num_ctx: u32,
 }
 
 type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -406,6 +408,7 @@ impl Settings {
             chat_requests_per_minute: number(env, "CHAT_REQUESTS_PER_MINUTE", 30, 1..=1_000_000)?,
             chat_daily_tokens: number(env, "CHAT_DAILY_TOKENS", 200_000, 1..=u64::MAX / 2)?,
             sync_interval_minutes: number(env, "SYNC_INTERVAL_MINUTES", 15, 0..=10_080)?,
+            ollama_num_ctx: number(env, "OLLAMA_NUM_CTX", 8192, 512..=1_048_576)?,
         })
     }
 

@@ -16,6 +16,7 @@ use crate::paperless::PaperlessClient;
 use crate::pipeline::{Queues, Services};
 use crate::ports::{Cache, ChatModel, Embedder, Paperless};
 use crate::providers::lexical::{DEFAULT_DIMENSION, LexicalEmbedder, LexicalModel};
+use crate::providers::ollama::{OllamaChat, OllamaEmbedder};
 use crate::providers::openai::{OpenAiChat, OpenAiEmbedder};
 
 /// The embedded application: services plus the local queues its workers consume.
@@ -57,10 +58,20 @@ pub fn chat_model(settings: &Settings) -> Result<Arc<dyn ChatModel>, BuildError>
             )
             .map_err(|e| config("LLM_BASE_URL", e.to_string()))?,
         ),
-        Provider::Ollama | Provider::Bedrock => {
+        Provider::Ollama => Arc::new(
+            OllamaChat::new(
+                llm.base_url.as_deref(),
+                llm.model.as_deref(),
+                settings.ollama_num_ctx,
+                settings.policy.max_output_tokens,
+                settings.policy.system_prompt.clone(),
+            )
+            .map_err(|e| config("LLM_BASE_URL", e.to_string()))?,
+        ),
+        Provider::Bedrock => {
             return Err(config(
                 "LLM_PROVIDER",
-                "ollama and bedrock are not available in this build yet: use openai (Ollama serves an OpenAI-compatible /v1) or lexical",
+                "bedrock is not available in this build yet: use openai, ollama or lexical",
             ));
         }
     })
@@ -82,10 +93,14 @@ pub fn embedder(settings: &Settings) -> Result<Arc<dyn Embedder>, BuildError> {
             )
             .map_err(|m| config("EMBEDDING_DIMENSIONS", m))?,
         ),
-        Provider::Ollama | Provider::Bedrock => {
+        Provider::Ollama => Arc::new(
+            OllamaEmbedder::new(e.base_url.as_deref(), e.model.as_deref(), e.dimensions)
+                .map_err(|m| config("EMBEDDING_DIMENSIONS", m))?,
+        ),
+        Provider::Bedrock => {
             return Err(config(
                 "EMBEDDING_PROVIDER",
-                "ollama and bedrock are not available in this build yet: use openai or lexical",
+                "bedrock is not available in this build yet: use openai, ollama or lexical",
             ));
         }
     })

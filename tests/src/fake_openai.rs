@@ -73,6 +73,8 @@ impl FakeOpenAi {
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
             .route("/v1/embeddings", post(embeddings))
+            .route("/api/chat", post(ollama_chat))
+            .route("/api/embed", post(ollama_embed))
             .with_state(ctx);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/v1", listener.local_addr().unwrap());
@@ -84,6 +86,11 @@ impl FakeOpenAi {
             script,
             server,
         }
+    }
+
+    /// Base URL without `/v1` (Ollama's native API lives at `/api`).
+    pub fn base_url(&self) -> String {
+        self.url.trim_end_matches("/v1").to_string()
     }
 
     /// Base URL including `/v1`.
@@ -243,4 +250,65 @@ async fn embeddings(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> 
         .collect();
     let tokens: usize = inputs.iter().map(|t| t.split_whitespace().count()).sum();
     axum::Json(json!({"object": "list", "data": data, "model": request["model"], "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})).into_response()
+}
+
+/// Ollama's `/api/chat`: the same script, in Ollama's shape (NDJSON when streaming).
+async fn ollama_chat(State(ctx): State<Ctx>, body: Bytes) -> Response {
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let (next, default) = {
+        let mut s = ctx.script.lock().unwrap();
+        s.chats.push(request.clone());
+        (s.replies.pop_front(), s.default.clone())
+    };
+    let done = |content: &str, reason: &str| json!({"model": request["model"], "message": {"role": "assistant", "content": content}, "done": true, "done_reason": reason, "prompt_eval_count": 100, "eval_count": content.split_whitespace().count()});
+    let content = match next {
+        Some(Reply::Content(c)) => c,
+        Some(Reply::Truncated(c)) => return axum::Json(done(&c, "length")).into_response(),
+        Some(Reply::Status(code, _)) => {
+            return (
+                StatusCode::from_u16(code).unwrap(),
+                axum::Json(json!({"error": "scripted failure"})),
+            )
+                .into_response();
+        }
+        Some(Reply::Delay(d)) => {
+            tokio::time::sleep(d).await;
+            default(&request)
+        }
+        None => default(&request),
+    };
+    if request["stream"] == true {
+        let mut lines = String::new();
+        for piece in content.split_inclusive(' ') {
+            lines.push_str(&format!(
+                "{}\n",
+                json!({"message": {"role": "assistant", "content": piece}, "done": false})
+            ));
+        }
+        lines.push_str(&format!("{}\n", done("", "stop")));
+        return ([("content-type", "application/x-ndjson")], lines).into_response();
+    }
+    axum::Json(done(&content, "stop")).into_response()
+}
+
+/// Ollama's `/api/embed`: a batch of inputs, 64-dimensional bag-of-words vectors.
+async fn ollama_embed(State(ctx): State<Ctx>, body: Bytes) -> Response {
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    ctx.script.lock().unwrap().embeddings.push(request.clone());
+    let inputs: Vec<String> = match &request["input"] {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(a) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        _ => {
+            return (
+                StatusCode::BAD_REQUEST,
+                axum::Json(json!({"error": "input is required"})),
+            )
+                .into_response();
+        }
+    };
+    let embeddings: Vec<Vec<f32>> = inputs.iter().map(|t| embedding(t, 64)).collect();
+    axum::Json(json!({"model": request["model"], "embeddings": embeddings, "prompt_eval_count": inputs.len() * 10})).into_response()
 }

@@ -299,6 +299,43 @@ pub fn answer_messages(input: &AnswerInput) -> Vec<Message> {
     messages
 }
 
+/// One structured tagging call, validated against the schema, with one repair turn in which
+/// the model sees its reply and what is wrong with it; then the call fails with the reason.
+/// `complete` sends the conversation with the schema in the provider's wire format.
+pub async fn suggest_with_repair<F, Fut>(
+    input: &TagInput,
+    system_prompt: Option<&str>,
+    complete: F,
+) -> Result<(Suggestion, crate::ports::Usage), crate::ports::ModelError>
+where
+    F: Fn(Vec<Message>, Value) -> Fut,
+    Fut: std::future::Future<
+            Output = Result<(String, crate::ports::Usage), crate::ports::ModelError>,
+        >,
+{
+    let schema = tag_schema(input);
+    let mut messages = tag_messages(input, system_prompt);
+    let (reply, mut usage) = complete(messages.clone(), schema.clone()).await?;
+    let problem = match parse_suggestion(&reply, &schema) {
+        Ok(s) => return Ok((s, usage)),
+        Err(problem) => problem,
+    };
+    tracing::info!(%problem, "repairing an invalid model reply");
+    messages.push(Message {
+        role: "assistant",
+        content: reply,
+    });
+    messages.push(Message { role: "user", content: format!("That reply is invalid: {problem}. Reply again with only the JSON object the schema describes.") });
+    let (again, more) = complete(messages, schema.clone()).await?;
+    usage.input_tokens += more.input_tokens;
+    usage.output_tokens += more.output_tokens;
+    parse_suggestion(&again, &schema)
+        .map(|s| (s, usage))
+        .map_err(|p| {
+            crate::ports::ModelError::InvalidReply(format!("after one repair attempt: {p}"))
+        })
+}
+
 /// The conversation that turns a follow-up into a standalone question.
 pub fn standalone_messages(history: &[(String, String)], question: &str) -> Vec<Message> {
     let mut transcript = String::new();

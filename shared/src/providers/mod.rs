@@ -3,4 +3,6 @@
 pub mod lexical;
 pub mod llm;
 #[cfg(feature = "clients")]
+pub mod ollama;
+#[cfg(feature = "clients")]
 pub mod openai;

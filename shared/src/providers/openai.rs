@@ -8,10 +8,7 @@ use async_trait::async_trait;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use super::llm::{
-    Message, answer_messages, cited, parse_suggestion, standalone_messages, tag_messages,
-    tag_schema,
-};
+use super::llm::{Message, answer_messages, cited, standalone_messages, suggest_with_repair};
 use crate::config::Secret;
 use crate::domain::{Answer, AnswerInput, Suggestion, TagInput};
 use crate::ports::{ChatModel, Embedder, ModelError, TokenSink, Usage};
@@ -35,15 +32,17 @@ pub fn known_dimensions(model: &str) -> Option<usize> {
     }
 }
 
+/// A JSON-over-HTTP client for model servers: bearer key, timeouts, and retries of
+/// connection failures, 429 and 5xx (honouring `Retry-After`). Shared by the HTTP providers.
 #[derive(Clone)]
-struct Client {
+pub(crate) struct Client {
     http: reqwest::Client,
     base: String,
     key: Option<Secret>,
 }
 
 impl Client {
-    fn new(
+    pub(crate) fn new(
         base: Option<&str>,
         key: Option<Secret>,
         timeout: Duration,
@@ -65,7 +64,11 @@ impl Client {
 
     /// Sends a request, retrying connection failures, 429 and 5xx (honouring `Retry-After`);
     /// returns the successful response with its body unread, so it can be streamed.
-    async fn send(&self, path: &str, body: &Value) -> Result<reqwest::Response, ModelError> {
+    pub(crate) async fn send(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> Result<reqwest::Response, ModelError> {
         let mut last = String::new();
         for attempt in 1..=ATTEMPTS {
             let mut req = self.http.post(format!("{}/{path}", self.base)).json(body);
@@ -111,7 +114,7 @@ impl Client {
         Err(ModelError::Unavailable(format!("{path}: {last}")))
     }
 
-    async fn post(&self, path: &str, body: &Value) -> Result<Value, ModelError> {
+    pub(crate) async fn post(&self, path: &str, body: &Value) -> Result<Value, ModelError> {
         let text = self
             .send(path, body)
             .await?
@@ -184,27 +187,12 @@ impl ChatModel for OpenAiChat {
     }
 
     async fn suggest(&self, input: &TagInput) -> Result<(Suggestion, Usage), ModelError> {
-        let schema = tag_schema(input);
-        let mut messages = tag_messages(input, self.system_prompt.as_deref());
-        let (reply, mut usage) = self.complete(&messages, Some(&schema)).await?;
-        match parse_suggestion(&reply, &schema) {
-            Ok(s) => Ok((s, usage)),
-            Err(problem) => {
-                // One repair turn: the model sees its reply and what is wrong with it.
-                tracing::info!(%problem, "repairing an invalid model reply");
-                messages.push(Message {
-                    role: "assistant",
-                    content: reply,
-                });
-                messages.push(Message { role: "user", content: format!("That reply is invalid: {problem}. Reply again with only the JSON object the schema describes.") });
-                let (again, u2) = self.complete(&messages, Some(&schema)).await?;
-                usage.input_tokens += u2.input_tokens;
-                usage.output_tokens += u2.output_tokens;
-                parse_suggestion(&again, &schema)
-                    .map(|s| (s, usage))
-                    .map_err(|p| ModelError::InvalidReply(format!("after one repair attempt: {p}")))
-            }
-        }
+        suggest_with_repair(
+            input,
+            self.system_prompt.as_deref(),
+            |messages, schema| async move { self.complete(&messages, Some(&schema)).await },
+        )
+        .await
     }
 
     async fn answer(&self, input: &AnswerInput) -> Result<(Answer, Usage), ModelError> {

@@ -1,0 +1,272 @@
+//! `ollama`: Ollama's native API. Tagging sends the JSON schema as `format` (Ollama constrains
+//! the output to it); every call uses the same configured `num_ctx`, because a context size
+//! that changes per document makes Ollama reload the model each time. Embeddings send a batch
+//! of inputs to `/api/embed`; answers stream as NDJSON.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{Value, json};
+
+use super::llm::{Message, answer_messages, cited, standalone_messages, suggest_with_repair};
+use super::openai::{Client, known_dimensions};
+use crate::domain::{Answer, AnswerInput, Suggestion, TagInput};
+use crate::ports::{ChatModel, Embedder, ModelError, TokenSink, Usage};
+
+pub const DEFAULT_BASE_URL: &str = "http://localhost:11434";
+pub const DEFAULT_CHAT_MODEL: &str = "qwen2.5:7b";
+pub const DEFAULT_EMBEDDING_MODEL: &str = "nomic-embed-text";
+
+fn usage(reply: &Value) -> Usage {
+    Usage {
+        input_tokens: reply["prompt_eval_count"].as_u64().unwrap_or(0),
+        output_tokens: reply["eval_count"].as_u64().unwrap_or(0),
+    }
+}
+
+pub struct OllamaChat {
+    client: Client,
+    model: String,
+    name: String,
+    num_ctx: u32,
+    max_output_tokens: usize,
+    system_prompt: Option<String>,
+}
+
+impl OllamaChat {
+    pub fn new(
+        base: Option<&str>,
+        model: Option<&str>,
+        num_ctx: u32,
+        max_output_tokens: usize,
+        system_prompt: Option<String>,
+    ) -> Result<OllamaChat, ModelError> {
+        let model = model.unwrap_or(DEFAULT_CHAT_MODEL).to_string();
+        // Local models are slow on CPU: a generous read timeout.
+        let client = Client::new(
+            Some(base.unwrap_or(DEFAULT_BASE_URL)),
+            None,
+            Duration::from_secs(300),
+        )?;
+        Ok(OllamaChat {
+            client,
+            name: format!("ollama/{model}"),
+            model,
+            num_ctx,
+            max_output_tokens,
+            system_prompt,
+        })
+    }
+
+    fn body(&self, messages: &[Message], format: Option<&Value>, stream: bool) -> Value {
+        let mut body = json!({
+            "model": self.model, "messages": messages, "stream": stream,
+            "options": {"num_ctx": self.num_ctx, "temperature": 0, "num_predict": self.max_output_tokens},
+        });
+        if let Some(f) = format {
+            body["format"] = f.clone();
+        }
+        body
+    }
+
+    async fn complete(
+        &self,
+        messages: &[Message],
+        format: Option<&Value>,
+    ) -> Result<(String, Usage), ModelError> {
+        let reply = self
+            .client
+            .post("api/chat", &self.body(messages, format, false))
+            .await?;
+        if reply["done_reason"] == "length" {
+            return Err(ModelError::InvalidReply(
+                "the reply was cut off at the output token limit".into(),
+            ));
+        }
+        let content = reply["message"]["content"]
+            .as_str()
+            .ok_or_else(|| ModelError::InvalidReply("the reply has no message content".into()))?;
+        Ok((content.to_string(), usage(&reply)))
+    }
+}
+
+#[async_trait]
+impl ChatModel for OllamaChat {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn suggest(&self, input: &TagInput) -> Result<(Suggestion, Usage), ModelError> {
+        suggest_with_repair(
+            input,
+            self.system_prompt.as_deref(),
+            |messages, schema| async move { self.complete(&messages, Some(&schema)).await },
+        )
+        .await
+    }
+
+    async fn answer(&self, input: &AnswerInput) -> Result<(Answer, Usage), ModelError> {
+        let (text, usage) = self.complete(&answer_messages(input), None).await?;
+        Ok((cited(&text, input.passages.len()), usage))
+    }
+
+    async fn answer_streaming(
+        &self,
+        input: &AnswerInput,
+        tokens: &TokenSink,
+    ) -> Result<(Answer, Usage), ModelError> {
+        use futures::StreamExt;
+        let mut stream = self
+            .client
+            .send("api/chat", &self.body(&answer_messages(input), None, true))
+            .await?
+            .bytes_stream();
+        let (mut buffer, mut text) = (Vec::new(), String::new());
+        // One JSON object per line; the last has `"done": true` and the token counts.
+        while let Some(chunk) = stream.next().await {
+            buffer.extend_from_slice(
+                &chunk.map_err(|_| ModelError::Unavailable("chat stream broke off".into()))?,
+            );
+            while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buffer.drain(..=end).collect();
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                let event: Value = serde_json::from_slice(&line)
+                    .map_err(|e| ModelError::InvalidReply(format!("bad stream line: {e}")))?;
+                if let Some(piece) = event["message"]["content"]
+                    .as_str()
+                    .filter(|p| !p.is_empty())
+                {
+                    text.push_str(piece);
+                    let _ = tokens.send(piece.to_string());
+                }
+                if event["done"] == true {
+                    if event["done_reason"] == "length" {
+                        return Err(ModelError::InvalidReply(
+                            "the answer was cut off at the output token limit".into(),
+                        ));
+                    }
+                    return Ok((cited(&text, input.passages.len()), usage(&event)));
+                }
+            }
+        }
+        Err(ModelError::Unavailable(
+            "chat stream ended before done".into(),
+        ))
+    }
+
+    async fn standalone(
+        &self,
+        history: &[(String, String)],
+        question: &str,
+    ) -> Result<(String, Usage), ModelError> {
+        if history.is_empty() {
+            return Ok((question.to_string(), Usage::default()));
+        }
+        let (text, usage) = self
+            .complete(&standalone_messages(history, question), None)
+            .await?;
+        let text = text.trim().trim_matches('"').to_string();
+        Ok((
+            if text.is_empty() {
+                question.to_string()
+            } else {
+                text
+            },
+            usage,
+        ))
+    }
+}
+
+pub struct OllamaEmbedder {
+    client: Client,
+    model: String,
+    dimension: usize,
+    space: String,
+}
+
+impl OllamaEmbedder {
+    pub fn new(
+        base: Option<&str>,
+        model: Option<&str>,
+        dimensions: Option<usize>,
+    ) -> Result<OllamaEmbedder, String> {
+        let model = model.unwrap_or(DEFAULT_EMBEDDING_MODEL).to_string();
+        let dimension = dimensions
+            .or_else(|| known_dimensions(&model))
+            .ok_or_else(|| {
+                format!(
+                    "the size of embedding model {model:?} is unknown: set EMBEDDING_DIMENSIONS"
+                )
+            })?;
+        let client = Client::new(
+            Some(base.unwrap_or(DEFAULT_BASE_URL)),
+            None,
+            Duration::from_secs(120),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(OllamaEmbedder {
+            client,
+            space: format!("ollama/{model}/{dimension}"),
+            model,
+            dimension,
+        })
+    }
+}
+
+#[async_trait]
+impl Embedder for OllamaEmbedder {
+    fn space(&self) -> &str {
+        &self.space
+    }
+
+    fn dimension(&self) -> usize {
+        self.dimension
+    }
+
+    async fn embed(&self, texts: &[String]) -> Result<(Vec<Vec<f32>>, Usage), ModelError> {
+        if texts.is_empty() {
+            return Ok((Vec::new(), Usage::default()));
+        }
+        let reply = self
+            .client
+            .post("api/embed", &json!({"model": self.model, "input": texts}))
+            .await?;
+        let rows = reply["embeddings"]
+            .as_array()
+            .ok_or_else(|| ModelError::InvalidReply("embed reply has no embeddings".into()))?;
+        if rows.len() != texts.len() {
+            return Err(ModelError::InvalidReply(format!(
+                "{} embeddings for {} inputs",
+                rows.len(),
+                texts.len()
+            )));
+        }
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let v: Vec<f32> = row
+                .as_array()
+                .ok_or_else(|| ModelError::InvalidReply("embedding is not an array".into()))?
+                .iter()
+                .filter_map(Value::as_f64)
+                .map(|x| x as f32)
+                .collect();
+            if v.len() != self.dimension {
+                return Err(ModelError::InvalidReply(format!(
+                    "embedding has {} dimensions, expected {}",
+                    v.len(),
+                    self.dimension
+                )));
+            }
+            out.push(v);
+        }
+        Ok((
+            out,
+            Usage {
+                input_tokens: reply["prompt_eval_count"].as_u64().unwrap_or(0),
+                output_tokens: 0,
+            },
+        ))
+    }
+}
