@@ -156,6 +156,8 @@ pub struct Settings {
     pub sync_interval_minutes: u64,
     /// Context size for every Ollama call (fixed, so the model is not reloaded per document).
     pub ollama_num_ctx: u32,
+    /// Concurrency, rate and circuit breaker of model calls (per process, per role).
+    pub model_limits: crate::resilience::Limits,
 }
 
 type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -409,6 +411,17 @@ impl Settings {
             chat_daily_tokens: number(env, "CHAT_DAILY_TOKENS", 200_000, 1..=u64::MAX / 2)?,
             sync_interval_minutes: number(env, "SYNC_INTERVAL_MINUTES", 15, 0..=10_080)?,
             ollama_num_ctx: number(env, "OLLAMA_NUM_CTX", 8192, 512..=1_048_576)?,
+            model_limits: crate::resilience::Limits {
+                max_concurrency: number(env, "LLM_MAX_CONCURRENCY", 4, 1..=1024)?,
+                requests_per_minute: number(env, "LLM_REQUESTS_PER_MINUTE", 0, 0..=1_000_000)?,
+                breaker_failures: number(env, "LLM_BREAKER_FAILURES", 5, 1..=1000)?,
+                breaker_cooldown: std::time::Duration::from_secs(number(
+                    env,
+                    "LLM_BREAKER_COOLDOWN_SECS",
+                    30,
+                    1..=3600,
+                )?),
+            },
         })
     }
 

@@ -18,6 +18,7 @@ use crate::ports::{Cache, ChatModel, Embedder, Paperless};
 use crate::providers::lexical::{DEFAULT_DIMENSION, LexicalEmbedder, LexicalModel};
 use crate::providers::ollama::{OllamaChat, OllamaEmbedder};
 use crate::providers::openai::{OpenAiChat, OpenAiEmbedder};
+use crate::resilience::{Guard, GuardedEmbedder, GuardedModel};
 
 /// The embedded application: services plus the local queues its workers consume.
 pub struct LocalApp {
@@ -150,13 +151,28 @@ impl LocalApp {
             .collect();
         let vectors = SqliteVectorIndex::new(&stores.db, &index_name, raw_embedder.dimension())
             .map_err(store)?;
+        // Network providers run behind a guard (concurrency, rate, circuit breaker); the cache
+        // sits in front, so a hit never waits for a permit.
+        let limits = settings.model_limits;
+        let guarded_embedder: Arc<dyn Embedder> = match settings.embedding.provider {
+            Provider::Lexical => raw_embedder,
+            _ => Arc::new(GuardedEmbedder::new(
+                raw_embedder,
+                Arc::new(Guard::new(limits)),
+            )),
+        };
+        let raw_model = chat_model(&settings)?;
+        let guarded_model: Arc<dyn ChatModel> = match settings.llm.provider {
+            Provider::Lexical => raw_model,
+            _ => Arc::new(GuardedModel::new(raw_model, Arc::new(Guard::new(limits)))),
+        };
         let embedder: Arc<dyn Embedder> = Arc::new(CachedEmbedder::new(
-            raw_embedder,
+            guarded_embedder,
             cache.clone(),
             settings.cache_ttl_secs,
         ));
         let model: Arc<dyn ChatModel> = Arc::new(CachedModel::new(
-            chat_model(&settings)?,
+            guarded_model,
             cache.clone(),
             settings.cache_ttl_secs,
         ));

@@ -23,6 +23,7 @@ pub mod paperless;
 pub mod pipeline;
 pub mod ports;
 pub mod providers;
+pub mod resilience;
 pub mod text;
 #[cfg(feature = "local")]
 pub mod worker;
