@@ -26,6 +26,8 @@ pub enum Reply {
     Status(u16, Option<u64>),
     /// Waits, then answers with the default.
     Delay(Duration),
+    /// An HTTP error with this JSON body.
+    Body(u16, String),
 }
 
 type DefaultReply = Arc<dyn Fn(&Value) -> String + Send + Sync>;
@@ -192,6 +194,12 @@ async fn chat(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> Respon
             tokio::time::sleep(d).await;
             completion(&default(&request), "stop")
         }
+        Some(Reply::Body(code, body)) => (
+            StatusCode::from_u16(code).unwrap(),
+            [("content-type", "application/json")],
+            body,
+        )
+            .into_response(),
         None if request["stream"] == true => streamed(&default(&request)),
         None => completion(&default(&request), "stop"),
     }
@@ -264,7 +272,7 @@ async fn ollama_chat(State(ctx): State<Ctx>, body: Bytes) -> Response {
     let content = match next {
         Some(Reply::Content(c)) => c,
         Some(Reply::Truncated(c)) => return axum::Json(done(&c, "length")).into_response(),
-        Some(Reply::Status(code, _)) => {
+        Some(Reply::Status(code, _) | Reply::Body(code, _)) => {
             return (
                 StatusCode::from_u16(code).unwrap(),
                 axum::Json(json!({"error": "scripted failure"})),

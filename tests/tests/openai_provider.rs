@@ -126,3 +126,33 @@ async fn embeds_a_batch_in_one_call() {
         "unknown size needs EMBEDDING_DIMENSIONS"
     );
 }
+
+#[tokio::test]
+async fn falls_back_to_json_mode_when_the_server_refuses_schemas() {
+    let fake = FakeOpenAi::start(Some("k")).await;
+    fake.set_default(|_| GOOD.to_string());
+    fake.push_reply(Reply::Body(
+        400,
+        r#"{"error":{"message":"Unsupported parameter: response_format.json_schema"}}"#.into(),
+    ));
+    let m = chat(&fake).await;
+    assert_eq!(m.suggest(&input()).await.unwrap().0.tags, vec!["Invoice"]);
+    m.suggest(&input()).await.unwrap();
+    let reqs = fake.chat_requests();
+    assert_eq!(
+        reqs.len(),
+        3,
+        "one refused, one fallback, then JSON mode straight away"
+    );
+    assert_eq!(reqs[0]["response_format"]["type"], "json_schema");
+    for r in &reqs[1..] {
+        assert_eq!(r["response_format"]["type"], "json_object");
+        assert!(
+            r["messages"][0]["content"]
+                .as_str()
+                .unwrap()
+                .contains("JSON schema"),
+            "the schema moved into the prompt"
+        );
+    }
+}

@@ -20,6 +20,12 @@ pub const DEFAULT_EMBEDDING_MODEL: &str = "text-embedding-3-small";
 const ATTEMPTS: u32 = 3;
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(20);
 
+/// Full jitter: a random wait between zero and `cap`, so retrying clients spread out.
+fn jitter(cap: Duration) -> Duration {
+    let r = uuid::Uuid::new_v4().as_u128() as u64;
+    cap.mul_f64((r % 10_000) as f64 / 10_000.0)
+}
+
 /// Dimensions of well-known embedding models, so `EMBEDDING_DIMENSIONS` is needed only for others.
 pub fn known_dimensions(model: &str) -> Option<usize> {
     match model {
@@ -84,7 +90,8 @@ impl Client {
                         "could not connect".into()
                     };
                     if attempt < ATTEMPTS {
-                        tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(attempt))).await;
+                        tokio::time::sleep(jitter(Duration::from_millis(200 * 2u64.pow(attempt))))
+                            .await;
                     }
                     continue;
                 }
@@ -104,7 +111,7 @@ impl Client {
             if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
                 last = format!("{status}: {excerpt}");
                 if attempt < ATTEMPTS {
-                    let backoff = Duration::from_millis(500 * 2u64.pow(attempt));
+                    let backoff = jitter(Duration::from_millis(500 * 2u64.pow(attempt)));
                     tokio::time::sleep(retry_after.unwrap_or(backoff).min(MAX_RETRY_AFTER)).await;
                 }
                 continue;
@@ -132,6 +139,24 @@ pub struct OpenAiChat {
     name: String,
     max_output_tokens: usize,
     system_prompt: Option<String>,
+    /// Set once the server has refused a JSON schema.
+    json_mode_only: std::sync::atomic::AtomicBool,
+}
+
+/// Whether a 4xx says the server does not support `json_schema` response formats.
+fn refuses_schema(reason: &str) -> bool {
+    let r = reason.to_ascii_lowercase();
+    r.contains("400") && (r.contains("response_format") || r.contains("json_schema"))
+}
+
+/// JSON mode: the schema moves into the system message; returns the response format.
+fn json_mode_format(body: &mut Value, schema: &Value) -> Value {
+    if let Some(system) = body["messages"][0]["content"].as_str() {
+        body["messages"][0]["content"] = json!(format!(
+            "{system}\n\nReply with one JSON object matching this JSON schema:\n{schema}"
+        ));
+    }
+    json!({"type": "json_object"})
 }
 
 impl OpenAiChat {
@@ -149,6 +174,7 @@ impl OpenAiChat {
             model,
             max_output_tokens,
             system_prompt,
+            json_mode_only: Default::default(),
         })
     }
 
@@ -158,10 +184,30 @@ impl OpenAiChat {
         schema: Option<&Value>,
     ) -> Result<(String, Usage), ModelError> {
         let mut body = json!({"model": self.model, "messages": messages, "temperature": 0, "max_tokens": self.max_output_tokens});
+        let json_mode = self
+            .json_mode_only
+            .load(std::sync::atomic::Ordering::Relaxed);
         if let Some(s) = schema {
-            body["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "document_metadata", "strict": true, "schema": s}});
+            body["response_format"] = if json_mode {
+                json_mode_format(&mut body, s)
+            } else {
+                json!({"type": "json_schema", "json_schema": {"name": "document_metadata", "strict": true, "schema": s}})
+            };
         }
-        let reply = self.client.post("chat/completions", &body).await?;
+        let reply = match self.client.post("chat/completions", &body).await {
+            // Servers without structured output refuse the schema: fall back to JSON mode with
+            // the schema in the prompt (the reply is still validated), and remember.
+            Err(ModelError::Refused(reason))
+                if schema.is_some() && !json_mode && refuses_schema(&reason) =>
+            {
+                tracing::warn!(%reason, "the server refuses JSON schemas: using JSON mode");
+                self.json_mode_only
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                body["response_format"] = json_mode_format(&mut body, schema.expect("checked"));
+                self.client.post("chat/completions", &body).await?
+            }
+            other => other?,
+        };
         let choice = &reply["choices"][0];
         if choice["finish_reason"] == "length" {
             return Err(ModelError::InvalidReply(
