@@ -156,6 +156,8 @@ pub struct Settings {
     pub sync_interval_minutes: u64,
     /// Context size for every Ollama call (fixed, so the model is not reloaded per document).
     pub ollama_num_ctx: u32,
+    /// Model tokens tagging may use per day (0: no cap).
+    pub llm_daily_tokens: u64,
     /// Concurrency, rate and circuit breaker of model calls (per process, per role).
     pub model_limits: crate::resilience::Limits,
 }
@@ -411,6 +413,7 @@ impl Settings {
             chat_daily_tokens: number(env, "CHAT_DAILY_TOKENS", 200_000, 1..=u64::MAX / 2)?,
             sync_interval_minutes: number(env, "SYNC_INTERVAL_MINUTES", 15, 0..=10_080)?,
             ollama_num_ctx: number(env, "OLLAMA_NUM_CTX", 8192, 512..=1_048_576)?,
+            llm_daily_tokens: number(env, "LLM_DAILY_TOKENS", 0, 0..=u64::MAX / 2)?,
             model_limits: crate::resilience::Limits {
                 max_concurrency: number(env, "LLM_MAX_CONCURRENCY", 4, 1..=1024)?,
                 requests_per_minute: number(env, "LLM_REQUESTS_PER_MINUTE", 0, 0..=1_000_000)?,

@@ -1026,3 +1026,35 @@ async fn a_document_deleted_mid_process_fails_its_job_cleanly() {
     );
     pai.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daily_tagging_budget_is_kept() {
+    let pai = Pai::start(&[("LLM_DAILY_TOKENS", "50")]).await;
+    let first = seeded(&pai).await;
+    let second = pai.paperless.add_document(DocSeed {
+        title: "scan_2".into(),
+        content: format!("{INVOICE}\nCopy 2"),
+        ..Default::default()
+    });
+    let a = pai.webhook_job(&json!({"doc_id": first}).to_string()).await;
+    pai.drain().await;
+    assert_eq!(
+        pai.wait_job(&a).await["status"],
+        "done",
+        "the first call fits (the fake reports 100+ tokens)"
+    );
+    let b = pai
+        .webhook_job(&json!({"doc_id": second}).to_string())
+        .await;
+    pai.drain().await;
+    let j = pai.wait_job(&b).await;
+    assert_eq!(j["status"], "failed");
+    assert!(
+        j["stages"]["tag"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("LLM_DAILY_TOKENS"),
+        "{j:#}"
+    );
+    pai.shutdown().await;
+}

@@ -396,7 +396,28 @@ pub async fn run(svc: &Services, task: &TagTask) -> Result<(), PipelineError> {
         taxonomy: (*taxonomy).clone(),
         today: today.to_string(),
     };
-    let (raw, _usage) = svc.model.suggest(&input).await?;
+    // The day's tagging budget: refused clearly once used up, never silently exceeded.
+    let cap = svc.settings.llm_daily_tokens;
+    let usage_key = format!("usage/tagging/{today}");
+    if cap > 0 {
+        let used = svc
+            .state
+            .counters(&usage_key)
+            .await?
+            .get("tokens")
+            .copied()
+            .unwrap_or(0);
+        if used >= cap as i64 {
+            return Err(PipelineError::Fail(format!(
+                "the daily tagging budget of {cap} model tokens (LLM_DAILY_TOKENS) is used up; re-queue the document tomorrow"
+            )));
+        }
+    }
+    let (raw, usage) = svc.model.suggest(&input).await?;
+    let spent = usage.input_tokens + usage.output_tokens;
+    if spent > 0 {
+        svc.state.add(&usage_key, "tokens", spent as i64).await?;
+    }
     let (suggestion, rejected) = validate(raw, &input, today);
 
     let mut record = SuggestionRecord {
