@@ -1026,6 +1026,51 @@ mod tests {
     }
 
     #[test]
+    fn include_and_exclude_tags_decide_what_is_processed() {
+        use crate::domain::TaxonomyObject;
+        let tag = |id, name: &str| TaxonomyObject {
+            id,
+            name: name.into(),
+            match_words: String::new(),
+            matching_algorithm: 0,
+            document_count: 0,
+        };
+        let taxonomy = Taxonomy {
+            tags: vec![tag(1, "Inbox"), tag(2, "Private"), tag(3, "Tax")],
+            ..Default::default()
+        };
+        let settings = |pairs: &[(&str, &str)]| {
+            crate::config::Settings::from_map(
+                &pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+            .unwrap()
+        };
+        let doc = |tags: Vec<u64>| Document {
+            id: 1,
+            tags,
+            ..Default::default()
+        };
+        let include = settings(&[("INCLUDE_TAGS", "inbox,tax")]).policy;
+        assert!(excluded(&doc(vec![1]), &taxonomy, &include).is_none());
+        assert!(
+            excluded(&doc(vec![2]), &taxonomy, &include)
+                .unwrap()
+                .contains("INCLUDE_TAGS")
+        );
+        let exclude = settings(&[("EXCLUDE_TAGS", "PRIVATE")]).policy;
+        assert!(
+            excluded(&doc(vec![1, 2]), &taxonomy, &exclude)
+                .unwrap()
+                .contains("excluded tag"),
+            "matched case-insensitively"
+        );
+        assert!(excluded(&doc(vec![]), &taxonomy, &exclude).is_none());
+    }
+
+    #[test]
     fn custom_values_take_paperless_form_or_are_refused() {
         let today = NaiveDate::from_ymd_opt(2026, 1, 1).unwrap();
         let ok = |t: &str, v: serde_json::Value| custom_value(&def(t), &v, today).unwrap();
