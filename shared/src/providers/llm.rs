@@ -348,6 +348,34 @@ pub fn standalone_messages(history: &[(String, String)], question: &str) -> Vec<
     ]
 }
 
+/// Asks the model (through `complete`) to make a follow-up stand alone; the question itself
+/// when there is no history or the model answers nothing.
+pub async fn standalone_with<F, Fut>(
+    history: &[(String, String)],
+    question: &str,
+    complete: F,
+) -> Result<(String, crate::ports::Usage), crate::ports::ModelError>
+where
+    F: FnOnce(Vec<Message>) -> Fut,
+    Fut: std::future::Future<
+            Output = Result<(String, crate::ports::Usage), crate::ports::ModelError>,
+        >,
+{
+    if history.is_empty() {
+        return Ok((question.to_string(), crate::ports::Usage::default()));
+    }
+    let (text, usage) = complete(standalone_messages(history, question)).await?;
+    let text = text.trim().trim_matches('"').to_string();
+    Ok((
+        if text.is_empty() {
+            question.to_string()
+        } else {
+            text
+        },
+        usage,
+    ))
+}
+
 /// The passage numbers an answer cites.
 pub fn cited(text: &str, passages: usize) -> Answer {
     let mut cited = Vec::new();

@@ -8,8 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
-use super::llm::{Message, answer_messages, cited, standalone_messages, suggest_with_repair};
-use super::openai::{Client, known_dimensions};
+use super::llm::{Message, answer_messages, cited, standalone_with, suggest_with_repair};
+use super::openai::{Client, known_dimensions, read_lines};
 use crate::domain::{Answer, AnswerInput, Suggestion, TagInput};
 use crate::ports::{ChatModel, Embedder, ModelError, TokenSink, Usage};
 
@@ -115,45 +115,33 @@ impl ChatModel for OllamaChat {
         input: &AnswerInput,
         tokens: &TokenSink,
     ) -> Result<(Answer, Usage), ModelError> {
-        use futures::StreamExt;
-        let mut stream = self
+        let response = self
             .client
             .send("api/chat", &self.body(&answer_messages(input), None, true))
-            .await?
-            .bytes_stream();
-        let (mut buffer, mut text) = (Vec::new(), String::new());
+            .await?;
+        let mut text = String::new();
         // One JSON object per line; the last has `"done": true` and the token counts.
-        while let Some(chunk) = stream.next().await {
-            buffer.extend_from_slice(
-                &chunk.map_err(|_| ModelError::Unavailable("chat stream broke off".into()))?,
-            );
-            while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buffer.drain(..=end).collect();
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                let event: Value = serde_json::from_slice(&line)
-                    .map_err(|e| ModelError::InvalidReply(format!("bad stream line: {e}")))?;
-                if let Some(piece) = event["message"]["content"]
-                    .as_str()
-                    .filter(|p| !p.is_empty())
-                {
-                    text.push_str(piece);
-                    let _ = tokens.send(piece.to_string());
-                }
-                if event["done"] == true {
-                    if event["done_reason"] == "length" {
-                        return Err(ModelError::InvalidReply(
-                            "the answer was cut off at the output token limit".into(),
-                        ));
-                    }
-                    return Ok((cited(&text, input.passages.len()), usage(&event)));
-                }
+        read_lines(response, |line| {
+            let event: Value = serde_json::from_str(line)
+                .map_err(|e| ModelError::InvalidReply(format!("bad stream line: {e}")))?;
+            if let Some(piece) = event["message"]["content"]
+                .as_str()
+                .filter(|p| !p.is_empty())
+            {
+                text.push_str(piece);
+                let _ = tokens.send(piece.to_string());
             }
-        }
-        Err(ModelError::Unavailable(
-            "chat stream ended before done".into(),
-        ))
+            if event["done"] != true {
+                return Ok(None);
+            }
+            if event["done_reason"] == "length" {
+                return Err(ModelError::InvalidReply(
+                    "the answer was cut off at the output token limit".into(),
+                ));
+            }
+            Ok(Some((cited(&text, input.passages.len()), usage(&event))))
+        })
+        .await
     }
 
     async fn standalone(
@@ -161,21 +149,10 @@ impl ChatModel for OllamaChat {
         history: &[(String, String)],
         question: &str,
     ) -> Result<(String, Usage), ModelError> {
-        if history.is_empty() {
-            return Ok((question.to_string(), Usage::default()));
-        }
-        let (text, usage) = self
-            .complete(&standalone_messages(history, question), None)
-            .await?;
-        let text = text.trim().trim_matches('"').to_string();
-        Ok((
-            if text.is_empty() {
-                question.to_string()
-            } else {
-                text
-            },
-            usage,
-        ))
+        standalone_with(history, question, |messages| async move {
+            self.complete(&messages, None).await
+        })
+        .await
     }
 }
 

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use super::llm::{Message, answer_messages, cited, standalone_messages, suggest_with_repair};
+use super::llm::{Message, answer_messages, cited, standalone_with, suggest_with_repair};
 use crate::config::Secret;
 use crate::domain::{Answer, AnswerInput, Suggestion, TagInput};
 use crate::ports::{ChatModel, Embedder, ModelError, TokenSink, Usage};
@@ -19,6 +19,32 @@ pub const DEFAULT_EMBEDDING_MODEL: &str = "text-embedding-3-small";
 /// Attempts per call for 429 and 5xx replies, honouring `Retry-After` (capped).
 const ATTEMPTS: u32 = 3;
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(20);
+
+/// Reads a streamed response line by line (SSE or NDJSON), handing each non-empty line to
+/// `on_line`, which returns `Some(result)` when the stream is complete.
+pub(crate) async fn read_lines<T>(
+    response: reqwest::Response,
+    mut on_line: impl FnMut(&str) -> Result<Option<T>, ModelError>,
+) -> Result<T, ModelError> {
+    use futures::StreamExt;
+    let mut stream = response.bytes_stream();
+    let mut buffer = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        buffer.extend_from_slice(
+            &chunk.map_err(|_| ModelError::Unavailable("chat stream broke off".into()))?,
+        );
+        while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buffer.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&line);
+            if !line.trim().is_empty()
+                && let Some(done) = on_line(line.trim())?
+            {
+                return Ok(done);
+            }
+        }
+    }
+    Err(ModelError::Unavailable("chat stream ended early".into()))
+}
 
 /// Full jitter: a random wait between zero and `cap`, so retrying clients spread out.
 fn jitter(cap: Duration) -> Duration {
@@ -251,56 +277,43 @@ impl ChatModel for OpenAiChat {
         input: &AnswerInput,
         tokens: &TokenSink,
     ) -> Result<(Answer, Usage), ModelError> {
-        use futures::StreamExt;
         let body = json!({
             "model": self.model, "messages": answer_messages(input), "temperature": 0,
             "max_tokens": self.max_output_tokens, "stream": true, "stream_options": {"include_usage": true},
         });
-        let mut stream = self
-            .client
-            .send("chat/completions", &body)
-            .await?
-            .bytes_stream();
-        let (mut buffer, mut text, mut usage) = (Vec::new(), String::new(), Usage::default());
+        let response = self.client.send("chat/completions", &body).await?;
+        let (mut text, mut usage) = (String::new(), Usage::default());
         // Server-sent events: `data: {json}` lines, ending with `data: [DONE]`.
-        while let Some(chunk) = stream.next().await {
-            buffer.extend_from_slice(
-                &chunk.map_err(|_| ModelError::Unavailable("chat stream broke off".into()))?,
-            );
-            while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buffer.drain(..=end).collect();
-                let line = String::from_utf8_lossy(&line);
-                let Some(data) = line.trim().strip_prefix("data:").map(str::trim) else {
-                    continue;
-                };
-                if data == "[DONE]" {
-                    return Ok((cited(&text, input.passages.len()), usage));
-                }
-                let event: Value = serde_json::from_str(data)
-                    .map_err(|e| ModelError::InvalidReply(format!("bad stream event: {e}")))?;
-                if let Some(piece) = event["choices"][0]["delta"]["content"]
-                    .as_str()
-                    .filter(|p| !p.is_empty())
-                {
-                    text.push_str(piece);
-                    let _ = tokens.send(piece.to_string());
-                }
-                if event["choices"][0]["finish_reason"] == "length" {
-                    return Err(ModelError::InvalidReply(
-                        "the answer was cut off at the output token limit".into(),
-                    ));
-                }
-                if let Some(u) = event.get("usage").filter(|u| u.is_object()) {
-                    usage = Usage {
-                        input_tokens: u["prompt_tokens"].as_u64().unwrap_or(0),
-                        output_tokens: u["completion_tokens"].as_u64().unwrap_or(0),
-                    };
-                }
+        read_lines(response, |line| {
+            let Some(data) = line.strip_prefix("data:").map(str::trim) else {
+                return Ok(None);
+            };
+            if data == "[DONE]" {
+                return Ok(Some((cited(&text, input.passages.len()), usage)));
             }
-        }
-        Err(ModelError::Unavailable(
-            "chat stream ended without [DONE]".into(),
-        ))
+            let event: Value = serde_json::from_str(data)
+                .map_err(|e| ModelError::InvalidReply(format!("bad stream event: {e}")))?;
+            if let Some(piece) = event["choices"][0]["delta"]["content"]
+                .as_str()
+                .filter(|p| !p.is_empty())
+            {
+                text.push_str(piece);
+                let _ = tokens.send(piece.to_string());
+            }
+            if event["choices"][0]["finish_reason"] == "length" {
+                return Err(ModelError::InvalidReply(
+                    "the answer was cut off at the output token limit".into(),
+                ));
+            }
+            if let Some(u) = event.get("usage").filter(|u| u.is_object()) {
+                usage = Usage {
+                    input_tokens: u["prompt_tokens"].as_u64().unwrap_or(0),
+                    output_tokens: u["completion_tokens"].as_u64().unwrap_or(0),
+                };
+            }
+            Ok(None)
+        })
+        .await
     }
 
     async fn standalone(
@@ -308,21 +321,10 @@ impl ChatModel for OpenAiChat {
         history: &[(String, String)],
         question: &str,
     ) -> Result<(String, Usage), ModelError> {
-        if history.is_empty() {
-            return Ok((question.to_string(), Usage::default()));
-        }
-        let (text, usage) = self
-            .complete(&standalone_messages(history, question), None)
-            .await?;
-        let text = text.trim().trim_matches('"').to_string();
-        Ok((
-            if text.is_empty() {
-                question.to_string()
-            } else {
-                text
-            },
-            usage,
-        ))
+        standalone_with(history, question, |messages| async move {
+            self.complete(&messages, None).await
+        })
+        .await
     }
 }
 
