@@ -37,6 +37,17 @@ pub trait BlobStore: Send + Sync {
     async fn put(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError>;
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
+    /// A URL a client can PUT the object's bytes to directly (no proxy in between), valid for
+    /// `expires`; `None` when the store has no such thing and the server must receive the
+    /// bytes itself (the embedded store: `pai` serves its own upload route).
+    async fn upload_url(
+        &self,
+        _key: &str,
+        _content_type: &str,
+        _expires: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
 }
 
 /// One item of the state store with the version a conditional write must name.
