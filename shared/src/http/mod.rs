@@ -196,8 +196,22 @@ async fn create_upload(
     authorize(&state, &headers)?;
     let req: UploadRequest = parse_json(&read_body(body, MAX_JSON_BYTES).await?)?;
     let job = ingest::create_upload(&state.svc, &req.filename, &req.content_type, req.size).await?;
+    // A store that takes uploads directly (S3: a presigned PUT) gets them without passing
+    // through this server; otherwise the client PUTs to our own upload route.
+    let key = ingest::upload_key(&job.id, job.filename.as_deref().unwrap_or_default());
+    let direct = state
+        .svc
+        .blobs
+        .upload_url(
+            &key,
+            job.content_type.as_deref().unwrap_or("text/plain"),
+            std::time::Duration::from_secs(UPLOAD_TTL_SECS as u64),
+        )
+        .await
+        .map_err(|e| ApiError::from(crate::pipeline::PipelineError::from(e)))?;
     let token = job.upload_token.clone().unwrap_or_default();
-    let upload_url = format!("{}/uploads/{}?token={token}", state.public_url, job.id);
+    let upload_url =
+        direct.unwrap_or_else(|| format!("{}/uploads/{}?token={token}", state.public_url, job.id));
     Ok((
         StatusCode::CREATED,
         axum::Json(

@@ -247,6 +247,127 @@ pub fn extract_text(bytes: &[u8], content_type: &str) -> Result<String, String> 
     Ok(text.to_string())
 }
 
+/// Where an upload's bytes are stored: under the job, with a name derived from (not equal to)
+/// the client's filename, so no client-chosen text ends up in a key.
+pub fn upload_key(job_id: &str, filename: &str) -> String {
+    let ext = filename
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .filter(|e| !e.is_empty() && e.len() <= 10 && e.chars().all(|c| c.is_ascii_alphanumeric()))
+        .unwrap_or_else(|| "bin".into());
+    format!(
+        "uploads/{job_id}/{}.{ext}",
+        &crate::text::sha256_hex(filename.as_bytes())[..16]
+    )
+}
+
+/// An object the blob store says has arrived (an S3 event notification on AWS).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArrivedObject {
+    pub key: String,
+    pub size: u64,
+}
+
+/// Reads an S3 event notification (as S3 delivers it to SQS). `None` if the body is not one;
+/// an empty list for S3's `s3:TestEvent` and for events other than object creation.
+pub fn parse_s3_notification(body: &str) -> Option<Vec<ArrivedObject>> {
+    let v: Value = serde_json::from_str(body).ok()?;
+    if v.get("Event").and_then(Value::as_str) == Some("s3:TestEvent") {
+        return Some(Vec::new());
+    }
+    let records = v.get("Records")?.as_array()?;
+    let mut out = Vec::new();
+    for r in records {
+        if r.get("eventSource").and_then(Value::as_str) != Some("aws:s3") {
+            return None;
+        }
+        if !r
+            .get("eventName")
+            .and_then(Value::as_str)
+            .is_some_and(|n| n.starts_with("ObjectCreated:"))
+        {
+            continue;
+        }
+        let object = r.get("s3").and_then(|s| s.get("object"))?;
+        // S3 URL-encodes keys in notifications, with '+' for spaces.
+        let raw = object.get("key").and_then(Value::as_str)?.replace('+', " ");
+        let key = form_urlencoded::parse(format!("k={}", raw.replace('&', "%26")).as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())?;
+        let size = object.get("size").and_then(Value::as_u64).unwrap_or(0);
+        out.push(ArrivedObject { key, size });
+    }
+    Some(out)
+}
+
+/// The job an upload key belongs to (`uploads/<job_id>/<name>`).
+pub fn upload_job_id(key: &str) -> Option<&str> {
+    let rest = key.strip_prefix("uploads/")?;
+    let (job_id, name) = rest.split_once('/')?;
+    (!job_id.is_empty() && !name.is_empty() && !name.contains('/')).then_some(job_id)
+}
+
+/// An upload arrived in the blob store directly (a presigned PUT on AWS): check it against its
+/// job and return the chunk task, or why it is refused. Redelivery of the same notification
+/// yields the same task (chunking is idempotent); an object no job expects is refused.
+pub async fn upload_arrived(
+    svc: &Services,
+    object: &ArrivedObject,
+) -> Result<ChunkTask, PipelineError> {
+    let job_id = upload_job_id(&object.key)
+        .ok_or_else(|| PipelineError::Fail(format!("{} is not an upload key", object.key)))?;
+    let Some(job) = super::load_job(svc.state.as_ref(), job_id).await? else {
+        return Err(PipelineError::Fail(format!(
+            "no upload job {job_id} for {}",
+            object.key
+        )));
+    };
+    let filename = job.filename.clone().unwrap_or_else(|| "upload.txt".into());
+    if upload_key(job_id, &filename) != object.key {
+        return Err(PipelineError::Fail(format!(
+            "{} is not the object job {job_id} expects",
+            object.key
+        )));
+    }
+    if object.size > svc.settings.max_upload_bytes as u64 {
+        let _ = svc.blobs.delete(&object.key).await;
+        return Err(PipelineError::Fail(format!(
+            "{} bytes is over the upload limit of {} bytes",
+            object.size, svc.settings.max_upload_bytes
+        )));
+    }
+    let content_type = job
+        .content_type
+        .clone()
+        .unwrap_or_else(|| "text/plain".into());
+    if job.doc_id.is_none() {
+        let bytes = svc.blobs.get(&object.key).await?.ok_or_else(|| {
+            PipelineError::Fail(format!("uploaded file {} is missing", object.key))
+        })?;
+        if bytes.len() > svc.settings.max_upload_bytes {
+            let _ = svc.blobs.delete(&object.key).await;
+            return Err(PipelineError::Fail(format!(
+                "{} bytes is over the upload limit of {} bytes",
+                bytes.len(),
+                svc.settings.max_upload_bytes
+            )));
+        }
+        extract_text(&bytes, &content_type).map_err(PipelineError::Fail)?;
+        let doc_id = DocId::Upload(crate::text::sha256_hex(&bytes)[..16].to_string());
+        super::update_job(svc.state.as_ref(), job_id, |j| {
+            j.doc_id = Some(doc_id.clone())
+        })
+        .await?;
+        tracing::info!(job_id, doc_id = %doc_id, "upload arrived");
+    }
+    Ok(ChunkTask::Upload {
+        job_id: job_id.to_string(),
+        blob_key: object.key.clone(),
+        filename,
+        content_type,
+    })
+}
+
 /// The bytes of an upload arrived: store them, name the document, start the pipeline.
 /// Idempotent: a repeated PUT of the same job after it started is refused, not re-run.
 pub async fn receive_upload(
@@ -282,12 +403,7 @@ pub async fn receive_upload(
     extract_text(bytes, &content_type).map_err(IngestError::Unsupported)?;
     let filename = job.filename.clone().unwrap_or_else(|| "upload.txt".into());
     let doc_id = DocId::Upload(crate::text::sha256_hex(bytes)[..16].to_string());
-    let blob_key = format!(
-        "uploads/{job_id}/{}",
-        crate::text::sha256_hex(filename.as_bytes())[..16].to_owned()
-            + "."
-            + filename.rsplit_once('.').map(|(_, e)| e).unwrap_or("bin")
-    );
+    let blob_key = upload_key(job_id, &filename);
     svc.blobs
         .put(&blob_key, bytes)
         .await
@@ -358,6 +474,32 @@ mod tests {
             parse_webhook(&vec![b'a'; MAX_WEBHOOK_BYTES + 1]),
             Err(IngestError::TooLarge(_))
         ));
+    }
+
+    #[test]
+    fn s3_notifications() {
+        let body = r#"{"Records":[{"eventVersion":"2.1","eventSource":"aws:s3","eventName":"ObjectCreated:Put","s3":{"bucket":{"name":"b"},"object":{"key":"uploads/j1/my+notes%C3%A4.txt","size":12}}},{"eventSource":"aws:s3","eventName":"ObjectRemoved:Delete","s3":{"object":{"key":"uploads/j2/x.txt"}}}]}"#;
+        assert_eq!(
+            parse_s3_notification(body).unwrap(),
+            vec![ArrivedObject {
+                key: "uploads/j1/my notesä.txt".into(),
+                size: 12
+            }]
+        );
+        assert_eq!(
+            parse_s3_notification(r#"{"Service":"Amazon S3","Event":"s3:TestEvent","Bucket":"b"}"#),
+            Some(vec![])
+        );
+        assert_eq!(
+            parse_s3_notification(r#"{"job_id":"x","source":"paperless"}"#),
+            None
+        );
+        assert_eq!(parse_s3_notification("not json"), None);
+        assert_eq!(upload_job_id("uploads/j1/abc.txt"), Some("j1"));
+        assert_eq!(upload_job_id("uploads/j1/a/b.txt"), None);
+        assert_eq!(upload_job_id("text/j1/abc.txt"), None);
+        assert!(upload_key("j", "Report.PDF").ends_with(".pdf"));
+        assert!(upload_key("j", "x.../etc").ends_with(".bin"));
     }
 
     #[test]

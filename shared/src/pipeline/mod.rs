@@ -268,6 +268,13 @@ pub async fn handle(
         |e: serde_json::Error| PipelineError::Fail(format!("malformed {stage:?} message: {e}"));
     let (job_id, result) = match stage {
         Stage::Chunk => {
+            // Uploads that went straight to S3 arrive as S3 event notifications on this queue.
+            if let Some(objects) = ingest::parse_s3_notification(body) {
+                for object in objects {
+                    uploaded(svc, &object, final_attempt).await?;
+                }
+                return Ok(());
+            }
             let t: crate::domain::ChunkTask = serde_json::from_str(body).map_err(malformed)?;
             let span = tracing::info_span!("chunk", job_id = t.job_id());
             (
@@ -286,7 +293,40 @@ pub async fn handle(
             (t.job_id.clone(), tag::run(svc, &t).instrument(span).await)
         }
     };
-    if let Err(e) = &result {
+    record_failure(svc, stage, &job_id, &result, final_attempt).await;
+    result
+}
+
+/// An upload that arrived in the blob store: checked against its job, then chunked.
+async fn uploaded(
+    svc: &Services,
+    object: &ingest::ArrivedObject,
+    final_attempt: bool,
+) -> Result<(), PipelineError> {
+    use tracing::Instrument;
+    let job_id = ingest::upload_job_id(&object.key)
+        .unwrap_or_default()
+        .to_string();
+    let span = tracing::info_span!("chunk", job_id = %job_id);
+    let result = async {
+        let task = ingest::upload_arrived(svc, object).await?;
+        chunk::run(svc, &task).await
+    }
+    .instrument(span)
+    .await;
+    record_failure(svc, Stage::Chunk, &job_id, &result, final_attempt).await;
+    result
+}
+
+/// Counts a failed step and, when it will not be retried, records why on the job.
+async fn record_failure(
+    svc: &Services,
+    stage: Stage,
+    job_id: &str,
+    result: &Result<(), PipelineError>,
+    final_attempt: bool,
+) {
+    if let Err(e) = result {
         let label = if e.is_retry() && !final_attempt {
             "retry"
         } else {
@@ -303,7 +343,7 @@ pub async fn handle(
             // The job may not exist (a message for a deleted job): nothing more to record then.
             let _ = set_stage(
                 svc.state.as_ref(),
-                &job_id,
+                job_id,
                 stage,
                 StageStatus::Failed,
                 Some(reason),
@@ -313,9 +353,8 @@ pub async fn handle(
             // The document shows the failure in Paperless too (not for embedding: its tagging
             // may still succeed, and chat is what misses the document).
             if stage != Stage::Embed {
-                tag::mark_failed(svc, &job_id).await;
+                tag::mark_failed(svc, job_id).await;
             }
         }
     }
-    result
 }
