@@ -23,3 +23,15 @@ done
 # SQLite is compiled in (rusqlite "bundled") and TLS is rustls: no system libraries needed
 # beyond a C compiler.
 command -v cc >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq gcc >/dev/null; }
+
+# The AWS tests' emulator (moto server: S3, DynamoDB, SQS, S3 Vectors) and the template linter
+# (cfn-lint), in a project-local venv so nothing touches the system Python. Versions are
+# pinned to a major so a clean clone tests against what we tested.
+if ! .venv/bin/python -c "import moto, cfnlint" >/dev/null 2>&1; then
+  if ! python3 -c "import venv, ensurepip" >/dev/null 2>&1; then
+    apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+  fi
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check \
+    'moto[server]>=5.1,<6' 'cfn-lint>=1.20,<2'
+fi
