@@ -9,16 +9,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::adapters::local::{LocalStores, SqliteQueue, SqliteVectorIndex};
-use crate::config::{ConfigError, Provider, Settings};
+use crate::config::{ConfigError, Settings};
 use crate::domain::{Stage, Taxonomy};
-use crate::models::{CachedEmbedder, CachedModel};
 use crate::paperless::PaperlessClient;
 use crate::pipeline::{Queues, Services};
-use crate::ports::{Cache, ChatModel, Embedder, Paperless};
-use crate::providers::lexical::{DEFAULT_DIMENSION, LexicalEmbedder, LexicalModel};
-use crate::providers::ollama::{OllamaChat, OllamaEmbedder};
-use crate::providers::openai::{OpenAiChat, OpenAiEmbedder};
-use crate::resilience::{Guard, GuardedEmbedder, GuardedModel};
+use crate::ports::{Cache, Paperless};
 
 /// The embedded application: services plus the local queues its workers consume.
 pub struct LocalApp {
@@ -41,69 +36,6 @@ fn config(var: &'static str, message: impl Into<String>) -> BuildError {
     BuildError::Config(ConfigError {
         var,
         message: message.into(),
-    })
-}
-
-/// The chat model the settings name.
-pub fn chat_model(settings: &Settings) -> Result<Arc<dyn ChatModel>, BuildError> {
-    let llm = &settings.llm;
-    Ok(match llm.provider {
-        Provider::Lexical => Arc::new(LexicalModel),
-        Provider::OpenAi => Arc::new(
-            OpenAiChat::new(
-                llm.base_url.as_deref(),
-                llm.api_key.clone(),
-                llm.model.as_deref(),
-                settings.policy.max_output_tokens,
-                settings.policy.system_prompt.clone(),
-            )
-            .map_err(|e| config("LLM_BASE_URL", e.to_string()))?,
-        ),
-        Provider::Ollama => Arc::new(
-            OllamaChat::new(
-                llm.base_url.as_deref(),
-                llm.model.as_deref(),
-                settings.ollama_num_ctx,
-                settings.policy.max_output_tokens,
-                settings.policy.system_prompt.clone(),
-            )
-            .map_err(|e| config("LLM_BASE_URL", e.to_string()))?,
-        ),
-        Provider::Bedrock => {
-            return Err(config(
-                "LLM_PROVIDER",
-                "bedrock is not available in this build yet: use openai, ollama or lexical",
-            ));
-        }
-    })
-}
-
-/// The embedder the settings name.
-pub fn embedder(settings: &Settings) -> Result<Arc<dyn Embedder>, BuildError> {
-    let e = &settings.embedding;
-    Ok(match e.provider {
-        Provider::Lexical => Arc::new(LexicalEmbedder::new(
-            e.dimensions.unwrap_or(DEFAULT_DIMENSION),
-        )),
-        Provider::OpenAi => Arc::new(
-            OpenAiEmbedder::new(
-                e.base_url.as_deref(),
-                e.api_key.clone(),
-                e.model.as_deref(),
-                e.dimensions,
-            )
-            .map_err(|m| config("EMBEDDING_DIMENSIONS", m))?,
-        ),
-        Provider::Ollama => Arc::new(
-            OllamaEmbedder::new(e.base_url.as_deref(), e.model.as_deref(), e.dimensions)
-                .map_err(|m| config("EMBEDDING_DIMENSIONS", m))?,
-        ),
-        Provider::Bedrock => {
-            return Err(config(
-                "EMBEDDING_PROVIDER",
-                "bedrock is not available in this build yet: use openai, ollama or lexical",
-            ));
-        }
     })
 }
 
@@ -137,7 +69,7 @@ impl LocalApp {
         };
         let (chunk, embed, tag) = (queue("chunk")?, queue("embed")?, queue("tag")?);
         let cache: Arc<dyn Cache> = Arc::new(stores.cache);
-        let raw_embedder = embedder(&settings)?;
+        let raw_embedder = crate::providers::embedder(&settings)?;
         let index_name: String = raw_embedder
             .space()
             .chars()
@@ -151,31 +83,7 @@ impl LocalApp {
             .collect();
         let vectors = SqliteVectorIndex::new(&stores.db, &index_name, raw_embedder.dimension())
             .map_err(store)?;
-        // Network providers run behind a guard (concurrency, rate, circuit breaker); the cache
-        // sits in front, so a hit never waits for a permit.
-        let limits = settings.model_limits;
-        let guarded_embedder: Arc<dyn Embedder> = match settings.embedding.provider {
-            Provider::Lexical => raw_embedder,
-            _ => Arc::new(GuardedEmbedder::new(
-                raw_embedder,
-                Arc::new(Guard::new(limits)),
-            )),
-        };
-        let raw_model = chat_model(&settings)?;
-        let guarded_model: Arc<dyn ChatModel> = match settings.llm.provider {
-            Provider::Lexical => raw_model,
-            _ => Arc::new(GuardedModel::new(raw_model, Arc::new(Guard::new(limits)))),
-        };
-        let embedder: Arc<dyn Embedder> = Arc::new(CachedEmbedder::new(
-            guarded_embedder,
-            cache.clone(),
-            settings.cache_ttl_secs,
-        ));
-        let model: Arc<dyn ChatModel> = Arc::new(CachedModel::new(
-            guarded_model,
-            cache.clone(),
-            settings.cache_ttl_secs,
-        ));
+        let (model, embedder) = crate::providers::assemble(&settings, raw_embedder, cache.clone())?;
         let paperless: Option<Arc<dyn Paperless>> =
             match (&settings.paperless_url, &settings.paperless_token) {
                 (Some(url), Some(token)) => Some(Arc::new(

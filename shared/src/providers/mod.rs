@@ -6,3 +6,126 @@ pub mod llm;
 pub mod ollama;
 #[cfg(feature = "clients")]
 pub mod openai;
+
+#[cfg(feature = "clients")]
+mod assembly {
+    //! Which provider serves, from the settings, and the layers every deployment puts around
+    //! it (guard, then cache): `pai` and the Lambdas assemble models through here alike.
+
+    use std::sync::Arc;
+
+    use crate::config::{ConfigError, Provider, Settings};
+    use crate::models::{CachedEmbedder, CachedModel};
+    use crate::ports::{Cache, ChatModel, Embedder};
+    use crate::resilience::{Guard, GuardedEmbedder, GuardedModel};
+
+    use super::lexical::{DEFAULT_DIMENSION, LexicalEmbedder, LexicalModel};
+    use super::ollama::{OllamaChat, OllamaEmbedder};
+    use super::openai::{OpenAiChat, OpenAiEmbedder};
+
+    fn config(var: &'static str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            var,
+            message: message.into(),
+        }
+    }
+
+    /// The chat model the settings name.
+    pub fn chat_model(settings: &Settings) -> Result<Arc<dyn ChatModel>, ConfigError> {
+        let llm = &settings.llm;
+        Ok(match llm.provider {
+            Provider::Lexical => Arc::new(LexicalModel),
+            Provider::OpenAi => Arc::new(
+                OpenAiChat::new(
+                    llm.base_url.as_deref(),
+                    llm.api_key.clone(),
+                    llm.model.as_deref(),
+                    settings.policy.max_output_tokens,
+                    settings.policy.system_prompt.clone(),
+                )
+                .map_err(|e| config("LLM_BASE_URL", e.to_string()))?,
+            ),
+            Provider::Ollama => Arc::new(
+                OllamaChat::new(
+                    llm.base_url.as_deref(),
+                    llm.model.as_deref(),
+                    settings.ollama_num_ctx,
+                    settings.policy.max_output_tokens,
+                    settings.policy.system_prompt.clone(),
+                )
+                .map_err(|e| config("LLM_BASE_URL", e.to_string()))?,
+            ),
+            Provider::Bedrock => {
+                return Err(config(
+                    "LLM_PROVIDER",
+                    "bedrock is not available in this build yet: use openai, ollama or lexical",
+                ));
+            }
+        })
+    }
+
+    /// The embedder the settings name.
+    pub fn embedder(settings: &Settings) -> Result<Arc<dyn Embedder>, ConfigError> {
+        let e = &settings.embedding;
+        Ok(match e.provider {
+            Provider::Lexical => Arc::new(LexicalEmbedder::new(
+                e.dimensions.unwrap_or(DEFAULT_DIMENSION),
+            )),
+            Provider::OpenAi => Arc::new(
+                OpenAiEmbedder::new(
+                    e.base_url.as_deref(),
+                    e.api_key.clone(),
+                    e.model.as_deref(),
+                    e.dimensions,
+                )
+                .map_err(|m| config("EMBEDDING_DIMENSIONS", m))?,
+            ),
+            Provider::Ollama => Arc::new(
+                OllamaEmbedder::new(e.base_url.as_deref(), e.model.as_deref(), e.dimensions)
+                    .map_err(|m| config("EMBEDDING_DIMENSIONS", m))?,
+            ),
+            Provider::Bedrock => {
+                return Err(config(
+                    "EMBEDDING_PROVIDER",
+                    "bedrock is not available in this build yet: use openai, ollama or lexical",
+                ));
+            }
+        })
+    }
+
+    /// The model and embedder the use cases get: network providers behind a guard
+    /// (concurrency, rate, circuit breaker) with the cache in front, so a hit never waits for
+    /// a permit. `raw_embedder` is passed in because the caller also needs its space first.
+    pub fn assemble(
+        settings: &Settings,
+        raw_embedder: Arc<dyn Embedder>,
+        cache: Arc<dyn Cache>,
+    ) -> Result<(Arc<dyn ChatModel>, Arc<dyn Embedder>), ConfigError> {
+        let limits = settings.model_limits;
+        let guarded_embedder: Arc<dyn Embedder> = match settings.embedding.provider {
+            Provider::Lexical => raw_embedder,
+            _ => Arc::new(GuardedEmbedder::new(
+                raw_embedder,
+                Arc::new(Guard::new(limits)),
+            )),
+        };
+        let raw_model = chat_model(settings)?;
+        let guarded_model: Arc<dyn ChatModel> = match settings.llm.provider {
+            Provider::Lexical => raw_model,
+            _ => Arc::new(GuardedModel::new(raw_model, Arc::new(Guard::new(limits)))),
+        };
+        let embedder: Arc<dyn Embedder> = Arc::new(CachedEmbedder::new(
+            guarded_embedder,
+            cache.clone(),
+            settings.cache_ttl_secs,
+        ));
+        let model: Arc<dyn ChatModel> = Arc::new(CachedModel::new(
+            guarded_model,
+            cache,
+            settings.cache_ttl_secs,
+        ));
+        Ok((model, embedder))
+    }
+}
+#[cfg(feature = "clients")]
+pub use assembly::{assemble, chat_model, embedder};
