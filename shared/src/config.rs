@@ -162,7 +162,28 @@ pub struct Settings {
     pub model_limits: crate::resilience::Limits,
 }
 
-type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+/// Which credentials must be present: those of the services this process calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Required {
+    pub paperless_token: bool,
+    pub webhook_secret: bool,
+    /// An `openai` chat model needs a key or a base URL.
+    pub llm_key: bool,
+    /// An `openai` embedder needs a key or a base URL.
+    pub embedding_key: bool,
+}
+
+impl Required {
+    /// `pai`: one process does everything.
+    pub const ALL: Required = Required {
+        paperless_token: true,
+        webhook_secret: true,
+        llm_key: true,
+        embedding_key: true,
+    };
+}
+
+pub type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 fn get(env: Lookup, var: &str) -> Option<String> {
     env(var)
@@ -236,14 +257,21 @@ impl Settings {
     }
 
     pub fn from_lookup(env: Lookup) -> Result<Settings, ConfigError> {
+        Self::from_lookup_requiring(env, Required::ALL)
+    }
+
+    /// Like `from_lookup`, requiring only the secrets this process uses when `PAPERLESS_URL`
+    /// is set: each Lambda gets only its own secrets (chat links to documents, it never calls
+    /// Paperless; only ingest receives webhooks).
+    pub fn from_lookup_requiring(env: Lookup, required: Required) -> Result<Settings, ConfigError> {
         let paperless_url = url(env, "PAPERLESS_URL")?;
         let paperless_token = get(env, "PAPERLESS_TOKEN").map(Secret::new);
         let webhook_secret = get(env, "WEBHOOK_SECRET").map(Secret::new);
         if paperless_url.is_some() {
-            if paperless_token.is_none() {
+            if required.paperless_token && paperless_token.is_none() {
                 return bad("PAPERLESS_TOKEN", "required when PAPERLESS_URL is set");
             }
-            if webhook_secret.is_none() {
+            if required.webhook_secret && webhook_secret.is_none() {
                 return bad("WEBHOOK_SECRET", "required when PAPERLESS_URL is set");
             }
         }
@@ -291,11 +319,15 @@ impl Settings {
             model: get(env, "EMBEDDING_MODEL"),
             dimensions,
         };
-        for (role, m, var) in [
-            ("LLM", &llm, "LLM_BASE_URL"),
-            ("EMBEDDING", &embedding, "LLM_BASE_URL"),
+        for (role, m, var, needed) in [
+            ("LLM", &llm, "LLM_BASE_URL", required.llm_key),
+            ("EMBEDDING", &embedding, "LLM_BASE_URL", required.embedding_key),
         ] {
-            if m.provider == Provider::OpenAi && m.base_url.is_none() && m.api_key.is_none() {
+            if needed
+                && m.provider == Provider::OpenAi
+                && m.base_url.is_none()
+                && m.api_key.is_none()
+            {
                 return bad(
                     var,
                     format!(
