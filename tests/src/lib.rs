@@ -4,6 +4,7 @@
 pub mod fake_openai;
 pub mod fake_paperless;
 pub mod quality;
+pub mod template;
 
 /// Starts a `pai serve` binary with exactly `env` (plus `PATH`), its stderr discarded, and
 /// returns the process with the base URL it prints on its first line.

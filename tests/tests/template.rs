@@ -1,0 +1,367 @@
+//! The SAM template keeps its promises: cfn-lint finds nothing, every function is an arm64
+//! Rust binary of this workspace, every work queue has a dead-letter queue and a visibility
+//! timeout of at least six times its consumer's timeout, workers report partial batch
+//! failures, the vector index survives stack deletion, each function may read exactly the
+//! secrets it lists, the default parameters give settings that parse, and every sample event
+//! is JSON.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+
+use pai_tests::template::{
+    self, function_property, functions, own_env_vars, resources_of_type, workspace_root,
+};
+use serde_json::{Value, json};
+
+const FUNCTIONS: [&str; 6] = ["ingest", "chunk", "embed", "tag", "chat", "sync"];
+
+#[test]
+fn cfn_lint_is_clean() {
+    let root = workspace_root();
+    let lint = root.join(".venv/bin/cfn-lint");
+    if !lint.exists() {
+        panic!("cfn-lint not installed: run scripts/setup.sh");
+    }
+    let out = Command::new(&lint)
+        .arg("template.yaml")
+        .current_dir(&root)
+        .output()
+        .expect("cfn-lint runs");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("cfn-lint template.yaml:\n{report}");
+    assert!(
+        out.status.success(),
+        "cfn-lint found errors or warnings (exit {:?}):\n{report}",
+        out.status.code()
+    );
+}
+
+#[test]
+fn every_function_is_an_arm64_binary_of_this_workspace() {
+    let t = template::load();
+    let fns = functions(&t);
+    let mut binaries = BTreeSet::new();
+    for (id, f) in &fns {
+        let p = |name: &str| function_property(&t, f, name);
+        assert_eq!(p("Runtime"), json!("provided.al2023"), "{id} Runtime");
+        assert_eq!(p("Architectures"), json!(["arm64"]), "{id} Architectures");
+        assert_eq!(p("Handler"), json!("bootstrap"), "{id} Handler");
+        assert_eq!(
+            p("CodeUri"),
+            json!("./"),
+            "{id} CodeUri (the workspace root)"
+        );
+        assert_eq!(p("Tracing"), json!("Active"), "{id} Tracing");
+        assert_eq!(
+            p("LoggingConfig")["LogFormat"],
+            json!("JSON"),
+            "{id} LogFormat"
+        );
+        assert!(
+            p("MemorySize").is_u64() && p("Timeout").is_u64(),
+            "{id} sets memory and timeout"
+        );
+        assert!(
+            f["Properties"]["ReservedConcurrentExecutions"].is_null(),
+            "{id}: reserved concurrency would fight the queues' MaximumConcurrency"
+        );
+        assert_eq!(
+            f["Metadata"]["BuildMethod"],
+            json!("rust-cargolambda"),
+            "{id}"
+        );
+        let binary = f["Metadata"]["BuildProperties"]["Binary"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{id} has no BuildProperties.Binary"))
+            .to_string();
+        let name = binary
+            .strip_prefix("pai-")
+            .unwrap_or_else(|| panic!("{id}: binary {binary} is not pai-<name>"));
+        let manifest = workspace_root()
+            .join("functions")
+            .join(name)
+            .join("Cargo.toml");
+        let cargo = std::fs::read_to_string(&manifest)
+            .unwrap_or_else(|e| panic!("{id}: {} ({e})", manifest.display()));
+        assert!(
+            cargo.contains(&format!("name = \"{binary}\"")),
+            "{id}: {} declares no binary {binary}",
+            manifest.display()
+        );
+        assert!(binaries.insert(binary.clone()), "{binary} built twice");
+    }
+    let expected: BTreeSet<String> = FUNCTIONS.iter().map(|f| format!("pai-{f}")).collect();
+    assert_eq!(
+        binaries, expected,
+        "one function per crate under functions/"
+    );
+    let crates: BTreeSet<String> = std::fs::read_dir(workspace_root().join("functions"))
+        .expect("functions/")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("Cargo.toml").exists())
+        .map(|e| format!("pai-{}", e.file_name().to_string_lossy()))
+        .collect();
+    assert_eq!(binaries, crates, "every crate under functions/ is deployed");
+}
+
+/// The consumer of each queue: queue logical id → (function id, function, event).
+fn consumers(t: &Value) -> BTreeMap<String, (String, Value, Value)> {
+    let mut out = BTreeMap::new();
+    for (id, f) in functions(t) {
+        for (_, ev) in f["Properties"]["Events"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default()
+        {
+            if ev["Type"] != "SQS" {
+                continue;
+            }
+            let queue = ev["Properties"]["Queue"]["Fn::GetAtt"][0]
+                .as_str()
+                .unwrap_or_else(|| panic!("{id}: SQS event Queue is not !GetAtt <Queue>.Arn"))
+                .to_string();
+            let previous = out.insert(queue.clone(), (id.clone(), f.clone(), ev.clone()));
+            assert!(previous.is_none(), "{queue} has two consumers");
+        }
+    }
+    out
+}
+
+#[test]
+fn every_work_queue_has_a_dead_letter_queue_and_room_for_retries() {
+    let t = template::load();
+    let queues = resources_of_type(&t, "AWS::SQS::Queue");
+    let consumers = consumers(&t);
+    let dead_letter: BTreeSet<String> = queues
+        .values()
+        .filter_map(|q| {
+            q["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0].as_str()
+        })
+        .map(str::to_string)
+        .collect();
+    let mut work = 0;
+    for (id, q) in &queues {
+        let p = &q["Properties"];
+        assert_eq!(
+            p["SqsManagedSseEnabled"],
+            json!(true),
+            "{id} is encrypted at rest"
+        );
+        if dead_letter.contains(id) {
+            assert_eq!(
+                p["MessageRetentionPeriod"],
+                json!(1_209_600),
+                "{id} keeps 14 days"
+            );
+            assert!(!consumers.contains_key(id), "nothing consumes the DLQ {id}");
+            continue;
+        }
+        work += 1;
+        let redrive = &p["RedrivePolicy"];
+        assert!(redrive.is_object(), "{id} has no RedrivePolicy");
+        assert_eq!(
+            redrive["maxReceiveCount"],
+            json!({"Ref": "MaxReceives"}),
+            "{id}"
+        );
+        let (fn_id, f, _) = consumers
+            .get(id)
+            .unwrap_or_else(|| panic!("work queue {id} has no consumer"));
+        let timeout = function_property(&t, f, "Timeout")
+            .as_u64()
+            .unwrap_or_else(|| panic!("{fn_id} has no numeric Timeout"));
+        let visibility = p["VisibilityTimeout"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{id} has no numeric VisibilityTimeout"));
+        assert!(
+            visibility >= 6 * timeout,
+            "{id}: VisibilityTimeout {visibility} < 6 x {fn_id} Timeout {timeout}"
+        );
+    }
+    assert_eq!(work, 3, "chunk, embed and tag queues");
+}
+
+#[test]
+fn workers_report_partial_batch_failures_and_model_queues_are_bounded() {
+    let t = template::load();
+    let consumers = consumers(&t);
+    assert_eq!(consumers.len(), 3, "{:?}", consumers.keys());
+    for (queue, (fn_id, _, ev)) in &consumers {
+        let p = &ev["Properties"];
+        assert!(
+            p["FunctionResponseTypes"]
+                .as_array()
+                .is_some_and(|a| a.contains(&json!("ReportBatchItemFailures"))),
+            "{fn_id} on {queue}: FunctionResponseTypes lacks ReportBatchItemFailures"
+        );
+        let batch = p["BatchSize"].as_u64().unwrap_or(10);
+        assert!((1..=10).contains(&batch), "{fn_id}: BatchSize {batch}");
+    }
+    for (name, limit) in [("embed", "ModelConcurrency"), ("tag", "ModelConcurrency")] {
+        let (id, f) = template::function(&t, name).expect("function");
+        let ev = f["Properties"]["Events"]
+            .as_object()
+            .and_then(|e| e.values().find(|e| e["Type"] == "SQS"))
+            .unwrap_or_else(|| panic!("{id} has no SQS event"))
+            .clone();
+        assert_eq!(
+            ev["Properties"]["ScalingConfig"]["MaximumConcurrency"],
+            json!({"Ref": limit}),
+            "{id}: the model rate limit"
+        );
+    }
+    assert_eq!(
+        t["Parameters"]["ModelConcurrency"]["MinValue"],
+        json!(2),
+        "SQS minimum"
+    );
+}
+
+#[test]
+fn the_vector_index_survives_the_stack() {
+    let t = template::load();
+    for (ty, what) in [
+        ("AWS::S3Vectors::Index", "index"),
+        ("AWS::S3Vectors::VectorBucket", "vector bucket"),
+    ] {
+        let found = resources_of_type(&t, ty);
+        assert_eq!(found.len(), 1, "one {what}");
+        for (id, r) in found {
+            assert_eq!(r["DeletionPolicy"], json!("Retain"), "{id}");
+            assert_eq!(r["UpdateReplacePolicy"], json!("Retain"), "{id}");
+        }
+    }
+    let (_, index) = resources_of_type(&t, "AWS::S3Vectors::Index")
+        .into_iter()
+        .next()
+        .expect("index");
+    let p = &index["Properties"];
+    assert_eq!(p["DataType"], json!("float32"));
+    assert_eq!(p["DistanceMetric"], json!("cosine"));
+    assert_eq!(p["Dimension"], json!({"Ref": "EmbeddingDimensions"}));
+    assert_eq!(p["IndexName"], json!({"Ref": "VectorIndexName"}));
+    assert_eq!(
+        p["MetadataConfiguration"]["NonFilterableMetadataKeys"],
+        json!(["text", "title"])
+    );
+}
+
+/// The SSM parameter names a policy statement allows `ssm:GetParameters` on.
+fn allowed_secrets(f: &Value) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for policy in f["Properties"]["Policies"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        for st in policy["Statement"].as_array().cloned().unwrap_or_default() {
+            let actions = match &st["Action"] {
+                Value::Array(a) => a.clone(),
+                one => vec![one.clone()],
+            };
+            if !actions
+                .iter()
+                .any(|a| a.as_str().is_some_and(|a| a.starts_with("ssm:")))
+            {
+                continue;
+            }
+            assert!(
+                actions == vec![json!("ssm:GetParameters")],
+                "only ssm:GetParameters: {actions:?}"
+            );
+            for r in st["Resource"].as_array().cloned().unwrap_or_default() {
+                let arn = r["Fn::Sub"].as_str().unwrap_or_else(|| panic!("{r}"));
+                let name = arn
+                    .rsplit_once("parameter${SecretsPrefix}")
+                    .unwrap_or_else(|| panic!("{arn} is not under SecretsPrefix"))
+                    .1;
+                names.insert(name.to_string());
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn each_function_may_read_exactly_the_secrets_it_lists() {
+    let t = template::load();
+    for name in FUNCTIONS {
+        let (id, f) = template::function(&t, name).expect("function");
+        let listed: BTreeSet<String> = own_env_vars(&f)
+            .get("SECRETS")
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("{id} has no SECRETS"))
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        assert_eq!(allowed_secrets(&f), listed, "{id}: IAM vs SECRETS");
+    }
+}
+
+#[test]
+fn default_parameters_give_settings_that_parse() {
+    for name in FUNCTIONS {
+        let env = template::default_env(name);
+        for (k, v) in &env {
+            assert!(
+                !v.starts_with('<') || is_resource_var(k),
+                "{name}: {k} = {v} is neither a literal nor a parameter's default"
+            );
+        }
+        let map = env.into_iter().collect();
+        if let Err(e) = shared::config::Settings::from_map(&map) {
+            panic!("{name}: with the template's defaults, start-up fails: {e}");
+        }
+    }
+}
+
+fn is_resource_var(k: &str) -> bool {
+    matches!(
+        k,
+        "STATE_TABLE"
+            | "CACHE_TABLE"
+            | "DOCUMENT_BUCKET"
+            | "CHUNK_QUEUE_URL"
+            | "EMBED_QUEUE_URL"
+            | "TAG_QUEUE_URL"
+            | "VECTOR_BUCKET"
+    )
+}
+
+#[test]
+fn template_env_lists_globals_and_own_variables() {
+    let ingest = template::template_env("ingest");
+    for v in [
+        "PAPERLESS_URL",
+        "LLM_PROVIDER",
+        "SECRETS_PREFIX",
+        "STATE_TABLE",
+        "SECRETS",
+    ] {
+        assert!(ingest.contains(v), "{v} missing from {ingest:?}");
+    }
+    assert!(!ingest.contains("EMBED_QUEUE_URL"));
+    assert!(template::template_env("chunk").contains("EMBED_QUEUE_URL"));
+}
+
+#[test]
+fn every_sample_event_is_json() {
+    let dir = workspace_root().join("events");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("events/") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let text = std::fs::read_to_string(&path).expect("readable");
+            if let Err(e) = serde_json::from_str::<Value>(&text) {
+                panic!("{}: {e}", path.display());
+            }
+            n += 1;
+        }
+    }
+    assert!(n >= 15, "only {n} JSON events in {}", dir.display());
+}
