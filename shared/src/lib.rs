@@ -16,6 +16,8 @@ pub mod embedded;
 pub mod filter;
 #[cfg(feature = "http")]
 pub mod http;
+#[cfg(feature = "lambda")]
+pub mod lambda;
 pub mod metrics;
 pub mod models;
 #[cfg(feature = "clients")]

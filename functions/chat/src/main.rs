@@ -1,1 +1,10 @@
-fn main() {}
+//! The chat function: questions over the archive behind a Function URL in RESPONSE_STREAM mode,
+//! so answers stream token by token (an HTTP API buffers whole responses).
+
+use shared::lambda::Function;
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    let svc = shared::lambda::start(Function::Chat).await?;
+    lambda_http::run_with_streaming_response(shared::lambda::http_router(svc)).await
+}
