@@ -321,7 +321,12 @@ impl Settings {
         };
         for (role, m, var, needed) in [
             ("LLM", &llm, "LLM_BASE_URL", required.llm_key),
-            ("EMBEDDING", &embedding, "LLM_BASE_URL", required.embedding_key),
+            (
+                "EMBEDDING",
+                &embedding,
+                "LLM_BASE_URL",
+                required.embedding_key,
+            ),
         ] {
             if needed
                 && m.provider == Provider::OpenAi
