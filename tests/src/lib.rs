@@ -3,6 +3,7 @@
 
 pub mod fake_openai;
 pub mod fake_paperless;
+pub mod moto;
 pub mod quality;
 pub mod template;
 

@@ -1,4 +1,6 @@
 //! Adapters: one folder per family of backends behind the `ports`.
 
+#[cfg(feature = "aws")]
+pub mod aws;
 #[cfg(feature = "local")]
 pub mod local;

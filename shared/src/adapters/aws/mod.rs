@@ -1,0 +1,125 @@
+//! The AWS adapters behind the storage ports: S3 (blobs), DynamoDB (state and cache), SQS (work
+//! queues) and S3 Vectors (vector index). The Lambdas build one SDK client per service per cold
+//! start and hand it to these constructors; nothing outside this folder names an SDK type, and
+//! every SDK failure leaves here as a `StoreError` (see `store_error`).
+
+mod blob;
+mod cache;
+pub mod document;
+mod queue;
+mod state;
+mod vectors;
+
+pub use blob::S3Blobs;
+pub use cache::DynamoCache;
+pub use queue::SqsQueue;
+pub use state::DynamoState;
+pub use vectors::S3VectorIndex;
+
+// Every SDK crate re-exports the same smithy `SdkError` (with the same HTTP response type), so
+// one helper serves all of them.
+use aws_sdk_s3::error::SdkError;
+use aws_smithy_types::error::display::DisplayErrorContext;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+
+use crate::ports::StoreError;
+
+/// Service error codes that mean "try again later" whatever their HTTP status.
+const TRANSIENT_CODES: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "ProvisionedThroughputExceededException",
+    "RequestLimitExceeded",
+    "TransactionInProgressException",
+    "SlowDown",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "ServiceUnavailable",
+    "ServiceUnavailableException",
+    "InternalError",
+    "InternalServerError",
+    "InternalFailure",
+    "KMSThrottlingException",
+];
+
+/// Maps an SDK failure to the port's error: a failed condition is a `Conflict`; throttling,
+/// 5xx, timeouts and transport failures are `Unavailable` (a retry may help); anything else the
+/// service refused (validation, missing bucket/table/index/queue, access) is `Invalid`.
+pub(crate) fn store_error<E>(context: &str, err: SdkError<E>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let detail = format!("{context}: {}", DisplayErrorContext(&err));
+    match &err {
+        SdkError::ServiceError(_) => {
+            let code = err.code().unwrap_or_default();
+            let status = err.raw_response().map(|r| r.status().as_u16());
+            if code == "ConditionalCheckFailedException" {
+                StoreError::Conflict(detail)
+            } else if TRANSIENT_CODES.contains(&code)
+                || status.is_some_and(|s| s == 429 || s >= 500)
+            {
+                StoreError::Unavailable(detail)
+            } else {
+                StoreError::Invalid(detail)
+            }
+        }
+        // The request could not even be built: a bad argument, not a flaky service.
+        SdkError::ConstructionFailure(_) => StoreError::Invalid(detail),
+        // Timeouts, connection failures, unreadable replies.
+        _ => StoreError::Unavailable(detail),
+    }
+}
+
+/// Now, in Unix seconds: what expiry attributes are compared with.
+pub(crate) fn now_unix() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_s3::config::http::HttpResponse;
+    use aws_sdk_s3::operation::get_object::GetObjectError;
+    use aws_smithy_types::body::SdkBody;
+    use aws_smithy_types::error::ErrorMetadata;
+
+    fn service_error(code: &str, status: u16) -> SdkError<GetObjectError> {
+        let meta = ErrorMetadata::builder().code(code).message("m").build();
+        let raw = HttpResponse::new(status.try_into().expect("a valid status"), SdkBody::empty());
+        SdkError::service_error(GetObjectError::generic(meta), raw)
+    }
+
+    #[test]
+    fn service_errors_map_to_the_ports_kinds() {
+        let kind = |code, status| match store_error("op", service_error(code, status)) {
+            StoreError::Conflict(_) => "conflict",
+            StoreError::Invalid(_) => "invalid",
+            StoreError::Unavailable(_) => "unavailable",
+        };
+        assert_eq!(kind("ConditionalCheckFailedException", 400), "conflict");
+        assert_eq!(kind("ThrottlingException", 400), "unavailable");
+        assert_eq!(
+            kind("ProvisionedThroughputExceededException", 400),
+            "unavailable"
+        );
+        assert_eq!(kind("Whatever", 503), "unavailable");
+        assert_eq!(kind("Whatever", 429), "unavailable");
+        assert_eq!(kind("ValidationException", 400), "invalid");
+        assert_eq!(kind("NotFoundException", 404), "invalid");
+    }
+
+    #[test]
+    fn the_message_names_the_operation_and_the_code() {
+        let e = store_error("PutItem jobs", service_error("ValidationException", 400));
+        let text = e.to_string();
+        assert!(
+            text.contains("PutItem jobs") && text.contains("ValidationException"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,297 @@
+//! The vector index on Amazon S3 Vectors (cosine, float32). Metadata sent with each vector is
+//! the record's filterable metadata plus `text` and `title`, which the index is created with as
+//! non-filterable keys (so the chunk text is returned with hits, never filtered on and not
+//! billed as data processed); reads take those two back out into the record. Limits are
+//! checked before any call, so a refused put writes nothing, exactly like the embedded index.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use aws_sdk_s3vectors::Client;
+use aws_sdk_s3vectors::types::{GetOutputVector, PutInputVector, QueryOutputVector, VectorData};
+use aws_smithy_types::Document;
+use serde_json::{Map, Value};
+
+use super::document::{to_document, to_json_map};
+use super::store_error;
+use crate::filter::Filter;
+use crate::ports::{
+    MAX_TOP_K, MAX_VECTORS_PER_CALL, StoreError, VectorHit, VectorIndex, VectorRecord,
+};
+
+/// The non-filterable metadata keys the index must be created with.
+pub const NON_FILTERABLE_KEYS: [&str; 2] = ["text", "title"];
+/// S3 Vectors' limits besides those in `ports`.
+const MAX_GET: usize = 100;
+const MAX_FILTERABLE_BYTES: usize = 2048;
+const MAX_METADATA_BYTES: usize = 40 * 1024;
+const MAX_METADATA_KEYS: usize = 50;
+const MAX_KEY_LEN: usize = 1024;
+
+pub struct S3VectorIndex {
+    client: Client,
+    vector_bucket: String,
+    index: String,
+    dimension: usize,
+}
+
+impl S3VectorIndex {
+    pub fn new(
+        client: Client,
+        vector_bucket: impl Into<String>,
+        index: impl Into<String>,
+        dimension: usize,
+    ) -> S3VectorIndex {
+        S3VectorIndex {
+            client,
+            vector_bucket: vector_bucket.into(),
+            index: index.into(),
+            dimension,
+        }
+    }
+
+    fn check_vector(&self, what: &str, v: &[f32]) -> Result<(), StoreError> {
+        if v.len() != self.dimension {
+            return Err(StoreError::Invalid(format!(
+                "{what} has {} dimensions, index has {}",
+                v.len(),
+                self.dimension
+            )));
+        }
+        if v.iter().any(|x| !x.is_finite()) {
+            return Err(StoreError::Invalid(format!(
+                "{what} has NaN or infinite values"
+            )));
+        }
+        if v.iter().all(|x| *x == 0.0) {
+            return Err(StoreError::Invalid(format!(
+                "{what}: a cosine index rejects an all-zero vector"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The record as S3 Vectors takes it, or why S3 Vectors would refuse it.
+    fn to_input(&self, r: &VectorRecord) -> Result<PutInputVector, StoreError> {
+        if r.key.is_empty() || r.key.len() > MAX_KEY_LEN {
+            return Err(StoreError::Invalid(format!(
+                "vector key must be 1 to {MAX_KEY_LEN} bytes"
+            )));
+        }
+        self.check_vector(&format!("vector {}", r.key), &r.vector)?;
+        if let Some(k) = NON_FILTERABLE_KEYS
+            .iter()
+            .find(|k| r.metadata.contains_key(**k))
+        {
+            return Err(StoreError::Invalid(format!(
+                "metadata key {k} of {} is reserved for the non-filterable field",
+                r.key
+            )));
+        }
+        if r.metadata.len() + NON_FILTERABLE_KEYS.len() > MAX_METADATA_KEYS {
+            return Err(StoreError::Invalid(format!(
+                "vector {} has more than {MAX_METADATA_KEYS} metadata keys",
+                r.key
+            )));
+        }
+        let scalar = |v: &Value| matches!(v, Value::String(_) | Value::Number(_) | Value::Bool(_));
+        for (k, v) in &r.metadata {
+            if !(scalar(v) || matches!(v, Value::Array(items) if items.iter().all(scalar))) {
+                return Err(StoreError::Invalid(format!(
+                    "metadata {k} of {} must be a string, number, boolean or list of those",
+                    r.key
+                )));
+            }
+        }
+        let filterable = Value::Object(r.metadata.clone()).to_string().len();
+        if filterable > MAX_FILTERABLE_BYTES {
+            return Err(StoreError::Invalid(format!(
+                "vector {} has {filterable} bytes of filterable metadata (max {MAX_FILTERABLE_BYTES})",
+                r.key
+            )));
+        }
+        if filterable + r.text.len() + r.title.len() > MAX_METADATA_BYTES {
+            return Err(StoreError::Invalid(format!(
+                "vector {} has more than 40 KB of metadata",
+                r.key
+            )));
+        }
+        let mut metadata = r.metadata.clone();
+        metadata.insert("text".into(), Value::String(r.text.clone()));
+        metadata.insert("title".into(), Value::String(r.title.clone()));
+        PutInputVector::builder()
+            .key(&r.key)
+            .data(VectorData::Float32(r.vector.clone()))
+            .metadata(to_document(&Value::Object(metadata)))
+            .build()
+            .map_err(|e| StoreError::Invalid(format!("vector {}: {e}", r.key)))
+    }
+}
+
+/// Splits stored metadata into the filterable part and the non-filterable text and title.
+fn split_metadata(doc: Option<&Document>) -> (Map<String, Value>, String, String) {
+    let mut metadata = match doc {
+        Some(Document::Object(map)) => to_json_map(map.iter()),
+        _ => Map::new(),
+    };
+    let mut take = |k: &str| match metadata.remove(k) {
+        Some(Value::String(s)) => s,
+        _ => String::new(),
+    };
+    let (text, title) = (take("text"), take("title"));
+    (metadata, text, title)
+}
+
+fn record_of(v: GetOutputVector) -> VectorRecord {
+    let (metadata, text, title) = split_metadata(v.metadata.as_ref());
+    let vector = match v.data {
+        Some(VectorData::Float32(f)) => f,
+        _ => Vec::new(),
+    };
+    VectorRecord {
+        key: v.key,
+        vector,
+        metadata,
+        text,
+        title,
+    }
+}
+
+/// A hit: S3 Vectors returns no vector data with query results, so `record.vector` is empty.
+fn hit_of(v: QueryOutputVector) -> VectorHit {
+    let (metadata, text, title) = split_metadata(v.metadata.as_ref());
+    VectorHit {
+        distance: v.distance.unwrap_or(f32::MAX).max(0.0),
+        record: VectorRecord {
+            key: v.key,
+            vector: Vec::new(),
+            metadata,
+            text,
+            title,
+        },
+    }
+}
+
+#[async_trait]
+impl VectorIndex for S3VectorIndex {
+    fn dimension(&self) -> usize {
+        self.dimension
+    }
+
+    async fn put(&self, records: Vec<VectorRecord>) -> Result<(), StoreError> {
+        if records.len() > MAX_VECTORS_PER_CALL {
+            return Err(StoreError::Invalid(format!(
+                "{} vectors in one put (max {MAX_VECTORS_PER_CALL})",
+                records.len()
+            )));
+        }
+        if records.is_empty() {
+            return Ok(());
+        }
+        let inputs = records
+            .iter()
+            .map(|r| self.to_input(r))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.client
+            .put_vectors()
+            .vector_bucket_name(&self.vector_bucket)
+            .index_name(&self.index)
+            .set_vectors(Some(inputs))
+            .send()
+            .await
+            .map_err(|e| store_error("S3 Vectors PutVectors", e))?;
+        Ok(())
+    }
+
+    async fn delete(&self, keys: &[String]) -> Result<(), StoreError> {
+        if keys.len() > MAX_VECTORS_PER_CALL {
+            return Err(StoreError::Invalid(format!(
+                "{} keys in one delete (max {MAX_VECTORS_PER_CALL})",
+                keys.len()
+            )));
+        }
+        if keys.is_empty() {
+            return Ok(());
+        }
+        // Keys that are not there are no error: deleting is idempotent.
+        self.client
+            .delete_vectors()
+            .vector_bucket_name(&self.vector_bucket)
+            .index_name(&self.index)
+            .set_keys(Some(keys.to_vec()))
+            .send()
+            .await
+            .map_err(|e| store_error("S3 Vectors DeleteVectors", e))?;
+        Ok(())
+    }
+
+    async fn get(&self, keys: &[String]) -> Result<Vec<VectorRecord>, StoreError> {
+        if keys.len() > MAX_GET {
+            return Err(StoreError::Invalid(format!(
+                "{} keys in one get (max {MAX_GET})",
+                keys.len()
+            )));
+        }
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let out = self
+            .client
+            .get_vectors()
+            .vector_bucket_name(&self.vector_bucket)
+            .index_name(&self.index)
+            .set_keys(Some(keys.to_vec()))
+            .return_data(true)
+            .return_metadata(true)
+            .send()
+            .await
+            .map_err(|e| store_error("S3 Vectors GetVectors", e))?;
+        // In the order asked for; keys that are not there are left out.
+        let mut found: HashMap<String, VectorRecord> = out
+            .vectors
+            .into_iter()
+            .map(|v| (v.key.clone(), record_of(v)))
+            .collect();
+        Ok(keys.iter().filter_map(|k| found.remove(k)).collect())
+    }
+
+    async fn query(
+        &self,
+        vector: &[f32],
+        top_k: usize,
+        filter: Option<&Filter>,
+    ) -> Result<Vec<VectorHit>, StoreError> {
+        if !(1..=MAX_TOP_K).contains(&top_k) {
+            return Err(StoreError::Invalid(format!(
+                "top_k must be 1 to {MAX_TOP_K}, not {top_k}"
+            )));
+        }
+        self.check_vector("query", vector)?;
+        let mut hits = Vec::new();
+        let mut next_token = None;
+        loop {
+            let out = self
+                .client
+                .query_vectors()
+                .vector_bucket_name(&self.vector_bucket)
+                .index_name(&self.index)
+                .top_k((top_k - hits.len()) as i32)
+                .query_vector(VectorData::Float32(vector.to_vec()))
+                .set_filter(filter.map(|f| to_document(&f.to_json())))
+                .return_metadata(true)
+                .return_distance(true)
+                .set_next_token(next_token.take())
+                .send()
+                .await
+                .map_err(|e| store_error("S3 Vectors QueryVectors", e))?;
+            hits.extend(out.vectors.into_iter().map(hit_of));
+            // A paginated (filter-first) query may hand the rest over in further pages.
+            match out.next_token {
+                Some(t) if hits.len() < top_k && !t.is_empty() => next_token = Some(t),
+                _ => break,
+            }
+        }
+        hits.truncate(top_k);
+        Ok(hits)
+    }
+}
