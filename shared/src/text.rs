@@ -104,6 +104,27 @@ pub fn count_tokens(text: &str) -> usize {
     bpe().encode_ordinary(text).len()
 }
 
+/// How many tokens a model's own tokenizer makes, per cl100k token, for models whose tokenizer
+/// is not at hand: an estimate with a safety margin (commonly reported ratios on prose, rounded
+/// up; not measured here), so a budget counted in cl100k tokens is divided by it. OpenAI
+/// models and Llama 3/4 (tiktoken-style vocabularies of 128k and more) count about the same as
+/// cl100k; Claude, Mistral and unknown families more.
+pub fn token_factor(model: &str) -> f64 {
+    let m = model.to_ascii_lowercase();
+    if ["gpt", "llama3", "llama-3", "llama4", "llama-4"]
+        .iter()
+        .any(|f| m.contains(f))
+    {
+        1.0
+    } else if m.contains("claude") {
+        1.25
+    } else if m.contains("mistral") || m.contains("mixtral") {
+        1.3
+    } else {
+        1.2
+    }
+}
+
 /// Splits `text` into chunks of at most `max_tokens` tokens, consecutive chunks sharing up to
 /// `overlap` tokens, cut at the largest semantic unit that fits (paragraph, sentence, word).
 /// Returns byte ranges into `text`.

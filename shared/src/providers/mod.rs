@@ -1,5 +1,7 @@
 //! Model providers behind the `ChatModel` and `Embedder` ports, chosen by configuration.
 
+#[cfg(feature = "bedrock")]
+pub mod bedrock;
 pub mod lexical;
 pub mod llm;
 #[cfg(feature = "clients")]
@@ -22,6 +24,9 @@ mod assembly {
     use super::lexical::{DEFAULT_DIMENSION, LexicalEmbedder, LexicalModel};
     use super::ollama::{OllamaChat, OllamaEmbedder};
     use super::openai::{OpenAiChat, OpenAiEmbedder};
+
+    #[cfg(not(feature = "bedrock"))]
+    const WITHOUT_BEDROCK: &str = "this build has no bedrock support (built without the `bedrock` feature): use openai, ollama or lexical, or a build with bedrock";
 
     fn config(var: &'static str, message: impl Into<String>) -> ConfigError {
         ConfigError {
@@ -55,12 +60,16 @@ mod assembly {
                 )
                 .map_err(|e| config("LLM_BASE_URL", e.to_string()))?,
             ),
-            Provider::Bedrock => {
-                return Err(config(
-                    "LLM_PROVIDER",
-                    "bedrock is not available in this build yet: use openai, ollama or lexical",
-                ));
-            }
+            #[cfg(feature = "bedrock")]
+            Provider::Bedrock => Arc::new(super::bedrock::BedrockChat::new(
+                llm.base_url.as_deref(),
+                llm.model.as_deref(),
+                settings.policy.max_input_tokens,
+                settings.policy.max_output_tokens,
+                settings.policy.system_prompt.clone(),
+            )),
+            #[cfg(not(feature = "bedrock"))]
+            Provider::Bedrock => return Err(config("LLM_PROVIDER", WITHOUT_BEDROCK)),
         })
     }
 
@@ -84,12 +93,14 @@ mod assembly {
                 OllamaEmbedder::new(e.base_url.as_deref(), e.model.as_deref(), e.dimensions)
                     .map_err(|m| config("EMBEDDING_DIMENSIONS", m))?,
             ),
-            Provider::Bedrock => {
-                return Err(config(
-                    "EMBEDDING_PROVIDER",
-                    "bedrock is not available in this build yet: use openai, ollama or lexical",
-                ));
-            }
+            #[cfg(feature = "bedrock")]
+            Provider::Bedrock => Arc::new(super::bedrock::BedrockEmbedder::new(
+                e.base_url.as_deref(),
+                e.model.as_deref(),
+                e.dimensions,
+            )?),
+            #[cfg(not(feature = "bedrock"))]
+            Provider::Bedrock => return Err(config("EMBEDDING_PROVIDER", WITHOUT_BEDROCK)),
         })
     }
 
