@@ -1,10 +1,12 @@
 //! Test support: fakes of the systems around paperless-ai-serverless, served on loopback, for
 //! the end-to-end tests and the benchmark.
 
+pub mod aws_stack;
 pub mod fake_openai;
 pub mod fake_paperless;
 pub mod moto;
 pub mod quality;
+pub mod runtime_api;
 pub mod template;
 
 /// Starts a `pai serve` binary with exactly `env` (plus `PATH`), its stderr discarded, and

@@ -51,9 +51,8 @@ impl Env {
 
     /// Adds the secrets read from SSM; they win over variables of the same name (which only
     /// a local run, e.g. `cargo lambda watch`, would set).
-    pub fn with_secrets(mut self, secrets: HashMap<String, String>) -> Env {
-        self.secrets = secrets;
-        self
+    pub fn add_secrets(&mut self, secrets: HashMap<String, String>) {
+        self.secrets.extend(secrets);
     }
 
     pub fn get(&self, name: &str) -> Option<String> {
@@ -125,8 +124,8 @@ mod tests {
 
     #[test]
     fn pai_only_settings_read_as_unset_and_secrets_are_not_recorded() {
-        let e = env(&[("PORT", "9"), ("PAPERLESS_TOKEN", "from-env"), ("A", "1")])
-            .with_secrets([("PAPERLESS_TOKEN".to_string(), "from-ssm".to_string())].into());
+        let mut e = env(&[("PORT", "9"), ("PAPERLESS_TOKEN", "from-env"), ("A", "1")]);
+        e.add_secrets([("PAPERLESS_TOKEN".to_string(), "from-ssm".to_string())].into());
         assert_eq!(e.get("PORT"), None);
         assert_eq!(e.get("PAPERLESS_TOKEN").as_deref(), Some("from-ssm"));
         assert_eq!(e.get("A").as_deref(), Some("1"));

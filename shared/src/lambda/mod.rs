@@ -229,7 +229,7 @@ pub async fn start(function: Function) -> Result<Services, lambda_runtime::Error
     let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .load()
         .await;
-    load(function, &sdk, Env::from_process())
+    load(function, &sdk, &mut Env::from_process())
         .await
         .inspect_err(
             |e| tracing::error!(error = %e, function = function.name(), "cold start failed"),
@@ -237,20 +237,18 @@ pub async fn start(function: Function) -> Result<Services, lambda_runtime::Error
         .map_err(Into::into)
 }
 
-/// The function's secrets from SSM, merged into `env`, then its services.
-pub async fn load(function: Function, sdk: &SdkConfig, env: Env) -> Result<Services, StartError> {
+/// The function's secrets from SSM, added to `env`, then its services.
+pub async fn load(
+    function: Function,
+    sdk: &SdkConfig,
+    env: &mut Env,
+) -> Result<Services, StartError> {
     let names = env.secret_names(function);
-    let secrets = if names.is_empty() {
-        Default::default()
-    } else {
-        secrets::fetch(
-            &aws_sdk_ssm::Client::new(sdk),
-            &env.secrets_prefix(),
-            &names,
-        )
-        .await?
-    };
-    services(function, sdk, &env.with_secrets(secrets))
+    if !names.is_empty() {
+        let ssm = aws_sdk_ssm::Client::new(sdk);
+        env.add_secrets(secrets::fetch(&ssm, &env.secrets_prefix(), &names).await?);
+    }
+    services(function, sdk, env)
 }
 
 /// The schedule door: one sync run per event; a failure fails the invocation (EventBridge

@@ -1,0 +1,324 @@
+//! Every function's handler driven by its `events/` file, built exactly as a cold start builds
+//! it (`shared::lambda::load`: secrets from SSM, AWS adapters from the environment), against
+//! the template's resources on a moto server and a fake Paperless-ngx.
+//!
+//! The flow a Paperless webhook starts goes through all of them: ingest → chunk → embed → tag,
+//! with each SQS event carrying the message the previous function really sent.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use aws_lambda_events::event::cloudwatch_events::CloudWatchEvent;
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use lambda_http::tower::ServiceExt;
+use lambda_runtime::{Context, LambdaEvent};
+use pai_tests::aws_stack::Stack;
+use pai_tests::fake_paperless::{DocSeed, FakePaperless};
+use pai_tests::moto::{MotoServer, unique};
+use serde_json::Value;
+use shared::domain::Stage;
+use shared::lambda::{Env, Function, load, sqs};
+use shared::pipeline::Services;
+
+const TOKEN: &str = "paperless-token-for-lambda-tests";
+/// The values the sample events carry.
+const WEBHOOK_SECRET: &str = "test-webhook-secret";
+const API_KEY: &str = "test-api-key-0123456789";
+
+fn event_file(name: &str) -> String {
+    let path = format!("{}/../events/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+struct World {
+    moto: Arc<MotoServer>,
+    paperless: FakePaperless,
+    env: HashMap<String, String>,
+    doc: u64,
+}
+
+impl World {
+    async fn new() -> World {
+        let moto = MotoServer::shared();
+        let paperless = FakePaperless::start(TOKEN).await;
+        paperless.add_tag("Invoice", "invoice");
+        let doc = paperless.add_document(DocSeed {
+            title: "scan_0001".into(),
+            content: "Berger Haustechnik GmbH\nInvoice 2025-117\nDate: 14.03.2025\n\
+                      Boiler repair and maintenance. Total EUR 1,250.00."
+                .into(),
+            ..DocSeed::default()
+        });
+        let stack = Stack::create(&moto, 3, 256).await;
+        let prefix = format!("/{}/", unique("pai"));
+        Stack::put_secrets(
+            &moto,
+            &prefix,
+            &[
+                ("PAPERLESS_TOKEN", TOKEN),
+                ("WEBHOOK_SECRET", WEBHOOK_SECRET),
+                ("API_KEYS", API_KEY),
+            ],
+        )
+        .await;
+        let mut env = stack.env;
+        env.insert("PAPERLESS_URL".into(), paperless.url());
+        env.insert("SECRETS_PREFIX".into(), prefix);
+        env.insert("EMBEDDING_DIMENSIONS".into(), "256".into());
+        World {
+            moto,
+            paperless,
+            env,
+            doc,
+        }
+    }
+
+    async fn function(&self, function: Function) -> Services {
+        let sdk = self.moto.sdk_config().await;
+        match load(function, &sdk, &mut Env::from_map(self.env.clone())).await {
+            Ok(svc) => svc,
+            Err(e) => panic!("{} does not start: {e}", function.name()),
+        }
+    }
+
+    /// Takes the messages waiting on a queue, as SQS hands them to a function.
+    async fn receive(&self, queue_var: &str) -> Vec<(String, String, u32)> {
+        let sqs = self.moto.sqs().await;
+        let reply = sqs
+            .receive_message()
+            .queue_url(&self.env[queue_var])
+            .max_number_of_messages(10)
+            .message_system_attribute_names(
+                aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount,
+            )
+            .send()
+            .await
+            .expect("receive");
+        reply
+            .messages()
+            .iter()
+            .map(|m| {
+                let receives = m
+                    .attributes()
+                    .and_then(|a| {
+                        a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount)
+                    })
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(1);
+                (
+                    m.message_id().unwrap_or_default().to_string(),
+                    m.body().unwrap_or_default().to_string(),
+                    receives,
+                )
+            })
+            .collect()
+    }
+}
+
+/// The sample SQS event with its records' bodies replaced by real messages.
+fn sqs_event(file: &str, messages: &[(String, String, u32)]) -> SqsEvent {
+    let mut event: SqsEvent = serde_json::from_str(&event_file(file)).expect("SQS event");
+    let template = event.records[0].clone();
+    event.records = messages
+        .iter()
+        .map(|(id, body, receives)| {
+            let mut r = template.clone();
+            r.message_id = Some(id.clone());
+            r.body = Some(body.clone());
+            r.attributes
+                .insert("ApproximateReceiveCount".into(), receives.to_string());
+            r
+        })
+        .collect();
+    event
+}
+
+async fn run_batch(svc: &Services, stage: Stage, event: SqsEvent) -> SqsBatchResponse {
+    sqs::handle_batch(svc, stage, LambdaEvent::new(event, Context::default()))
+        .await
+        .expect("batch handled")
+}
+
+/// An HTTP event file through a door's router: status and JSON body.
+async fn http(svc: &Services, event: &str) -> (u16, Value) {
+    let request = lambda_http::request::from_str(event).expect("HTTP event");
+    let response = shared::lambda::http_router(svc.clone())
+        .oneshot(request)
+        .await
+        .expect("router answers");
+    let status = response.status().as_u16();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+async fn job(ingest: &Services, job_id: &str) -> Value {
+    let event =
+        event_file("ingest-job.json").replace("00000000-0000-7000-8000-000000000000", job_id);
+    let (status, body) = http(ingest, &event).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paperless_webhook_flows_through_ingest_chunk_embed_and_tag() {
+    let world = World::new().await;
+    let ingest = world.function(Function::Ingest).await;
+    let event = event_file("ingest-webhook.json")
+        .replace(
+            r#"\"doc_id\":\"1\""#,
+            &format!(r#"\"doc_id\":\"{}\""#, world.doc),
+        )
+        .replace("/documents/1/", &format!("/documents/{}/", world.doc));
+    let (status, accepted) = http(&ingest, &event).await;
+    assert_eq!(status, 202, "{accepted}");
+    let job_id = accepted["job_id"].as_str().expect("job id").to_string();
+
+    let chunk = world.function(Function::Chunk).await;
+    let messages = world.receive("CHUNK_QUEUE_URL").await;
+    assert_eq!(messages.len(), 1, "one chunk message per webhook");
+    let failures = run_batch(&chunk, Stage::Chunk, sqs_event("chunk-sqs.json", &messages)).await;
+    assert!(failures.batch_item_failures.is_empty());
+
+    let embed = world.function(Function::Embed).await;
+    let messages = world.receive("EMBED_QUEUE_URL").await;
+    assert!(!messages.is_empty(), "chunk sent embedding work");
+    let failures = run_batch(&embed, Stage::Embed, sqs_event("embed-sqs.json", &messages)).await;
+    assert!(failures.batch_item_failures.is_empty());
+
+    let tag = world.function(Function::Tag).await;
+    let messages = world.receive("TAG_QUEUE_URL").await;
+    assert_eq!(messages.len(), 1, "chunk sent one tagging message");
+    let failures = run_batch(&tag, Stage::Tag, sqs_event("tag-sqs.json", &messages)).await;
+    assert!(failures.batch_item_failures.is_empty());
+
+    let job = job(&ingest, &job_id).await;
+    assert_eq!(job["status"], "done", "{job}");
+    let doc = world.paperless.document(world.doc).expect("document");
+    assert_ne!(
+        doc["title"], "scan_0001",
+        "the title was written back: {doc}"
+    );
+    assert!(
+        world.paperless.count("PATCH", "/api/documents/") >= 1,
+        "tag wrote to Paperless"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_goes_straight_to_s3_and_arrives_as_a_notification() {
+    let world = World::new().await;
+    let ingest = world.function(Function::Ingest).await;
+    let (status, created) = http(&ingest, &event_file("ingest-upload.json")).await;
+    assert_eq!(status, 201, "{created}");
+    let upload_url = created["upload_url"].as_str().expect("upload url");
+    assert!(
+        upload_url.starts_with(world.moto.url()) && upload_url.contains("X-Amz-Signature"),
+        "a presigned S3 URL: {upload_url}"
+    );
+    let text = "Lease agreement 2021 between Anna Example and Hausverwaltung Meyer.\n".repeat(40);
+    let put = reqwest::Client::new()
+        .put(upload_url)
+        .header("content-type", "text/plain")
+        .body(text)
+        .send()
+        .await
+        .expect("PUT to S3");
+    assert!(put.status().is_success(), "{}", put.status());
+
+    // S3's notification for the object, and the test event S3 sends when it is configured.
+    let job_id = created["job_id"].as_str().expect("job id");
+    let key = shared::pipeline::ingest::upload_key(job_id, "lease-2021.txt");
+    let mut event: SqsEvent =
+        serde_json::from_str(&event_file("chunk-s3-upload.json")).expect("SQS event");
+    let mut notification: Value =
+        serde_json::from_str(event.records[0].body.as_deref().expect("body")).expect("S3 event");
+    notification["Records"][0]["s3"]["object"]["key"] = Value::from(key);
+    event.records[0].body = Some(notification.to_string());
+    let chunk = world.function(Function::Chunk).await;
+    let failures = run_batch(&chunk, Stage::Chunk, event).await;
+    assert!(failures.batch_item_failures.is_empty());
+
+    let job = job(&ingest, job_id).await;
+    assert_eq!(job["stages"]["chunk"]["status"], "done", "{job}");
+    assert_eq!(world.receive("TAG_QUEUE_URL").await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_for_unknown_jobs_are_acknowledged_not_retried() {
+    let world = World::new().await;
+    for (function, stage, file) in [
+        (Function::Chunk, Stage::Chunk, "chunk-sqs.json"),
+        (Function::Embed, Stage::Embed, "embed-sqs.json"),
+        (Function::Tag, Stage::Tag, "tag-sqs.json"),
+    ] {
+        let svc = world.function(function).await;
+        let event: SqsEvent = serde_json::from_str(&event_file(file)).expect("SQS event");
+        let records = event.records.len();
+        let response = run_batch(&svc, stage, event).await;
+        assert!(
+            response.batch_item_failures.is_empty(),
+            "{file}: {records} records for jobs that do not exist fail for good, they do not \
+             come back: {:?}",
+            response.batch_item_failures
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_reports_only_the_messages_to_retry() {
+    let world = World::new().await;
+    let chunk = world.function(Function::Chunk).await;
+    // Paperless is down for the first request: that message comes back, the malformed one
+    // does not (retrying cannot fix it).
+    world.paperless.fail_next(10, 503);
+    let body = format!(
+        r#"{{"source": "paperless", "job_id": "{}", "doc_id": {}}}"#,
+        "0193a1b2-0000-7000-8000-0000000000aa", world.doc
+    );
+    let event = sqs_event(
+        "chunk-sqs.json",
+        &[
+            ("retry-me".into(), body, 1),
+            ("drop-me".into(), "{not json".into(), 1),
+        ],
+    );
+    let response = run_batch(&chunk, Stage::Chunk, event).await;
+    let ids: Vec<_> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.as_str())
+        .collect();
+    assert_eq!(ids, ["retry-me"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schedule_queues_what_changed_in_paperless() {
+    let world = World::new().await;
+    let sync = world.function(Function::Sync).await;
+    let event: CloudWatchEvent =
+        serde_json::from_str(&event_file("sync-schedule.json")).expect("schedule event");
+    let report =
+        shared::lambda::sync_on_schedule(&sync, LambdaEvent::new(event, Context::default()))
+            .await
+            .expect("sync runs");
+    assert_eq!(report["queued"], 1, "{report}");
+    assert_eq!(world.receive("CHUNK_QUEUE_URL").await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_checks_its_api_key_and_fails_clearly_without_a_vector_query() {
+    let world = World::new().await;
+    let chat = world.function(Function::Chat).await;
+    let wrong = event_file("chat-url.json").replace(API_KEY, "not-the-key-0123456789");
+    let (status, body) = http(&chat, &wrong).await;
+    assert_eq!(status, 401, "{body}");
+    // moto has no QueryVectors (tested against mocks in aws_contract): the answer is a clear,
+    // short error naming the failing call, not a hang, a made-up reply or an SDK dump.
+    let (status, body) = http(&chat, &event_file("chat-url.json")).await;
+    assert!(status >= 422, "{status} {body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("QueryVectors"), "{body}");
+    assert!(message.len() < 300 && !message.contains("SdkBody"), "{body}");
+}
