@@ -1,7 +1,8 @@
 //! The benchmark `scripts/bench.sh` runs: it starts a fake Paperless-ngx with many documents
 //! and a zero-latency fake model server on loopback, runs the release `pai serve` against them,
 //! and prints one JSON object: webhook acknowledgement latency under 50 concurrent senders,
-//! pipeline throughput, peak RSS of `pai serve`, and chat retrieval latency over 100k chunks.
+//! pipeline throughput, peak RSS of `pai serve`, chat retrieval latency over 100k chunks, and
+//! each Lambda function's binary size and cold start against a local Runtime API emulator.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -447,6 +448,89 @@ async fn load(pai_bin: &str) -> Value {
     }})
 }
 
+/// Each Lambda function's stripped release binary size and cold start (process start until it
+/// first asks the Runtime API for an event, SSM secrets read included) against a local
+/// Runtime API emulator: median of `runs` starts, and the resident memory at that point.
+async fn lambda_functions(bin_dir: &std::path::Path, runs: usize) -> Value {
+    use pai_tests::runtime_api::RuntimeApi;
+    let mut out = serde_json::Map::new();
+    for function in ["ingest", "chunk", "embed", "tag", "chat", "sync"] {
+        let bin = bin_dir.join(format!("pai-{function}"));
+        let Ok(meta) = std::fs::metadata(&bin) else {
+            out.insert(
+                function.into(),
+                json!({"error": format!("{} not built", bin.display())}),
+            );
+            continue;
+        };
+        let mut api = RuntimeApi::start().await;
+        let (mut init_ms, mut rss_mb) = (Vec::new(), Vec::new());
+        let mut error = None;
+        for _ in 0..runs {
+            let mut cmd = std::process::Command::new(&bin);
+            cmd.env_clear()
+                .envs(api.lambda_env(function))
+                .env("PAPERLESS_URL", "http://127.0.0.1:9")
+                .env("LLM_PROVIDER", "bedrock")
+                .env("EMBEDDING_PROVIDER", "bedrock")
+                .env("EMBEDDING_DIMENSIONS", "1024")
+                .env("STATE_TABLE", "state")
+                .env("CACHE_TABLE", "cache")
+                .env("DOCUMENT_BUCKET", "documents")
+                .env("VECTOR_BUCKET", "vectors")
+                .env("VECTOR_INDEX", "chunks-v1")
+                .env("CHUNK_QUEUE_URL", "http://127.0.0.1:9/q/chunk")
+                .env("EMBED_QUEUE_URL", "http://127.0.0.1:9/q/embed")
+                .env("TAG_QUEUE_URL", "http://127.0.0.1:9/q/tag")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            let started = Instant::now();
+            let mut child = cmd.spawn().expect("function binary starts");
+            match api.wait_next(Duration::from_secs(10)).await {
+                Some(at) => {
+                    init_ms.push(at.duration_since(started).as_secs_f64() * 1000.0);
+                    rss_mb.push(current_rss_mb(child.id()));
+                }
+                None => {
+                    error = Some(format!(
+                        "no request for an event within 10 s: {:?}",
+                        api.init_errors()
+                    ))
+                }
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            if error.is_some() {
+                break;
+            }
+        }
+        init_ms.sort_by(f64::total_cmp);
+        rss_mb.sort_by(f64::total_cmp);
+        out.insert(
+            function.into(),
+            json!({
+                "binary_mb": round(meta.len() as f64 / 1_048_576.0),
+                "init_ms_p50": round(percentile(&init_ms, 0.5)),
+                "init_ms_max": round(init_ms.last().copied().unwrap_or(f64::NAN)),
+                "rss_after_init_mb": round(percentile(&rss_mb, 0.5)),
+                "runs": init_ms.len(),
+                "error": error,
+            }),
+        );
+    }
+    Value::Object(out)
+}
+
+fn current_rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
 #[tokio::main]
 async fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -473,11 +557,24 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
+    let bin_dir = std::path::Path::new(&pai_bin)
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .to_path_buf();
+    if args.get(1).is_some_and(|a| a == "lambda") {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"lambda": lambda_functions(&bin_dir, 20).await}))
+                .unwrap()
+        );
+        return;
+    }
     let mut out = pipeline(&pai_bin, documents).await;
     out["retrieval"] = retrieval(chunks, 200).await;
     out["chat_quality"] = pai_tests::quality::measure().await;
     out["tokens_per_tag_call"] = tag_call_tokens();
-    out["targets"] = json!({"webhook_ack_p99_ms": 20, "documents_per_second": 100, "serve_peak_rss_mb": 100, "retrieval_p50_ms": 15});
+    out["lambda"] = lambda_functions(&bin_dir, 20).await;
+    out["targets"] = json!({"webhook_ack_p99_ms": 20, "documents_per_second": 100, "serve_peak_rss_mb": 100, "retrieval_p50_ms": 15, "lambda_binary_mb": 8, "lambda_init_ms": 30});
     out["paperless_ai_measured"] = json!({"webhook_ack_ms_with_0_5s_model": 680, "documents_per_second_zero_latency_model": 26.7, "peak_rss_mb": 141});
     println!("{}", serde_json::to_string_pretty(&out).unwrap());
 }
