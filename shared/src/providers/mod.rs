@@ -104,6 +104,9 @@ mod assembly {
         })
     }
 
+    /// The chat model and the embedder, as the use cases hold them.
+    pub type Models = (Arc<dyn ChatModel>, Arc<dyn Embedder>);
+
     /// The model and embedder the use cases get: network providers behind a guard
     /// (concurrency, rate, circuit breaker) with the cache in front, so a hit never waits for
     /// a permit. `raw_embedder` is passed in because the caller also needs its space first.
@@ -111,7 +114,7 @@ mod assembly {
         settings: &Settings,
         raw_embedder: Arc<dyn Embedder>,
         cache: Arc<dyn Cache>,
-    ) -> Result<(Arc<dyn ChatModel>, Arc<dyn Embedder>), ConfigError> {
+    ) -> Result<Models, ConfigError> {
         let limits = settings.model_limits;
         let guarded_embedder: Arc<dyn Embedder> = match settings.embedding.provider {
             Provider::Lexical => raw_embedder,
