@@ -53,7 +53,20 @@ pub(crate) fn store_error<E>(context: &str, err: SdkError<E>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    let detail = format!("{context}: {}", DisplayErrorContext(&err));
+    // The full chain (with the raw response) goes to the log; callers get a short line that
+    // is safe to show: the call, and the service's code and message or the HTTP status.
+    tracing::debug!(error = %DisplayErrorContext(&err), "{context} failed");
+    let detail = match (&err, err.code(), err.message()) {
+        (_, Some(code), Some(message)) => format!("{context}: {code}: {message}"),
+        (_, Some(code), None) => format!("{context}: {code}"),
+        (SdkError::ServiceError(service), None, _) => {
+            format!("{context}: HTTP {}", service.raw().status().as_u16())
+        }
+        (SdkError::TimeoutError(_), ..) => format!("{context}: timed out"),
+        (SdkError::DispatchFailure(_), ..) => format!("{context}: could not connect"),
+        (SdkError::ResponseError(_), ..) => format!("{context}: unreadable response"),
+        _ => format!("{context}: request could not be built"),
+    };
     match &err {
         SdkError::ServiceError(_) => {
             let code = err.code().unwrap_or_default();
