@@ -6,12 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-    TimeToLiveSpecification,
-};
-use aws_sdk_s3vectors::types::{DataType, DistanceMetric, MetadataConfiguration};
-use aws_sdk_sqs::types::QueueAttributeName;
+use pai_tests::aws_stack;
 use pai_tests::moto::{MotoServer, unique};
 use serde_json::{Map, Value, json};
 use shared::adapters::aws::{DynamoCache, DynamoState, S3Blobs, S3VectorIndex, SqsQueue};
@@ -21,131 +16,25 @@ use shared::ports::{
 };
 
 async fn bucket(moto: &MotoServer) -> S3Blobs {
-    let s3 = moto.s3().await;
-    let name = unique("blobs");
-    s3.create_bucket().bucket(&name).send().await.unwrap();
-    S3Blobs::new(s3, name)
-}
-
-/// A table with the given key attributes (hash first) and TTL on `expires_at`.
-async fn table(moto: &MotoServer, keys: &[&str]) -> (aws_sdk_dynamodb::Client, String) {
-    let db = moto.dynamodb().await;
-    let name = unique("table");
-    let mut create = db
-        .create_table()
-        .table_name(&name)
-        .billing_mode(BillingMode::PayPerRequest);
-    for (i, k) in keys.iter().enumerate() {
-        create = create
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name(*k)
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()
-                    .unwrap(),
-            )
-            .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name(*k)
-                    .key_type(if i == 0 {
-                        KeyType::Hash
-                    } else {
-                        KeyType::Range
-                    })
-                    .build()
-                    .unwrap(),
-            );
-    }
-    create.send().await.unwrap();
-    db.update_time_to_live()
-        .table_name(&name)
-        .time_to_live_specification(
-            TimeToLiveSpecification::builder()
-                .attribute_name("expires_at")
-                .enabled(true)
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
-    (db, name)
+    S3Blobs::new(moto.s3().await, aws_stack::bucket(moto).await)
 }
 
 async fn state(moto: &MotoServer) -> DynamoState {
-    let (db, name) = table(moto, &["pk", "sk"]).await;
-    DynamoState::new(db, name)
+    DynamoState::new(
+        moto.dynamodb().await,
+        aws_stack::table(moto, &["pk", "sk"]).await,
+    )
 }
 
 /// A queue that dead-letters after `max_receives`, with its dead-letter queue.
 async fn queue(moto: &MotoServer, max_receives: u32) -> SqsQueue {
-    let (sqs, url, dlq_url) = queues(moto, max_receives).await;
-    SqsQueue::new(sqs, url, Some(dlq_url))
-}
-
-/// The client, queue URL and dead-letter queue URL of a new pair of queues.
-async fn queues(moto: &MotoServer, max_receives: u32) -> (aws_sdk_sqs::Client, String, String) {
-    let sqs = moto.sqs().await;
-    let name = unique("work");
-    let dlq_url = sqs
-        .create_queue()
-        .queue_name(format!("{name}-dlq"))
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
-    let dlq_arn = sqs
-        .get_queue_attributes()
-        .queue_url(&dlq_url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .unwrap()[&QueueAttributeName::QueueArn]
-        .clone();
-    let redrive =
-        json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receives.to_string()});
-    let url = sqs
-        .create_queue()
-        .queue_name(&name)
-        .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
-    (sqs, url, dlq_url)
+    let (url, dlq_url) = aws_stack::queue_pair(moto, max_receives).await;
+    SqsQueue::new(moto.sqs().await, url, Some(dlq_url))
 }
 
 async fn vector_index(moto: &MotoServer) -> S3VectorIndex {
-    let client = moto.s3vectors().await;
-    let bucket = unique("vectors");
-    client
-        .create_vector_bucket()
-        .vector_bucket_name(&bucket)
-        .send()
-        .await
-        .unwrap();
-    client
-        .create_index()
-        .vector_bucket_name(&bucket)
-        .index_name("chunks-v1")
-        .data_type(DataType::Float32)
-        .dimension(4)
-        .distance_metric(DistanceMetric::Cosine)
-        .metadata_configuration(
-            MetadataConfiguration::builder()
-                .non_filterable_metadata_keys("text")
-                .non_filterable_metadata_keys("title")
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
-    S3VectorIndex::new(client, bucket, "chunks-v1", 4)
+    let bucket = aws_stack::vector_index(moto, 4).await;
+    S3VectorIndex::new(moto.s3vectors().await, bucket, "chunks-v1", 4)
 }
 
 #[tokio::test]
@@ -364,8 +253,7 @@ fn chrono_now() -> i64 {
 }
 
 async fn cache(moto: &MotoServer) -> DynamoCache {
-    let (db, name) = table(moto, &["pk"]).await;
-    DynamoCache::new(db, name)
+    DynamoCache::new(moto.dynamodb().await, aws_stack::table(moto, &["pk"]).await)
 }
 
 #[tokio::test]
@@ -412,7 +300,8 @@ async fn sends_go_in_batches_of_ten_marked_as_ours() {
 #[tokio::test]
 async fn sent_messages_carry_sent_by_pai() {
     let moto = MotoServer::shared();
-    let (sqs, url, dlq_url) = queues(&moto, 3).await;
+    let (url, dlq_url) = aws_stack::queue_pair(&moto, 3).await;
+    let sqs = moto.sqs().await;
     SqsQueue::new(sqs.clone(), &url, Some(dlq_url))
         .send(&["marked".to_string()])
         .await
