@@ -4,3 +4,5 @@
 pub mod aws;
 #[cfg(feature = "local")]
 pub mod local;
+#[cfg(any(feature = "aws", feature = "local"))]
+mod vector_checks;

@@ -2,7 +2,8 @@
 //! the record's filterable metadata plus `text` and `title`, which the index is created with as
 //! non-filterable keys (so the chunk text is returned with hits, never filtered on and not
 //! billed as data processed); reads take those two back out into the record. Limits are
-//! checked before any call, so a refused put writes nothing, exactly like the embedded index.
+//! checked before any call by `vector_checks`, as in the embedded index, so a refused put
+//! writes nothing.
 
 use std::collections::HashMap;
 
@@ -12,21 +13,14 @@ use aws_sdk_s3vectors::types::{GetOutputVector, PutInputVector, QueryOutputVecto
 use aws_smithy_types::Document;
 use serde_json::{Map, Value};
 
+use super::super::vector_checks as check;
 use super::document::{to_document, to_json_map};
 use super::store_error;
 use crate::filter::Filter;
-use crate::ports::{
-    MAX_TOP_K, MAX_VECTORS_PER_CALL, StoreError, VectorHit, VectorIndex, VectorRecord,
-};
+use crate::ports::{StoreError, VectorHit, VectorIndex, VectorRecord};
 
 /// The non-filterable metadata keys the index must be created with.
 pub const NON_FILTERABLE_KEYS: [&str; 2] = ["text", "title"];
-/// S3 Vectors' limits besides those in `ports`.
-const MAX_GET: usize = 100;
-const MAX_FILTERABLE_BYTES: usize = 2048;
-const MAX_METADATA_BYTES: usize = 40 * 1024;
-const MAX_METADATA_KEYS: usize = 50;
-const MAX_KEY_LEN: usize = 1024;
 
 pub struct S3VectorIndex {
     client: Client,
@@ -50,69 +44,15 @@ impl S3VectorIndex {
         }
     }
 
-    fn check_vector(&self, what: &str, v: &[f32]) -> Result<(), StoreError> {
-        if v.len() != self.dimension {
-            return Err(StoreError::Invalid(format!(
-                "{what} has {} dimensions, index has {}",
-                v.len(),
-                self.dimension
-            )));
-        }
-        if v.iter().any(|x| !x.is_finite()) {
-            return Err(StoreError::Invalid(format!(
-                "{what} has NaN or infinite values"
-            )));
-        }
-        if v.iter().all(|x| *x == 0.0) {
-            return Err(StoreError::Invalid(format!(
-                "{what}: a cosine index rejects an all-zero vector"
-            )));
-        }
-        Ok(())
-    }
-
     /// The record as S3 Vectors takes it, or why S3 Vectors would refuse it.
     fn to_input(&self, r: &VectorRecord) -> Result<PutInputVector, StoreError> {
-        if r.key.is_empty() || r.key.len() > MAX_KEY_LEN {
-            return Err(StoreError::Invalid(format!(
-                "vector key must be 1 to {MAX_KEY_LEN} bytes"
-            )));
-        }
-        self.check_vector(&format!("vector {}", r.key), &r.vector)?;
+        check::record(r, self.dimension)?;
         if let Some(k) = NON_FILTERABLE_KEYS
             .iter()
             .find(|k| r.metadata.contains_key(**k))
         {
             return Err(StoreError::Invalid(format!(
                 "metadata key {k} of {} is reserved for the non-filterable field",
-                r.key
-            )));
-        }
-        if r.metadata.len() + NON_FILTERABLE_KEYS.len() > MAX_METADATA_KEYS {
-            return Err(StoreError::Invalid(format!(
-                "vector {} has more than {MAX_METADATA_KEYS} metadata keys",
-                r.key
-            )));
-        }
-        let scalar = |v: &Value| matches!(v, Value::String(_) | Value::Number(_) | Value::Bool(_));
-        for (k, v) in &r.metadata {
-            if !(scalar(v) || matches!(v, Value::Array(items) if items.iter().all(scalar))) {
-                return Err(StoreError::Invalid(format!(
-                    "metadata {k} of {} must be a string, number, boolean or list of those",
-                    r.key
-                )));
-            }
-        }
-        let filterable = Value::Object(r.metadata.clone()).to_string().len();
-        if filterable > MAX_FILTERABLE_BYTES {
-            return Err(StoreError::Invalid(format!(
-                "vector {} has {filterable} bytes of filterable metadata (max {MAX_FILTERABLE_BYTES})",
-                r.key
-            )));
-        }
-        if filterable + r.text.len() + r.title.len() > MAX_METADATA_BYTES {
-            return Err(StoreError::Invalid(format!(
-                "vector {} has more than 40 KB of metadata",
                 r.key
             )));
         }
@@ -179,12 +119,7 @@ impl VectorIndex for S3VectorIndex {
     }
 
     async fn put(&self, records: Vec<VectorRecord>) -> Result<(), StoreError> {
-        if records.len() > MAX_VECTORS_PER_CALL {
-            return Err(StoreError::Invalid(format!(
-                "{} vectors in one put (max {MAX_VECTORS_PER_CALL})",
-                records.len()
-            )));
-        }
+        check::put_count(records.len())?;
         if records.is_empty() {
             return Ok(());
         }
@@ -204,12 +139,7 @@ impl VectorIndex for S3VectorIndex {
     }
 
     async fn delete(&self, keys: &[String]) -> Result<(), StoreError> {
-        if keys.len() > MAX_VECTORS_PER_CALL {
-            return Err(StoreError::Invalid(format!(
-                "{} keys in one delete (max {MAX_VECTORS_PER_CALL})",
-                keys.len()
-            )));
-        }
+        check::delete_count(keys.len())?;
         if keys.is_empty() {
             return Ok(());
         }
@@ -226,12 +156,7 @@ impl VectorIndex for S3VectorIndex {
     }
 
     async fn get(&self, keys: &[String]) -> Result<Vec<VectorRecord>, StoreError> {
-        if keys.len() > MAX_GET {
-            return Err(StoreError::Invalid(format!(
-                "{} keys in one get (max {MAX_GET})",
-                keys.len()
-            )));
-        }
+        check::get_count(keys.len())?;
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -261,12 +186,8 @@ impl VectorIndex for S3VectorIndex {
         top_k: usize,
         filter: Option<&Filter>,
     ) -> Result<Vec<VectorHit>, StoreError> {
-        if !(1..=MAX_TOP_K).contains(&top_k) {
-            return Err(StoreError::Invalid(format!(
-                "top_k must be 1 to {MAX_TOP_K}, not {top_k}"
-            )));
-        }
-        self.check_vector("query", vector)?;
+        check::top_k(top_k)?;
+        check::vector("query", vector, self.dimension)?;
         let mut hits = Vec::new();
         let mut next_token = None;
         loop {

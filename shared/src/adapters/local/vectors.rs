@@ -11,11 +11,10 @@ use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
 use serde_json::{Map, Value};
 
+use super::super::vector_checks as check;
 use super::{Db, sql};
 use crate::filter::Filter;
-use crate::ports::{
-    MAX_TOP_K, MAX_VECTORS_PER_CALL, StoreError, VectorHit, VectorIndex, VectorRecord,
-};
+use crate::ports::{StoreError, VectorHit, VectorIndex, VectorRecord};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS vector_indexes (name TEXT PRIMARY KEY, dimension INTEGER NOT NULL);
@@ -24,11 +23,6 @@ CREATE TABLE IF NOT EXISTS vectors (
     PRIMARY KEY (idx, key)
 );
 ";
-
-/// S3 Vectors' limit on filterable metadata per vector.
-const MAX_FILTERABLE_BYTES: usize = 2048;
-const MAX_METADATA_KEYS: usize = 50;
-const MAX_KEY_LEN: usize = 1024;
 
 #[derive(Default)]
 struct Memory {
@@ -87,12 +81,9 @@ fn from_blob(b: &[u8]) -> Vec<f32> {
         .collect()
 }
 
+/// The vector scaled to unit length (after `check::vector`, which refuses all-zero vectors;
+/// this still refuses one whose norm underflows to zero).
 fn unit(v: &[f32]) -> Result<Vec<f32>, StoreError> {
-    if v.iter().any(|x| !x.is_finite()) {
-        return Err(StoreError::Invalid(
-            "vector has NaN or infinite values".into(),
-        ));
-    }
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     if norm == 0.0 {
         return Err(StoreError::Invalid(
@@ -188,53 +179,6 @@ impl SqliteVectorIndex {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-
-    fn validate(&self, r: &VectorRecord) -> Result<(), StoreError> {
-        if r.key.is_empty() || r.key.len() > MAX_KEY_LEN {
-            return Err(StoreError::Invalid(format!(
-                "vector key must be 1 to {MAX_KEY_LEN} bytes"
-            )));
-        }
-        if r.vector.len() != self.dimension {
-            return Err(StoreError::Invalid(format!(
-                "vector {} has {} dimensions, index has {}",
-                r.key,
-                r.vector.len(),
-                self.dimension
-            )));
-        }
-        if r.metadata.len() + 2 > MAX_METADATA_KEYS {
-            return Err(StoreError::Invalid(format!(
-                "vector {} has more than {MAX_METADATA_KEYS} metadata keys",
-                r.key
-            )));
-        }
-        let filterable = Value::Object(r.metadata.clone()).to_string().len();
-        if filterable > MAX_FILTERABLE_BYTES {
-            return Err(StoreError::Invalid(format!(
-                "vector {} has {filterable} bytes of filterable metadata (max {MAX_FILTERABLE_BYTES})",
-                r.key
-            )));
-        }
-        if r.text.len() + r.title.len() + filterable > 40 * 1024 {
-            return Err(StoreError::Invalid(format!(
-                "vector {} has more than 40 KB of metadata",
-                r.key
-            )));
-        }
-        for (k, v) in &r.metadata {
-            let scalar =
-                |v: &Value| matches!(v, Value::String(_) | Value::Number(_) | Value::Bool(_));
-            let ok = scalar(v) || matches!(v, Value::Array(items) if items.iter().all(scalar));
-            if !ok {
-                return Err(StoreError::Invalid(format!(
-                    "metadata {k} of {} must be a string, number, boolean or list of those",
-                    r.key
-                )));
-            }
-        }
-        Ok(())
-    }
 }
 
 /// Orders hits so the heap's top is the worst kept hit.
@@ -276,15 +220,10 @@ impl VectorIndex for SqliteVectorIndex {
     }
 
     async fn put(&self, records: Vec<VectorRecord>) -> Result<(), StoreError> {
-        if records.len() > MAX_VECTORS_PER_CALL {
-            return Err(StoreError::Invalid(format!(
-                "{} vectors in one put (max {MAX_VECTORS_PER_CALL})",
-                records.len()
-            )));
-        }
+        check::put_count(records.len())?;
         let mut units = Vec::with_capacity(records.len());
         for r in &records {
-            self.validate(r)?;
+            check::record(r, self.dimension)?;
             units.push(unit(&r.vector)?);
         }
         let name = self.name.clone();
@@ -321,12 +260,7 @@ impl VectorIndex for SqliteVectorIndex {
     }
 
     async fn delete(&self, keys: &[String]) -> Result<(), StoreError> {
-        if keys.len() > MAX_VECTORS_PER_CALL {
-            return Err(StoreError::Invalid(format!(
-                "{} keys in one delete (max {MAX_VECTORS_PER_CALL})",
-                keys.len()
-            )));
-        }
+        check::delete_count(keys.len())?;
         let (name, owned) = (self.name.clone(), keys.to_vec());
         self.db
             .call(move |c| {
@@ -349,12 +283,7 @@ impl VectorIndex for SqliteVectorIndex {
     }
 
     async fn get(&self, keys: &[String]) -> Result<Vec<VectorRecord>, StoreError> {
-        if keys.len() > 100 {
-            return Err(StoreError::Invalid(format!(
-                "{} keys in one get (max 100)",
-                keys.len()
-            )));
-        }
+        check::get_count(keys.len())?;
         let (name, keys) = (self.name.clone(), keys.to_vec());
         self.db
             .call(move |c| {
@@ -381,18 +310,8 @@ impl VectorIndex for SqliteVectorIndex {
         top_k: usize,
         filter: Option<&Filter>,
     ) -> Result<Vec<VectorHit>, StoreError> {
-        if !(1..=MAX_TOP_K).contains(&top_k) {
-            return Err(StoreError::Invalid(format!(
-                "top_k must be 1 to {MAX_TOP_K}, not {top_k}"
-            )));
-        }
-        if vector.len() != self.dimension {
-            return Err(StoreError::Invalid(format!(
-                "query has {} dimensions, index has {}",
-                vector.len(),
-                self.dimension
-            )));
-        }
+        check::top_k(top_k)?;
+        check::vector("query", vector, self.dimension)?;
         let q = unit(vector)?;
         let best: Vec<(String, f32, Map<String, Value>)> = {
             let memory = self.memory.read().expect("index lock");
