@@ -73,6 +73,8 @@ pub struct Registry {
 pub struct EmfRecorder(Arc<Registry>);
 
 type Labels = Vec<(String, String)>;
+/// One metric of a label set: name, EMF unit, values.
+type Series = (String, &'static str, Vec<f64>);
 
 impl Registry {
     pub fn new(function: &'static str) -> Registry {
@@ -110,7 +112,7 @@ impl Registry {
             l
         };
         // Per label set: (metric name, unit, values).
-        let mut groups: BTreeMap<Labels, Vec<(String, &'static str, Vec<f64>)>> = BTreeMap::new();
+        let mut groups: BTreeMap<Labels, Vec<Series>> = BTreeMap::new();
         for (key, cell) in self.counters.lock().expect("counters").iter() {
             let n = cell.0.swap(0, Ordering::Relaxed);
             if n > 0 {
