@@ -320,5 +320,8 @@ async fn chat_checks_its_api_key_and_fails_clearly_without_a_vector_query() {
     assert!(status >= 422, "{status} {body}");
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("QueryVectors"), "{body}");
-    assert!(message.len() < 300 && !message.contains("SdkBody"), "{body}");
+    assert!(
+        message.len() < 300 && !message.contains("SdkBody"),
+        "{body}"
+    );
 }
