@@ -139,13 +139,15 @@ async fn run_batch(svc: &Services, stage: Stage, event: SqsEvent) -> SqsBatchRes
         .expect("batch handled")
 }
 
-/// An HTTP event file through a door's router: status and JSON body.
+/// An HTTP event file through the ingest door's router: status and JSON body.
 async fn http(svc: &Services, event: &str) -> (u16, Value) {
+    call(shared::lambda::http_router(svc.clone()), event).await
+}
+
+/// An HTTP event file through a router: status and JSON body.
+async fn call(router: axum::Router, event: &str) -> (u16, Value) {
     let request = lambda_http::request::from_str(event).expect("HTTP event");
-    let response = shared::lambda::http_router(svc.clone())
-        .oneshot(request)
-        .await
-        .expect("router answers");
+    let response = router.oneshot(request).await.expect("router answers");
     let status = response.status().as_u16();
     let body = axum::body::to_bytes(response.into_body(), 1 << 20)
         .await
@@ -311,12 +313,17 @@ async fn the_schedule_queues_what_changed_in_paperless() {
 async fn chat_checks_its_api_key_and_fails_clearly_without_a_vector_query() {
     let world = World::new().await;
     let chat = world.function(Function::Chat).await;
+    let router = || shared::lambda::chat_router(chat.clone());
     let wrong = event_file("chat-url.json").replace(API_KEY, "not-the-key-0123456789");
-    let (status, body) = http(&chat, &wrong).await;
+    let (status, body) = call(router(), &wrong).await;
     assert_eq!(status, 401, "{body}");
+    // The public function URL serves chat only: the webhook belongs to ingest.
+    let webhook = event_file("ingest-webhook.json");
+    let (status, body) = call(router(), &webhook).await;
+    assert_eq!(status, 404, "{body}");
     // moto has no QueryVectors (tested against mocks in aws_contract): the answer is a clear,
     // short error naming the failing call, not a hang, a made-up reply or an SDK dump.
-    let (status, body) = http(&chat, &event_file("chat-url.json")).await;
+    let (status, body) = call(router(), &event_file("chat-url.json")).await;
     assert!(status >= 422, "{status} {body}");
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("QueryVectors"), "{body}");

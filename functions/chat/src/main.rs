@@ -6,5 +6,5 @@ use shared::lambda::Function;
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     let svc = shared::lambda::start(Function::Chat).await?;
-    lambda_http::run_with_streaming_response(shared::lambda::http_router(svc)).await
+    lambda_http::run_with_streaming_response(shared::lambda::chat_router(svc)).await
 }

@@ -81,6 +81,17 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
+/// Only `POST /chat` and `/health`: what the chat Lambda's public function URL serves (the
+/// other routes belong to the ingest function, whose resources and secrets chat does not have).
+pub fn chat_router(state: ApiState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/chat", post(chat))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
 /// Checks `Authorization: Bearer <key>` when keys are configured; returns who is calling
 /// (a key's id, or `local` when no keys are configured).
 fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<String, ApiError> {

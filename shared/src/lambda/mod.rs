@@ -265,12 +265,24 @@ pub async fn sync_on_schedule(
     Ok(serde_json::to_value(&report)?)
 }
 
-/// The HTTP API as the ingest and chat doors serve it: the same router as `pai serve`, with
-/// metrics written after every response.
+/// The HTTP API as the ingest door serves it: the same router as `pai serve`, with metrics
+/// written after every response.
 #[cfg(feature = "lambda-http")]
 pub fn http_router(svc: Services) -> axum::Router {
     let state = crate::http::ApiState::new(svc, String::new(), None);
-    crate::http::router(state).layer(axum::middleware::map_response(
+    with_metrics_flush(crate::http::router(state))
+}
+
+/// What the chat door's public function URL serves: `POST /chat` and `/health` only.
+#[cfg(feature = "lambda-http")]
+pub fn chat_router(svc: Services) -> axum::Router {
+    let state = crate::http::ApiState::new(svc, String::new(), None);
+    with_metrics_flush(crate::http::chat_router(state))
+}
+
+#[cfg(feature = "lambda-http")]
+fn with_metrics_flush(router: axum::Router) -> axum::Router {
+    router.layer(axum::middleware::map_response(
         |response: axum::response::Response| async move {
             emf::flush();
             response
