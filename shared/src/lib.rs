@@ -26,6 +26,8 @@ pub mod pipeline;
 pub mod ports;
 pub mod providers;
 pub mod resilience;
+#[cfg(any(feature = "aws", feature = "bedrock"))]
+pub mod smithy_json;
 pub mod text;
 #[cfg(feature = "local")]
 pub mod worker;

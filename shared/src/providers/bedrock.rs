@@ -25,7 +25,6 @@ use aws_sdk_bedrockruntime::types::{
     SpecificToolChoice, StopReason, SystemContentBlock, TokenUsage, Tool, ToolChoice,
     ToolConfiguration, ToolInputSchema, ToolSpecification,
 };
-use aws_smithy_types::{Document, Number};
 use futures::{StreamExt, TryStreamExt};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
@@ -34,6 +33,7 @@ use super::llm::{Message, answer_messages, cited, standalone_with, suggest_with_
 use crate::config::ConfigError;
 use crate::domain::{Answer, AnswerInput, Suggestion, TagInput};
 use crate::ports::{ChatModel, Embedder, ModelError, TokenSink, Usage};
+use crate::smithy_json::{to_document, to_json};
 use crate::text::{count_tokens, fit_head_tail, token_factor};
 
 /// Claude Haiku 4.5 through the global cross-region inference profile: reachable from every
@@ -167,44 +167,6 @@ where
             } else {
                 ModelError::Refused(text)
             }
-        }
-    }
-}
-
-/// JSON → the SDK's document type (tool schemas).
-pub(crate) fn to_document(v: &Value) -> Document {
-    match v {
-        Value::Null => Document::Null,
-        Value::Bool(b) => Document::Bool(*b),
-        Value::Number(n) => Document::Number(if let Some(u) = n.as_u64() {
-            Number::PosInt(u)
-        } else if let Some(i) = n.as_i64() {
-            Number::NegInt(i)
-        } else {
-            Number::Float(n.as_f64().unwrap_or_default())
-        }),
-        Value::String(s) => Document::String(s.clone()),
-        Value::Array(a) => Document::Array(a.iter().map(to_document).collect()),
-        Value::Object(m) => {
-            Document::Object(m.iter().map(|(k, v)| (k.clone(), to_document(v))).collect())
-        }
-    }
-}
-
-/// The SDK's document type → JSON (tool inputs).
-pub(crate) fn to_json(d: &Document) -> Value {
-    match d {
-        Document::Null => Value::Null,
-        Document::Bool(b) => json!(b),
-        Document::Number(Number::PosInt(u)) => json!(u),
-        Document::Number(Number::NegInt(i)) => json!(i),
-        Document::Number(Number::Float(f)) => serde_json::Number::from_f64(*f)
-            .map(Value::Number)
-            .unwrap_or(Value::Null),
-        Document::String(s) => json!(s),
-        Document::Array(a) => Value::Array(a.iter().map(to_json).collect()),
-        Document::Object(m) => {
-            Value::Object(m.iter().map(|(k, v)| (k.clone(), to_json(v))).collect())
         }
     }
 }
@@ -1450,11 +1412,5 @@ mod tests {
         let settings = crate::config::Settings::from_map(&env).unwrap();
         let err = crate::providers::embedder(&settings).err().unwrap();
         assert_eq!(err.var, "EMBEDDING_DIMENSIONS");
-    }
-
-    #[test]
-    fn documents_round_trip_to_json() {
-        let v = json!({"a": [1, -2, 2.5, null, true, "s"], "b": {"c": []}});
-        assert_eq!(to_json(&to_document(&v)), v);
     }
 }

@@ -5,7 +5,6 @@
 
 mod blob;
 mod cache;
-pub mod document;
 mod queue;
 mod state;
 mod vectors;

@@ -14,10 +14,10 @@ use aws_smithy_types::Document;
 use serde_json::{Map, Value};
 
 use super::super::vector_checks as check;
-use super::document::{to_document, to_json_map};
 use super::store_error;
 use crate::filter::Filter;
 use crate::ports::{StoreError, VectorHit, VectorIndex, VectorRecord};
+use crate::smithy_json::{to_document, to_json_map};
 
 /// The non-filterable metadata keys the index must be created with.
 pub const NON_FILTERABLE_KEYS: [&str; 2] = ["text", "title"];

@@ -1,5 +1,6 @@
-//! JSON ↔ `aws_smithy_types::Document`: S3 Vectors takes metadata and filters as smithy
-//! documents, while the ports and the filter language speak `serde_json`. Integers stay
+//! JSON ↔ `aws_smithy_types::Document`: S3 Vectors takes metadata and filters, and Bedrock
+//! tool schemas and tool inputs, as smithy documents, while the ports, the filter language and
+//! the reply schemas speak `serde_json`. Integers stay
 //! integers both ways (a `doc_id` of 12 must not come back as 12.0), floats stay floats.
 
 use aws_smithy_types::{Document, Number};
