@@ -469,8 +469,8 @@ async fn s3_vectors_query_request_and_reply() {
     use aws_sdk_s3vectors::types::{QueryOutputVector, VectorData};
     use aws_smithy_mocks::{mock, mock_client};
     use aws_smithy_types::{Document, Number};
-    use shared::adapters::aws::document::to_document;
     use shared::filter::Filter;
+    use shared::smithy_json::to_document;
 
     let filter =
         Filter::parse(&json!({"$and": [{"tags": "tax"}, {"created": {"$gte": 20240101}}]}))
