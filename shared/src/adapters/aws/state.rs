@@ -35,6 +35,19 @@ impl DynamoState {
             table: table.into(),
         }
     }
+
+    /// The whole item under `key`, read consistently (a write just made is always seen).
+    async fn read(&self, key: &str) -> Result<Option<HashMap<String, AttributeValue>>, StoreError> {
+        self.client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key_of(key)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map(|out| out.item)
+            .map_err(|e| store_error("DynamoDB GetItem", e))
+    }
 }
 
 /// The partition of a key: what comes before its first '/' (the whole key if none).
@@ -78,16 +91,7 @@ fn value_of(
 #[async_trait]
 impl StateStore for DynamoState {
     async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key_of(key)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| store_error("DynamoDB GetItem", e))?;
-        let Some(item) = out.item else {
+        let Some(item) = self.read(key).await? else {
             return Ok(None);
         };
         let (Some(value), Some(version)) = (
@@ -200,17 +204,9 @@ impl StateStore for DynamoState {
     }
 
     async fn counters(&self, key: &str) -> Result<BTreeMap<String, i64>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key_of(key)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| store_error("DynamoDB GetItem", e))?;
-        Ok(out
-            .item
+        Ok(self
+            .read(key)
+            .await?
             .unwrap_or_default()
             .iter()
             .filter_map(|(name, v)| {
