@@ -363,6 +363,44 @@ pub async fn undo(document: String) -> Result<()> {
     Ok(())
 }
 
+/// `pai retry`: the jobs are queued again here; `pai serve` (or its running workers, which
+/// share the data folder) processes them.
+pub async fn retry(jobs: Vec<String>, all: bool) -> Result<()> {
+    use shared::pipeline::healing;
+    init_logging("warn");
+    let app = LocalApp::build(settings_from_env()?)?;
+    let retried = if all {
+        healing::retry_failed(&app.svc).await?
+    } else {
+        let mut retried = Vec::new();
+        let mut refused = Vec::new();
+        for id in &jobs {
+            match healing::retry_job(&app.svc, id).await {
+                Ok(_) => retried.push(id.clone()),
+                Err(healing::RetryError::Pipeline(e)) => return Err(e.into()),
+                Err(e) => refused.push(e.to_string()),
+            }
+        }
+        if !refused.is_empty() {
+            for r in &refused {
+                eprintln!("{r}");
+            }
+            if retried.is_empty() {
+                return Err(anyhow!("no job was queued again"));
+            }
+        }
+        retried
+    };
+    println!("queued {} failed jobs again", retried.len());
+    for id in &retried {
+        println!("  {id}");
+    }
+    if !retried.is_empty() {
+        println!("they are processed by `pai serve`; follow them with `pai jobs`");
+    }
+    Ok(())
+}
+
 pub async fn sync() -> Result<()> {
     init_logging("warn");
     let app = LocalApp::build(settings_from_env()?)?;

@@ -77,6 +77,14 @@ enum Command {
     },
     /// Restore what the applied suggestion replaced in Paperless.
     Undo { document: String },
+    /// Run failed (or dead-lettered) jobs again: the given ones, or with --all every one.
+    Retry {
+        /// Job ids, as `pai jobs` and `GET /jobs/{id}` show them.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        jobs: Vec<String>,
+        #[arg(long)]
+        all: bool,
+    },
     /// List the most recent jobs in DATA_DIR.
     Jobs {
         #[arg(long, default_value_t = 20)]
@@ -119,6 +127,7 @@ fn main() -> ExitCode {
             }
             Command::Jobs { limit } => commands::jobs(limit).await,
             Command::Sync => commands::sync().await,
+            Command::Retry { jobs, all } => commands::retry(jobs, all).await,
             Command::Suggestions { document } => commands::suggestions(document).await,
             Command::Approve {
                 document,

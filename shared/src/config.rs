@@ -443,7 +443,7 @@ impl Settings {
                 25 * 1024 * 1024,
                 1..=1024 * 1024 * 1024,
             )?,
-            max_receives: number(env, "MAX_RECEIVES", 5, 1..=1000)?,
+            max_receives: number(env, "MAX_RECEIVES", 8, 1..=1000)?,
             workers: number(env, "WORKERS", 4, 1..=256)?,
             cache_ttl_secs: number(env, "CACHE_TTL_DAYS", 30i64, 1..=3650)? * 86_400,
             chat_requests_per_minute: number(env, "CHAT_REQUESTS_PER_MINUTE", 30, 1..=1_000_000)?,

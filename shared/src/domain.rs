@@ -124,6 +124,13 @@ pub struct Job {
     pub upload_token: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
+    /// Times the job was re-run (retry): what earlier runs recorded does not count for this one.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempt: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Overall status, derived from the stages.
@@ -160,6 +167,7 @@ impl Job {
             chunks_new: 0,
             upload_token: None,
             content_type: None,
+            attempt: 0,
         }
     }
 
@@ -248,6 +256,8 @@ pub struct Manifest {
     /// The job that indexed this version: its redelivered messages diff against `previous`.
     pub job_id: String,
     pub content_hash: String,
+    /// Empty in a stored item whose chunk lists are paged (see `pipeline::index`).
+    #[serde(default)]
     pub chunks: Vec<ChunkRef>,
     /// Chunks of the version before, kept until the next version replaces this one.
     #[serde(default)]

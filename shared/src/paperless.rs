@@ -116,8 +116,9 @@ impl PaperlessClient {
                 if bytes.is_empty() {
                     return Ok(Value::Null);
                 }
+                // A proxy's error page or a body cut off in transit: try again later.
                 serde_json::from_slice(&bytes).map_err(|e| {
-                    PaperlessError::Rejected(format!("{method} {path}: reply is not JSON: {e}"))
+                    PaperlessError::Unavailable(format!("{method} {path}: reply is not JSON: {e}"))
                 })
             }
             StatusCode::UNAUTHORIZED => Err(PaperlessError::Forbidden(format!(

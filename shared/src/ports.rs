@@ -124,8 +124,18 @@ pub trait WorkQueue: Send + Sync {
     async fn delete(&self, receipt: &str) -> Result<(), StoreError>;
     /// Makes a received message visible again after `delay` (retry with back-off).
     async fn release(&self, receipt: &str, delay: Duration) -> Result<(), StoreError>;
-    /// Messages moved to the dead-letter queue, oldest first.
+    /// Hands a received message back for later as if this receive had not happened: its
+    /// receive count does not grow, so a refusal that never attempted the work (an open
+    /// circuit breaker) cannot dead-letter it. Adapters that cannot undo a receive send a
+    /// delayed copy and delete the original.
+    async fn defer(&self, message: &Delivery, delay: Duration) -> Result<(), StoreError> {
+        self.release(&message.receipt, delay).await
+    }
+    /// Messages moved to the dead-letter queue, oldest first, each with a receipt that
+    /// `delete_dead_letter` takes (not `delete`).
     async fn dead_letters(&self, limit: usize) -> Result<Vec<Delivery>, StoreError>;
+    /// Removes one dead letter (its job is being re-run, or was recorded as failed).
+    async fn delete_dead_letter(&self, receipt: &str) -> Result<(), StoreError>;
 }
 
 /// Largest top-k a vector query may ask for (S3 Vectors' limit, kept by every adapter).
@@ -182,12 +192,19 @@ pub enum ModelError {
     /// The request was refused (4xx other than 429): configuration or input problem.
     #[error("model refused the request: {0}")]
     Refused(String),
+    /// Not attempted: the circuit breaker is open after repeated failures. The work was not
+    /// tried, so it is not a failure of the message; come back after `retry_after`.
+    #[error("model circuit open after repeated failures; retrying in {} s", retry_after.as_secs().max(1))]
+    CircuitOpen { retry_after: Duration },
 }
 
 impl ModelError {
     /// Whether retrying the message later may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, ModelError::Unavailable(_))
+        matches!(
+            self,
+            ModelError::Unavailable(_) | ModelError::CircuitOpen { .. }
+        )
     }
 }
 

@@ -37,6 +37,9 @@ enum Breaker {
     HalfOpen,
 }
 
+/// How soon a call refused while a probe checks the model may come back.
+const HALF_OPEN_RETRY: Duration = Duration::from_secs(5);
+
 pub struct Guard {
     limits: Limits,
     permits: Semaphore,
@@ -63,16 +66,16 @@ impl Guard {
                 *b = Breaker::HalfOpen;
                 Ok(())
             }
-            Breaker::Open { until } => Err(ModelError::Unavailable(format!(
-                "circuit open after repeated model failures; retrying in {} s",
-                until
+            // Refusals are `CircuitOpen`, not failures: the caller defers its message without
+            // spending one of its receives, so an outage of any length cannot dead-letter it.
+            Breaker::Open { until } => Err(ModelError::CircuitOpen {
+                retry_after: until
                     .saturating_duration_since(Instant::now())
-                    .as_secs()
-                    .max(1)
-            ))),
-            Breaker::HalfOpen => Err(ModelError::Unavailable(
-                "circuit half-open: a probe call is checking the model".into(),
-            )),
+                    .max(Duration::from_secs(1)),
+            }),
+            Breaker::HalfOpen => Err(ModelError::CircuitOpen {
+                retry_after: HALF_OPEN_RETRY,
+            }),
         }
     }
 
@@ -229,6 +232,10 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 3);
         let fast = fail(&guard, &calls).await.unwrap_err();
         assert!(fast.to_string().contains("circuit open") && fast.is_transient());
+        assert!(
+            matches!(fast, ModelError::CircuitOpen { retry_after } if retry_after <= Duration::from_secs(30)),
+            "a refusal says when to come back: {fast:?}"
+        );
         assert_eq!(calls.load(Ordering::SeqCst), 3, "no call while open");
         tokio::time::advance(Duration::from_secs(31)).await;
         assert!(fail(&guard, &calls).await.is_err(), "the probe fails");

@@ -70,6 +70,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/documents", post(create_upload))
         .route("/uploads/{job_id}", put(receive_upload))
         .route("/jobs/{job_id}", get(job))
+        .route("/jobs/{job_id}/retry", post(retry_job))
+        .route("/jobs/retry-failed", post(retry_failed))
         .route("/documents/{doc_id}/suggestions", get(suggestions))
         .route("/documents/{doc_id}/suggestions/approve", post(approve))
         .route("/documents/{doc_id}/approve", post(approve))
@@ -300,6 +302,43 @@ async fn job(
             format!("no job {job_id}"),
         )),
     }
+}
+
+/// `POST /jobs/{id}/retry`: runs a failed (or dead-lettered) job again; `202` with the job.
+async fn retry_job(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(job_id): Path<String>,
+) -> Result<Response, ApiError> {
+    use crate::pipeline::healing::RetryError;
+    authorize(&state, &headers)?;
+    match crate::pipeline::healing::retry_job(&state.svc, &job_id).await {
+        Ok(_) => {
+            let view = job_view(&state.svc, &job_id).await?.unwrap_or(Value::Null);
+            Ok((StatusCode::ACCEPTED, axum::Json(view)).into_response())
+        }
+        Err(RetryError::NotFound(id)) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no job {id}"),
+        )),
+        Err(RetryError::Conflict(m)) => Err(ApiError::new(StatusCode::CONFLICT, "conflict", m)),
+        Err(RetryError::Pipeline(e)) => Err(e.into()),
+    }
+}
+
+/// `POST /jobs/retry-failed`: runs every failed job again; `202 {"retried": [job ids]}`.
+async fn retry_failed(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let retried = crate::pipeline::healing::retry_failed(&state.svc).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"retried": retried, "count": retried.len()})),
+    )
+        .into_response())
 }
 
 async fn suggestions(

@@ -7,6 +7,8 @@
 pub mod chat;
 pub mod chunk;
 pub mod embed;
+pub mod healing;
+pub mod index;
 pub mod ingest;
 pub mod sync;
 pub mod tag;
@@ -112,11 +114,19 @@ pub enum PipelineError {
     /// Permanent: recorded on the job; retrying cannot help.
     #[error("{0}")]
     Fail(String),
+    /// Not attempted (a model's circuit breaker is open): the message comes back after
+    /// `after` without this receive counting against it.
+    #[error("{reason}")]
+    Deferred { reason: String, after: Duration },
 }
 
 impl PipelineError {
+    /// Whether the message should come back (after a failure that may heal, or deferred).
     pub fn is_retry(&self) -> bool {
-        matches!(self, PipelineError::Retry(_))
+        matches!(
+            self,
+            PipelineError::Retry(_) | PipelineError::Deferred { .. }
+        )
     }
 }
 
@@ -131,6 +141,12 @@ impl From<StoreError> for PipelineError {
 
 impl From<ModelError> for PipelineError {
     fn from(e: ModelError) -> Self {
+        if let ModelError::CircuitOpen { retry_after } = e {
+            return PipelineError::Deferred {
+                reason: e.to_string(),
+                after: retry_after,
+            };
+        }
         if e.is_transient() {
             PipelineError::Retry(e.to_string())
         } else {
@@ -327,6 +343,12 @@ async fn record_failure(
     final_attempt: bool,
 ) {
     if let Err(e) = result {
+        if let PipelineError::Deferred { reason, .. } = e {
+            // Not attempted: no failure of this message, on its last receive or not.
+            metrics::counter!(crate::metrics::MESSAGES_FAILED, "stage" => format!("{stage:?}").to_lowercase(), "outcome" => "deferred").increment(1);
+            tracing::info!(job_id, ?stage, %reason, "deferred");
+            return;
+        }
         let label = if e.is_retry() && !final_attempt {
             "retry"
         } else {
@@ -340,6 +362,11 @@ async fn record_failure(
                 e.to_string()
             };
             tracing::warn!(job_id, ?stage, %reason, "stage failed");
+            if e.is_retry()
+                && let Err(e) = healing::failed_transiently(svc, job_id).await
+            {
+                tracing::warn!(job_id, error = %e, "could not note the job for sync to retry");
+            }
             // The job may not exist (a message for a deleted job): nothing more to record then.
             let _ = set_stage(
                 svc.state.as_ref(),

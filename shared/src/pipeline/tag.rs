@@ -11,14 +11,14 @@ use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::chunk::{load_manifest, manifest_key, snapshot_key};
+use super::chunk::{load_manifest, snapshot_key};
 use super::{PipelineError, Services, set_stage};
 use crate::config::FieldMode;
 use crate::domain::{
-    DocId, DocMeta, Document, DocumentPatch, Field, Manifest, ObjectKind, Stage, StageStatus,
-    Suggestion, TagInput, TagTask, Taxonomy,
+    DocId, DocMeta, Document, DocumentPatch, Field, ObjectKind, Stage, StageStatus, Suggestion,
+    TagInput, TagTask, Taxonomy,
 };
-use crate::ports::{Condition, MAX_VECTORS_PER_CALL, Paperless, StoreError};
+use crate::ports::{Condition, Paperless, StoreError};
 use crate::text::{fit_head_tail, fold, plausible_date};
 
 /// At most this many names of one kind go into a prompt; the rest of a large taxonomy is
@@ -468,24 +468,8 @@ pub async fn run(svc: &Services, task: &TagTask) -> Result<(), PipelineError> {
         };
         if meta != m.meta {
             m.meta = meta;
-            match svc
-                .state
-                .put(
-                    &manifest_key(&task.doc_id),
-                    &serde_json::to_value(&m).expect("manifest serialises"),
-                    Condition::Version(version),
-                    None,
-                )
-                .await
-            {
-                Ok(_) => refresh_vector_metadata(svc, &m).await?,
-                Err(StoreError::Conflict(_)) => {
-                    return Err(PipelineError::Retry(
-                        "manifest changed while tagging".into(),
-                    ));
-                }
-                Err(e) => return Err(e.into()),
-            }
+            super::index::save_manifest(svc, &m, Condition::Version(version)).await?;
+            super::index::refresh_vector_metadata(svc, &m).await?;
         }
     }
     svc.state
@@ -704,31 +688,6 @@ async fn write_back(
     Ok((patch, previous))
 }
 
-/// Rewrites the metadata of a document's vectors without re-embedding them.
-pub async fn refresh_vector_metadata(
-    svc: &Services,
-    manifest: &Manifest,
-) -> Result<(), PipelineError> {
-    let metadata = super::embed::vector_metadata(&manifest.doc_id, &manifest.meta);
-    let keys: Vec<String> = manifest
-        .chunks
-        .iter()
-        .map(|c| Manifest::vector_key(&manifest.doc_id, c))
-        .collect();
-    let mut updated = Vec::new();
-    for batch in keys.chunks(100) {
-        for mut r in svc.vectors.get(batch).await? {
-            r.metadata = metadata.clone();
-            r.title = manifest.meta.title.clone();
-            updated.push(r);
-        }
-    }
-    for batch in updated.chunks(MAX_VECTORS_PER_CALL) {
-        svc.vectors.put(batch.to_vec()).await?;
-    }
-    Ok(())
-}
-
 /// Marks a Paperless document with the failed tag (best effort: the job already has the reason).
 pub async fn mark_failed(svc: &Services, job_id: &str) {
     let Ok(Some(job)) = super::load_job(svc.state.as_ref(), job_id).await else {
@@ -834,31 +793,11 @@ async fn sync_index_meta(
     doc_id: &DocId,
     doc: &Document,
 ) -> Result<(), PipelineError> {
-    let Some((mut manifest, version)) = load_manifest(svc, doc_id).await? else {
-        return Ok(());
-    };
     let taxonomy = svc.taxonomy().await?;
     let meta = super::chunk::paperless_meta(doc, &taxonomy);
-    if meta == manifest.meta {
-        return Ok(());
-    }
-    manifest.meta = meta;
-    match svc
-        .state
-        .put(
-            &manifest_key(doc_id),
-            &serde_json::to_value(&manifest).expect("manifest serialises"),
-            Condition::Version(version),
-            None,
-        )
+    super::index::update_meta(svc, doc_id, meta)
         .await
-    {
-        Ok(_) => refresh_vector_metadata(svc, &manifest).await,
-        Err(StoreError::Conflict(_)) => {
-            Err(PipelineError::Retry("manifest changed concurrently".into()))
-        }
-        Err(e) => Err(e.into()),
-    }
+        .map(|_| ())
 }
 
 /// Applies a stored suggestion (review mode), with the reviewer's edits, by read-merge-write.

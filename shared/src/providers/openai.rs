@@ -154,8 +154,10 @@ impl Client {
             .text()
             .await
             .map_err(|_| ModelError::Unavailable(format!("{path}: broken response")))?;
+        // A 2xx body that is not JSON is a proxy's page or a reply cut off in transit, not
+        // the model's answer: transient, like the 5xx it usually stands for.
         serde_json::from_str(&text)
-            .map_err(|e| ModelError::InvalidReply(format!("{path}: reply is not JSON: {e}")))
+            .map_err(|e| ModelError::Unavailable(format!("{path}: reply is not JSON: {e}")))
     }
 }
 
