@@ -209,6 +209,16 @@ impl FakePaperless {
             .map(Value::Object)
     }
 
+    /// A user's edit in the Paperless UI: changes the document's fields and, as Paperless
+    /// does on every save, its `modified` time (so sync sees it).
+    pub fn edit_document(&self, id: u64, change: impl FnOnce(&mut serde_json::Map<String, Value>)) {
+        let mut s = self.store.lock().unwrap();
+        let now = s.now();
+        let doc = s.documents.get_mut(&id).expect("document exists");
+        change(doc);
+        doc.insert("modified".into(), json!(now));
+    }
+
     pub fn delete_document(&self, id: u64) {
         self.store.lock().unwrap().documents.remove(&id);
     }

@@ -141,6 +141,14 @@ async fn state_store_contract_on_dynamodb() {
     contract::state_store(state(&moto).await).await;
 }
 
+/// Issue 10: a document of 3,000 chunks failed on AWS only (a manifest over DynamoDB's 400 KB
+/// item limit).
+#[tokio::test]
+async fn manifests_of_any_size_on_dynamodb() {
+    let moto = MotoServer::shared();
+    contract::manifests_of_any_size(state(&moto).await).await;
+}
+
 #[tokio::test]
 async fn concurrent_updates_on_dynamodb_lose_nothing() {
     let moto = MotoServer::shared();
