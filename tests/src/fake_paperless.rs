@@ -285,6 +285,11 @@ impl FakePaperless {
             .extend(std::iter::repeat_n(status, n));
     }
 
+    /// Forgets the injected failures not yet answered (an outage that ends).
+    pub fn clear_failures(&self) {
+        self.store.lock().unwrap().fail.clear();
+    }
+
     pub fn set_latency(&self, latency: Duration) {
         self.store.lock().unwrap().latency = latency;
     }

@@ -265,11 +265,12 @@ async fn retry_failed_runs_every_failed_job_again() {
         jobs.push(webhook(&pai, id).await);
     }
     // Paperless answers 503 for long enough to exhaust the single receive.
-    pai.paperless.fail_next(2, 503);
+    pai.paperless.fail_next(1000, 503);
     pump(&pai).await;
     for j in &jobs {
         assert_eq!(job(&pai, j).await["status"], "failed");
     }
+    pai.paperless.clear_failures();
     let (status, reply) = pai.post_json("/jobs/retry-failed", json!({})).await;
     assert_eq!(status, 202, "{reply}");
     assert_eq!(reply["count"], 2, "{reply}");
