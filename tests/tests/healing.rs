@@ -395,7 +395,7 @@ async fn text_changed_while_embed_batches_wait_indexes_every_chunk_of_the_new_ve
         .unwrap()
         .unwrap();
     assert!(
-        manifest.chunks.len() > 64,
+        manifest.chunks.len() > shared::pipeline::chunk::EMBED_BATCH,
         "several batches: {}",
         manifest.chunks.len()
     );
