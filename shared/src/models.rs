@@ -146,6 +146,21 @@ pub struct CachedModel {
     inner: Arc<dyn ChatModel>,
     cache: Arc<dyn Cache>,
     ttl_secs: i64,
+    /// The settings that shape a reply but are not in the input (see `reply_shape`).
+    reply_shape: String,
+}
+
+/// Settings that shape the reply without being part of the input: the instructions
+/// (`SYSTEM_PROMPT`), the output cap and, on Ollama, the context size. A change of any is a
+/// cache miss; nothing else in the settings is (a new API key answers the same).
+pub fn reply_shape(settings: &crate::config::Settings) -> String {
+    let ollama = settings.llm.provider == crate::config::Provider::Ollama;
+    serde_json::json!({
+        "system_prompt": settings.policy.system_prompt,
+        "max_output_tokens": settings.policy.max_output_tokens,
+        "num_ctx": ollama.then_some(settings.ollama_num_ctx),
+    })
+    .to_string()
 }
 
 /// Bumped whenever prompts or the reply schema change, so old replies are misses.
@@ -157,7 +172,13 @@ impl CachedModel {
             inner,
             cache,
             ttl_secs,
+            reply_shape: String::new(),
         }
+    }
+
+    pub fn with_reply_shape(mut self, shape: String) -> CachedModel {
+        self.reply_shape = shape;
+        self
     }
 
     async fn cached<T, F>(
@@ -170,11 +191,19 @@ impl CachedModel {
         T: serde::Serialize + serde::de::DeserializeOwned,
         F: std::future::Future<Output = Result<(T, Usage), ModelError>>,
     {
-        let body = serde_json::to_vec(input).expect("input serialises");
+        let mut body = serde_json::to_value(input).expect("input serialises");
+        // Today's date is in the prompt (so the model can tell a date from the future) but not
+        // in the key: the reply is checked against today afterwards, and a re-run the next
+        // day must not be a paid miss.
+        if let Some(fields) = body.as_object_mut() {
+            fields.remove("today");
+        }
+        let body = serde_json::to_vec(&body).expect("input serialises");
         let k = key(&[
             kind.as_bytes(),
             PROMPT_VERSION.as_bytes(),
             self.inner.name().as_bytes(),
+            self.reply_shape.as_bytes(),
             &body,
         ]);
         if let Some(hit) = self
