@@ -288,3 +288,116 @@ impl ChatModel for CachedModel {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::ports::StoreError;
+
+    #[derive(Default)]
+    struct MemoryCache(Mutex<HashMap<String, Vec<u8>>>);
+
+    #[async_trait]
+    impl Cache for MemoryCache {
+        async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            Ok(self.0.lock().unwrap().get(key).cloned())
+        }
+        async fn put(&self, key: &str, value: &[u8], _: Option<i64>) -> Result<(), StoreError> {
+            self.0.lock().unwrap().insert(key.into(), value.to_vec());
+            Ok(())
+        }
+    }
+
+    #[derive(Default)]
+    struct Counting(AtomicUsize);
+
+    #[async_trait]
+    impl ChatModel for Counting {
+        fn name(&self) -> &str {
+            "test/model"
+        }
+        async fn suggest(&self, _: &TagInput) -> Result<(Suggestion, Usage), ModelError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok((Suggestion::default(), Usage::default()))
+        }
+        async fn answer(&self, _: &AnswerInput) -> Result<(Answer, Usage), ModelError> {
+            unreachable!()
+        }
+        async fn standalone(
+            &self,
+            _: &[(String, String)],
+            q: &str,
+        ) -> Result<(String, Usage), ModelError> {
+            Ok((q.into(), Usage::default()))
+        }
+    }
+
+    fn settings(pairs: &[(&str, &str)]) -> crate::config::Settings {
+        crate::config::Settings::from_map(
+            &pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_prompt_cache_key_covers_what_shapes_the_reply_and_not_the_date() {
+        let inner = Arc::new(Counting::default());
+        let cache: Arc<dyn Cache> = Arc::new(MemoryCache::default());
+        let model = |pairs: &[(&str, &str)]| {
+            CachedModel::new(inner.clone(), cache.clone(), 3600)
+                .with_reply_shape(reply_shape(&settings(pairs)))
+        };
+        let input = |today: &str| TagInput {
+            current_title: "scan".into(),
+            content: "Rechnung".into(),
+            fields: vec![crate::domain::Field::Title],
+            tags: vec![],
+            correspondents: vec![],
+            document_types: vec![],
+            custom_fields: vec![],
+            storage_paths: vec![],
+            restrict_tags: false,
+            restrict_correspondents: false,
+            restrict_document_types: false,
+            taxonomy: Default::default(),
+            today: today.into(),
+        };
+        model(&[]).suggest(&input("2026-12-01")).await.unwrap();
+        model(&[]).suggest(&input("2026-12-02")).await.unwrap();
+        assert_eq!(inner.0.load(Ordering::SeqCst), 1, "the next day is a hit");
+        model(&[("SYSTEM_PROMPT", "Be terse.")])
+            .suggest(&input("2026-12-02"))
+            .await
+            .unwrap();
+        assert_eq!(
+            inner.0.load(Ordering::SeqCst),
+            2,
+            "a new SYSTEM_PROMPT is a miss"
+        );
+        model(&[("MAX_OUTPUT_TOKENS", "100")])
+            .suggest(&input("2026-12-02"))
+            .await
+            .unwrap();
+        assert_eq!(
+            inner.0.load(Ordering::SeqCst),
+            3,
+            "a new output cap is a miss"
+        );
+        model(&[("LLM_API_KEY", "sk-another-key")])
+            .suggest(&input("2026-12-02"))
+            .await
+            .unwrap();
+        assert_eq!(
+            inner.0.load(Ordering::SeqCst),
+            3,
+            "a new key answers the same"
+        );
+    }
+}

@@ -1730,4 +1730,29 @@ mod tests {
             assert!(custom_value(&def(t), &v).is_err(), "{t} {v}");
         }
     }
+
+    #[test]
+    fn invented_names_must_look_like_names() {
+        for ok in [
+            "Plumbing",
+            "Amazon.de",
+            "Stadtwerke München",
+            "Tax 2025",
+            "C&A",
+        ] {
+            assert_eq!(implausible_name(ok), None, "{ok}");
+        }
+        let long = "x".repeat(65);
+        for bad in [
+            "visit https://evil.example/x",
+            "www.example.org",
+            "<script>",
+            "a name with far too many words to be any kind of tag",
+            "line\nbreak",
+            "---",
+            long.as_str(),
+        ] {
+            assert!(implausible_name(bad).is_some(), "{bad}");
+        }
+    }
 }
