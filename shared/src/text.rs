@@ -184,11 +184,12 @@ pub fn calendar_date(s: &str) -> Result<NaiveDate, String> {
 /// `today` (in the configured time zone: a document dated today in Auckland is not from the
 /// future).
 pub fn plausible_date(s: &str, today: NaiveDate) -> Result<NaiveDate, String> {
-    let date = calendar_date(s)?;
+    let date = NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
+        .map_err(|_| format!("{s:?} is not a date (YYYY-MM-DD)"))?;
     if date > today {
         return Err(format!("{date} is in the future"));
     }
-    Ok(date)
+    calendar_date(s)
 }
 
 fn month_number(name: &str) -> Option<u32> {
