@@ -286,8 +286,10 @@ impl FakePaperless {
     /// Starts the fake on a free loopback port; `token` belongs to a superuser (`admin`,
     /// id 1). Requests need `Authorization: Token <token>` of a known user.
     pub async fn start(token: &str) -> FakePaperless {
-        let mut initial = Store::default();
-        initial.next_user = 1;
+        let mut initial = Store {
+            next_user: 1,
+            ..Default::default()
+        };
         initial.users.insert(
             token.to_string(),
             FakeUser {
