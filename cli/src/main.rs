@@ -85,6 +85,26 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Tag Paperless documents again, whatever the loop guard says; prints how many documents
+    /// and an estimate of the model tokens first. Queued for `pai serve`.
+    Retag {
+        /// Paperless document ids.
+        ids: Vec<u64>,
+        /// Every document carrying this tag.
+        #[arg(long)]
+        tag: Option<String>,
+        /// Every document modified on or after this day (YYYY-MM-DD).
+        #[arg(long)]
+        since: Option<String>,
+        /// Every document.
+        #[arg(long)]
+        all: bool,
+        /// Only print the count and the estimate.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Tell what the Paperless token may and may not do for the configured policy.
+    Check,
     /// List the most recent jobs in DATA_DIR.
     Jobs {
         #[arg(long, default_value_t = 20)]
@@ -147,6 +167,14 @@ fn main() -> ExitCode {
                 commands::approve(document, edits).await
             }
             Command::Undo { document } => commands::undo(document).await,
+            Command::Retag {
+                ids,
+                tag,
+                since,
+                all,
+                dry_run,
+            } => commands::retag(ids, tag, since, all, dry_run).await,
+            Command::Check => commands::check().await,
         }
     });
     match result {

@@ -160,6 +160,12 @@ pub struct Settings {
     pub llm_daily_tokens: u64,
     /// Concurrency, rate and circuit breaker of model calls (per process, per role).
     pub model_limits: crate::resilience::Limits,
+    /// Tag marking documents whose suggestion waits for review (review mode); removed on approve.
+    pub review_tag: String,
+    /// Browser-facing Paperless base URL for links (citations, jobs); `PAPERLESS_URL` when unset.
+    pub paperless_public_url: Option<String>,
+    /// The user's time zone (`TZ`): "today" for the created-date plausibility and the daily budget.
+    pub time_zone: jiff::tz::TimeZone,
 }
 
 /// Which credentials must be present: those of the services this process calls.
@@ -243,6 +249,26 @@ fn url(env: Lookup, var: &'static str) -> Result<Option<String>, ConfigError> {
         return bad(var, format!("{raw:?} is not an http(s) URL"));
     }
     Ok(Some(raw.trim_end_matches('/').to_string()))
+}
+
+/// `TZ`: an IANA name (`Europe/Berlin`), a POSIX rule (`CET-1CEST,M3.5.0,M10.5.0/3`), or
+/// UTC when unset. A leading `:` is allowed (Lambda sets `TZ=:UTC`).
+fn time_zone(env: Lookup) -> Result<jiff::tz::TimeZone, ConfigError> {
+    let Some(raw) = get(env, "TZ") else {
+        return Ok(jiff::tz::TimeZone::UTC);
+    };
+    let name = raw.trim_start_matches(':');
+    if name.eq_ignore_ascii_case("utc") || name.eq_ignore_ascii_case("etc/utc") {
+        return Ok(jiff::tz::TimeZone::UTC);
+    }
+    jiff::tz::TimeZone::get(name)
+        .or_else(|_| jiff::tz::TimeZone::posix(name))
+        .or_else(|_| {
+            bad(
+                "TZ",
+                format!("{raw:?} is not a time zone (use an IANA name such as Europe/Berlin)"),
+            )
+        })
 }
 
 impl Settings {
@@ -451,6 +477,9 @@ impl Settings {
             sync_interval_minutes: number(env, "SYNC_INTERVAL_MINUTES", 15, 0..=10_080)?,
             ollama_num_ctx: number(env, "OLLAMA_NUM_CTX", 8192, 512..=1_048_576)?,
             llm_daily_tokens: number(env, "LLM_DAILY_TOKENS", 0, 0..=u64::MAX / 2)?,
+            review_tag: get(env, "REVIEW_TAG").unwrap_or_else(|| "ai-review".into()),
+            paperless_public_url: url(env, "PAPERLESS_PUBLIC_URL")?,
+            time_zone: time_zone(env)?,
             model_limits: crate::resilience::Limits {
                 max_concurrency: number(env, "LLM_MAX_CONCURRENCY", 4, 1..=1024)?,
                 requests_per_minute: number(env, "LLM_REQUESTS_PER_MINUTE", 0, 0..=1_000_000)?,
@@ -463,6 +492,19 @@ impl Settings {
                 )?),
             },
         })
+    }
+
+    /// Today's date in the configured time zone.
+    pub fn today(&self) -> chrono::NaiveDate {
+        let date = jiff::Timestamp::now()
+            .to_zoned(self.time_zone.clone())
+            .date();
+        chrono::NaiveDate::from_ymd_opt(
+            i32::from(date.year()),
+            u32::from(date.month().unsigned_abs()),
+            u32::from(date.day().unsigned_abs()),
+        )
+        .expect("jiff dates are valid calendar dates")
     }
 
     /// `pai serve` refuses a non-loopback address without API keys.
@@ -536,6 +578,11 @@ mod tests {
             ),
             (&[("LLM_PROVIDER", "openai")], "LLM_BASE_URL"),
             (&[("BIND", "everywhere")], "BIND"),
+            (&[("TZ", "Mars/Olympus_Mons")], "TZ"),
+            (
+                &[("PAPERLESS_PUBLIC_URL", "paperless.lan")],
+                "PAPERLESS_PUBLIC_URL",
+            ),
         ];
         for (pairs, var) in cases {
             let e = parse(pairs).unwrap_err();
@@ -561,6 +608,19 @@ mod tests {
                 .unwrap()
                 .check_serve()
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn today_is_the_configured_time_zones_day() {
+        // UTC+14 and UTC-12 are always on different calendar days.
+        let kiritimati = parse(&[("TZ", "Pacific/Kiritimati")]).unwrap().today();
+        let baker = parse(&[("TZ", "Etc/GMT+12")]).unwrap().today();
+        let gap = (kiritimati - baker).num_days();
+        assert!((1..=2).contains(&gap), "{kiritimati} {baker}");
+        assert_eq!(
+            parse(&[("TZ", ":UTC")]).unwrap().today(),
+            chrono::Utc::now().date_naive()
         );
     }
 

@@ -103,7 +103,9 @@ impl LocalApp {
                 (Some(url), Some(token)) => Some(Arc::new(
                     PaperlessClient::new(url, token.clone(), std::time::Duration::from_secs(30))
                         .map_err(|e| config("PAPERLESS_URL", e.to_string()))?
-                        .with_owner(settings.paperless_owner),
+                        .with_owner(settings.paperless_owner)
+                        .with_public_url(settings.paperless_public_url.clone())
+                        .with_needs(crate::paperless::TaxonomyNeeds::of(&settings.policy)),
                 )),
                 _ => None,
             };

@@ -261,7 +261,8 @@ pub type TokenSink = tokio::sync::mpsc::UnboundedSender<String>;
 /// Failure talking to Paperless-ngx.
 #[derive(Debug, thiserror::Error)]
 pub enum PaperlessError {
-    #[error("document {0} not found in Paperless")]
+    /// The message says what was not found (and whether the token may simply not see it).
+    #[error("{0}")]
     NotFound(String),
     #[error("Paperless refused access: {0}")]
     Forbidden(String),
@@ -314,4 +315,31 @@ pub trait Paperless: Send + Sync {
     ) -> Result<(Vec<DocumentSummary>, bool), PaperlessError>;
     /// The web link users open for a document.
     fn document_url(&self, id: u64) -> String;
+    /// The user behind the token and its permission codenames (`GET /api/ui_settings/`).
+    async fn token_user(&self) -> Result<TokenUser, PaperlessError> {
+        Err(PaperlessError::Rejected(
+            "this Paperless client cannot tell its user".into(),
+        ))
+    }
+}
+
+/// The Paperless user a token belongs to, and what it may do globally (object permissions
+/// on single documents come on top).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TokenUser {
+    pub id: u64,
+    pub username: String,
+    #[serde(default)]
+    pub is_superuser: bool,
+    #[serde(default)]
+    pub groups: Vec<u64>,
+    /// Codenames such as `view_document`, `add_tag`, `view_customfield`.
+    #[serde(default)]
+    pub permissions: Vec<String>,
+}
+
+impl TokenUser {
+    pub fn may(&self, codename: &str) -> bool {
+        self.is_superuser || self.permissions.iter().any(|p| p == codename)
+    }
 }

@@ -77,6 +77,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/documents/{doc_id}/approve", post(approve))
         .route("/documents/{doc_id}/suggestions/undo", post(undo))
         .route("/documents/{doc_id}/undo", post(undo))
+        .route("/documents/{doc_id}/retag", post(retag))
         .route("/chat", post(chat))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(axum::extract::DefaultBodyLimit::disable())
@@ -285,6 +286,13 @@ pub async fn job_view(svc: &Services, job_id: &str) -> Result<Option<Value>, Api
         "chunks_embedded".into(),
         json!(counters.get("chunks_embedded").copied().unwrap_or(0)),
     );
+    // The link a user opens (PAPERLESS_PUBLIC_URL when set).
+    if let (Some(id), Some(p)) = (
+        job.doc_id.as_ref().and_then(DocId::paperless_id),
+        &svc.paperless,
+    ) {
+        obj.insert("document_url".into(), json!(p.document_url(id)));
+    }
     Ok(Some(v))
 }
 
@@ -393,6 +401,27 @@ async fn undo(
     authorize(&state, &headers)?;
     let doc: DocId = doc_id.parse().map_err(ApiError::bad_request)?;
     Ok(axum::Json(tag::undo(&state.svc, &doc).await?).into_response())
+}
+
+/// `POST /documents/{id}/retag`: tags the document again whatever the loop guard says.
+async fn retag(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(doc_id): Path<String>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let doc: DocId = doc_id.parse().map_err(ApiError::bad_request)?;
+    if doc.paperless_id().is_none() {
+        return Err(ApiError::bad_request(format!(
+            "document {doc} is an upload, not a Paperless document: upload it again to re-tag it"
+        )));
+    }
+    let job = tag::retag(&state.svc, &doc).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"job_id": job.id, "doc_id": doc.to_string()})),
+    )
+        .into_response())
 }
 
 async fn chat(

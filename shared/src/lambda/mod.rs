@@ -192,7 +192,9 @@ pub fn services(function: Function, sdk: &SdkConfig, env: &Env) -> Result<Servic
                         var: "PAPERLESS_URL",
                         message: e.to_string(),
                     })?
-                    .with_owner(settings.paperless_owner),
+                    .with_owner(settings.paperless_owner)
+                    .with_public_url(settings.paperless_public_url.clone())
+                    .with_needs(crate::paperless::TaxonomyNeeds::of(&settings.policy)),
             ))
         }
         None => None,

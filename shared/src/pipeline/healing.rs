@@ -117,13 +117,14 @@ pub async fn dead_lettered(
         &job_id,
         stage,
         StageStatus::Failed,
-        Some(reason),
+        Some(reason.clone()),
         None,
     )
     .await?;
     failed_transiently(svc, &job_id).await?;
     if stage != Stage::Embed {
-        super::tag::mark_failed(svc, &job_id).await;
+        // No content hash: a dead letter is no verdict on the text, a retry must run again.
+        super::tag::mark_failed(svc, &job_id, None, &reason).await;
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! a redelivered message must change nothing twice. `handle` is the one entry point both the
 //! Lambda doors and `pai`'s workers call with a message body.
 
+pub mod access;
 pub mod chat;
 pub mod chunk;
 pub mod embed;
@@ -271,6 +272,30 @@ pub async fn set_stage(
     .await
 }
 
+/// Sets a stage's outcome, replacing an earlier failure: the job shows its latest outcome
+/// (a retried tag stage that now succeeds is done).
+pub async fn set_stage_latest(
+    state: &dyn StateStore,
+    job_id: &str,
+    stage: Stage,
+    status: StageStatus,
+    detail: Option<String>,
+    provider: Option<String>,
+) -> Result<Job, PipelineError> {
+    update_job(state, job_id, |job| {
+        job.stages.insert(
+            stage,
+            StageState {
+                status,
+                detail: detail.clone(),
+                provider: provider.clone(),
+                finished_at: (status != StageStatus::Pending).then(now),
+            },
+        );
+    })
+    .await
+}
+
 /// Processes one message of a stage's queue. `final_attempt` is set when the queue will
 /// dead-letter the message if this attempt fails, so the job records the failure now.
 pub async fn handle(
@@ -306,10 +331,20 @@ pub async fn handle(
         Stage::Tag => {
             let t: crate::domain::TagTask = serde_json::from_str(body).map_err(malformed)?;
             let span = tracing::info_span!("tag", job_id = %t.job_id, doc_id = %t.doc_id);
-            (t.job_id.clone(), tag::run(svc, &t).instrument(span).await)
+            let result = tag::run(svc, &t).instrument(span).await;
+            record_failure(
+                svc,
+                stage,
+                &t.job_id,
+                &result,
+                final_attempt,
+                Some(&t.content_hash),
+            )
+            .await;
+            return result;
         }
     };
-    record_failure(svc, stage, &job_id, &result, final_attempt).await;
+    record_failure(svc, stage, &job_id, &result, final_attempt, None).await;
     result
 }
 
@@ -330,17 +365,19 @@ async fn uploaded(
     }
     .instrument(span)
     .await;
-    record_failure(svc, Stage::Chunk, &job_id, &result, final_attempt).await;
+    record_failure(svc, Stage::Chunk, &job_id, &result, final_attempt, None).await;
     result
 }
 
 /// Counts a failed step and, when it will not be retried, records why on the job.
+/// `content_hash` is the text a failed tag stage worked on.
 async fn record_failure(
     svc: &Services,
     stage: Stage,
     job_id: &str,
     result: &Result<(), PipelineError>,
     final_attempt: bool,
+    content_hash: Option<&str>,
 ) {
     if let Err(e) = result {
         if let PipelineError::Deferred { reason, .. } = e {
@@ -373,14 +410,14 @@ async fn record_failure(
                 job_id,
                 stage,
                 StageStatus::Failed,
-                Some(reason),
+                Some(reason.clone()),
                 None,
             )
             .await;
             // The document shows the failure in Paperless too (not for embedding: its tagging
             // may still succeed, and chat is what misses the document).
             if stage != Stage::Embed {
-                tag::mark_failed(svc, job_id).await;
+                tag::mark_failed(svc, job_id, content_hash, &reason).await;
             }
         }
     }

@@ -80,17 +80,34 @@ pub async fn run(svc: &Services) -> Result<SyncReport, PipelineError> {
     if let Some(trigger) = &svc.settings.policy.trigger_tag
         && let Some(tag) = svc.taxonomy().await?.find(ObjectKind::Tag, trigger)
     {
+        let mut triggered = Vec::new();
         all_pages(
             paperless.as_ref(),
             &DocumentQuery {
                 tag: Some(tag.id),
                 ..Default::default()
             },
-            |d| {
-                ids.insert(d.id);
-            },
+            |d| triggered.push(d),
         )
         .await?;
+        // A document still carrying the trigger tag after its run (excluded, or a run that
+        // could not remove it) is queued once per version, not by every sync.
+        for d in triggered {
+            let key = format!("sync/trigger/{}", d.id);
+            let seen = state.get(&key).await?;
+            if seen.is_some_and(|v| v.value["modified"].as_str() == d.modified.as_deref()) {
+                continue;
+            }
+            state
+                .put(
+                    &key,
+                    &json!({"modified": d.modified}),
+                    Condition::None,
+                    Some(super::now() + 90 * 86_400),
+                )
+                .await?;
+            ids.insert(d.id);
+        }
     }
     let mut jobs = Vec::with_capacity(ids.len());
     for id in &ids {

@@ -133,11 +133,10 @@ mod assembly {
             cache.clone(),
             settings.cache_ttl_secs,
         ));
-        let model: Arc<dyn ChatModel> = Arc::new(CachedModel::new(
-            guarded_model,
-            cache,
-            settings.cache_ttl_secs,
-        ));
+        let model: Arc<dyn ChatModel> = Arc::new(
+            CachedModel::new(guarded_model, cache, settings.cache_ttl_secs)
+                .with_reply_shape(crate::models::reply_shape(settings)),
+        );
         Ok((model, embedder))
     }
 }
