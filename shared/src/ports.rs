@@ -92,6 +92,39 @@ pub trait StateStore: Send + Sync {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, Value)>, StoreError>;
+    /// Like `list` in the other direction: items under `prefix`, newest (greatest) key first,
+    /// at most `limit`, starting before `before`. Pages of "most recent jobs" (job ids are
+    /// time-ordered) cost one range read each, however many items the store holds.
+    ///
+    /// The default pages forward through the whole prefix (correct, but linear): adapters
+    /// override it with a reverse range read.
+    async fn list_newest(
+        &self,
+        prefix: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Value)>, StoreError> {
+        let mut kept: std::collections::VecDeque<(String, Value)> = Default::default();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.list(prefix, after.as_deref(), 500).await?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            for item in page {
+                if before.is_some_and(|b| item.0.as_str() >= b) {
+                    break;
+                }
+                kept.push_back(item);
+                if kept.len() > limit {
+                    kept.pop_front();
+                }
+            }
+            if before.is_some_and(|b| after.as_deref() >= Some(b)) {
+                break;
+            }
+        }
+        Ok(kept.into_iter().rev().collect())
+    }
 }
 
 /// Prompt and embedding cache: opaque bytes by key, with an expiry.
