@@ -312,6 +312,54 @@ pub struct DocumentSummary {
     pub modified: Option<String>,
 }
 
+/// The user behind the Paperless token and its permission codenames (`view_document`,
+/// `add_tag`…), as `GET /api/ui_settings/` reports them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TokenPermissions {
+    pub username: String,
+    pub is_superuser: bool,
+    pub permissions: std::collections::BTreeSet<String>,
+}
+
+impl TokenPermissions {
+    /// The permissions the tagging policy needs that the token lacks (none for a superuser).
+    pub fn missing(&self, policy: &crate::config::TaggingPolicy) -> Vec<String> {
+        use crate::domain::Field;
+        if self.is_superuser {
+            return Vec::new();
+        }
+        let mut needed = vec!["view_document", "change_document", "view_tag"];
+        let sets = |f: Field| policy.mode(f) != crate::config::FieldMode::Never;
+        // Creating what the model names needs `add_*` unless output is restricted to existing.
+        if !policy.restrict.contains(&ObjectKind::Tag) {
+            needed.push("add_tag");
+        }
+        if sets(Field::Correspondent) {
+            needed.push("view_correspondent");
+            if !policy.restrict.contains(&ObjectKind::Correspondent) {
+                needed.push("add_correspondent");
+            }
+        }
+        if sets(Field::DocumentType) {
+            needed.push("view_documenttype");
+            if !policy.restrict.contains(&ObjectKind::DocumentType) {
+                needed.push("add_documenttype");
+            }
+        }
+        if sets(Field::CustomFields) || !policy.custom_fields.is_empty() {
+            needed.push("view_customfield");
+        }
+        if sets(Field::StoragePath) {
+            needed.push("view_storagepath");
+        }
+        needed
+            .into_iter()
+            .filter(|p| !self.permissions.contains(*p))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
 /// The document system: Paperless-ngx's REST API.
 #[async_trait]
 pub trait Paperless: Send + Sync {
@@ -330,4 +378,8 @@ pub trait Paperless: Send + Sync {
     ) -> Result<(Vec<DocumentSummary>, bool), PaperlessError>;
     /// The web link users open for a document.
     fn document_url(&self, id: u64) -> String;
+    /// Who the token is and what it may do; `None` when this Paperless cannot say.
+    async fn permissions(&self) -> Result<Option<TokenPermissions>, PaperlessError> {
+        Ok(None)
+    }
 }

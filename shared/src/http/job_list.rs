@@ -1,0 +1,200 @@
+//! `GET /jobs`: the most recent jobs, newest first, filtered by what a user acts on (failed,
+//! excluded, waiting, done), for the web UI's Jobs page.
+//!
+//! Job ids are UUIDv7 (time-ordered), so "newest first" is a reverse range read of the `job/`
+//! keys and a page starts after the last id the previous page showed: a page costs the same
+//! with ten jobs or a million. A filter reads at most `SCAN_WINDOW` jobs per request and hands
+//! back where it stopped, so a rare status never turns one request into a full scan.
+
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, ApiState, authorize};
+use crate::domain::{DocId, Job, JobStatus, Stage, StageStatus};
+use crate::pipeline::{PipelineError, Services, job_key};
+
+/// Most jobs read to answer one filtered request.
+pub const SCAN_WINDOW: usize = 1000;
+/// Largest page a client may ask for.
+pub const MAX_PAGE: usize = 100;
+const DEFAULT_PAGE: usize = 25;
+
+/// What the Jobs page filters on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobClass {
+    /// A stage failed: retry it.
+    Failed,
+    /// Tagging skipped it (policy exclusion, already tagged, unchanged text).
+    Excluded,
+    /// Queued or running.
+    Waiting,
+    Done,
+}
+
+impl JobClass {
+    pub fn of(job: &Job) -> JobClass {
+        match job.status() {
+            JobStatus::Failed => JobClass::Failed,
+            JobStatus::Queued | JobStatus::Running => JobClass::Waiting,
+            JobStatus::Done
+                if job
+                    .stages
+                    .get(&Stage::Tag)
+                    .is_some_and(|s| s.status == StageStatus::Skipped) =>
+            {
+                JobClass::Excluded
+            }
+            JobStatus::Done => JobClass::Done,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            JobClass::Failed => "failed",
+            JobClass::Excluded => "excluded",
+            JobClass::Waiting => "waiting",
+            JobClass::Done => "done",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Option<JobClass>, ApiError> {
+        Ok(Some(match s {
+            "" | "all" => return Ok(None),
+            "failed" => JobClass::Failed,
+            "excluded" => JobClass::Excluded,
+            "waiting" => JobClass::Waiting,
+            "done" => JobClass::Done,
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "status {other:?} is not all, failed, excluded, waiting or done"
+                )));
+            }
+        }))
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct JobsQuery {
+    #[serde(default)]
+    status: String,
+    /// The last job id of the previous page.
+    #[serde(default)]
+    cursor: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// One page of jobs and where the next starts (`None`: there is no older job).
+#[derive(Debug)]
+pub struct JobPage {
+    pub jobs: Vec<Job>,
+    pub next_cursor: Option<String>,
+    pub scanned: usize,
+}
+
+/// Jobs older than `cursor` (a job id), newest first, of `class` if given.
+pub async fn list_jobs(
+    svc: &Services,
+    class: Option<JobClass>,
+    cursor: Option<&str>,
+    limit: usize,
+) -> Result<JobPage, PipelineError> {
+    let limit = limit.clamp(1, MAX_PAGE);
+    let mut before = cursor.map(job_key);
+    let mut jobs = Vec::new();
+    let mut scanned = 0;
+    loop {
+        // Unfiltered: exactly one page. Filtered: bigger reads, bounded by the window.
+        let want = match class {
+            None => limit - jobs.len(),
+            Some(_) => (SCAN_WINDOW - scanned).min(200),
+        };
+        let items = svc
+            .state
+            .list_newest("job/", before.as_deref(), want)
+            .await?;
+        let exhausted = items.len() < want;
+        for (key, value) in items {
+            scanned += 1;
+            before = Some(key);
+            // A job this version cannot read (corrupt or from the future) is skipped, not fatal.
+            let Ok(job) = serde_json::from_value::<Job>(value) else {
+                continue;
+            };
+            if class.is_none_or(|c| JobClass::of(&job) == c) {
+                jobs.push(job);
+                if jobs.len() == limit {
+                    break;
+                }
+            }
+        }
+        let full = jobs.len() == limit;
+        if exhausted && !full {
+            return Ok(JobPage {
+                jobs,
+                next_cursor: None,
+                scanned,
+            });
+        }
+        if full || scanned >= SCAN_WINDOW {
+            let next_cursor = before.map(|k| k.trim_start_matches("job/").to_string());
+            return Ok(JobPage {
+                jobs,
+                next_cursor,
+                scanned,
+            });
+        }
+    }
+}
+
+/// A job as a list row: what `GET /jobs/{id}` shows (no counters), its class, and the
+/// document's link in Paperless.
+pub fn job_row(svc: &Services, job: &Job) -> Value {
+    let mut v = serde_json::to_value(job).expect("job serialises");
+    let obj = v.as_object_mut().expect("object");
+    obj.remove("upload_token");
+    obj.insert("status".into(), json!(job.status()));
+    obj.insert("class".into(), json!(JobClass::of(job).name()));
+    if let (Some(DocId::Paperless(id)), Some(p)) = (&job.doc_id, &svc.paperless) {
+        obj.insert("doc_url".into(), json!(p.document_url(*id)));
+    }
+    v
+}
+
+fn valid_cursor(c: &str) -> bool {
+    !c.is_empty() && c.len() <= 64 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+pub(super) async fn jobs(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Query(q): Query<JobsQuery>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let class = JobClass::parse(q.status.trim())?;
+    let cursor = q.cursor.as_deref().map(str::trim).filter(|c| !c.is_empty());
+    if let Some(c) = cursor
+        && !valid_cursor(c)
+    {
+        return Err(ApiError::bad_request(format!(
+            "cursor {c:?} is not a job id"
+        )));
+    }
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be from 1 to {MAX_PAGE}"
+        )));
+    }
+    let page = list_jobs(&state.svc, class, cursor, limit).await?;
+    let rows: Vec<Value> = page.jobs.iter().map(|j| job_row(&state.svc, j)).collect();
+    Ok(axum::Json(json!({
+        "jobs": rows,
+        "next_cursor": page.next_cursor,
+        "scanned": page.scanned,
+    }))
+    .into_response())
+}
