@@ -42,6 +42,9 @@ async function route() {
 }
 
 async function signedIn() {
+  // Without a key, a server that needs one is not even asked (nothing fails on purpose).
+  const auth = document.querySelector('meta[name="pai-auth"]');
+  if (!session.key && auth && auth.content === 'key') return false;
   // A cheap authenticated call: succeeds with a good key, or with none when none is needed.
   try {
     await api('/jobs?limit=1');
@@ -60,7 +63,8 @@ async function start() {
     session.save($('api-key').value.trim(), $('paperless-token').value.trim());
     $('api-key').value = '';
     $('paperless-token').value = '';
-    if (await signedIn()) route();
+    // A refused key is not kept: the next visit asks again instead of failing again.
+    if (await signedIn()) route(); else session.clear();
   });
   $('sign-out').addEventListener('click', () => { session.clear(); showSignIn('Signed out.'); });
   window.addEventListener('hashchange', () => { if (!$('sign-in').hidden && !session.key) return; route(); });

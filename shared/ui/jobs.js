@@ -57,7 +57,7 @@ function row(j) {
   if (j.class === 'failed') actions.push(h('button', { type: 'button', 'data-action': 'retry', onclick: (ev) => retry(ev.currentTarget, j) }, 'Retry'));
   if (j.doc_id && /^\d+$/.test(j.doc_id)) actions.push(h('button', { type: 'button', class: 'quiet', 'data-action': 'retag', onclick: (ev) => retag(ev.currentTarget, j) }, 'Re-tag'));
   return h('tr', { 'data-job': j.id, 'data-class': j.class },
-    h('td', { 'data-label': 'Document' }, doc, h('div', { class: 'meta' }, `${j.origin} · job ${j.id.slice(0, 8)}`)),
+    h('td', { 'data-label': 'Document' }, doc, h('div', { class: 'meta' }, `${j.origin} · job …${j.id.slice(-8)}`)),
     h('td', { 'data-label': 'Status' }, h('span', { class: `badge ${j.class}` }, j.class)),
     h('td', { 'data-label': 'Stages' }, h('ul', { class: 'stages' }, stages)),
     h('td', { 'data-label': 'Started' }, when(j.created_at)),
@@ -83,7 +83,7 @@ function retry(button, j) {
 }
 
 function retag(button, j) {
-  return act(button, `/documents/${encodeURIComponent(j.doc_id)}/retag`, (r) => (r && r.job_id ? `Re-tag queued (job ${String(r.job_id).slice(0, 8)}).` : 'Re-tag queued.'));
+  return act(button, `/documents/${encodeURIComponent(j.doc_id)}/retag`, (r) => (r && r.job_id ? `Re-tag queued (job …${String(r.job_id).slice(-8)}).` : 'Re-tag queued.'));
 }
 
 async function retryFailed() {

@@ -64,7 +64,26 @@ struct Store {
     log: Vec<RecordedRequest>,
     fail: Vec<u16>,
     latency: Duration,
+    /// The token user's permission codenames; `None`: a superuser (every permission).
+    permissions: Option<Vec<String>>,
 }
+
+/// What a Paperless-ngx superuser's `GET /api/ui_settings/` lists (the model permissions the
+/// tagger touches).
+const ALL_PERMISSIONS: [&str; 12] = [
+    "view_document",
+    "change_document",
+    "view_tag",
+    "add_tag",
+    "view_correspondent",
+    "add_correspondent",
+    "view_documenttype",
+    "add_documenttype",
+    "view_storagepath",
+    "view_customfield",
+    "view_uisettings",
+    "view_profile",
+];
 
 impl Store {
     fn id(&mut self) -> u64 {
@@ -278,6 +297,14 @@ impl FakePaperless {
     pub fn set_latency(&self, latency: Duration) {
         self.store.lock().unwrap().latency = latency;
     }
+
+    /// Makes the token's user an ordinary user with only these permissions: as in a real
+    /// Paperless (Appendix D), listing storage paths or custom fields then needs
+    /// `view_storagepath` / `view_customfield` (403 without).
+    pub fn set_permissions(&self, permissions: &[&str]) {
+        self.store.lock().unwrap().permissions =
+            Some(permissions.iter().map(|p| p.to_string()).collect());
+    }
 }
 
 fn reply(status: StatusCode, body: Value) -> Response {
@@ -364,6 +391,23 @@ async fn handle(
             StatusCode::from_u16(status).unwrap(),
             json!({"detail": "injected failure"}),
         );
+    }
+    // The web UI's document page (what `document_url` links to): the browser's session, not
+    // the API token, decides there, so it answers a plain page.
+    if let ("GET", ["documents", id, "details"]) = (
+        method.as_str(),
+        path.trim_matches('/')
+            .split('/')
+            .collect::<Vec<_>>()
+            .as_slice(),
+    ) {
+        let title = format!("Document {id} - Paperless-ngx");
+        return (
+            StatusCode::OK,
+            [("content-type", "text/html; charset=utf-8")],
+            format!("<!doctype html><title>{title}</title><h1>{title}</h1>"),
+        )
+            .into_response();
     }
     let auth = headers
         .get("authorization")
@@ -529,8 +573,36 @@ async fn handle(
                 ),
             }
         }
+        ("GET", ["api", "ui_settings"]) => {
+            let superuser = s.permissions.is_none();
+            let permissions = s
+                .permissions
+                .clone()
+                .unwrap_or_else(|| ALL_PERMISSIONS.iter().map(|p| p.to_string()).collect());
+            reply(
+                StatusCode::OK,
+                json!({
+                    "user": {"id": 3, "username": "pai", "is_staff": superuser, "is_superuser": superuser, "groups": []},
+                    "settings": {},
+                    "permissions": permissions,
+                }),
+            )
+        }
         (m, ["api", kind]) if KINDS.contains(kind) => {
             let kind: &'static str = KINDS.iter().find(|k| *k == kind).unwrap();
+            let needed = match kind {
+                "storage_paths" => Some("view_storagepath"),
+                "custom_fields" => Some("view_customfield"),
+                _ => None,
+            };
+            if let (Some(needed), Some(perms)) = (needed, &s.permissions)
+                && !perms.iter().any(|p| p == needed)
+            {
+                return reply(
+                    StatusCode::FORBIDDEN,
+                    json!({"detail": "You do not have permission to perform this action."}),
+                );
+            }
             match m {
                 "GET" => {
                     let docs = s.documents.values().cloned().collect::<Vec<_>>();

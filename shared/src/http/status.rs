@@ -193,6 +193,32 @@ pub fn config_entries(s: &Settings, model_name: &str, embedder: &str) -> Vec<Con
         plain("CHUNK_TOKENS", s.chunk_tokens.to_string()),
         plain("CHUNK_OVERLAP", s.chunk_overlap.to_string()),
         plain("SYNC_INTERVAL_MINUTES", s.sync_interval_minutes.to_string()),
+        plain("MAX_RECEIVES", s.max_receives.to_string()),
+        plain("MAX_UPLOAD_BYTES", s.max_upload_bytes.to_string()),
+        plain("CACHE_TTL_DAYS", (s.cache_ttl_secs / 86_400).to_string()),
+        plain("OLLAMA_NUM_CTX", s.ollama_num_ctx.to_string()),
+        plain(
+            "LLM_REQUESTS_PER_MINUTE",
+            match s.model_limits.requests_per_minute {
+                0 => "no limit".into(),
+                n => n.to_string(),
+            },
+        ),
+        plain(
+            "LLM_BREAKER_FAILURES",
+            s.model_limits.breaker_failures.to_string(),
+        ),
+        plain(
+            "LLM_BREAKER_COOLDOWN_SECS",
+            s.model_limits.breaker_cooldown.as_secs().to_string(),
+        ),
+        plain(
+            "PAPERLESS_OWNER_ID",
+            s.paperless_owner
+                .map_or_else(|| "not set".into(), |o| o.to_string()),
+        ),
+        plain("WORKERS", s.workers.to_string()),
+        plain("PUBLIC_URL", or_unset(&s.public_url, "http://BIND:PORT")),
         plain("DATA_DIR", s.data_dir.display().to_string()),
         plain("BIND", s.bind.clone()),
         plain("PORT", s.port.to_string()),
@@ -270,7 +296,9 @@ pub fn metric_figures(text: &str) -> Value {
                 n == name && label.is_none_or(|(k, v)| l.get(k).is_some_and(|x| x == v))
             })
             .map(|(_, _, v)| v)
-            .sum()
+            .sum::<f64>()
+            // An empty float sum is -0.0, shown as "-0".
+            + 0.0
     };
     let by_label = |name: &str, label: &str| -> BTreeMap<String, f64> {
         let mut m = BTreeMap::new();

@@ -14,7 +14,8 @@ use axum::routing::get;
 
 use super::{ApiError, ApiState, job_list, review, status};
 
-/// The page shell; `{{CHAT_URL}}` becomes where chat is served (empty: this origin).
+/// The page shell; `{{CHAT_URL}}` becomes where chat is served (empty: this origin),
+/// `{{AUTH}}` whether the API needs a key (`key`) or not (`none`).
 const INDEX: &str = include_str!("../../ui/index.html");
 
 /// Every asset under `/ui/`, with its content type.
@@ -97,7 +98,15 @@ fn escape_attr(s: &str) -> String {
 
 async fn index(State(state): State<ApiState>) -> Response {
     let chat_url = state.svc.settings.chat_url.clone().unwrap_or_default();
-    let body = INDEX.replace("{{CHAT_URL}}", &escape_attr(&chat_url));
+    // Whether to ask for a key before the first call (no request fails just to find out).
+    let auth = if state.api_keys.is_empty() {
+        "none"
+    } else {
+        "key"
+    };
+    let body = INDEX
+        .replace("{{CHAT_URL}}", &escape_attr(&chat_url))
+        .replace("{{AUTH}}", auth);
     let mut response = ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response();
     let headers = response.headers_mut();
     if let Ok(csp) = HeaderValue::from_str(&content_security_policy(&chat_url)) {
