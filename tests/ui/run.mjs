@@ -4,7 +4,9 @@
 //   node tests/ui/run.mjs [NAME…]      run all tests, or only those named (in this order)
 //
 // Env: PAI_BIN, UI_FIXTURE (built binaries; default target/debug/…), CHROMIUM (/usr/bin/chromium),
-// SCREENSHOTS (target/ui-screenshots). Prints one line per test and "N passed, N failed".
+// SCREENSHOTS (target/ui-screenshots), DOCS_SHOTS (also write the README's screenshots, one
+// screen high, to this folder: `DOCS_SHOTS=docs/ui scripts/ui-test.sh`).
+// Prints one line per test and "N passed, N failed".
 // Scenarios run in order on one archive; each can also run alone (it prepares what it needs).
 
 import { spawn } from 'node:child_process';
@@ -59,6 +61,10 @@ async function screenshots(page, name) {
   for (const [label, size] of [['desktop', DESKTOP], ['phone', PHONE]]) {
     await page.setViewportSize(size);
     await page.screenshot({ path: join(SHOTS, `${name}-${label}.png`), fullPage: true });
+    if (process.env.DOCS_SHOTS) {
+      mkdirSync(process.env.DOCS_SHOTS, { recursive: true });
+      await page.screenshot({ path: join(process.env.DOCS_SHOTS, `${name}-${label}.png`) });
+    }
   }
   await page.setViewportSize(DESKTOP);
 }
