@@ -198,3 +198,119 @@ pub(super) async fn jobs(
     }))
     .into_response())
 }
+
+#[cfg(all(test, feature = "local"))]
+mod tests {
+    use super::*;
+    use crate::domain::{JobOrigin, StageState};
+    use crate::ports::Condition;
+
+    fn stage(status: StageStatus) -> StageState {
+        StageState {
+            status,
+            detail: None,
+            provider: None,
+            finished_at: None,
+        }
+    }
+
+    /// 10,050 jobs, ids in time order as UUIDv7 gives them; every 100th failed.
+    async fn app_with_jobs(dir: &std::path::Path) -> crate::embedded::LocalApp {
+        let mut env = std::collections::HashMap::new();
+        env.insert("DATA_DIR".to_string(), dir.display().to_string());
+        let app = crate::embedded::LocalApp::build(
+            crate::config::Settings::from_map(&env).expect("settings"),
+        )
+        .expect("app");
+        for i in 0..10_050u32 {
+            let mut job = Job::new(format!("{i:08}"), JobOrigin::Webhook, None, i64::from(i));
+            for s in [Stage::Chunk, Stage::Embed, Stage::Tag] {
+                let status = if i % 100 == 7 && s == Stage::Tag {
+                    StageStatus::Failed
+                } else {
+                    StageStatus::Done
+                };
+                job.stages.insert(s, stage(status));
+            }
+            app.svc
+                .state
+                .put(
+                    &job_key(&job.id),
+                    &serde_json::to_value(&job).unwrap(),
+                    Condition::None,
+                    None,
+                )
+                .await
+                .unwrap();
+        }
+        app
+    }
+
+    #[tokio::test]
+    async fn pages_newest_first_by_cursor_and_filters_within_a_bounded_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = app_with_jobs(dir.path()).await;
+        let svc = &app.svc;
+        // Newest first, one page at a time, each starting after the last id shown.
+        let first = list_jobs(svc, None, None, 25).await.unwrap();
+        assert_eq!(first.jobs.len(), 25);
+        assert_eq!(first.jobs[0].id, "00010049");
+        assert_eq!(
+            first.scanned, 25,
+            "an unfiltered page reads only its own rows"
+        );
+        let cursor = first.next_cursor.clone().unwrap();
+        assert_eq!(cursor, "00010025");
+        let second = list_jobs(svc, None, Some(&cursor), 25).await.unwrap();
+        assert_eq!(second.jobs[0].id, "00010024");
+        // The oldest page ends the list.
+        let last = list_jobs(svc, None, Some("00000003"), 25).await.unwrap();
+        assert_eq!(
+            last.jobs.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
+            ["00000002", "00000001", "00000000"]
+        );
+        assert_eq!(last.next_cursor, None);
+
+        // Failed jobs are 1 in 100: a page of 25 would need 2,500 reads, so it stops at the
+        // window with what it found and where to continue.
+        let failed = list_jobs(svc, Some(JobClass::Failed), None, 25)
+            .await
+            .unwrap();
+        assert_eq!(failed.scanned, SCAN_WINDOW);
+        assert_eq!(failed.jobs.len(), 10);
+        assert!(
+            failed
+                .jobs
+                .iter()
+                .all(|j| JobClass::of(j) == JobClass::Failed)
+        );
+        assert_eq!(failed.jobs[0].id, "00010007");
+        let more = list_jobs(
+            svc,
+            Some(JobClass::Failed),
+            failed.next_cursor.as_deref(),
+            25,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            more.jobs[0].id, "00009007",
+            "continues where the window stopped"
+        );
+        // Every failed job is reached by following the cursors, none twice.
+        let (mut seen, mut cursor) = (Vec::new(), None::<String>);
+        loop {
+            let page = list_jobs(svc, Some(JobClass::Failed), cursor.as_deref(), 100)
+                .await
+                .unwrap();
+            seen.extend(page.jobs.into_iter().map(|j| j.id));
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        assert_eq!(seen.len(), 101);
+        seen.dedup();
+        assert_eq!(seen.len(), 101);
+    }
+}

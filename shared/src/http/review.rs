@@ -226,9 +226,11 @@ pub async fn review_page(
             card(svc, r, current, taxonomy)
         })
         .collect();
-    let next = more
-        .then(|| after.map(|k| k.trim_start_matches("suggestion/").to_string()))
-        .flatten();
+    let next = if more {
+        after.map(|k| k.trim_start_matches("suggestion/").to_string())
+    } else {
+        None
+    };
     Ok((cards, next))
 }
 

@@ -318,7 +318,7 @@ pub fn metric_figures(text: &str) -> Value {
         "messages_failed": sum(crate::metrics::MESSAGES_FAILED, None),
         "tokens_in": sum(crate::metrics::TOKENS_IN, None),
         "tokens_out": sum(crate::metrics::TOKENS_OUT, None),
-        "cache_hit_rate": (hits + misses > 0.0).then(|| hits / (hits + misses)),
+        "cache_hit_rate": (hits + misses > 0.0).then_some(hits / (hits + misses)),
         "queue_depth": (!depth.is_empty()).then_some(depth),
     })
 }
