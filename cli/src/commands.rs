@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
 use include_dir::{Dir, include_dir};
-use shared::config::Settings;
+use shared::config::{Settings, Source};
 use shared::embedded::{LocalApp, ingest_bytes, wait_for_jobs};
 use shared::http::{ApiState, router};
 use shared::pipeline::chat::{ChatFilters, ChatRequest, ask as chat};
@@ -27,8 +27,19 @@ pub const DEMO_QUESTIONS: [&str; 2] = [
     "Wie viel Kaution leistet der Mieter laut Mietvertrag?",
 ];
 
+/// The variables `main` took from `.env` (set once, before any command runs).
+static DOTENV_NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+pub fn set_dotenv_names(names: Vec<String>) {
+    let _ = DOTENV_NAMES.set(names);
+}
+
 fn settings_from_env() -> Result<Settings> {
-    Settings::from_env().map_err(|e| anyhow!("configuration error: {e}"))
+    let mut settings = Settings::from_env().map_err(|e| anyhow!("configuration error: {e}"))?;
+    if let Some(names) = DOTENV_NAMES.get() {
+        settings.mark_sources(names.iter().map(String::as_str), Source::DotEnv);
+    }
+    Ok(settings)
 }
 
 fn init_logging(default_level: &str) {

@@ -114,8 +114,18 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // A `.env` beside the working directory fills in what the environment does not set.
+    // A `.env` beside the working directory fills in what the environment does not set; the
+    // names it filled are remembered so the status page can say where each value came from.
+    let from_dotenv: Vec<String> = dotenvy::dotenv_iter()
+        .map(|vars| {
+            vars.filter_map(Result::ok)
+                .map(|(name, _)| name)
+                .filter(|name| std::env::var_os(name).is_none())
+                .collect()
+        })
+        .unwrap_or_default();
     let _ = dotenvy::dotenv();
+    commands::set_dotenv_names(from_dotenv);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -163,6 +173,7 @@ fn main() -> ExitCode {
                     correspondent,
                     document_type,
                     created,
+                    skip: Default::default(),
                 };
                 commands::approve(document, edits).await
             }

@@ -125,6 +125,22 @@ impl TaggingPolicy {
     }
 }
 
+/// Where a variable's value came from, shown by the status page (a value no source set is the
+/// default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Source {
+    #[serde(rename = "environment")]
+    Environment,
+    /// `pai`'s `.env` file (which never overrides the environment).
+    #[serde(rename = ".env")]
+    DotEnv,
+    /// A Lambda's secrets from SSM Parameter Store.
+    #[serde(rename = "ssm")]
+    Ssm,
+    #[serde(rename = "default")]
+    Default,
+}
+
 /// Every setting, parsed.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -166,6 +182,14 @@ pub struct Settings {
     pub paperless_public_url: Option<String>,
     /// The user's time zone (`TZ`): "today" for the created-date plausibility and the daily budget.
     pub time_zone: jiff::tz::TimeZone,
+    /// The variables that had a value, and where it came from (the rest are defaults).
+    pub sources: BTreeMap<String, Source>,
+    /// Where the web UI sends chat requests when it is not this server (on AWS: the chat
+    /// function URL, from the ingest function's `CHAT_URL`); `None`: the same origin.
+    pub chat_url: Option<String>,
+    /// Which credentials this process was required to have: a process without the model's
+    /// key (the ingest Lambda) cannot check the model, only report that others use it.
+    pub required: Required,
 }
 
 /// Which credentials must be present: those of the services this process calls.
@@ -290,6 +314,37 @@ impl Settings {
     /// is set: each Lambda gets only its own secrets (chat links to documents, it never calls
     /// Paperless; only ingest receives webhooks).
     pub fn from_lookup_requiring(env: Lookup, required: Required) -> Result<Settings, ConfigError> {
+        // Every variable read that had a value came from the environment, unless the caller
+        // says otherwise (`mark_sources`).
+        let seen = std::cell::RefCell::new(BTreeMap::new());
+        let recording = |k: &str| {
+            let v = env(k);
+            if v.as_deref().is_some_and(|v| !v.trim().is_empty()) {
+                seen.borrow_mut().insert(k.to_string(), Source::Environment);
+            }
+            v
+        };
+        let mut settings = Self::parse(&recording, required)?;
+        settings.sources = seen.into_inner();
+        settings.required = required;
+        Ok(settings)
+    }
+
+    /// Records that `names` (those that had a value) came from `source`.
+    pub fn mark_sources<'a>(&mut self, names: impl IntoIterator<Item = &'a str>, source: Source) {
+        for name in names {
+            if let Some(s) = self.sources.get_mut(name) {
+                *s = source;
+            }
+        }
+    }
+
+    /// Where `name`'s value came from.
+    pub fn source(&self, name: &str) -> Source {
+        self.sources.get(name).copied().unwrap_or(Source::Default)
+    }
+
+    fn parse(env: Lookup, required: Required) -> Result<Settings, ConfigError> {
         let paperless_url = url(env, "PAPERLESS_URL")?;
         let paperless_token = get(env, "PAPERLESS_TOKEN").map(Secret::new);
         let webhook_secret = get(env, "WEBHOOK_SECRET").map(Secret::new);
@@ -491,6 +546,9 @@ impl Settings {
                     1..=3600,
                 )?),
             },
+            sources: BTreeMap::new(),
+            chat_url: None,
+            required,
         })
     }
 
@@ -622,6 +680,17 @@ mod tests {
             parse(&[("TZ", ":UTC")]).unwrap().today(),
             chrono::Utc::now().date_naive()
         );
+    }
+
+    #[test]
+    fn each_value_knows_its_source() {
+        let mut s = parse(&[("PORT", "9000"), ("LLM_MODEL", "m"), ("REVIEW_MODE", " ")]).unwrap();
+        s.mark_sources(["LLM_MODEL", "TAG_FIELDS"], Source::DotEnv);
+        assert_eq!(s.source("PORT"), Source::Environment);
+        assert_eq!(s.source("LLM_MODEL"), Source::DotEnv);
+        // Blank is unset; a name marked but never set stays a default.
+        assert_eq!(s.source("REVIEW_MODE"), Source::Default);
+        assert_eq!(s.source("TAG_FIELDS"), Source::Default);
     }
 
     #[test]

@@ -144,6 +144,27 @@ pub async fn state_store<S: StateStore>(store: S) {
         rest.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>(),
         [json!(3), json!(4)]
     );
+    // Newest first, paged by the last key seen; other prefixes never leak in.
+    let newest = store.list_newest("list/", None, 2).await.unwrap();
+    assert_eq!(
+        newest.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+        ["list/4", "list/3"]
+    );
+    let older = store
+        .list_newest("list/", Some("list/3"), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        older.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+        ["list/2", "list/1", "list/0"]
+    );
+    assert!(
+        store
+            .list_newest("list/", Some("list/0"), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     store.delete("job/1").await.unwrap();
     assert!(store.get("job/1").await.unwrap().is_none());

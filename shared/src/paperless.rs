@@ -19,7 +19,9 @@ use crate::domain::{
     CustomFieldDef, CustomFieldValue, Document, DocumentPatch, ObjectKind, SelectOption, Taxonomy,
     TaxonomyObject,
 };
-use crate::ports::{DocumentQuery, DocumentSummary, Paperless, PaperlessError, TokenUser};
+use crate::ports::{
+    DocumentQuery, DocumentSummary, Paperless, PaperlessError, TokenPermissions, TokenUser,
+};
 
 const ACCEPT: &str = "application/json; version=9";
 const PAGE_SIZE: usize = 1000;
@@ -497,5 +499,31 @@ impl Paperless for PaperlessClient {
 
     async fn token_user(&self) -> Result<TokenUser, PaperlessError> {
         self.user_cached().await
+    }
+
+    async fn permissions(&self) -> Result<Option<TokenPermissions>, PaperlessError> {
+        #[derive(Deserialize, Default)]
+        struct User {
+            #[serde(default)]
+            username: String,
+            #[serde(default)]
+            is_superuser: bool,
+        }
+        #[derive(Deserialize)]
+        struct UiSettings {
+            #[serde(default)]
+            user: User,
+            #[serde(default)]
+            permissions: Vec<String>,
+        }
+        let v = self.call(Method::GET, "ui_settings/", &[], None).await?;
+        let s: UiSettings = serde_json::from_value(v).map_err(|e| {
+            PaperlessError::Rejected(format!("GET ui_settings/: unexpected answer: {e}"))
+        })?;
+        Ok(Some(TokenPermissions {
+            username: s.user.username,
+            is_superuser: s.user.is_superuser,
+            permissions: s.permissions.into_iter().collect(),
+        }))
     }
 }

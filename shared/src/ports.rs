@@ -92,6 +92,39 @@ pub trait StateStore: Send + Sync {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, Value)>, StoreError>;
+    /// Like `list` in the other direction: items under `prefix`, newest (greatest) key first,
+    /// at most `limit`, starting before `before`. Pages of "most recent jobs" (job ids are
+    /// time-ordered) cost one range read each, however many items the store holds.
+    ///
+    /// The default pages forward through the whole prefix (correct, but linear): adapters
+    /// override it with a reverse range read.
+    async fn list_newest(
+        &self,
+        prefix: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Value)>, StoreError> {
+        let mut kept: std::collections::VecDeque<(String, Value)> = Default::default();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.list(prefix, after.as_deref(), 500).await?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            for item in page {
+                if before.is_some_and(|b| item.0.as_str() >= b) {
+                    break;
+                }
+                kept.push_back(item);
+                if kept.len() > limit {
+                    kept.pop_front();
+                }
+            }
+            if before.is_some_and(|b| after.as_deref() >= Some(b)) {
+                break;
+            }
+        }
+        Ok(kept.into_iter().rev().collect())
+    }
 }
 
 /// Prompt and embedding cache: opaque bytes by key, with an expiry.
@@ -297,6 +330,54 @@ pub struct DocumentSummary {
     pub modified: Option<String>,
 }
 
+/// The user behind the Paperless token and its permission codenames (`view_document`,
+/// `add_tag`…), as `GET /api/ui_settings/` reports them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TokenPermissions {
+    pub username: String,
+    pub is_superuser: bool,
+    pub permissions: std::collections::BTreeSet<String>,
+}
+
+impl TokenPermissions {
+    /// The permissions the tagging policy needs that the token lacks (none for a superuser).
+    pub fn missing(&self, policy: &crate::config::TaggingPolicy) -> Vec<String> {
+        use crate::domain::Field;
+        if self.is_superuser {
+            return Vec::new();
+        }
+        let mut needed = vec!["view_document", "change_document", "view_tag"];
+        let sets = |f: Field| policy.mode(f) != crate::config::FieldMode::Never;
+        // Creating what the model names needs `add_*` unless output is restricted to existing.
+        if !policy.restrict.contains(&ObjectKind::Tag) {
+            needed.push("add_tag");
+        }
+        if sets(Field::Correspondent) {
+            needed.push("view_correspondent");
+            if !policy.restrict.contains(&ObjectKind::Correspondent) {
+                needed.push("add_correspondent");
+            }
+        }
+        if sets(Field::DocumentType) {
+            needed.push("view_documenttype");
+            if !policy.restrict.contains(&ObjectKind::DocumentType) {
+                needed.push("add_documenttype");
+            }
+        }
+        if sets(Field::CustomFields) || !policy.custom_fields.is_empty() {
+            needed.push("view_customfield");
+        }
+        if sets(Field::StoragePath) {
+            needed.push("view_storagepath");
+        }
+        needed
+            .into_iter()
+            .filter(|p| !self.permissions.contains(*p))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
 /// The document system: Paperless-ngx's REST API.
 #[async_trait]
 pub trait Paperless: Send + Sync {
@@ -320,6 +401,10 @@ pub trait Paperless: Send + Sync {
         Err(PaperlessError::Rejected(
             "this Paperless client cannot tell its user".into(),
         ))
+    }
+    /// Who the token is and what it may do; `None` when this Paperless cannot say.
+    async fn permissions(&self) -> Result<Option<TokenPermissions>, PaperlessError> {
+        Ok(None)
     }
 }
 

@@ -653,6 +653,23 @@ async fn handle(
             json!({"detail": "injected failure"}),
         );
     }
+    // The web UI's document page (what `document_url` links to): the browser's session, not
+    // the API token, decides there, so it answers a plain page.
+    if let ("GET", ["documents", id, "details"]) = (
+        method.as_str(),
+        path.trim_matches('/')
+            .split('/')
+            .collect::<Vec<_>>()
+            .as_slice(),
+    ) {
+        let title = format!("Document {id} - Paperless-ngx");
+        return (
+            StatusCode::OK,
+            [("content-type", "text/html; charset=utf-8")],
+            format!("<!doctype html><title>{title}</title><h1>{title}</h1>"),
+        )
+            .into_response();
+    }
     let auth = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())

@@ -250,6 +250,62 @@ fn the_vector_index_survives_the_stack() {
     );
 }
 
+#[test]
+fn the_chat_url_allows_exactly_the_ui_origin_and_the_ui_is_routed() {
+    let t = template::load();
+    let chat = &functions(&t)["ChatFunction"];
+    let url = &chat["Properties"]["FunctionUrlConfig"];
+    assert_eq!(url["InvokeMode"], json!("RESPONSE_STREAM"));
+    // CORS only when the UiOrigin parameter names an origin, and then exactly that one.
+    let cors = &url["Cors"]["Fn::If"];
+    assert_eq!(cors[0], json!("HasUiOrigin"));
+    assert_eq!(cors[1]["AllowOrigins"], json!([{"Ref": "UiOrigin"}]));
+    assert_eq!(cors[1]["AllowMethods"], json!(["POST"]));
+    assert_eq!(cors[1]["AllowCredentials"], json!(false));
+    assert_eq!(cors[2], json!({"Ref": "AWS::NoValue"}));
+    assert_eq!(
+        t["Conditions"]["HasUiOrigin"],
+        json!({"Fn::Not": [{"Fn::Equals": [{"Ref": "UiOrigin"}, ""]}]})
+    );
+    let pattern = t["Parameters"]["UiOrigin"]["AllowedPattern"]
+        .as_str()
+        .expect("UiOrigin has a pattern");
+    assert!(
+        !pattern.contains('*'),
+        "UiOrigin admits no wildcard: {pattern}"
+    );
+    // The ingest function serves the pages and tells them where chat is.
+    let ingest = &functions(&t)["IngestFunction"];
+    assert_eq!(
+        ingest["Properties"]["Environment"]["Variables"]["CHAT_URL"],
+        json!({"Fn::GetAtt": ["ChatFunctionUrl", "FunctionUrl"]})
+    );
+    let routes: BTreeSet<(String, String)> = ingest["Properties"]["Events"]
+        .as_object()
+        .expect("events")
+        .values()
+        .map(|e| {
+            (
+                e["Properties"]["Method"].as_str().unwrap_or("").to_string(),
+                e["Properties"]["Path"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    for path in [
+        "/",
+        "/ui/{file}",
+        "/jobs",
+        "/review",
+        "/status",
+        "/status/checks",
+    ] {
+        assert!(
+            routes.contains(&("GET".to_string(), path.to_string())),
+            "GET {path} is not routed to the ingest function"
+        );
+    }
+}
+
 /// The SSM parameter names a policy statement allows `ssm:GetParameters` on.
 fn allowed_secrets(f: &Value) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
@@ -330,6 +386,7 @@ fn is_resource_var(k: &str) -> bool {
             | "EMBED_QUEUE_URL"
             | "TAG_QUEUE_URL"
             | "VECTOR_BUCKET"
+            | "CHAT_URL"
     )
 }
 

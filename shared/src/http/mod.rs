@@ -3,7 +3,11 @@
 //! Handlers only translate: parse, call a use case, map the result or error to a response.
 
 mod error;
+pub mod job_list;
 pub mod limits;
+pub mod review;
+pub mod status;
+mod ui;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -79,6 +83,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/documents/{doc_id}/undo", post(undo))
         .route("/documents/{doc_id}/retag", post(retag))
         .route("/chat", post(chat))
+        .merge(ui::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)

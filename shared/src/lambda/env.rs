@@ -105,6 +105,11 @@ impl Env {
         }
     }
 
+    /// The names whose value came from SSM (for the status page's sources).
+    pub fn secrets_from_ssm(&self) -> impl Iterator<Item = &str> {
+        self.secrets.keys().map(String::as_str)
+    }
+
     /// Every non-secret variable name read so far.
     pub fn names_read(&self) -> BTreeSet<String> {
         self.read.lock().expect("env record").clone()

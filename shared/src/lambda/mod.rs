@@ -128,10 +128,13 @@ pub enum StartError {
 /// adapters for what it binds, `Unconfigured` for the rest, models as `pai` assembles them.
 pub fn services(function: Function, sdk: &SdkConfig, env: &Env) -> Result<Services, StartError> {
     let lookup = |k: &str| env.get(k);
-    let settings = Arc::new(Settings::from_lookup_requiring(
-        &lookup,
-        function.required(),
-    )?);
+    let mut settings = Settings::from_lookup_requiring(&lookup, function.required())?;
+    settings.mark_sources(env.secrets_from_ssm(), crate::config::Source::Ssm);
+    // The web UI the ingest function serves sends chat to the chat function's URL.
+    if function == Function::Ingest {
+        settings.chat_url = env.get("CHAT_URL").filter(|u| !u.trim().is_empty());
+    }
+    let settings = Arc::new(settings);
     let binds = function.binds();
     let table = |var: &'static str| env.require(var);
 

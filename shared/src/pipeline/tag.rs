@@ -1349,6 +1349,9 @@ pub struct Edits {
     pub correspondent: Option<String>,
     pub document_type: Option<String>,
     pub created: Option<String>,
+    /// Fields the reviewer switched off: left as they are in Paperless.
+    #[serde(default)]
+    pub skip: BTreeSet<Field>,
 }
 
 async fn load_record(
@@ -1409,6 +1412,17 @@ pub async fn approve(
     s.correspondent = edits.correspondent.or(s.correspondent);
     s.document_type = edits.document_type.or(s.document_type);
     s.created = edits.created.or(s.created);
+    for field in &edits.skip {
+        match field {
+            Field::Title => s.title = None,
+            Field::Tags => s.tags.clear(),
+            Field::Correspondent => s.correspondent = None,
+            Field::DocumentType => s.document_type = None,
+            Field::Created => s.created = None,
+            Field::CustomFields => s.custom_fields.clear(),
+            Field::StoragePath => s.storage_path = None,
+        }
+    }
     let taxonomy = svc.taxonomy().await.map_err(ReviewError::from)?;
     let policy = &svc.settings.policy;
     let restricted = |kind: ObjectKind, name: &str| {
