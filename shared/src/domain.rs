@@ -124,6 +124,9 @@ pub struct Job {
     pub upload_token: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
+    /// Bytes the upload was announced with: a file of another size is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_size: Option<u64>,
 }
 
 /// Overall status, derived from the stages.
@@ -160,6 +163,7 @@ impl Job {
             chunks_new: 0,
             upload_token: None,
             content_type: None,
+            upload_size: None,
         }
     }
 
