@@ -190,6 +190,32 @@ pub struct Settings {
     /// Which credentials this process was required to have: a process without the model's
     /// key (the ingest Lambda) cannot check the model, only report that others use it.
     pub required: Required,
+    /// Whether the API may answer without API keys, and why.
+    pub keyless: Keyless,
+}
+
+/// When an API without configured keys may still answer (authorisation fails closed otherwise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keyless {
+    /// Never: a process that needs keys and has none does not start; if one is built anyway,
+    /// every keyed route answers 401.
+    Refused,
+    /// `pai serve` on a loopback address: only this machine can reach it.
+    Loopback,
+    /// The chat function URL with `API_AUTH=iam`: AWS checks a SigV4 signature before the
+    /// function runs.
+    Iam,
+}
+
+/// Whether a process must have `API_KEYS` to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiKeysRule {
+    /// `pai`: keys are needed only off loopback (`check_serve`); functions that serve no API.
+    NotNeeded,
+    /// The ingest function: its routes are reachable by anyone who finds the URL.
+    Required,
+    /// The chat function: required unless `API_AUTH=iam` puts IAM auth on its function URL.
+    RequiredUnlessIam,
 }
 
 /// Which credentials must be present: those of the services this process calls.
@@ -201,6 +227,7 @@ pub struct Required {
     pub llm_key: bool,
     /// An `openai` embedder needs a key or a base URL.
     pub embedding_key: bool,
+    pub api_keys: ApiKeysRule,
 }
 
 impl Required {
@@ -210,6 +237,7 @@ impl Required {
         webhook_secret: true,
         llm_key: true,
         embedding_key: true,
+        api_keys: ApiKeysRule::NotNeeded,
     };
 }
 
@@ -295,6 +323,41 @@ fn time_zone(env: Lookup) -> Result<jiff::tz::TimeZone, ConfigError> {
         })
 }
 
+/// Fails closed: a function whose API is reachable from anywhere does not start without keys.
+/// `API_AUTH` is read only where IAM auth is an option (the chat function URL).
+fn keyless(env: Lookup, rule: ApiKeysRule, no_keys: bool) -> Result<Keyless, ConfigError> {
+    const HOW: &str = "store the keys as the SSM parameter SECRETS_PREFIX + API_KEYS (infra/put-secrets.sh) and check SecretsPrefix";
+    match rule {
+        ApiKeysRule::NotNeeded => Ok(Keyless::Loopback),
+        ApiKeysRule::Required if no_keys => bad(
+            "API_KEYS",
+            format!(
+                "required: without API keys anyone who finds the URL could read and change the archive; {HOW}"
+            ),
+        ),
+        ApiKeysRule::RequiredUnlessIam => {
+            let iam = match get(env, "API_AUTH").as_deref() {
+                None | Some("api_keys") => false,
+                Some("iam") => true,
+                Some(other) => return bad("API_AUTH", format!("{other:?} is not api_keys or iam")),
+            };
+            if iam {
+                Ok(Keyless::Iam)
+            } else if no_keys {
+                bad(
+                    "API_KEYS",
+                    format!(
+                        "required: without API keys anyone who finds the chat URL could ask about every document; {HOW}, or deploy with ChatAuth=AWS_IAM"
+                    ),
+                )
+            } else {
+                Ok(Keyless::Refused)
+            }
+        }
+        ApiKeysRule::Required => Ok(Keyless::Refused),
+    }
+}
+
 impl Settings {
     /// Reads the process environment.
     pub fn from_env() -> Result<Settings, ConfigError> {
@@ -372,6 +435,7 @@ impl Settings {
                 ),
             );
         }
+        let keyless = keyless(env, required.api_keys, api_keys.is_empty())?;
 
         let llm_provider = get(env, "LLM_PROVIDER")
             .map(|p| Provider::parse("LLM_PROVIDER", &p))
@@ -497,9 +561,13 @@ impl Settings {
             );
         }
         let bind = get(env, "BIND").unwrap_or_else(|| "127.0.0.1".into());
-        if bind.parse::<std::net::IpAddr>().is_err() {
+        let Ok(bind_ip) = bind.parse::<std::net::IpAddr>() else {
             return bad("BIND", format!("{bind:?} is not an IP address"));
-        }
+        };
+        let keyless = match keyless {
+            Keyless::Loopback if !bind_ip.is_loopback() => Keyless::Refused,
+            k => k,
+        };
         let paperless_owner = get(env, "PAPERLESS_OWNER_ID")
             .map(|_| number(env, "PAPERLESS_OWNER_ID", 0u64, 1..=u64::MAX / 2))
             .transpose()?;
@@ -549,6 +617,7 @@ impl Settings {
             sources: BTreeMap::new(),
             chat_url: None,
             required,
+            keyless,
         })
     }
 
@@ -679,6 +748,46 @@ mod tests {
         assert_eq!(
             parse(&[("TZ", ":UTC")]).unwrap().today(),
             chrono::Utc::now().date_naive()
+        );
+    }
+
+    #[test]
+    fn an_api_reachable_from_anywhere_needs_keys() {
+        let lookup = |pairs: &'static [(&str, &str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let with = |rule, pairs: &'static [(&str, &str)]| {
+            let required = Required {
+                api_keys: rule,
+                ..Required::ALL
+            };
+            Settings::from_lookup_requiring(&lookup(pairs), required)
+        };
+        let e = with(ApiKeysRule::Required, &[]).unwrap_err();
+        assert_eq!(e.var, "API_KEYS", "{e}");
+        // IAM auth is an option for chat only; the ingest function ignores API_AUTH.
+        let e = with(ApiKeysRule::Required, &[("API_AUTH", "iam")]).unwrap_err();
+        assert_eq!(e.var, "API_KEYS", "{e}");
+        let e = with(ApiKeysRule::RequiredUnlessIam, &[]).unwrap_err();
+        assert_eq!(e.var, "API_KEYS", "{e}");
+        let s = with(ApiKeysRule::RequiredUnlessIam, &[("API_AUTH", "iam")]).unwrap();
+        assert_eq!(s.keyless, Keyless::Iam);
+        let s = with(
+            ApiKeysRule::Required,
+            &[("API_KEYS", "a-very-long-api-key-1")],
+        )
+        .unwrap();
+        assert_eq!(s.keyless, Keyless::Refused);
+        // `pai`: loopback may run open; any other address may not, even if built anyway.
+        assert_eq!(parse(&[]).unwrap().keyless, Keyless::Loopback);
+        assert_eq!(
+            parse(&[("BIND", "0.0.0.0")]).unwrap().keyless,
+            Keyless::Refused
         );
     }
 

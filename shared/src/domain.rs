@@ -126,6 +126,9 @@ pub struct Job {
     pub upload_token: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
+    /// Bytes the upload was announced with: a file of another size is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_size: Option<u64>,
     /// Times the job was re-run (retry): what earlier runs recorded does not count for this one.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub attempt: u32,
@@ -170,6 +173,7 @@ impl Job {
             upload_token: None,
             content_type: None,
             attempt: 0,
+            upload_size: None,
         }
     }
 

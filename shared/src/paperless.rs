@@ -98,6 +98,9 @@ impl PaperlessClient {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(5))
+            // A redirect would turn a PATCH into a GET and send the token to another place:
+            // a 3xx is reported, never followed.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!(
                 "paperless-ai-serverless/",
                 env!("CARGO_PKG_VERSION")
@@ -223,7 +226,14 @@ impl PaperlessClient {
         let bytes = resp.bytes().await.map_err(|e| {
             PaperlessError::Unavailable(format!("{method} {path}: {}", without_url(&e)))
         })?;
-        let excerpt = || String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned();
+        // Paperless's own words stay in the debug log: error messages reach API callers.
+        let log_excerpt = || {
+            tracing::debug!(
+                %method, path, %status,
+                body = %String::from_utf8_lossy(&bytes[..bytes.len().min(300)]),
+                "Paperless refused"
+            )
+        };
         match status {
             s if s.is_success() => {
                 if bytes.is_empty() {
@@ -249,10 +259,13 @@ impl PaperlessClient {
             s if s.is_server_error() => Err(PaperlessError::Unavailable(format!(
                 "{method} {path}: {status}"
             ))),
-            s => Err(PaperlessError::Rejected(format!(
-                "{method} {path}: {s}: {}",
-                excerpt()
+            s if s.is_redirection() => Err(PaperlessError::Rejected(format!(
+                "{method} {path}: Paperless answered {s}, a redirect, which is not followed: set PAPERLESS_URL to the address it redirects to"
             ))),
+            s => {
+                log_excerpt();
+                Err(PaperlessError::Rejected(format!("{method} {path}: {s}")))
+            }
         }
     }
 

@@ -37,17 +37,31 @@ pub trait BlobStore: Send + Sync {
     async fn put(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError>;
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
-    /// A URL a client can PUT the object's bytes to directly (no proxy in between), valid for
-    /// `expires`; `None` when the store has no such thing and the server must receive the
-    /// bytes itself (the embedded store: `pai` serves its own upload route).
+    /// Whether clients send uploads straight to the store (`upload_url` answers) rather than
+    /// through the server (the embedded store: `pai` serves its own upload route).
+    fn direct_uploads(&self) -> bool {
+        false
+    }
+    /// Where a client PUTs exactly `size` bytes of `content_type` for `key`, valid for
+    /// `expires`, and the headers it must send with them. The store refuses another length,
+    /// another type, and a second write of the key (the URL is good for one upload).
+    /// `None` when the store has no such thing (see `direct_uploads`).
     async fn upload_url(
         &self,
         _key: &str,
         _content_type: &str,
+        _size: u64,
         _expires: Duration,
-    ) -> Result<Option<String>, StoreError> {
+    ) -> Result<Option<UploadTarget>, StoreError> {
         Ok(None)
     }
+}
+
+/// A direct upload: the URL and the (signed) headers the client must send with its PUT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadTarget {
+    pub url: String,
+    pub headers: BTreeMap<String, String>,
 }
 
 /// One item of the state store with the version a conditional write must name.

@@ -361,31 +361,65 @@ async fn uploads_are_checked_and_run_the_pipeline() {
     assert_eq!(status, 201, "{created}");
     let url = created["upload_url"].as_str().unwrap().to_string();
     let job_id = created["job_id"].as_str().unwrap().to_string();
-    let r = pai
-        .http
-        .put(&url)
-        .body(vec![b'a'; 100_001])
-        .send()
-        .await
-        .unwrap();
+    // The secret travels in a header (a query string would stay in proxy logs).
+    assert!(!url.contains("token"), "{url}");
+    let token = created["upload_headers"]["x-upload-token"]
+        .as_str()
+        .expect("the upload's secret header")
+        .to_string();
+    let put = |body: Vec<u8>, token: &str| {
+        pai.http
+            .put(&url)
+            .header("x-upload-token", token)
+            .body(body)
+            .send()
+    };
+    let r = put(vec![b'a'; 100_001], &token).await.unwrap();
     assert_eq!(r.status(), 413, "over MAX_UPLOAD_BYTES");
+    let r = put(INVOICE.into(), &format!("x{token}")).await.unwrap();
+    assert_eq!(r.status(), 404, "wrong token");
     let r = pai
         .http
-        .put(url.replace("token=", "token=x"))
+        .put(format!("{url}?token={token}"))
         .body(INVOICE)
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 404, "wrong token");
+    assert_eq!(
+        r.status(),
+        404,
+        "a token in the query string is not accepted"
+    );
     let (_, waiting) = pai.get_json(&format!("/jobs/{job_id}")).await;
     assert_eq!(
         waiting["status"], "queued",
         "nothing half-written by refused uploads"
     );
-    let r = pai.http.put(&url).body(INVOICE).send().await.unwrap();
+    let r = put(INVOICE.into(), &token).await.unwrap();
     assert_eq!(r.status(), 202);
-    let r = pai.http.put(&url).body(INVOICE).send().await.unwrap();
+    let r = put(INVOICE.into(), &token).await.unwrap();
     assert_eq!(r.status(), 409, "an upload URL is used once");
+
+    // An upload announced with a size must have exactly that size.
+    let (status, sized) = pai
+        .post_json(
+            "/documents",
+            json!({"filename": "small.txt", "content_type": "text/plain", "size": 10}),
+        )
+        .await;
+    assert_eq!(status, 201, "{sized}");
+    let r = pai
+        .http
+        .put(sized["upload_url"].as_str().unwrap())
+        .header(
+            "x-upload-token",
+            sized["upload_headers"]["x-upload-token"].as_str().unwrap(),
+        )
+        .body(INVOICE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "more bytes than announced");
     let job = pai.wait_job(&job_id).await;
     assert_eq!(job["status"], "done", "{job:#}");
     let doc_id = job["doc_id"].as_str().unwrap();

@@ -219,14 +219,18 @@ async fn an_upload_goes_straight_to_s3_and_arrives_as_a_notification() {
         upload_url.starts_with(world.moto.url()) && upload_url.contains("X-Amz-Signature"),
         "a presigned S3 URL: {upload_url}"
     );
-    let text = "Lease agreement 2021 between Anna Example and Hausverwaltung Meyer.\n".repeat(40);
-    let put = reqwest::Client::new()
-        .put(upload_url)
-        .header("content-type", "text/plain")
-        .body(text)
-        .send()
-        .await
-        .expect("PUT to S3");
+    // The event announces 18,231 bytes: the URL is signed for exactly that length.
+    let line = "Lease agreement 2021 between Anna Example and Hausverwaltung Meyer.\n";
+    let mut text = line.repeat(18_231 / line.len() + 1);
+    text.truncate(18_231);
+    let mut put = reqwest::Client::new().put(upload_url);
+    for (k, v) in created["upload_headers"]
+        .as_object()
+        .expect("upload headers")
+    {
+        put = put.header(k, v.as_str().expect("header value"));
+    }
+    let put = put.body(text).send().await.expect("PUT to S3");
     assert!(put.status().is_success(), "{}", put.status());
 
     // S3's notification for the object, and the test event S3 sends when it is configured.

@@ -65,8 +65,10 @@ fn every_function_is_an_arm64_binary_of_this_workspace() {
             p("MemorySize").is_u64() && p("Timeout").is_u64(),
             "{id} sets memory and timeout"
         );
+        // Queue consumers are bounded by MaximumConcurrency; only the public chat URL, which
+        // no queue bounds, may have a ceiling of its own.
         assert!(
-            f["Properties"]["ReservedConcurrentExecutions"].is_null(),
+            id == "ChatFunction" || f["Properties"]["ReservedConcurrentExecutions"].is_null(),
             "{id}: reserved concurrency would fight the queues' MaximumConcurrency"
         );
         assert_eq!(
@@ -421,4 +423,122 @@ fn every_sample_event_is_json() {
         }
     }
     assert!(n >= 15, "only {n} JSON events in {}", dir.display());
+}
+
+/// Every policy statement of a function, with the statements behind `Fn::If` unwrapped.
+fn statements(f: &Value) -> Vec<Value> {
+    let mut out = Vec::new();
+    for policy in f["Properties"]["Policies"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        for st in policy["Statement"].as_array().cloned().unwrap_or_default() {
+            match st.get("Fn::If").and_then(Value::as_array) {
+                Some(branches) => out.extend(
+                    branches[1..]
+                        .iter()
+                        .filter(|b| b.is_object() && b.get("Ref").is_none())
+                        .cloned(),
+                ),
+                None => out.push(st),
+            }
+        }
+    }
+    out
+}
+
+fn actions(st: &Value) -> Vec<String> {
+    match &st["Action"] {
+        Value::Array(a) => a
+            .iter()
+            .filter_map(|a| a.as_str().map(String::from))
+            .collect(),
+        one => one.as_str().map(String::from).into_iter().collect(),
+    }
+}
+
+/// Bedrock grants name the configured model (or the code's default when none is set) in this
+/// Region, or reach other Regions only through that model's inference profile: no
+/// `foundation-model/*` in every Region, no `inference-profile/*`, and only the functions that
+/// call a model may.
+#[test]
+fn bedrock_grants_name_only_the_configured_model() {
+    use shared::providers::bedrock::{DEFAULT_CHAT_MODEL, DEFAULT_EMBEDDING_MODEL};
+    let t = template::load();
+    let defaults = &t["Mappings"]["BedrockDefaults"]["Models"];
+    assert_eq!(
+        defaults["Llm"],
+        json!(DEFAULT_CHAT_MODEL),
+        "template vs code"
+    );
+    assert_eq!(
+        defaults["Embedding"],
+        json!(DEFAULT_EMBEDDING_MODEL),
+        "template vs code"
+    );
+    let expected: BTreeMap<&str, Vec<&str>> = BTreeMap::from([
+        ("ingest", vec![]),
+        ("chunk", vec![]),
+        ("embed", vec!["Embedding"]),
+        ("tag", vec!["Llm"]),
+        ("chat", vec!["Llm", "Embedding"]),
+        ("sync", vec![]),
+    ]);
+    for (name, roles) in expected {
+        let (id, f) = template::function(&t, name).expect("function");
+        let mut granted = BTreeSet::new();
+        for st in statements(&f) {
+            if !actions(&st).iter().any(|a| a.starts_with("bedrock:")) {
+                continue;
+            }
+            let sid = st["Sid"].as_str().unwrap_or_default().to_string();
+            let text = st["Resource"].to_string();
+            assert!(!text.contains("inference-profile/*"), "{id} {sid}: {text}");
+            if text.contains("foundation-model/*") {
+                let profile = &st["Condition"]["StringEquals"]["bedrock:InferenceProfileArn"];
+                assert!(
+                    profile.to_string().contains("inference-profile/${Model}"),
+                    "{id} {sid}: every model in every Region without the profile condition"
+                );
+            } else {
+                assert!(
+                    !text.contains("bedrock:*"),
+                    "{id} {sid}: a direct grant must name this Region: {text}"
+                );
+            }
+            let role = roles
+                .iter()
+                .find(|r| sid.contains(&format!("Invoke{r}Model")))
+                .unwrap_or_else(|| panic!("{id} may invoke a model it does not use: {sid}"));
+            granted.insert(*role);
+        }
+        assert_eq!(granted, roles.into_iter().collect(), "{id}");
+    }
+}
+
+/// The public chat URL: `ChatAuth` picks its auth type, and the function learns which, so it
+/// can refuse to start without API keys unless AWS checks callers (`API_AUTH=iam`).
+#[test]
+fn the_chat_url_authenticates_as_chat_auth_says() {
+    let t = template::load();
+    let (id, f) = template::function(&t, "chat").expect("chat");
+    assert_eq!(
+        f["Properties"]["FunctionUrlConfig"]["AuthType"],
+        json!({"Fn::If": ["ChatOnIam", "AWS_IAM", "NONE"]}),
+        "{id}"
+    );
+    assert_eq!(own_env_vars(&f)["API_AUTH"], json!({"Ref": "ChatAuth"}));
+    assert_eq!(
+        t["Parameters"]["ChatAuth"]["AllowedValues"],
+        json!(["api_keys", "iam"])
+    );
+    for (id, f) in functions(&t) {
+        for st in statements(&f) {
+            assert!(
+                !actions(&st).iter().any(|a| a == "s3vectors:ListVectors"),
+                "{id}: no function lists the vector index"
+            );
+        }
+    }
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 pub use error::ApiError;
 
 use crate::auth::{ApiKeys, constant_time_eq};
-use crate::config::Secret;
+use crate::config::{Keyless, Secret};
 use crate::domain::{DocId, JobOrigin};
 use crate::pipeline::chat::{ChatRequest, ask, validate};
 use crate::pipeline::ingest::{self, MAX_WEBHOOK_BYTES};
@@ -100,11 +100,20 @@ pub fn chat_router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// Checks `Authorization: Bearer <key>` when keys are configured; returns who is calling
-/// (a key's id, or `local` when no keys are configured).
+/// Checks `Authorization: Bearer <key>`; returns who is calling (a key's id). Without
+/// configured keys it answers only where that was chosen (`pai` on loopback, IAM auth on the
+/// chat function URL): anything else fails closed.
 fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<String, ApiError> {
     if state.api_keys.is_empty() {
-        return Ok("local".into());
+        return match state.svc.settings.keyless {
+            Keyless::Loopback => Ok("local".into()),
+            Keyless::Iam => Ok("iam".into()),
+            Keyless::Refused => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "no API keys are configured on this server",
+            )),
+        };
     }
     let key = headers
         .get(header::AUTHORIZATION)
@@ -216,42 +225,59 @@ async fn create_upload(
     let req: UploadRequest = parse_json(&read_body(body, MAX_JSON_BYTES).await?)?;
     let job = ingest::create_upload(&state.svc, &req.filename, &req.content_type, req.size).await?;
     // A store that takes uploads directly (S3: a presigned PUT) gets them without passing
-    // through this server; otherwise the client PUTs to our own upload route.
+    // through this server; otherwise the client PUTs to our own upload route, with the job's
+    // secret in a header (a query string would end up in proxy logs).
     let key = ingest::upload_key(&job.id, job.filename.as_deref().unwrap_or_default());
-    let direct = state
-        .svc
-        .blobs
-        .upload_url(
-            &key,
-            job.content_type.as_deref().unwrap_or("text/plain"),
-            std::time::Duration::from_secs(UPLOAD_TTL_SECS as u64),
-        )
-        .await
-        .map_err(|e| ApiError::from(crate::pipeline::PipelineError::from(e)))?;
-    let token = job.upload_token.clone().unwrap_or_default();
-    let upload_url =
-        direct.unwrap_or_else(|| format!("{}/uploads/{}?token={token}", state.public_url, job.id));
+    let direct = match job.upload_size {
+        Some(size) => state
+            .svc
+            .blobs
+            .upload_url(
+                &key,
+                job.content_type.as_deref().unwrap_or("text/plain"),
+                size,
+                std::time::Duration::from_secs(UPLOAD_TTL_SECS as u64),
+            )
+            .await
+            .map_err(|e| ApiError::from(crate::pipeline::PipelineError::from(e)))?,
+        None => None,
+    };
+    let (upload_url, upload_headers) = match direct {
+        Some(target) => (target.url, target.headers),
+        None => (
+            format!("{}/uploads/{}", state.public_url, job.id),
+            [(
+                UPLOAD_TOKEN_HEADER.to_string(),
+                job.upload_token.clone().unwrap_or_default(),
+            )]
+            .into(),
+        ),
+    };
     Ok((
         StatusCode::CREATED,
-        axum::Json(
-            json!({"job_id": job.id, "upload_url": upload_url, "expires_in": UPLOAD_TTL_SECS}),
-        ),
+        axum::Json(json!({
+            "job_id": job.id,
+            "upload_url": upload_url,
+            "upload_headers": upload_headers,
+            "expires_in": UPLOAD_TTL_SECS,
+        })),
     )
         .into_response())
 }
 
-#[derive(Deserialize)]
-struct UploadQuery {
-    #[serde(default)]
-    token: String,
-}
+/// The header carrying a local upload's secret.
+pub const UPLOAD_TOKEN_HEADER: &str = "x-upload-token";
 
 async fn receive_upload(
     State(state): State<ApiState>,
     Path(job_id): Path<String>,
-    Query(q): Query<UploadQuery>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let token = headers
+        .get(UPLOAD_TOKEN_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
     if let Some(job) = load_job(state.svc.state.as_ref(), &job_id)
         .await
         .map_err(ApiError::from)?
@@ -265,7 +291,7 @@ async fn receive_upload(
         ));
     }
     let bytes = read_body(body, state.svc.settings.max_upload_bytes).await?;
-    let job = ingest::receive_upload(&state.svc, &job_id, &q.token, &bytes).await?;
+    let job = ingest::receive_upload(&state.svc, &job_id, token, &bytes).await?;
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(json!({"job_id": job.id, "doc_id": job.doc_id})),

@@ -19,7 +19,7 @@ pub use env::Env;
 pub use unconfigured::Unconfigured;
 
 use crate::adapters::aws::{DynamoCache, DynamoState, S3Blobs, S3VectorIndex, SqsQueue};
-use crate::config::{ConfigError, Required, Secret, Settings};
+use crate::config::{ApiKeysRule, ConfigError, Required, Secret, Settings};
 use crate::domain::Taxonomy;
 use crate::paperless::PaperlessClient;
 use crate::pipeline::{Queues, Services};
@@ -90,6 +90,11 @@ impl Function {
     fn required(self) -> Required {
         let is = |fs: &[Function]| fs.contains(&self);
         Required {
+            api_keys: match self {
+                Function::Ingest => ApiKeysRule::Required,
+                Function::Chat => ApiKeysRule::RequiredUnlessIam,
+                _ => ApiKeysRule::NotNeeded,
+            },
             paperless_token: is(&[
                 Function::Ingest,
                 Function::Chunk,

@@ -82,6 +82,8 @@ impl Client {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(5))
+            // A redirect would resend the API key elsewhere (and turn a POST into a GET).
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| ModelError::Refused(format!("http client: {e}")))?;
         Ok(Client {
