@@ -452,7 +452,7 @@ impl Settings {
             ollama_num_ctx: number(env, "OLLAMA_NUM_CTX", 8192, 512..=1_048_576)?,
             llm_daily_tokens: number(env, "LLM_DAILY_TOKENS", 0, 0..=u64::MAX / 2)?,
             model_limits: crate::resilience::Limits {
-                max_concurrency: number(env, "LLM_MAX_CONCURRENCY", 4, 1..=1024)?,
+                max_concurrency: number(env, "LLM_MAX_CONCURRENCY", 64, 1..=1024)?,
                 requests_per_minute: number(env, "LLM_REQUESTS_PER_MINUTE", 0, 0..=1_000_000)?,
                 breaker_failures: number(env, "LLM_BREAKER_FAILURES", 5, 1..=1000)?,
                 breaker_cooldown: std::time::Duration::from_secs(number(
