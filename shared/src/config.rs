@@ -604,7 +604,7 @@ impl Settings {
             paperless_public_url: url(env, "PAPERLESS_PUBLIC_URL")?,
             time_zone: time_zone(env)?,
             model_limits: crate::resilience::Limits {
-                max_concurrency: number(env, "LLM_MAX_CONCURRENCY", 4, 1..=1024)?,
+                max_concurrency: number(env, "LLM_MAX_CONCURRENCY", 64, 1..=1024)?,
                 requests_per_minute: number(env, "LLM_REQUESTS_PER_MINUTE", 0, 0..=1_000_000)?,
                 breaker_failures: number(env, "LLM_BREAKER_FAILURES", 5, 1..=1000)?,
                 breaker_cooldown: std::time::Duration::from_secs(number(

@@ -170,11 +170,22 @@ impl LocalApp {
         ]
         .into_iter()
         .map(|(q, stage)| {
+            // Model-bound stages take as many messages as the model's ceiling, so the adaptive
+            // limit, not the worker count, decides how many calls are in flight.
+            let provider = match stage {
+                Stage::Chunk => crate::config::Provider::Lexical,
+                Stage::Embed => s.embedding.provider,
+                Stage::Tag => s.llm.provider,
+            };
+            let concurrency = match provider {
+                crate::config::Provider::Lexical => s.workers,
+                _ => s.workers.max(s.model_limits.max_concurrency),
+            };
             tokio::spawn(crate::worker::consume(
                 self.svc.clone(),
                 q,
                 stage,
-                s.workers,
+                concurrency,
                 s.max_receives,
                 stop.clone(),
             ))

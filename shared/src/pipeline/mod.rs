@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::Settings;
-use crate::domain::{Job, Stage, StageState, StageStatus, Taxonomy};
+use crate::domain::{Job, ObjectKind, Stage, StageState, StageStatus, Taxonomy};
 use crate::ports::{
     BlobStore, Cache, ChatModel, Condition, Embedder, ModelError, Paperless, PaperlessError,
     StateStore, StoreError, VectorIndex, WorkQueue,
@@ -46,14 +46,34 @@ pub struct Services {
     pub paperless: Option<Arc<dyn Paperless>>,
     /// The taxonomy used when no Paperless is configured (e.g. `DATA_DIR/taxonomy.json`).
     pub local_taxonomy: Arc<Taxonomy>,
-    taxonomy_cache: Arc<Mutex<Option<CachedTaxonomy>>>,
+    taxonomy_cache: Arc<TaxonomyCache>,
 }
 
-/// A Paperless taxonomy and when it was fetched.
-type CachedTaxonomy = (Instant, Arc<Taxonomy>);
+/// The Paperless taxonomy as this process knows it: read once and kept, so a burst of
+/// documents does not re-list five kinds of objects per document. One reader at a time
+/// refreshes it (single flight: the others wait and take its result); objects we create are
+/// added in place; it is read again at a bounded age, or when a name we need is missing and
+/// the copy is old enough that someone else may have created it since.
+#[derive(Default)]
+struct TaxonomyCache {
+    current: Mutex<Option<CachedTaxonomy>>,
+    refreshing: tokio::sync::Mutex<()>,
+    /// Creates run one at a time, so two workers never create the same name twice.
+    creating: tokio::sync::Mutex<()>,
+}
 
-/// How long a fetched Paperless taxonomy is reused before it is read again.
-const TAXONOMY_TTL: Duration = Duration::from_secs(60);
+/// A Paperless taxonomy, when it was fetched, and whether it must be read again.
+#[derive(Clone)]
+struct CachedTaxonomy {
+    fetched: Instant,
+    stale: bool,
+    taxonomy: Arc<Taxonomy>,
+}
+
+/// How long a fetched Paperless taxonomy is used before it is read again.
+const TAXONOMY_MAX_AGE: Duration = Duration::from_secs(60);
+/// A name missing from a copy at least this old re-reads the taxonomy before it is created.
+const TAXONOMY_MISS_REFRESH: Duration = Duration::from_secs(10);
 
 impl Services {
     #[allow(clippy::too_many_arguments)]
@@ -84,25 +104,98 @@ impl Services {
         }
     }
 
-    /// The user's taxonomy: Paperless's (cached briefly), or the local one.
+    fn cached_taxonomy(&self, max_age: Duration) -> Option<Arc<Taxonomy>> {
+        self.taxonomy_cache
+            .current
+            .lock()
+            .expect("taxonomy cache")
+            .as_ref()
+            .filter(|c| !c.stale && c.fetched.elapsed() < max_age)
+            .map(|c| c.taxonomy.clone())
+    }
+
+    /// The user's taxonomy: Paperless's (kept for a bounded age), or the local one.
     pub async fn taxonomy(&self) -> Result<Arc<Taxonomy>, PipelineError> {
+        self.taxonomy_not_older_than(TAXONOMY_MAX_AGE).await
+    }
+
+    async fn taxonomy_not_older_than(
+        &self,
+        max_age: Duration,
+    ) -> Result<Arc<Taxonomy>, PipelineError> {
         let Some(paperless) = &self.paperless else {
             return Ok(self.local_taxonomy.clone());
         };
-        if let Some((at, t)) = self.taxonomy_cache.lock().expect("taxonomy cache").as_ref()
-            && at.elapsed() < TAXONOMY_TTL
-        {
-            return Ok(t.clone());
+        if let Some(t) = self.cached_taxonomy(max_age) {
+            return Ok(t);
+        }
+        let _flight = self.taxonomy_cache.refreshing.lock().await;
+        // Whoever held the flight before us may just have read it.
+        if let Some(t) = self.cached_taxonomy(max_age) {
+            return Ok(t);
         }
         let fresh = Arc::new(paperless.taxonomy().await.map_err(PipelineError::from)?);
-        *self.taxonomy_cache.lock().expect("taxonomy cache") =
-            Some((Instant::now(), fresh.clone()));
+        *self.taxonomy_cache.current.lock().expect("taxonomy cache") = Some(CachedTaxonomy {
+            fetched: Instant::now(),
+            stale: false,
+            taxonomy: fresh.clone(),
+        });
         Ok(fresh)
     }
 
-    /// Forgets the cached taxonomy (after creating objects in Paperless).
+    /// Makes the next read of the taxonomy go to Paperless (until then, the copy serves).
     pub fn taxonomy_changed(&self) {
-        *self.taxonomy_cache.lock().expect("taxonomy cache") = None;
+        if let Some(c) = self
+            .taxonomy_cache
+            .current
+            .lock()
+            .expect("taxonomy cache")
+            .as_mut()
+        {
+            c.stale = true;
+        }
+    }
+
+    /// The id of a named object, created in Paperless (matching "none") when it is missing
+    /// there: `seen` is the taxonomy the caller worked from; the kept copy is asked next (a
+    /// neighbour may have created it), then Paperless if the copy is not recent.
+    pub async fn object_id(
+        &self,
+        seen: &Taxonomy,
+        kind: ObjectKind,
+        name: &str,
+    ) -> Result<u64, PipelineError> {
+        if let Some(o) = seen.find(kind, name) {
+            return Ok(o.id);
+        }
+        let paperless = self
+            .paperless
+            .as_ref()
+            .ok_or_else(|| PipelineError::Fail("PAPERLESS_URL is not configured".into()))?;
+        let _one_creator = self.taxonomy_cache.creating.lock().await;
+        if let Some(o) = self.taxonomy().await?.find(kind, name) {
+            return Ok(o.id);
+        }
+        if let Some(o) = self
+            .taxonomy_not_older_than(TAXONOMY_MISS_REFRESH)
+            .await?
+            .find(kind, name)
+        {
+            return Ok(o.id);
+        }
+        let created = paperless.create(kind, name).await?;
+        if let Some(c) = self
+            .taxonomy_cache
+            .current
+            .lock()
+            .expect("taxonomy cache")
+            .as_mut()
+        {
+            let mut updated = (*c.taxonomy).clone();
+            updated.objects_mut(kind).push(created.clone());
+            c.taxonomy = Arc::new(updated);
+        }
+        Ok(created.id)
     }
 }
 

@@ -1054,13 +1054,7 @@ async fn object_id(
     kind: ObjectKind,
     name: &str,
 ) -> Result<u64, PipelineError> {
-    if let Some(o) = taxonomy.find(kind, name) {
-        return Ok(o.id);
-    }
-    let paperless = svc.paperless.as_ref().expect("write-back needs Paperless");
-    let created = paperless.create(kind, name).await?;
-    svc.taxonomy_changed();
-    Ok(created.id)
+    svc.object_id(taxonomy, kind, name).await
 }
 
 /// The review mark: `REVIEW_TAG` added (and the trigger tag removed), so a Paperless user

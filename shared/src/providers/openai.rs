@@ -113,6 +113,7 @@ impl Client {
                 Ok(r) => r,
                 Err(e) => {
                     last = if e.is_timeout() {
+                        crate::resilience::report_overload();
                         "timed out".into()
                     } else {
                         "could not connect".into()
@@ -125,6 +126,9 @@ impl Client {
                 }
             };
             let status = resp.status();
+            crate::resilience::report_rate_headers(&crate::resilience::RateHeaders::parse(|n| {
+                resp.headers().get(n).and_then(|v| v.to_str().ok())
+            }));
             if status.is_success() {
                 return Ok(resp);
             }
@@ -137,6 +141,7 @@ impl Client {
             let text = resp.text().await.unwrap_or_default();
             let excerpt: String = text.chars().take(300).collect();
             if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+                crate::resilience::report_overload();
                 last = format!("{status}: {excerpt}");
                 if attempt < ATTEMPTS {
                     let backoff = jitter(Duration::from_millis(500 * 2u64.pow(attempt)));
