@@ -106,7 +106,7 @@ pub async fn serve() -> Result<()> {
     );
     if app.svc.paperless.is_some() {
         match shared::pipeline::access::check(&app.svc).await {
-            Ok(report) => println!("{}", report.summary()),
+            Ok(report) => eprintln!("{}", report.summary()),
             Err(e) => eprintln!("could not check the Paperless token: {e}"),
         }
     }

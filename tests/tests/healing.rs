@@ -317,7 +317,7 @@ async fn metadata_changed_in_paperless_reaches_filtered_chat_without_reembedding
     let doc = id.to_string();
     assert_eq!(
         cited(&pai, question, json!({"tags": ["Urgent"]})).await,
-        [doc.clone()]
+        std::slice::from_ref(&doc)
     );
     assert_eq!(
         cited(
@@ -326,7 +326,7 @@ async fn metadata_changed_in_paperless_reaches_filtered_chat_without_reembedding
             json!({"correspondent": "Stadtwerke Musterstadt"})
         )
         .await,
-        [doc.clone()]
+        std::slice::from_ref(&doc)
     );
     assert!(
         cited(
