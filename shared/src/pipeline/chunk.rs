@@ -78,19 +78,7 @@ pub async fn run(svc: &Services, task: &ChunkTask) -> Result<(), PipelineError> 
                 .as_ref()
                 .ok_or_else(|| PipelineError::Fail("PAPERLESS_URL is not configured".into()))?;
             let doc = paperless.document(*doc_id).await?;
-            let mut taxonomy = svc.taxonomy().await?;
-            // An object the kept taxonomy does not know was created since it was read: it may
-            // be an exclude tag (a private document must not be embedded) or a name the
-            // vectors' metadata needs, so read the taxonomy again first.
-            let unknown =
-                |kind, id: Option<u64>| id.is_some_and(|id| taxonomy.name_of(kind, id).is_none());
-            if doc.tags.iter().any(|t| unknown(ObjectKind::Tag, Some(*t)))
-                || unknown(ObjectKind::Correspondent, doc.correspondent)
-                || unknown(ObjectKind::DocumentType, doc.document_type)
-            {
-                svc.taxonomy_changed();
-                taxonomy = svc.taxonomy().await?;
-            }
+            let taxonomy = svc.taxonomy_for(&doc).await?;
             if let Some(tag) = exclude_tag(&doc, &taxonomy, &svc.settings.policy) {
                 return exclude(svc, job_id, &DocId::Paperless(*doc_id), &tag).await;
             }

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::Settings;
-use crate::domain::{Job, ObjectKind, Stage, StageState, StageStatus, Taxonomy};
+use crate::domain::{Document, Job, ObjectKind, Stage, StageState, StageStatus, Taxonomy};
 use crate::ports::{
     BlobStore, Cache, ChatModel, Condition, Embedder, ModelError, Paperless, PaperlessError,
     StateStore, StoreError, VectorIndex, WorkQueue,
@@ -141,6 +141,23 @@ impl Services {
             taxonomy: fresh.clone(),
         });
         Ok(fresh)
+    }
+
+    /// The taxonomy as it must be to judge `doc`: an object the kept copy does not know was
+    /// created since it was read (a new exclude tag must keep a private document from every
+    /// model; new names must reach the vectors' metadata), so then it is read again.
+    pub async fn taxonomy_for(&self, doc: &Document) -> Result<Arc<Taxonomy>, PipelineError> {
+        let taxonomy = self.taxonomy().await?;
+        let unknown =
+            |kind, id: Option<u64>| id.is_some_and(|id| taxonomy.name_of(kind, id).is_none());
+        if doc.tags.iter().any(|t| unknown(ObjectKind::Tag, Some(*t)))
+            || unknown(ObjectKind::Correspondent, doc.correspondent)
+            || unknown(ObjectKind::DocumentType, doc.document_type)
+        {
+            self.taxonomy_changed();
+            return self.taxonomy().await;
+        }
+        Ok(taxonomy)
     }
 
     /// Makes the next read of the taxonomy go to Paperless (until then, the copy serves).

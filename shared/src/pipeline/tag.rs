@@ -547,19 +547,9 @@ pub async fn run(svc: &Services, task: &TagTask) -> Result<(), PipelineError> {
         }
         _ => None,
     };
-    // A tag the cached taxonomy does not know (created since it was read, e.g. `private` a
-    // minute ago) could be an exclude tag: read the taxonomy again before deciding.
     let taxonomy = match &paperless_doc {
-        Some(doc)
-            if doc
-                .tags
-                .iter()
-                .any(|t| taxonomy.name_of(ObjectKind::Tag, *t).is_none()) =>
-        {
-            svc.taxonomy_changed();
-            svc.taxonomy().await?
-        }
-        _ => taxonomy,
+        Some(doc) => svc.taxonomy_for(doc).await?,
+        None => taxonomy,
     };
     let has = |name: Option<&str>| {
         tag_id(&taxonomy, name)
