@@ -387,6 +387,9 @@ fn is_resource_var(k: &str) -> bool {
             | "CHUNK_QUEUE_URL"
             | "EMBED_QUEUE_URL"
             | "TAG_QUEUE_URL"
+            | "CHUNK_DLQ_URL"
+            | "EMBED_DLQ_URL"
+            | "TAG_DLQ_URL"
             | "VECTOR_BUCKET"
             | "CHAT_URL"
     )
@@ -404,7 +407,7 @@ fn template_env_lists_globals_and_own_variables() {
     ] {
         assert!(ingest.contains(v), "{v} missing from {ingest:?}");
     }
-    assert!(!ingest.contains("EMBED_QUEUE_URL"));
+    assert!(!ingest.contains("CACHE_TABLE"));
     assert!(template::template_env("chunk").contains("EMBED_QUEUE_URL"));
 }
 
@@ -540,5 +543,69 @@ fn the_chat_url_authenticates_as_chat_auth_says() {
                 "{id}: no function lists the vector index"
             );
         }
+    }
+}
+
+/// The queue ARNs (`!GetAtt <Queue>.Arn`) a statement grants `action` on.
+fn granted_queues(f: &Value, action: &str) -> BTreeSet<String> {
+    statements(f)
+        .iter()
+        .filter(|st| st["Effect"] == "Allow" && actions(st).iter().any(|a| a == action))
+        .flat_map(|st| match &st["Resource"] {
+            Value::Array(rs) => rs.clone(),
+            one => vec![one.clone()],
+        })
+        .filter_map(|r| r["Fn::GetAtt"][0].as_str().map(String::from))
+        .collect()
+}
+
+/// Healing on AWS needs IAM as much as code: each worker backs off on its own queue
+/// (ChangeMessageVisibility) and defers a breaker refusal as a delayed copy (SendMessage), and
+/// the functions that turn dead letters into failed jobs or move them back (sync, ingest) read
+/// all three DLQs and may delete from them, without any right to send there.
+#[test]
+fn workers_back_off_on_their_own_queue_and_sync_and_ingest_read_the_dead_letters() {
+    let t = template::load();
+    let resources = &t["Resources"];
+    for (queue, (id, f, _)) in consumers(&t) {
+        let var = format!(
+            "{}_QUEUE_URL",
+            queue.trim_end_matches("Queue").to_uppercase()
+        );
+        let env = &f["Properties"]["Environment"]["Variables"];
+        assert_eq!(env[&var]["Ref"], queue.as_str(), "{id}: {var} is its queue");
+        for action in ["sqs:ChangeMessageVisibility", "sqs:SendMessage"] {
+            assert!(
+                granted_queues(&f, action).contains(&queue),
+                "{id} may not {action} on its own queue {queue}"
+            );
+        }
+    }
+    let dead: BTreeSet<String> = resources_of_type(&t, "AWS::SQS::Queue")
+        .into_iter()
+        .filter(|(q, _)| q.contains("DeadLetter"))
+        .map(|(q, _)| q)
+        .collect();
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    for id in ["IngestFunction", "SyncFunction"] {
+        let f = &resources[id];
+        let env = &f["Properties"]["Environment"]["Variables"];
+        for q in &dead {
+            let var = format!(
+                "{}_DLQ_URL",
+                q.trim_end_matches("DeadLetterQueue").to_uppercase()
+            );
+            assert_eq!(env[&var]["Ref"], q.as_str(), "{id}: {var}");
+        }
+        for action in ["sqs:ReceiveMessage", "sqs:DeleteMessage"] {
+            assert_eq!(granted_queues(f, action), dead, "{id}: {action}");
+        }
+    }
+    for (id, f) in functions(&t) {
+        let sends = granted_queues(&f, "sqs:SendMessage");
+        assert!(
+            sends.is_disjoint(&dead),
+            "{id} may send to a dead-letter queue"
+        );
     }
 }

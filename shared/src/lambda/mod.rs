@@ -49,6 +49,9 @@ struct Binds {
     chunk_queue: bool,
     embed_queue: bool,
     tag_queue: bool,
+    /// Reads the three dead-letter queues (`<STAGE>_DLQ_URL`): sync turns dead letters into
+    /// failed jobs, ingest's retry routes move them back.
+    dead_letters: bool,
 }
 
 impl Function {
@@ -110,12 +113,17 @@ impl Function {
     fn binds(self) -> Binds {
         let is = |fs: &[Function]| fs.contains(&self);
         use Function::*;
+        // A consumer binds its own queue too: a transient failure backs off on it
+        // (ChangeMessageVisibility) and a breaker refusal is deferred as a delayed copy.
+        // Ingest and sync bind the embed and tag queues for their dead letters only; the
+        // template lets them send to the chunk queue alone.
         Binds {
             blobs: is(&[Ingest, Chunk, Embed, Tag]),
             cache: is(&[Embed, Tag, Chat]),
-            chunk_queue: is(&[Ingest, Sync]),
-            embed_queue: self == Chunk,
-            tag_queue: self == Chunk,
+            chunk_queue: is(&[Ingest, Sync, Chunk]),
+            embed_queue: is(&[Ingest, Sync, Chunk, Embed]),
+            tag_queue: is(&[Ingest, Sync, Chunk, Tag]),
+            dead_letters: is(&[Ingest, Sync]),
         }
     }
 }
@@ -164,17 +172,24 @@ pub fn services(function: Function, sdk: &SdkConfig, env: &Env) -> Result<Servic
         Arc::new(Unconfigured::new("DOCUMENT_BUCKET"))
     };
     let sqs = aws_sdk_sqs::Client::new(sdk);
-    let queue = |bound: bool, var: &'static str| -> Result<Arc<dyn WorkQueue>, StartError> {
+    let queue = |bound: bool,
+                 var: &'static str,
+                 dead_var: &'static str|
+     -> Result<Arc<dyn WorkQueue>, StartError> {
         Ok(if bound {
-            Arc::new(SqsQueue::new(sqs.clone(), env.require(var)?, None))
+            let dead_letters = match binds.dead_letters {
+                true => Some(env.require(dead_var)?),
+                false => None,
+            };
+            Arc::new(SqsQueue::new(sqs.clone(), env.require(var)?, dead_letters))
         } else {
             Arc::new(Unconfigured::new(var))
         })
     };
     let queues = Queues {
-        chunk: queue(binds.chunk_queue, "CHUNK_QUEUE_URL")?,
-        embed: queue(binds.embed_queue, "EMBED_QUEUE_URL")?,
-        tag: queue(binds.tag_queue, "TAG_QUEUE_URL")?,
+        chunk: queue(binds.chunk_queue, "CHUNK_QUEUE_URL", "CHUNK_DLQ_URL")?,
+        embed: queue(binds.embed_queue, "EMBED_QUEUE_URL", "EMBED_DLQ_URL")?,
+        tag: queue(binds.tag_queue, "TAG_QUEUE_URL", "TAG_DLQ_URL")?,
     };
 
     let raw_embedder = crate::providers::embedder(&settings)?;

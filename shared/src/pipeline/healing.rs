@@ -146,7 +146,13 @@ pub async fn failed_transiently(svc: &Services, job_id: &str) -> Result<(), Pipe
     Ok(())
 }
 
-/// Sync's part: runs again every job recorded by `failed_transiently`. Returns their ids.
+/// How many times sync runs a job again by itself. A document that keeps killing its worker
+/// (dead-lettered each time) would otherwise cost `MAX_RECEIVES` runs on every sync; after
+/// these it stays failed until someone retries it.
+pub const AUTOMATIC_RUNS: u32 = 3;
+
+/// Sync's part: runs again every job recorded by `failed_transiently` (at most
+/// `AUTOMATIC_RUNS` times each). Returns their ids.
 pub async fn retry_transient_failures(svc: &Services) -> Result<Vec<String>, PipelineError> {
     // One pass over what is recorded now; a job failing again meanwhile waits for the next run.
     let mut pending = Vec::new();
@@ -167,6 +173,16 @@ pub async fn retry_transient_failures(svc: &Services) -> Result<Vec<String>, Pip
     for key in pending {
         let job_id = key.trim_start_matches(TRANSIENT_PREFIX);
         svc.state.delete(&key).await?;
+        if let Some(job) = load_job(svc.state.as_ref(), job_id).await?
+            && job.attempt >= AUTOMATIC_RUNS
+        {
+            tracing::warn!(
+                job_id,
+                attempt = job.attempt,
+                "failed again after its automatic runs: left for a manual retry"
+            );
+            continue;
+        }
         match retry_job(svc, job_id).await {
             Ok(_) => retried.push(job_id.to_string()),
             Err(RetryError::Pipeline(e)) => {
