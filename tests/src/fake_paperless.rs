@@ -151,6 +151,8 @@ struct Store {
     tick: u64,
     log: Vec<RecordedRequest>,
     fail: Vec<u16>,
+    /// The next PATCHes answer this status without touching state (other requests pass).
+    fail_patch: Vec<u16>,
     latency: Duration,
 }
 
@@ -549,9 +551,20 @@ impl FakePaperless {
             .extend(std::iter::repeat_n(status, n));
     }
 
+    /// The next `n` PATCHes answer `status` without changing anything; reads still work.
+    pub fn fail_next_patches(&self, n: usize, status: u16) {
+        self.store
+            .lock()
+            .unwrap()
+            .fail_patch
+            .extend(std::iter::repeat_n(status, n));
+    }
+
     /// Forgets the injected failures not yet answered (an outage that ends).
     pub fn clear_failures(&self) {
-        self.store.lock().unwrap().fail.clear();
+        let mut s = self.store.lock().unwrap();
+        s.fail.clear();
+        s.fail_patch.clear();
     }
 
     /// The next `n` PATCHes change the document (and fire the webhook) but answer `status`.
@@ -637,10 +650,12 @@ async fn handle(
             query: query.clone(),
             body: body_json.clone(),
         });
-        let fail = if s.fail.is_empty() {
-            None
-        } else {
+        let fail = if !s.fail.is_empty() {
             Some(s.fail.remove(0))
+        } else if method == Method::PATCH && !s.fail_patch.is_empty() {
+            Some(s.fail_patch.remove(0))
+        } else {
+            None
         };
         (s.latency, fail)
     };

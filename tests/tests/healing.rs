@@ -473,3 +473,79 @@ async fn excluded_documents_never_reach_a_model_and_leave_the_index_when_exclude
     );
     pai.shutdown().await;
 }
+
+/// A job that fails while Paperless refuses writes (often why it failed) gets its failed tag
+/// once Paperless is back: the write is kept, and the next sync makes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_tag_paperless_refused_is_written_by_the_next_sync() {
+    let pai = Pai::start(&[]).await;
+    seed_taxonomy(&pai);
+    pai.model.set_default(|req| {
+        if req.get("response_format").is_some() {
+            "not json at all".to_string()
+        } else {
+            common::scripted_model(req)
+        }
+    });
+    let id = add_doc(&pai, "scan_1", INVOICE);
+    let tags = |pai: &Pai| {
+        let doc = pai.paperless.document(id).unwrap();
+        let ids: Vec<u64> = doc["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_u64)
+            .collect();
+        pai.paperless.tag_names(&ids)
+    };
+    let job_id = webhook(&pai, id).await;
+    pai.paperless.fail_next_patches(100, 503);
+    pai.drain().await;
+    assert_eq!(job(&pai, &job_id).await["status"], "failed");
+    assert!(
+        !tags(&pai).contains(&"ai-failed".to_string()),
+        "Paperless refused the write"
+    );
+
+    pai.paperless.clear_failures();
+    let report = shared::pipeline::sync::run(&pai.app.svc).await.unwrap();
+    assert_eq!(report.failed_tags_written, 1, "{report:?}");
+    assert!(
+        tags(&pai).contains(&"ai-failed".to_string()),
+        "{:?}",
+        tags(&pai)
+    );
+    let again = shared::pipeline::sync::run(&pai.app.svc).await.unwrap();
+    assert_eq!(again.failed_tags_written, 0, "written once");
+    pai.shutdown().await;
+}
+
+/// Sync runs a transiently failed job again by itself a few times, not forever: a document
+/// whose model calls keep failing would otherwise cost every sync run its full receives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_runs_a_failing_job_again_a_bounded_number_of_times() {
+    let pai = Pai::start(&[("MAX_RECEIVES", "1"), ("LLM_BREAKER_FAILURES", "1000")]).await;
+    seed_taxonomy(&pai);
+    let id = add_doc(&pai, "scan_1", INVOICE);
+    let job_id = webhook(&pai, id).await;
+    pai.model.set_down(true);
+    pump(&pai).await;
+    assert_eq!(job(&pai, &job_id).await["status"], "failed");
+    let mut reruns = 0;
+    for _ in 0..shared::pipeline::healing::AUTOMATIC_RUNS + 2 {
+        let report = shared::pipeline::sync::run(&pai.app.svc).await.unwrap();
+        reruns += report.retried.iter().filter(|j| **j == job_id).count();
+        pump(&pai).await;
+        assert_eq!(job(&pai, &job_id).await["status"], "failed");
+    }
+    assert_eq!(reruns as u32, shared::pipeline::healing::AUTOMATIC_RUNS);
+    // A person can still run it again.
+    pai.model.set_down(false);
+    let (status, _) = pai
+        .post_json(&format!("/jobs/{job_id}/retry"), json!({}))
+        .await;
+    assert_eq!(status, 202);
+    pump(&pai).await;
+    assert_eq!(job(&pai, &job_id).await["status"], "done");
+    pai.shutdown().await;
+}

@@ -32,6 +32,9 @@ pub struct SyncReport {
     /// Jobs that had failed for a transient reason, run again.
     #[serde(default)]
     pub retried: Vec<String>,
+    /// Failed tags written now that Paperless was unreachable for when their jobs failed.
+    #[serde(default)]
+    pub failed_tags_written: usize,
     /// The newest modification time seen (the next run starts after it).
     pub cursor: Option<String>,
 }
@@ -129,6 +132,7 @@ pub async fn run(svc: &Services) -> Result<SyncReport, PipelineError> {
         }
     }
     let retried = healing::retry_transient_failures(svc).await?;
+    let marked = super::tag::write_pending_failed_marks(svc).await?;
     let (removed, incomplete) = check_window(svc, &ids).await?;
     if newest != cursor {
         let condition = saved.map_or(Condition::Absent, |v| Condition::Version(v.version));
@@ -141,6 +145,7 @@ pub async fn run(svc: &Services) -> Result<SyncReport, PipelineError> {
         removed,
         incomplete,
         retried = retried.len(),
+        failed_tags_written = marked,
         "sync done"
     );
     Ok(SyncReport {
@@ -149,6 +154,7 @@ pub async fn run(svc: &Services) -> Result<SyncReport, PipelineError> {
         removed,
         incomplete,
         retried,
+        failed_tags_written: marked,
         cursor: newest,
     })
 }
