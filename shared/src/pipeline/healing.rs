@@ -293,6 +293,9 @@ pub async fn retry_job(svc: &Services, job_id: &str) -> Result<Job, RetryError> 
         )));
     }
     let task = chunk_task(&job)?;
+    if let Some(doc_id) = &job.doc_id {
+        super::tag::forget_failure(svc, doc_id).await?;
+    }
     for (stage, queue) in queues(svc) {
         for d in dead_of(queue).await? {
             if job_of(stage, &d.body).as_deref() == Some(job_id) {

@@ -355,6 +355,13 @@ fn failed_key(doc_id: &DocId) -> String {
     format!("failed/{doc_id}")
 }
 
+/// Forgets that tagging failed on the document's current text: a retry is a person (or sync,
+/// a bounded number of times) asking for another attempt, which the loop guard must not skip
+/// as "failed before". A document tagged successfully stays guarded by its own record.
+pub(crate) async fn forget_failure(svc: &Services, doc_id: &DocId) -> Result<(), StoreError> {
+    svc.state.delete(&failed_key(doc_id)).await
+}
+
 /// How long one worker holds a document: longer than any model call with its retries, short
 /// enough that a crashed worker's document is picked up again the same hour.
 const LEASE_SECS: i64 = 15 * 60;
@@ -468,6 +475,9 @@ pub async fn plan_retag(
     Ok(plan)
 }
 
+/// How long a job waits for another job tagging the same document.
+const LEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// One writer per document: a conditional write with expiry. Another job holding it means a
 /// duplicate (webhook and sync, an SQS redelivery) is running: this one comes back later and
 /// then finds the document tagged.
@@ -492,11 +502,16 @@ async fn acquire_lease(svc: &Services, task: &TagTask) -> Result<(), PipelineErr
                         .map_err(|_| PipelineError::Retry("lease changed hands".into()))?;
                     Ok(())
                 }
-                Some(h) => Err(PipelineError::Retry(format!(
-                    "document {} is being tagged by job {}",
-                    task.doc_id,
-                    h.value["job_id"].as_str().unwrap_or("?")
-                ))),
+                // Not a failure of this message: it waits without spending a receive, so a
+                // slow duplicate cannot dead-letter it (the lease expires on its own).
+                Some(h) => Err(PipelineError::Deferred {
+                    reason: format!(
+                        "document {} is being tagged by job {}",
+                        task.doc_id,
+                        h.value["job_id"].as_str().unwrap_or("?")
+                    ),
+                    after: LEASE_WAIT,
+                }),
                 None => Err(PipelineError::Retry("lease released meanwhile".into())),
             }
         }
