@@ -18,5 +18,7 @@ if [ ! -d tests/ui/node_modules/playwright-core ]; then
   (cd tests/ui && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
-cargo build --quiet -p pai --bin pai -p pai-tests --bin pai-ui-fixture
+# The same selection and features as scripts/test.sh's `cargo test`, so nothing is rebuilt
+# (`-p pai` alone would unify features differently and rebuild the AWS SDK).
+cargo build --quiet --workspace --all-targets --all-features
 node tests/ui/run.mjs "$@"

@@ -98,6 +98,7 @@ pub async fn serve() -> Result<()> {
     let local = listener.local_addr()?;
     let (stop, stopped) = watch::channel(false);
     let mut workers = app.start_workers(stopped.clone());
+    workers.push(app.start_queue_gauges(stopped.clone()));
     workers.extend(app.start_sync_timer(stopped));
     let state = ApiState::new(
         app.svc.clone(),

@@ -149,6 +149,9 @@ async fn serve_survives_kill_9_mid_pipeline_and_exports_metrics() {
         "pai_chunks_embedded_total",
         "pai_model_latency_seconds",
         "pai_cache_misses_total",
+        "pai_queue_depth{queue=\"chunk\"}",
+        "pai_queue_oldest_message_age_seconds{queue=\"tag\"}",
+        "pai_queue_dead_letters{queue=\"embed\"}",
     ] {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }

@@ -160,6 +160,21 @@ impl LocalApp {
         }))
     }
 
+    /// Sets the queue gauges (`pai_queue_depth`, `pai_queue_oldest_message_age_seconds`,
+    /// `pai_queue_dead_letters`) now and every few seconds until `stop`.
+    pub fn start_queue_gauges(&self, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+        let queues = [self.chunk.clone(), self.embed.clone(), self.tag.clone()];
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = every.tick() => record_queue_gauges(&queues).await,
+                    _ = stop.changed() => break,
+                }
+            }
+        })
+    }
+
     /// Starts the chunk, embed and tag consumers; they stop when `stop` turns true.
     pub fn start_workers(&self, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
         let s = &self.svc.settings;
@@ -191,6 +206,23 @@ impl LocalApp {
             ))
         })
         .collect()
+    }
+}
+
+async fn record_queue_gauges(queues: &[Arc<SqliteQueue>]) {
+    use crate::metrics::{QUEUE_DEAD_LETTERS, QUEUE_DEPTH, QUEUE_OLDEST_AGE};
+    for q in queues {
+        match q.gauges().await {
+            Ok(g) => {
+                let queue = q.name().to_string();
+                metrics::gauge!(QUEUE_DEPTH, "queue" => queue.clone()).set(g.depth as f64);
+                metrics::gauge!(QUEUE_DEAD_LETTERS, "queue" => queue.clone())
+                    .set(g.dead_letters as f64);
+                metrics::gauge!(QUEUE_OLDEST_AGE, "queue" => queue)
+                    .set(g.oldest_age.map_or(0.0, |a| a.as_secs_f64()));
+            }
+            Err(e) => tracing::debug!(queue = q.name(), error = %e, "queue gauges not read"),
+        }
     }
 }
 

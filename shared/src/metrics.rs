@@ -16,6 +16,9 @@ pub const MESSAGES_FAILED: &str = "pai_messages_failed_total";
 pub const CHAT_LATENCY: &str = "pai_chat_latency_seconds";
 pub const MODEL_CONCURRENCY_LIMIT: &str = "pai_model_concurrency_limit";
 pub const MODEL_IN_FLIGHT: &str = "pai_model_calls_in_flight";
+pub const QUEUE_DEPTH: &str = "pai_queue_depth";
+pub const QUEUE_OLDEST_AGE: &str = "pai_queue_oldest_message_age_seconds";
+pub const QUEUE_DEAD_LETTERS: &str = "pai_queue_dead_letters";
 
 /// Registers units and help texts with whatever recorder is installed.
 pub fn describe() {
@@ -63,4 +66,17 @@ pub fn describe() {
         "Model calls allowed in flight now by the adaptive limit, by endpoint"
     );
     describe_gauge!(MODEL_IN_FLIGHT, "Model calls in flight, by endpoint");
+    describe_gauge!(
+        QUEUE_DEPTH,
+        "Messages waiting, delayed or in flight, by queue (chunk, embed, tag)"
+    );
+    describe_gauge!(
+        QUEUE_OLDEST_AGE,
+        Unit::Seconds,
+        "Age of the oldest message still in the queue (0 when empty), by queue"
+    );
+    describe_gauge!(
+        QUEUE_DEAD_LETTERS,
+        "Dead-lettered messages, by queue (their jobs are failed; POST /jobs/retry-failed)"
+    );
 }

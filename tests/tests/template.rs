@@ -293,17 +293,32 @@ fn the_chat_url_allows_exactly_the_ui_origin_and_the_ui_is_routed() {
             )
         })
         .collect();
-    for path in [
-        "/",
-        "/ui/{file}",
-        "/jobs",
-        "/review",
-        "/status",
-        "/status/checks",
+    // Every route of `shared::http::router` and `ui::routes` but the ones AWS serves
+    // elsewhere: `/chat` (the chat function URL), `PUT /uploads/{job_id}` (a presigned S3
+    // PUT) and `/metrics` (EMF metrics in CloudWatch).
+    for (method, path) in [
+        ("GET", "/health"),
+        ("POST", "/webhooks/paperless"),
+        ("POST", "/documents"),
+        ("GET", "/jobs/{job_id}"),
+        ("POST", "/jobs/{job_id}/retry"),
+        ("POST", "/jobs/retry-failed"),
+        ("GET", "/documents/{doc_id}/suggestions"),
+        ("POST", "/documents/{doc_id}/suggestions/approve"),
+        ("POST", "/documents/{doc_id}/approve"),
+        ("POST", "/documents/{doc_id}/suggestions/undo"),
+        ("POST", "/documents/{doc_id}/undo"),
+        ("POST", "/documents/{doc_id}/retag"),
+        ("GET", "/"),
+        ("GET", "/ui/{file}"),
+        ("GET", "/jobs"),
+        ("GET", "/review"),
+        ("GET", "/status"),
+        ("GET", "/status/checks"),
     ] {
         assert!(
-            routes.contains(&("GET".to_string(), path.to_string())),
-            "GET {path} is not routed to the ingest function"
+            routes.contains(&(method.to_string(), path.to_string())),
+            "{method} {path} is not routed to the ingest function"
         );
     }
 }

@@ -68,6 +68,7 @@ impl ApiState {
 
 pub fn router(state: ApiState) -> Router {
     Router::new()
+        // A new route needs its HttpApi event in template.yaml too (tests/tests/template.rs).
         .route("/health", get(health))
         .route("/metrics", get(metrics_page))
         .route("/webhooks/paperless", post(webhook))

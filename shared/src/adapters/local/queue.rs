@@ -35,6 +35,17 @@ fn dead_receipt(message_id: &str) -> String {
     format!("{DEAD_RECEIPT}{message_id}")
 }
 
+/// A queue as `/metrics` shows it (SQS's ApproximateNumberOfMessages and
+/// ApproximateAgeOfOldestMessage, and its DLQ's depth, on AWS).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueGauges {
+    /// Messages waiting, delayed or in flight.
+    pub depth: u64,
+    pub dead_letters: u64,
+    /// Since the oldest of those was sent; `None` when the queue is empty.
+    pub oldest_age: Option<Duration>,
+}
+
 /// Milliseconds since an arbitrary epoch; injectable so tests can move time.
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
@@ -113,6 +124,46 @@ impl SqliteQueue {
     /// if one was sent since the last wait.
     pub async fn wait_ready(&self) {
         self.ready.notified().await
+    }
+
+    /// What `/metrics` shows of this queue (see `QueueGauges`).
+    pub async fn gauges(&self) -> Result<QueueGauges, StoreError> {
+        let name = self.name.clone();
+        let (depth, dead, oldest) = self
+            .db
+            .call(move |c| {
+                c.query_row(
+                    "SELECT COALESCE(SUM(dead = 0), 0), COALESCE(SUM(dead = 1), 0), \
+                     (SELECT message_id FROM queue_messages WHERE queue = ?1 AND dead = 0 ORDER BY seq LIMIT 1) \
+                     FROM queue_messages WHERE queue = ?1",
+                    params![name],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, Option<String>>(2)?,
+                        ))
+                    },
+                )
+                .map_err(sql)
+            })
+            .await?;
+        // Message ids are UUIDv7: the oldest live message's id carries the time it was sent.
+        let oldest_age = oldest
+            .and_then(|id| uuid::Uuid::parse_str(&id).ok())
+            .and_then(|id| id.get_timestamp())
+            .map(|t| {
+                let (secs, nanos) = t.to_unix();
+                let sent = std::time::UNIX_EPOCH + Duration::new(secs, nanos);
+                std::time::SystemTime::now()
+                    .duration_since(sent)
+                    .unwrap_or_default()
+            });
+        Ok(QueueGauges {
+            depth: depth as u64,
+            dead_letters: dead as u64,
+            oldest_age,
+        })
     }
 
     /// Messages waiting or in flight (not dead).
@@ -342,6 +393,25 @@ mod tests {
         );
         q.delete(&again[0].receipt).await.unwrap();
         assert_eq!(q.depth().await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn gauges_count_live_and_dead_messages_and_age_the_oldest() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = SqliteQueue::new(&Db::open(&dir.path().join("q.db")).unwrap(), "work", 1).unwrap();
+        let empty = q.gauges().await.unwrap();
+        assert_eq!(
+            (empty.depth, empty.dead_letters, empty.oldest_age),
+            (0, 0, None)
+        );
+        q.send(&["a".into(), "b".into(), "c".into()]).await.unwrap();
+        // One receive of a message allowed one: the next receive dead-letters it.
+        q.receive(1, Duration::from_secs(0)).await.unwrap();
+        q.receive(10, Duration::from_secs(30)).await.unwrap();
+        let g = q.gauges().await.unwrap();
+        assert_eq!((g.depth, g.dead_letters), (2, 1), "{g:?}");
+        let age = g.oldest_age.expect("an oldest message");
+        assert!(age < Duration::from_secs(60), "{age:?}");
     }
 
     #[tokio::test]
