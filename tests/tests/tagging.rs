@@ -535,3 +535,95 @@ async fn the_whole_prompt_fits_the_budget_and_the_daily_cap_is_reserved_first() 
     assert_eq!(tag_calls(&pai), 0);
     pai.shutdown().await;
 }
+
+/// Undo with the recommended trigger workflow ("Document Updated" → webhook): the trigger tag
+/// that asked for the run is not put back, so undoing does not start a new run that would
+/// undo the undo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undo_does_not_re_arm_the_trigger_tag() {
+    let pai = Pai::start(&[("TRIGGER_TAG", "ai-redo")]).await;
+    pai.paperless
+        .set_webhook(&pai.url("/webhooks/paperless"), SECRET);
+    let id = seed(&pai.paperless);
+    let redo = pai.paperless.add_tag("ai-redo", "");
+    let mut tags = pai.paperless.document(id).unwrap()["tags"].clone();
+    tags.as_array_mut().unwrap().push(json!(redo));
+    pai.paperless.user_edit(id, json!({"tags": tags}));
+    pai.paperless.deliver_webhooks().await;
+    pai.drain().await;
+    assert_eq!(tag_calls(&pai), 1);
+    assert!(!tag_names(&pai, id).contains(&"ai-redo".to_string()));
+    pai.paperless.deliver_webhooks().await;
+    pai.drain().await;
+
+    let (status, undone) = pai
+        .post_json(&format!("/documents/{id}/undo"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{undone}");
+    assert_eq!(pai.paperless.document(id).unwrap()["title"], "scan_0031");
+    assert_eq!(
+        tag_names(&pai, id),
+        ["Inbox"],
+        "the trigger tag stays answered"
+    );
+    pai.paperless.deliver_webhooks().await;
+    pai.drain().await;
+    assert_eq!(tag_calls(&pai), 1, "undo's own webhook starts no run");
+    assert_eq!(pai.paperless.document(id).unwrap()["title"], "scan_0031");
+    pai.shutdown().await;
+}
+
+/// A tag message delivered twice at once (a redelivery while a slow model still thinks, or a
+/// duplicate SQS delivery in one batch) calls the model once and writes once: the second
+/// delivery waits for the document's lease instead of taking it over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_delivery_of_a_running_tag_message_waits() {
+    use shared::domain::Stage;
+    use shared::ports::WorkQueue;
+    use std::time::Duration;
+    let pai = Pai::start(&[]).await;
+    let id = seed(&pai.paperless);
+    pai.webhook_job(&json!({"doc_id": id}).to_string()).await;
+    let max = pai.app.svc.settings.max_receives;
+    for (stage, q) in [
+        (Stage::Chunk, &pai.app.chunk),
+        (Stage::Embed, &pai.app.embed),
+    ] {
+        for d in q.receive(10, Duration::from_secs(300)).await.unwrap() {
+            shared::worker::process(&pai.app.svc, q, stage, &d, max).await;
+        }
+    }
+    let tag = pai
+        .app
+        .tag
+        .receive(1, Duration::from_secs(300))
+        .await
+        .unwrap()
+        .remove(0);
+    pai.model.set_latency(Duration::from_millis(400));
+    let run = |d: shared::ports::Delivery| {
+        let svc = pai.app.svc.clone();
+        let body = d.body.clone();
+        async move { shared::pipeline::handle(&svc, Stage::Tag, &body, false).await }
+    };
+    let (first, second) = tokio::join!(run(tag.clone()), run(tag.clone()));
+    let outcomes = [first, second];
+    assert_eq!(
+        outcomes.iter().filter(|o| o.is_ok()).count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes
+            .iter()
+            .any(|o| matches!(o, Err(shared::pipeline::PipelineError::Deferred { .. }))),
+        "{outcomes:?}"
+    );
+    assert_eq!(tag_calls(&pai), 1, "one model call");
+    assert_eq!(
+        pai.paperless.count("PATCH", "/api/documents/"),
+        1,
+        "one write"
+    );
+    pai.shutdown().await;
+}

@@ -362,9 +362,14 @@ pub(crate) async fn forget_failure(svc: &Services, doc_id: &DocId) -> Result<(),
     svc.state.delete(&failed_key(doc_id)).await
 }
 
-/// How long one worker holds a document: longer than any model call with its retries, short
-/// enough that a crashed worker's document is picked up again the same hour.
+/// How long one worker holds a document without renewing it: longer than any model call with
+/// its retries, short enough that a crashed worker's document is picked up again the same hour.
 const LEASE_SECS: i64 = 15 * 60;
+/// A worker renews its lease this often while it works (a heartbeat).
+const LEASE_BEAT: std::time::Duration = std::time::Duration::from_secs(20);
+/// A lease of our own job whose heartbeat is older than this belongs to a worker that died;
+/// a younger one to a worker still at it (a redelivery while a slow model thinks).
+const LEASE_STALE_SECS: i64 = 60;
 
 /// Asks for a re-run of a document's tagging, whatever the loop guard says.
 pub async fn request_retag(
@@ -478,44 +483,80 @@ pub async fn plan_retag(
 /// How long a job waits for another job tagging the same document.
 const LEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// One writer per document: a conditional write with expiry. Another job holding it means a
-/// duplicate (webhook and sync, an SQS redelivery) is running: this one comes back later and
-/// then finds the document tagged.
-async fn acquire_lease(svc: &Services, task: &TagTask) -> Result<(), PipelineError> {
+/// This process, in its leases: a lease of our own job held by another process is a dead
+/// one's (a `pai` that was killed and restarted, a Lambda instance that timed out before SQS
+/// made the message visible again), and is taken over at once.
+static INSTANCE: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| uuid::Uuid::new_v4().to_string());
+
+fn lease_value(task: &TagTask) -> serde_json::Value {
+    json!({"job_id": task.job_id, "beat": super::now(), "instance": *INSTANCE})
+}
+
+/// One writer per document: a conditional write with expiry, renewed while the work goes on.
+/// Another job holding it means a duplicate (webhook and sync) is running, and so does our own
+/// job's lease held in this process with a fresh heartbeat (a redelivery while the first
+/// delivery still works): this one waits and then finds the document tagged. Our own job's
+/// lease from another process, or with a stale heartbeat, is a dead worker's: taken over.
+/// Returns the lease's version.
+async fn acquire_lease(svc: &Services, task: &TagTask) -> Result<u64, PipelineError> {
     let key = lease_key(&task.doc_id);
-    let value = json!({"job_id": task.job_id});
     let until = super::now() + LEASE_SECS;
+    let busy = |holder: &str| PipelineError::Deferred {
+        reason: format!("document {} is being tagged by job {holder}", task.doc_id),
+        after: LEASE_WAIT,
+    };
     match svc
         .state
-        .put(&key, &value, Condition::Absent, Some(until))
+        .put(&key, &lease_value(task), Condition::Absent, Some(until))
         .await
     {
-        Ok(_) => Ok(()),
-        Err(StoreError::Conflict(_)) => {
-            let holder = svc.state.get(&key).await?;
-            match holder {
-                // Our own message again (a worker crashed holding it): take over.
-                Some(h) if h.value["job_id"] == task.job_id.as_str() => {
-                    svc.state
-                        .put(&key, &value, Condition::Version(h.version), Some(until))
-                        .await
-                        .map_err(|_| PipelineError::Retry("lease changed hands".into()))?;
-                    Ok(())
+        Ok(version) => Ok(version),
+        Err(StoreError::Conflict(_)) => match svc.state.get(&key).await? {
+            Some(h)
+                if h.value["job_id"] == task.job_id.as_str()
+                    && (h.value["instance"] != INSTANCE.as_str()
+                        || super::now() - h.value["beat"].as_i64().unwrap_or(0)
+                            > LEASE_STALE_SECS) =>
+            {
+                svc.state
+                    .put(
+                        &key,
+                        &lease_value(task),
+                        Condition::Version(h.version),
+                        Some(until),
+                    )
+                    .await
+                    .map_err(|_| busy(&task.job_id))
+            }
+            // Not a failure of this message: it waits without spending a receive, so a slow
+            // duplicate cannot dead-letter it (the lease expires on its own).
+            Some(h) => Err(busy(h.value["job_id"].as_str().unwrap_or("?"))),
+            None => Err(PipelineError::Retry("lease released meanwhile".into())),
+        },
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Runs `work` holding the lease at `version`, renewing it every `LEASE_BEAT`.
+async fn holding_lease<F>(svc: &Services, task: &TagTask, mut version: u64, work: F) -> F::Output
+where
+    F: std::future::Future,
+{
+    let key = lease_key(&task.doc_id);
+    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + LEASE_BEAT, LEASE_BEAT);
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = beat.tick() => {
+                let until = super::now() + LEASE_SECS;
+                match svc.state.put(&key, &lease_value(task), Condition::Version(version), Some(until)).await {
+                    Ok(v) => version = v,
+                    Err(e) => tracing::warn!(job_id = %task.job_id, error = %e, "could not renew the document's lease"),
                 }
-                // Not a failure of this message: it waits without spending a receive, so a
-                // slow duplicate cannot dead-letter it (the lease expires on its own).
-                Some(h) => Err(PipelineError::Deferred {
-                    reason: format!(
-                        "document {} is being tagged by job {}",
-                        task.doc_id,
-                        h.value["job_id"].as_str().unwrap_or("?")
-                    ),
-                    after: LEASE_WAIT,
-                }),
-                None => Err(PipelineError::Retry("lease released meanwhile".into())),
             }
         }
-        Err(e) => Err(e.into()),
     }
 }
 
@@ -534,7 +575,16 @@ fn tag_id(taxonomy: &Taxonomy, name: Option<&str>) -> Option<u64> {
         .map(|t| t.id)
 }
 
+/// Tags one document version. Everything, from the loop guard's verdict on, happens holding
+/// the document's lease: a duplicate that waited for it reads what the first run wrote.
 pub async fn run(svc: &Services, task: &TagTask) -> Result<(), PipelineError> {
+    let version = acquire_lease(svc, task).await?;
+    let result = holding_lease(svc, task, version, run_leased(svc, task)).await;
+    release_lease(svc, task).await;
+    result
+}
+
+async fn run_leased(svc: &Services, task: &TagTask) -> Result<(), PipelineError> {
     let policy = &svc.settings.policy;
     let guard = json!({"content_hash": task.content_hash, "policy": policy.fingerprint(), "model": svc.model.name()});
     let tagged = svc
@@ -637,11 +687,8 @@ pub async fn run(svc: &Services, task: &TagTask) -> Result<(), PipelineError> {
         .await?;
         return Ok(());
     }
-    acquire_lease(svc, task).await?;
     let recovered = existing.filter(|_| recovering);
-    let result = tag_leased(svc, task, &guard, paperless_doc, taxonomy, recovered).await;
-    release_lease(svc, task).await;
-    result
+    tag_leased(svc, task, &guard, paperless_doc, taxonomy, recovered).await
 }
 
 /// Whether every field of `applied` already shows in `doc`: the PATCH of a recorded intent
@@ -1533,8 +1580,10 @@ pub async fn approve(
 
 /// Restores what the applied suggestion replaced, where it is still ours: a field whose
 /// current value is no longer what we wrote keeps the user's value (and is named in
-/// `kept_by_user`). Tags it added are removed and tags it removed (the trigger tag) added
-/// back; tags the user added since are kept.
+/// `kept_by_user`). Tags it added are removed; tags the user added since are kept; the review
+/// mark comes back (the suggestion waits for review again). The trigger and failed tags it
+/// removed are not put back: both were answered, and a trigger tag put back would start a new
+/// run at once (its "Document Updated" webhook), undoing the undo.
 pub async fn undo(svc: &Services, doc_id: &DocId) -> Result<SuggestionRecord, ReviewError> {
     let (mut record, version) = load_record(svc, doc_id).await?;
     let (id, paperless) = paperless_target(svc, doc_id)?;
@@ -1604,10 +1653,19 @@ pub async fn undo(svc: &Services, doc_id: &DocId) -> Result<SuggestionRecord, Re
             .copied()
             .filter(|t| before.contains(t) || !after.contains(t))
             .collect();
+        let taxonomy = svc.taxonomy().await?;
+        let policy = &svc.settings.policy;
+        let answered: Vec<u64> = [
+            policy.trigger_tag.as_deref(),
+            Some(policy.failed_tag.as_str()),
+        ]
+        .into_iter()
+        .filter_map(|name| tag_id(&taxonomy, name))
+        .collect();
         let restored: Vec<u64> = before
             .iter()
             .copied()
-            .filter(|t| !after.contains(t) && !tags.contains(t))
+            .filter(|t| !after.contains(t) && !tags.contains(t) && !answered.contains(t))
             .collect();
         tags.extend(restored);
         if tags != doc.tags {
