@@ -337,3 +337,113 @@ async fn pai_retry_runs_a_failed_job_again() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+/// `pai retag` picks documents by tag (or ids, date, all), prints how many and what they will
+/// cost before anything is spent, queues them unless `--dry-run`, and `pai serve` runs them
+/// whatever the loop guard says. `pai check` tells what the token may do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pai_retag_prints_its_cost_first_then_queues_the_selection() {
+    let paperless = FakePaperless::start(TOKEN).await;
+    let model = FakeOpenAi::start(None).await;
+    model.set_default(|req| {
+        if req.get("response_format").is_some() {
+            json!({"title": "Fence letter", "tags": ["Mail"], "correspondent": null, "document_type": null, "created": null}).to_string()
+        } else {
+            "ok [1]".into()
+        }
+    });
+    let invoice = paperless.add_tag("Invoice", "");
+    let seeds = [("a", vec![invoice]), ("b", vec![invoice]), ("c", vec![])];
+    for (title, tags) in seeds {
+        paperless.add_document(DocSeed {
+            title: title.into(),
+            content: format!("Letter {title} about the garden fence and its repair."),
+            tags,
+            ..Default::default()
+        });
+    }
+    let data = tempfile::tempdir().unwrap();
+    let env = pai_tests::serve_env(data.path(), &paperless, TOKEN, SECRET, &model);
+    let run = |args: &[&str]| {
+        let out = pai(args, &env).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+
+    let tag_calls = || {
+        model
+            .chat_requests()
+            .iter()
+            .filter(|r| r.get("response_format").is_some())
+            .count()
+    };
+    let processed = |n: usize| {
+        let started = Instant::now();
+        while paperless.count_documents_with_tag("ai-processed") < n {
+            assert!(started.elapsed() < Duration::from_secs(60), "not processed");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // First everything is tagged once (the start-up sync).
+    let (mut server, _) = serve(&env);
+    processed(3);
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert_eq!(tag_calls(), 3);
+
+    let (ok, _, err) = run(&["retag"]);
+    assert!(!ok && err.contains("name the documents"), "{err}");
+    let (ok, _, err) = run(&["retag", "--all", "--tag", "Invoice"]);
+    assert!(!ok, "{err}");
+    let (ok, out, err) = run(&["retag", "--tag", "Invoice", "--dry-run"]);
+    assert!(ok, "{err}");
+    let tokens: u64 = out
+        .split("about ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no estimate in {out:?}"));
+    assert!(
+        out.starts_with("2 documents to re-tag") && tokens > 0,
+        "{out}"
+    );
+    assert!(!out.contains("queued"), "a dry run queues nothing: {out}");
+
+    let (ok, out, err) = run(&["retag", "--tag", "Invoice"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("queued 2 documents"), "{out}");
+    let (ok, out, err) = run(&["check"]);
+    assert!(ok, "{err}");
+    assert!(!out.trim().is_empty(), "pai check reports: {out}");
+
+    // The two asked for run again although their text and policy did not change; the third
+    // (queued again by the start-up sync, since our PATCH changed it) is left alone.
+    let (mut server, url) = serve(&env);
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    loop {
+        let page: Value = http
+            .get(format!("{url}/jobs?status=waiting"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if tag_calls() >= 5 && page["jobs"].as_array().is_some_and(|j| j.is_empty()) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{page}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        tag_calls(),
+        5,
+        "exactly the two re-tagged documents called the model"
+    );
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
