@@ -253,6 +253,9 @@ pub struct DocMeta {
     /// `YYYY-MM-DD`.
     pub created: Option<String>,
     pub owner: Option<u64>,
+    /// Who else may see it: per-user chat narrows its vector query by owner and these.
+    #[serde(default)]
+    pub shared_with: Sharing,
 }
 
 /// The last indexed version of a document: what the next version is diffed against.
@@ -378,6 +381,19 @@ pub struct Document {
     #[serde(default)]
     pub storage_path: Option<u64>,
     pub custom_fields: Vec<CustomFieldValue>,
+    /// Users and groups given the document besides its owner (view or change), as
+    /// `?full_perms=true` shows them.
+    #[serde(default)]
+    pub shared_with: Sharing,
+}
+
+/// Who else may see a document in Paperless.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sharing {
+    #[serde(default)]
+    pub users: Vec<u64>,
+    #[serde(default)]
+    pub groups: Vec<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

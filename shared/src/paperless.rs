@@ -7,6 +7,7 @@
 //! every document. Paperless answers 404 for a document the token may not view: the error
 //! says so, naming the token's user.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,8 +17,8 @@ use serde_json::{Value, json};
 
 use crate::config::Secret;
 use crate::domain::{
-    CustomFieldDef, CustomFieldValue, Document, DocumentPatch, ObjectKind, SelectOption, Taxonomy,
-    TaxonomyObject,
+    CustomFieldDef, CustomFieldValue, Document, DocumentPatch, ObjectKind, SelectOption, Sharing,
+    Taxonomy, TaxonomyObject,
 };
 use crate::ports::{
     DocumentQuery, DocumentSummary, Paperless, PaperlessError, TokenPermissions, TokenUser,
@@ -332,6 +333,22 @@ fn document_from(v: Value) -> Result<Document, PaperlessError> {
         custom_fields: Vec<CustomFieldValue>,
         #[serde(default)]
         storage_path: Option<u64>,
+        #[serde(default)]
+        permissions: Option<Perms>,
+    }
+    #[derive(Deserialize, Default)]
+    struct Grant {
+        #[serde(default)]
+        users: Vec<u64>,
+        #[serde(default)]
+        groups: Vec<u64>,
+    }
+    #[derive(Deserialize)]
+    struct Perms {
+        #[serde(default)]
+        view: Grant,
+        #[serde(default)]
+        change: Grant,
     }
     let r: Raw = serde_json::from_value(v)
         .map_err(|e| PaperlessError::Rejected(format!("unexpected document: {e}")))?;
@@ -346,18 +363,31 @@ fn document_from(v: Value) -> Result<Document, PaperlessError> {
         owner: r.owner,
         custom_fields: r.custom_fields,
         storage_path: r.storage_path,
+        shared_with: r
+            .permissions
+            .map(|p| {
+                let mut users: Vec<u64> = p.view.users.into_iter().chain(p.change.users).collect();
+                let mut groups: Vec<u64> =
+                    p.view.groups.into_iter().chain(p.change.groups).collect();
+                users.sort_unstable();
+                users.dedup();
+                groups.sort_unstable();
+                groups.dedup();
+                Sharing { users, groups }
+            })
+            .unwrap_or_default(),
     })
 }
 
 #[async_trait]
 impl Paperless for PaperlessClient {
     async fn document(&self, id: u64) -> Result<Document, PaperlessError> {
-        let fields = "id,title,content,tags,correspondent,document_type,created,owner,custom_fields,storage_path";
+        let fields = "id,title,content,tags,correspondent,document_type,created,owner,custom_fields,storage_path,permissions";
         match self
             .call(
                 Method::GET,
                 &format!("documents/{id}/"),
-                &[("fields", fields.into())],
+                &[("fields", fields.into()), ("full_perms", "true".into())],
                 None,
             )
             .await
@@ -512,6 +542,19 @@ impl Paperless for PaperlessClient {
 
     async fn token_user(&self) -> Result<TokenUser, PaperlessError> {
         self.user_cached().await
+    }
+
+    fn for_user(&self, token: Secret) -> Option<Arc<dyn Paperless>> {
+        Some(Arc::new(PaperlessClient {
+            http: self.http.clone(),
+            base: self.base.clone(),
+            token,
+            owner: None,
+            public_base: self.public_base.clone(),
+            needs: self.needs,
+            warned: Default::default(),
+            user: Default::default(),
+        }))
     }
 
     async fn permissions(&self) -> Result<Option<TokenPermissions>, PaperlessError> {

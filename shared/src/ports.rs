@@ -420,6 +420,11 @@ pub trait Paperless: Send + Sync {
     async fn permissions(&self) -> Result<Option<TokenPermissions>, PaperlessError> {
         Ok(None)
     }
+    /// The same Paperless as another user's token sees it (per-user chat); `None` when this
+    /// client cannot act for someone else.
+    fn for_user(&self, _token: crate::config::Secret) -> Option<std::sync::Arc<dyn Paperless>> {
+        None
+    }
 }
 
 /// The Paperless user a token belongs to, and what it may do globally (object permissions

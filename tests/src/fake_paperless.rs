@@ -400,6 +400,17 @@ impl FakePaperless {
         s.outbox.push(id);
     }
 
+    /// Sets a document's object permissions (the "Permissions" dialog): `modified` advances
+    /// and the "Document Updated" webhook is queued, as for any other edit.
+    pub fn set_permissions(&self, id: u64, perms: DocPerms) {
+        let mut s = self.store.lock().unwrap();
+        let now = s.now();
+        let doc = s.documents.get_mut(&id).expect("document exists");
+        doc.insert("modified".into(), json!(now));
+        s.perms.insert(id, perms);
+        s.outbox.push(id);
+    }
+
     fn add_object(&self, kind: &'static str, name: &str, extra: Value) -> u64 {
         let mut s = self.store.lock().unwrap();
         let id = s.id();

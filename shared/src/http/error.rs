@@ -107,6 +107,11 @@ impl From<ChatError> for ApiError {
     fn from(e: ChatError) -> Self {
         match e {
             ChatError::BadRequest(m) => ApiError::bad_request(m),
+            ChatError::UnknownSession(id) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no session {id}"),
+            ),
             ChatError::Pipeline(p) => p.into(),
         }
     }

@@ -27,7 +27,7 @@ pub use error::ApiError;
 use crate::auth::{ApiKeys, constant_time_eq};
 use crate::config::{Keyless, Secret};
 use crate::domain::{DocId, JobOrigin};
-use crate::pipeline::chat::{ChatRequest, ask, validate};
+use crate::pipeline::chat::{ChatRequest, Viewer, ask_as, validate};
 use crate::pipeline::ingest::{self, MAX_WEBHOOK_BYTES};
 use crate::pipeline::tag::{self, SuggestionRecord, suggestion_key};
 use crate::pipeline::{Services, load_job};
@@ -456,12 +456,43 @@ async fn retag(
         .into_response())
 }
 
+/// Who asks: a Paperless user by their own token (`Authorization: Token …`, as Paperless's
+/// API takes it), checked with Paperless; otherwise an API key, as for every route.
+async fn chat_viewer(state: &ApiState, headers: &HeaderMap) -> Result<Viewer, ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Token "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    let Some(token) = token else {
+        return Ok(Viewer::Service {
+            caller: authorize(state, headers)?,
+        });
+    };
+    let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
+    let paperless = state
+        .svc
+        .paperless
+        .as_ref()
+        .and_then(|p| p.for_user(Secret::new(token)))
+        .ok_or_else(|| unauthorized("chat with a Paperless token needs PAPERLESS_URL"))?;
+    match paperless.token_user().await {
+        Ok(user) => Ok(Viewer::User { user, paperless }),
+        Err(crate::ports::PaperlessError::Forbidden(_)) => {
+            Err(unauthorized("Paperless did not accept this token"))
+        }
+        Err(e) => Err(crate::pipeline::PipelineError::from(e).into()),
+    }
+}
+
 async fn chat(
     State(state): State<ApiState>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let caller = authorize(&state, &headers)?;
+    let viewer = chat_viewer(&state, &headers).await?;
+    let caller = viewer.caller();
     let req: ChatRequest = parse_json(&read_body(body, MAX_JSON_BYTES).await?)?;
     validate(&req)?;
     if let Err(wait) = state.rate_limiter.check(&caller) {
@@ -489,7 +520,7 @@ async fn chat(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("text/event-stream"));
     if !wants_stream {
-        let reply = ask(&state.svc, &req, None).await?;
+        let reply = ask_as(&state.svc, &req, None, &viewer).await?;
         let _ = limits::add_tokens(
             state.svc.state.as_ref(),
             &caller,
@@ -503,7 +534,7 @@ async fn chat(
     let (sink, tokens) = tokio::sync::mpsc::unbounded_channel::<String>();
     let svc = state.svc.clone();
     let answering = tokio::spawn(async move {
-        let reply = ask(&svc, &req, Some(&sink)).await;
+        let reply = ask_as(&svc, &req, Some(&sink), &viewer).await;
         if let Ok(r) = &reply {
             let _ = limits::add_tokens(
                 svc.state.as_ref(),

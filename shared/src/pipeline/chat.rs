@@ -4,6 +4,7 @@
 //! is refused without a model call.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -12,7 +13,7 @@ use super::embed::created_number;
 use super::{PipelineError, Services};
 use crate::domain::{AnswerInput, DocId, Passage};
 use crate::filter::Filter;
-use crate::ports::{Condition, TokenSink, Usage, VectorHit};
+use crate::ports::{Condition, Paperless, TokenSink, TokenUser, Usage, VectorHit};
 use crate::text::{count_tokens, detect_language, fold, is_stopword, words};
 
 pub const MAX_QUESTION_CHARS: usize = 2000;
@@ -76,6 +77,9 @@ pub struct ChatResponse {
 pub enum ChatError {
     #[error("{0}")]
     BadRequest(String),
+    /// A session of another caller: answered like one that does not exist.
+    #[error("no session {0}")]
+    UnknownSession(String),
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
 }
@@ -137,6 +141,9 @@ pub fn build_filter(req: &ChatRequest) -> Result<Option<Filter>, ChatError> {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Session {
     turns: Vec<(String, String)>,
+    /// Who created it (`Viewer::caller`): nobody else may read or continue it.
+    #[serde(default)]
+    caller: Option<String>,
 }
 
 fn session_key(id: &str) -> String {
@@ -327,15 +334,112 @@ pub async fn retrieve(
     Ok(passages)
 }
 
-/// Answers a question from the archive. With `tokens`, the answer's text is also sent there
-/// piece by piece as the model produces it (the final response carries the citations).
+/// Whose documents a chat request may draw on.
+#[derive(Clone)]
+pub enum Viewer {
+    /// An API key (or a keyless loopback server): everything the service token sees.
+    /// `caller` names it, and binds its sessions.
+    Service { caller: String },
+    /// A Paperless user asking with their own token: only what Paperless lets them view.
+    User {
+        user: TokenUser,
+        paperless: Arc<dyn Paperless>,
+    },
+}
+
+impl Viewer {
+    /// Who is asking: the key's id, or `paperless-user-<id>`.
+    pub fn caller(&self) -> String {
+        match self {
+            Viewer::Service { caller } => caller.clone(),
+            Viewer::User { user, .. } => format!("paperless-user-{}", user.id),
+        }
+    }
+
+    /// The vector query's narrowing to what the user may see, from the owner and sharing the
+    /// index keeps (current as of the last webhook or sync); `None` for the service and for
+    /// superusers.
+    fn narrowing(&self) -> Option<Filter> {
+        use crate::filter::{Condition, Scalar};
+        let Viewer::User { user, .. } = self else {
+            return None;
+        };
+        if user.is_superuser {
+            return None;
+        }
+        let mut any = vec![
+            Filter::Field("owner".into(), Condition::Exists(false)),
+            Filter::Field("viewers".into(), Condition::Eq(Scalar::Num(user.id as f64))),
+        ];
+        if !user.groups.is_empty() {
+            any.push(Filter::Field(
+                "viewer_groups".into(),
+                Condition::In(user.groups.iter().map(|g| Scalar::Num(*g as f64)).collect()),
+            ));
+        }
+        Some(Filter::Or(any))
+    }
+
+    /// The passages Paperless lets this viewer see now (asked with their token, so a
+    /// permission revoked a second ago counts), numbered again from 1. Uploads, which are not
+    /// in Paperless, are for API keys only.
+    async fn keep_visible(&self, passages: Vec<Passage>) -> Result<Vec<Passage>, PipelineError> {
+        let Viewer::User { paperless, .. } = self else {
+            return Ok(passages);
+        };
+        let ids: BTreeSet<u64> = passages
+            .iter()
+            .filter_map(|p| p.doc_id.paperless_id())
+            .collect();
+        let visible: BTreeSet<u64> = if ids.is_empty() {
+            BTreeSet::new()
+        } else {
+            let query = crate::ports::DocumentQuery {
+                ids: Some(ids.into_iter().collect()),
+                ..Default::default()
+            };
+            let (found, _) = paperless.list(&query, 1).await?;
+            found.into_iter().map(|d| d.id).collect()
+        };
+        Ok(passages
+            .into_iter()
+            .filter(|p| {
+                p.doc_id
+                    .paperless_id()
+                    .is_some_and(|id| visible.contains(&id))
+            })
+            .enumerate()
+            .map(|(i, p)| Passage { n: i + 1, ..p })
+            .collect())
+    }
+}
+
+/// Answers a question from the archive for a keyless local caller (see `ask_as`).
 pub async fn ask(
     svc: &Services,
     req: &ChatRequest,
     tokens: Option<&TokenSink>,
 ) -> Result<ChatResponse, ChatError> {
+    let local = Viewer::Service {
+        caller: "local".into(),
+    };
+    ask_as(svc, req, tokens, &local).await
+}
+
+/// Answers a question from the archive, from what `viewer` may see. With `tokens`, the
+/// answer's text is also sent there piece by piece as the model produces it (the final
+/// response carries the citations).
+pub async fn ask_as(
+    svc: &Services,
+    req: &ChatRequest,
+    tokens: Option<&TokenSink>,
+    viewer: &Viewer,
+) -> Result<ChatResponse, ChatError> {
     let started = std::time::Instant::now();
-    let filter = validate(req)?;
+    let filter = match (validate(req)?, viewer.narrowing()) {
+        (Some(f), Some(n)) => Some(Filter::And(vec![f, n])),
+        (f, n) => f.or(n),
+    };
     let question = req.question.trim();
     let session_id = req
         .session_id
@@ -350,6 +454,10 @@ pub async fn ask(
         Some(v) => serde_json::from_value(v.value).unwrap_or_default(),
         None => Session::default(),
     };
+    let caller = viewer.caller();
+    if session.caller.as_ref().is_some_and(|c| *c != caller) {
+        return Err(ChatError::UnknownSession(session_id));
+    }
     let history: Vec<(String, String)> = session
         .turns
         .iter()
@@ -364,7 +472,9 @@ pub async fn ask(
         .standalone(&history, question)
         .await
         .map_err(PipelineError::from)?;
-    let passages = retrieve(svc, &query, filter.as_ref()).await?;
+    let passages = viewer
+        .keep_visible(retrieve(svc, &query, filter.as_ref()).await?)
+        .await?;
 
     let mut usage = rewrite_usage;
     let (answer, citations) = if passages.is_empty() {
@@ -417,6 +527,7 @@ pub async fn ask(
     let keep = turns.len().saturating_sub(SESSION_TURNS);
     let session = Session {
         turns: turns.split_off(keep),
+        caller: Some(caller),
     };
     svc.state
         .put(

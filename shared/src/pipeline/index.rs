@@ -52,6 +52,7 @@ pub fn paperless_meta(doc: &Document, taxonomy: &Taxonomy) -> DocMeta {
         document_type: name(ObjectKind::DocumentType, doc.document_type),
         created: doc.created.clone().map(|c| c.chars().take(10).collect()),
         owner: doc.owner,
+        shared_with: doc.shared_with.clone(),
     }
 }
 
@@ -69,8 +70,16 @@ pub fn vector_metadata(doc_id: &DocId, meta: &DocMeta) -> Map<String, Value> {
     if let Some(day) = meta.created.as_deref().and_then(created_number) {
         m.insert("created".into(), json!(day));
     }
+    // Who may see it, for per-user chat's vector query: no owner means every user.
     if let Some(o) = meta.owner {
         m.insert("owner".into(), json!(o));
+        let viewers: Vec<u64> = std::iter::once(o)
+            .chain(meta.shared_with.users.iter().copied())
+            .collect();
+        m.insert("viewers".into(), json!(viewers));
+        if !meta.shared_with.groups.is_empty() {
+            m.insert("viewer_groups".into(), json!(meta.shared_with.groups));
+        }
     }
     m
 }

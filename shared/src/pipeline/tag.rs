@@ -938,6 +938,7 @@ async fn finish(
                 document_type: s.document_type.as_deref().map(fold),
                 created: s.created.clone(),
                 owner: m.meta.owner,
+                shared_with: m.meta.shared_with.clone(),
             },
             (None, None) => m.meta.clone(),
         };
