@@ -156,3 +156,26 @@ async fn falls_back_to_json_mode_when_the_server_refuses_schemas() {
         );
     }
 }
+
+/// A model server's error body can echo the request (a document's text) or its internals:
+/// it stays in the debug log, and the error callers see (a job's reason, a chat 422 on the
+/// public URL) says only what failed and what to check.
+#[tokio::test]
+async fn error_bodies_stay_out_of_the_errors_callers_see() {
+    let fake = FakeOpenAi::start(Some("k")).await;
+    for status in [400, 401, 404, 422] {
+        fake.push_reply(Reply::Body(
+            status,
+            r#"{"error":{"message":"echo: Invoice from ACME, internal host 10.0.0.7"}}"#.into(),
+        ));
+        let m = chat(&fake).await;
+        let err = m.suggest(&input()).await.unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, ModelError::Refused(_)), "{status}: {text}");
+        assert!(
+            !text.contains("ACME") && !text.contains("10.0.0.7"),
+            "{status}: {text}"
+        );
+        assert!(text.contains(&status.to_string()), "{status}: {text}");
+    }
+}

@@ -124,6 +124,7 @@ where
     R: std::fmt::Debug + Send + Sync + 'static,
 {
     let Some((code, message)) = service_error(&err) else {
+        tracing::debug!(model, error = %DisplayErrorContext(&err), "bedrock call failed");
         return match &err {
             SdkError::ConstructionFailure(_) => ModelError::Refused(format!(
                 "bedrock {model}: the request could not be built ({}): check the AWS region and credentials",
@@ -136,6 +137,9 @@ where
             _ => ModelError::Unavailable(format!("bedrock {model}: {}", DisplayErrorContext(&err))),
         };
     };
+    // AWS's own message stays in the debug log: callers (chat on a public URL) get the code
+    // and what to check.
+    tracing::debug!(model, %code, %message, "bedrock call failed");
     match code.as_str() {
         "ThrottlingException"
         | "ServiceUnavailableException"
@@ -145,20 +149,20 @@ where
         | "InternalServerException"
         | "ModelErrorException"
         | "ModelStreamErrorException" => {
-            ModelError::Unavailable(format!("bedrock {model}: {code}: {message}"))
+            ModelError::Unavailable(format!("bedrock {model}: {code}"))
         }
         "AccessDeniedException" => ModelError::Refused(format!(
-            "bedrock {model} ({var}): access denied: {message}. Check that access to this model is enabled in the Bedrock console (Model access) in this region, and that the role may call bedrock:InvokeModel (and bedrock:InvokeModelWithResponseStream for streamed answers) on it"
+            "bedrock {model} ({var}): access denied. Check that access to this model is enabled in the Bedrock console (Model access) in this region, and that the role may call bedrock:InvokeModel (and bedrock:InvokeModelWithResponseStream for streamed answers) on it"
         )),
         "ResourceNotFoundException" => ModelError::Refused(format!(
-            "bedrock {model} ({var}): not found: {message}. Check the model id and that the model is offered in this region; some models are reached only through an inference profile id (us., eu., apac., global.)"
+            "bedrock {model} ({var}): not found. Check the model id and that the model is offered in this region; some models are reached only through an inference profile id (us., eu., apac., global.)"
         )),
         "ValidationException" => ModelError::Refused(format!(
-            "bedrock {model} ({var}): request rejected: {message}. Check the model id, that the model supports this API in this region, or use an inference profile id (us., eu., apac., global.)"
+            "bedrock {model} ({var}): request rejected. Check the model id, that the model supports this API in this region, or use an inference profile id (us., eu., apac., global.)"
         )),
         // Codes the SDK does not model yet: judged by name.
         code => {
-            let text = format!("bedrock {model} ({var}): {code}: {message}");
+            let text = format!("bedrock {model} ({var}): {code}");
             if ["Throttl", "Unavailable", "Internal", "Timeout", "NotReady"]
                 .iter()
                 .any(|w| code.contains(w))

@@ -138,18 +138,27 @@ impl Client {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(Duration::from_secs);
+            // The server's own words stay in the debug log: they can echo the request (a
+            // document's text) and reach callers of the public chat URL otherwise.
             let text = resp.text().await.unwrap_or_default();
             let excerpt: String = text.chars().take(300).collect();
+            tracing::debug!(path, %status, body = %excerpt, "model server error");
             if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
                 crate::resilience::report_overload();
-                last = format!("{status}: {excerpt}");
+                last = format!("HTTP {status}");
                 if attempt < ATTEMPTS {
                     let backoff = jitter(Duration::from_millis(500 * 2u64.pow(attempt)));
                     tokio::time::sleep(retry_after.unwrap_or(backoff).min(MAX_RETRY_AFTER)).await;
                 }
                 continue;
             }
-            return Err(ModelError::Refused(format!("{path}: {status}: {excerpt}")));
+            let hint = match status.as_u16() {
+                401 | 403 => " (the server refused the API key: LLM_API_KEY / EMBEDDING_API_KEY)",
+                404 => " (no such model or path: LLM_MODEL / EMBEDDING_MODEL, the base URL)",
+                400 if mentions_schema(&text) => SCHEMA_REFUSED,
+                _ => "",
+            };
+            return Err(ModelError::Refused(format!("{path}: HTTP {status}{hint}")));
         }
         Err(ModelError::Unavailable(format!("{path}: {last}")))
     }
@@ -179,9 +188,16 @@ pub struct OpenAiChat {
 }
 
 /// Whether a 4xx says the server does not support `json_schema` response formats.
+/// What a refusal says (in our words) when the server rejected structured output.
+const SCHEMA_REFUSED: &str = " (structured output refused)";
+
+fn mentions_schema(body: &str) -> bool {
+    let b = body.to_ascii_lowercase();
+    b.contains("response_format") || b.contains("json_schema")
+}
+
 fn refuses_schema(reason: &str) -> bool {
-    let r = reason.to_ascii_lowercase();
-    r.contains("400") && (r.contains("response_format") || r.contains("json_schema"))
+    reason.ends_with(SCHEMA_REFUSED)
 }
 
 /// JSON mode: the schema moves into the system message; returns the response format.
