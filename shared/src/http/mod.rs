@@ -545,15 +545,29 @@ async fn chat(
         }
         reply
     });
+    // Streamed text is made plain as it goes (no links or images), like the final answer.
+    let plain = crate::text::PlainAnswerStream::default();
     let events = futures::stream::unfold(
-        (tokens, Some(answering)),
-        |(mut tokens, answering)| async move {
-            if let Some(piece) = tokens.recv().await {
+        (tokens, plain, Some(answering)),
+        |(mut tokens, mut plain, answering)| async move {
+            let answering = answering?;
+            while let Some(piece) = tokens.recv().await {
+                let shown = plain.push(&piece);
+                if !shown.is_empty() {
+                    return Some((
+                        Ok::<Event, Infallible>(Event::default().event("token").data(shown)),
+                        (tokens, plain, Some(answering)),
+                    ));
+                }
+            }
+            let rest = plain.finish();
+            if !rest.is_empty() {
                 return Some((
-                    Ok::<Event, Infallible>(Event::default().event("token").data(piece)),
-                    (tokens, answering),
+                    Ok(Event::default().event("token").data(rest)),
+                    (tokens, plain, Some(answering)),
                 ));
             }
+            let answering = Some(answering);
             let event = match answering?.await {
             Ok(Ok(r)) => Event::default().event("done").data(json!({"citations": r.citations, "session_id": r.session_id, "provider": r.provider, "answered": r.answered}).to_string()),
             Ok(Err(e)) => {
@@ -562,7 +576,7 @@ async fn chat(
             }
             Err(_) => Event::default().event("error").data(json!({"error": {"code": "internal", "message": "internal error"}}).to_string()),
         };
-            Some((Ok(event), (tokens, None)))
+            Some((Ok(event), (tokens, plain, None)))
         },
     );
     Ok(Sse::new(events)

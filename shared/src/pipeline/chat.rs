@@ -508,7 +508,7 @@ pub async fn ask_as(
             })
             .collect();
         (
-            Some(answer.text).filter(|_| !citations.is_empty()),
+            Some(crate::text::plain_answer(&answer.text)).filter(|_| !citations.is_empty()),
             citations,
         )
     };
