@@ -202,6 +202,31 @@ const tests = {
     assert(sessions.length === 1 && sessions[0].turns.length === 1, 'the session is remembered');
   },
 
+  async chat_with_a_paperless_token_sees_only_that_users_documents({ page, world }) {
+    await page.goto(world.url + '/#chat');
+    await page.locator('#sign-in').waitFor({ state: 'visible' });
+    await page.fill('#api-key', world.api_key);
+    await page.click('#sign-in-form summary');
+    await page.fill('#paperless-token', world.reader_token);
+    await page.press('#api-key', 'Enter');
+    await page.click('nav a[href="#chat"]');
+    const ask = async (question) => {
+      const before = await page.evaluate(() => JSON.parse(sessionStorage.getItem('pai.chatSessions') || '[]').reduce((n, s) => n + s.turns.length, 0));
+      await page.fill('#chat-question', question);
+      await page.press('#chat-question', 'Enter');
+      const turns = () => page.evaluate(() => JSON.parse(sessionStorage.getItem('pai.chatSessions') || '[]').reduce((n, s) => n + s.turns.length, 0));
+      await eventually(async () => {}, async () => (await turns()) > before, 'the answer to arrive');
+      const list = await page.evaluate(() => JSON.parse(sessionStorage.getItem('pai.chatSessions') || '[]'));
+      return list[0].turns[list[0].turns.length - 1];
+    };
+    const theirs = await ask('How much net pay is on the Contoso payslip for November?');
+    const privateId = String(world.private_document);
+    assert(!theirs.citations.some((c) => String(c.doc_id) === privateId), `another user's document is cited: ${JSON.stringify(theirs)}`);
+    assert(!JSON.stringify(theirs).includes('3333'), 'nothing of it reaches the answer');
+    const shared = await ask('How much was the Acme Plumbing invoice for the kitchen sink repair?');
+    assert(shared.citations.length > 0, `documents everyone may see are cited: ${JSON.stringify(shared)}`);
+  },
+
   async status_page_checks({ page, world }) {
     await signIn(page, world);
     await page.click('nav a[href="#status"]');

@@ -21,6 +21,9 @@ const SECRET: &str = "webhook-secret-0123456789";
 const API_KEY: &str = "ui-test-api-key-0123456789";
 /// The document whose first tagging fails (both the reply and its repair are not JSON).
 const BROKEN: &str = "BROKEN-SCAN";
+/// A Paperless user who may read documents, chatting with their own token.
+const READER_TOKEN: &str = "paperless-token-of-mia";
+const OTHER_TOKEN: &str = "paperless-token-of-leo";
 
 /// What the model suggests for each document, by a word of its text.
 fn suggestion(prompt: &str) -> Value {
@@ -57,7 +60,7 @@ async fn wait_until_idle(http: &reqwest::Client, url: &str) {
             .await
             .expect("jobs JSON");
         let waiting = page["jobs"].as_array().is_some_and(|j| !j.is_empty());
-        if !waiting && all["jobs"].as_array().map_or(0, Vec::len) >= 4 {
+        if !waiting && all["jobs"].as_array().map_or(0, Vec::len) >= 5 {
             return;
         }
         assert!(
@@ -118,6 +121,18 @@ async fn main() {
             ..Default::default()
         }));
     }
+    // Leo's own document: Mia, chatting with her token, must never see it.
+    let reader = ["view_document", "view_tag", "view_correspondent", "view_documenttype"];
+    paperless.add_user("mia", READER_TOKEN, &reader, &[]);
+    let leo = paperless.add_user("leo", OTHER_TOKEN, &reader, &[]);
+    let private = paperless.add_document(DocSeed {
+        title: "scan-0005".into(),
+        content: "Payslip for Leo from Contoso: net pay 3333.00 EUR for November 2025.".into(),
+        tags: vec![inbox],
+        owner: Some(leo),
+        ..Default::default()
+    });
+    ids.push(private);
 
     let model = FakeOpenAi::start(None).await;
     let broken_calls = Arc::new(AtomicUsize::new(0));
@@ -173,6 +188,8 @@ async fn main() {
             "paperless_token": TOKEN,
             "documents": ids,
             "broken_document": ids[3],
+            "reader_token": READER_TOKEN,
+            "private_document": private,
         })
     );
     let _ = std::io::stdout().flush();
