@@ -42,17 +42,45 @@ fn settings_from_env() -> Result<Settings> {
     Ok(settings)
 }
 
+/// How log lines are written (`LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines; colour only when stderr is a terminal.
+    Text,
+    /// One JSON object a line, with the job and document ids of the current spans.
+    Json,
+}
+
+/// Reads `LOG_FORMAT`: `text` (or unset) or `json`.
+pub fn log_format(value: Option<&str>) -> Result<LogFormat> {
+    match value.map(str::trim) {
+        None | Some("") | Some("text") => Ok(LogFormat::Text),
+        Some("json") => Ok(LogFormat::Json),
+        Some(other) => Err(anyhow!(
+            "configuration error: LOG_FORMAT: {other:?} is neither \"text\" nor \"json\""
+        )),
+    }
+}
+
 fn init_logging(default_level: &str) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
+    let format = match log_format(std::env::var("LOG_FORMAT").ok().as_deref()) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json") {
-        builder.json().init();
-    } else {
-        builder.init();
+    match format {
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+        // A log file or a pipe gets no colour codes.
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
     }
 }
 
@@ -107,8 +135,10 @@ pub async fn serve() -> Result<()> {
     );
     if app.svc.paperless.is_some() {
         match shared::pipeline::access::check(&app.svc).await {
-            Ok(report) => eprintln!("{}", report.summary()),
-            Err(e) => eprintln!("could not check the Paperless token: {e}"),
+            // Log lines (stderr, in LOG_FORMAT): stdout's first line stays the address.
+            Ok(report) if report.ok() => tracing::info!("{}", report.summary()),
+            Ok(report) => tracing::warn!("{} (see `pai check`)", report.summary()),
+            Err(e) => tracing::warn!(error = %e, "could not check the Paperless token"),
         }
     }
     println!(

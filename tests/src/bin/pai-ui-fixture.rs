@@ -122,7 +122,12 @@ async fn main() {
         }));
     }
     // Leo's own document: Mia, chatting with her token, must never see it.
-    let reader = ["view_document", "view_tag", "view_correspondent", "view_documenttype"];
+    let reader = [
+        "view_document",
+        "view_tag",
+        "view_correspondent",
+        "view_documenttype",
+    ];
     paperless.add_user("mia", READER_TOKEN, &reader, &[]);
     let leo = paperless.add_user("leo", OTHER_TOKEN, &reader, &[]);
     let private = paperless.add_document(DocSeed {
