@@ -78,7 +78,7 @@ async fn a_log_file_gets_no_colour_codes_and_job_lines_carry_their_ids() {
     );
     let tagged = log
         .lines()
-        .find(|l| l.contains("tagged"))
+        .find(|l| l.contains(": tagged outcome="))
         .unwrap_or_else(|| panic!("a line for the tagged document in {log}"));
     assert!(
         tagged.contains("job_id=") && tagged.contains("doc_id="),

@@ -280,6 +280,27 @@ async fn pai_retry_runs_a_failed_job_again() {
     let (mut server, url) = serve(&env);
     let failed = first_job(url.clone(), "failed").await;
     let job = failed["id"].as_str().unwrap().to_string();
+    let metrics = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("pai_documents_tagged_total{outcome=\"failed\"} 1"),
+        "a failed tagging is counted: {metrics}"
+    );
+    let durations: Vec<f64> = metrics
+        .lines()
+        .filter(|l| l.starts_with("pai_job_duration_seconds{quantile="))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    assert!(
+        !durations.is_empty() && durations.iter().any(|d| *d > 0.0),
+        "job durations are measured, not 0: {durations:?}"
+    );
     server.kill().unwrap();
     server.wait().unwrap();
 

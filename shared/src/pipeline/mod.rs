@@ -331,8 +331,7 @@ pub async fn update_job(
                         crate::domain::JobStatus::Done | crate::domain::JobStatus::Failed
                     )
                 {
-                    metrics::histogram!(crate::metrics::JOB_DURATION)
-                        .record((now() - job.created_at).max(0) as f64);
+                    metrics::histogram!(crate::metrics::JOB_DURATION).record(job_age_secs(&job));
                 }
                 return Ok(job);
             }
@@ -479,6 +478,20 @@ async fn uploaded(
     result
 }
 
+/// How long a job has existed, in seconds with milliseconds: from its UUIDv7 id (the time it
+/// was made), as `created_at` counts whole seconds and most jobs take less than one.
+fn job_age_secs(job: &Job) -> f64 {
+    let made_ms = uuid::Uuid::parse_str(&job.id)
+        .ok()
+        .and_then(|id| id.get_timestamp())
+        .map(|t| {
+            let (secs, nanos) = t.to_unix();
+            secs as i64 * 1000 + i64::from(nanos / 1_000_000)
+        })
+        .unwrap_or(job.created_at * 1000);
+    (chrono::Utc::now().timestamp_millis() - made_ms).max(0) as f64 / 1000.0
+}
+
 /// Counts a failed step and, when it will not be retried, records why on the job.
 /// `content_hash` is the text a failed tag stage worked on.
 async fn record_failure(
@@ -524,11 +537,36 @@ async fn record_failure(
                 None,
             )
             .await;
+            if stage == Stage::Tag {
+                metrics::counter!(crate::metrics::DOCUMENTS_TAGGED, "outcome" => "failed")
+                    .increment(1);
+            }
             // The document shows the failure in Paperless too (not for embedding: its tagging
             // may still succeed, and chat is what misses the document).
             if stage != Stage::Embed {
                 tag::mark_failed(svc, job_id, content_hash, &reason).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod job_age_tests {
+    use super::*;
+
+    #[test]
+    fn a_job_s_age_has_milliseconds_from_its_id() {
+        let id = uuid::Uuid::now_v7().to_string();
+        let job = Job::new(id, crate::domain::JobOrigin::Webhook, None, now());
+        let age = job_age_secs(&job);
+        assert!((0.0..5.0).contains(&age), "{age}");
+        // An id that is not a UUIDv7 falls back to the whole seconds of `created_at`.
+        let old = Job::new(
+            "job-1".into(),
+            crate::domain::JobOrigin::Webhook,
+            None,
+            now() - 90,
+        );
+        assert!((89.0..95.0).contains(&job_age_secs(&old)));
     }
 }
