@@ -63,6 +63,14 @@ async fn log_of_one_document(log_format: Option<&str>) -> String {
     while paperless.count_documents_with_tag("ai-processed") < 1 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The document shows its tags a moment before the worker logs that it tagged it.
+    let logged =
+        |log: &str| log.contains(": tagged outcome=") || log.contains("\"message\":\"tagged\"");
+    while !logged(&std::fs::read_to_string(&log_path).unwrap_or_default())
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let _ = child.kill();
     let _ = child.wait();
     std::fs::read_to_string(&log_path).unwrap()

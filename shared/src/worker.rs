@@ -40,10 +40,15 @@ pub async fn process(
         .await
         .unwrap_or_else(|panic| Err(PipelineError::Retry(format!("handler panicked: {panic}"))));
     let settlement = healing::settle(&outcome, delivery.receive_count);
-    if let Err(reason) = &outcome
-        && settlement != healing::Settlement::Delete
-    {
-        tracing::warn!(queue = queue.name(), message_id = %delivery.message_id, receives = delivery.receive_count, ?settlement, %reason, "will retry");
+    match (&outcome, settlement) {
+        (Err(_), healing::Settlement::Delete) | (Ok(()), _) => {}
+        // Waiting for a breaker or another job's lease is expected, not a failure.
+        (Err(reason), healing::Settlement::Defer(_)) => {
+            tracing::info!(queue = queue.name(), message_id = %delivery.message_id, ?settlement, %reason, "will retry");
+        }
+        (Err(reason), _) => {
+            tracing::warn!(queue = queue.name(), message_id = %delivery.message_id, receives = delivery.receive_count, ?settlement, %reason, "will retry");
+        }
     }
     if let Err(e) = healing::apply(queue, delivery, settlement).await {
         tracing::error!(queue = queue.name(), error = %e, "could not acknowledge a message");

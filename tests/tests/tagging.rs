@@ -629,3 +629,60 @@ async fn a_second_delivery_of_a_running_tag_message_waits() {
     );
     pai.shutdown().await;
 }
+
+/// With `RESTRICT_TO_EXISTING=tags` the tags are an enum in the reply's schema: the control
+/// tags are not among its values, and a reply naming one anyway is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_restricted_tag_enum_never_holds_a_control_tag() {
+    let pai = Pai::start(&[
+        ("EXCLUDE_TAGS", "private"),
+        ("TRIGGER_TAG", "ai-redo"),
+        ("RESTRICT_TO_EXISTING", "tags"),
+    ])
+    .await;
+    let id = seed(&pai.paperless);
+    for control in [
+        "private",
+        "ai-processed",
+        "ai-redo",
+        "ai-failed",
+        "ai-review",
+    ] {
+        pai.paperless.add_tag(control, "");
+    }
+    pai.model.set_default(|req| {
+        if req.get("response_format").is_some() {
+            json!({"title": "Invoice", "tags": ["Invoice", "private"], "correspondent": null,
+                   "document_type": null, "created": null})
+            .to_string()
+        } else {
+            scripted_model(req)
+        }
+    });
+    let job = tag_once(&pai, id).await;
+    let call = pai
+        .model
+        .chat_requests()
+        .into_iter()
+        .find(|r| r.get("response_format").is_some())
+        .unwrap();
+    let schema = call["response_format"].to_string();
+    assert!(
+        schema.contains("\"Invoice\""),
+        "the enum holds the taxonomy: {schema}"
+    );
+    for control in [
+        "private",
+        "ai-processed",
+        "ai-redo",
+        "ai-failed",
+        "ai-review",
+    ] {
+        assert!(!schema.contains(control), "{control} in the enum: {schema}");
+    }
+    assert!(
+        !tag_names(&pai, id).contains(&"private".to_string()),
+        "{job:#}"
+    );
+    pai.shutdown().await;
+}

@@ -928,7 +928,13 @@ async fn finish(
     outcome: &'static str,
     rejected: &[String],
 ) -> Result<(), PipelineError> {
-    if let Some((mut m, version)) = manifest {
+    // The manifest read before the model call may have moved on meanwhile (another job of the
+    // same document chunked it): the metadata is written over a fresh read, a few times.
+    let mut manifest = manifest;
+    for _ in 0..5 {
+        let Some((mut m, version)) = manifest.take() else {
+            break;
+        };
         let meta = match (&after, suggested) {
             (Some(doc), _) => super::chunk::paperless_meta(doc, &*svc.taxonomy().await?),
             (None, Some(s)) => DocMeta {
@@ -942,10 +948,17 @@ async fn finish(
             },
             (None, None) => m.meta.clone(),
         };
-        if meta != m.meta {
-            m.meta = meta;
-            super::index::save_manifest(svc, &m, Condition::Version(version)).await?;
-            super::index::refresh_vector_metadata(svc, &m).await?;
+        if meta == m.meta {
+            break;
+        }
+        m.meta = meta;
+        match super::index::save_manifest(svc, &m, Condition::Version(version)).await {
+            Ok(_) => {
+                super::index::refresh_vector_metadata(svc, &m).await?;
+                break;
+            }
+            Err(PipelineError::Retry(_)) => manifest = load_manifest(svc, &task.doc_id).await?,
+            Err(e) => return Err(e),
         }
     }
     svc.state
