@@ -24,6 +24,11 @@ fn pai(args: &[&str], env: &[(&str, String)]) -> Command {
     c
 }
 
+/// `GET url` as JSON.
+async fn get_json(http: &reqwest::Client, url: &str) -> Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 fn serve(env: &[(&str, String)]) -> (std::process::Child, String) {
     pai_tests::spawn_pai_serve(PAI, env)
 }
@@ -259,14 +264,7 @@ async fn pai_retry_runs_a_failed_job_again() {
         async move {
             let started = Instant::now();
             loop {
-                let page: Value = http
-                    .get(format!("{url}/jobs?status={status}"))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let page: Value = get_json(&http, &format!("{url}/jobs?status={status}")).await;
                 if let Some(job) = page["jobs"].get(0) {
                     return job.clone();
                 }
@@ -329,14 +327,7 @@ async fn pai_retry_runs_a_failed_job_again() {
     let (mut server, url) = serve(&env);
     let started = Instant::now();
     loop {
-        let j: Value = http
-            .get(format!("{url}/jobs/{job}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let j: Value = get_json(&http, &format!("{url}/jobs/{job}")).await;
         if j["status"] == "done" {
             assert_eq!(j["attempt"], 1, "{j}");
             break;
@@ -446,14 +437,7 @@ async fn pai_retag_prints_its_cost_first_then_queues_the_selection() {
     let http = reqwest::Client::new();
     let started = Instant::now();
     loop {
-        let page: Value = http
-            .get(format!("{url}/jobs?status=waiting"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page: Value = get_json(&http, &format!("{url}/jobs?status=waiting")).await;
         if tag_calls() >= 5 && page["jobs"].as_array().is_some_and(|j| j.is_empty()) {
             break;
         }

@@ -155,20 +155,11 @@ pub const AUTOMATIC_RUNS: u32 = 3;
 /// `AUTOMATIC_RUNS` times each). Returns their ids.
 pub async fn retry_transient_failures(svc: &Services) -> Result<Vec<String>, PipelineError> {
     // One pass over what is recorded now; a job failing again meanwhile waits for the next run.
-    let mut pending = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = svc
-            .state
-            .list(TRANSIENT_PREFIX, after.as_deref(), 500)
-            .await?;
-        let done = page.len() < 500;
-        after = page.last().map(|(k, _)| k.clone());
-        pending.extend(page.into_iter().map(|(k, _)| k));
-        if done {
-            break;
-        }
-    }
+    let pending: Vec<String> = super::list_all(svc.state.as_ref(), TRANSIENT_PREFIX)
+        .await?
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
     let mut retried = Vec::new();
     for key in pending {
         let job_id = key.trim_start_matches(TRANSIENT_PREFIX);

@@ -478,6 +478,25 @@ async fn uploaded(
     result
 }
 
+/// Every record under `prefix`, in key order, read page by page.
+pub(crate) async fn list_all(
+    state: &dyn StateStore,
+    prefix: &str,
+) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
+    const PAGE: usize = 500;
+    let mut all = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = state.list(prefix, after.as_deref(), PAGE).await?;
+        let done = page.len() < PAGE;
+        after = page.last().map(|(k, _)| k.clone());
+        all.extend(page);
+        if done {
+            return Ok(all);
+        }
+    }
+}
+
 /// How long a job has existed, in seconds with milliseconds: from its UUIDv7 id (the time it
 /// was made), as `created_at` counts whole seconds and most jobs take less than one.
 fn job_age_secs(job: &Job) -> f64 {

@@ -1344,20 +1344,7 @@ pub async fn mark_failed(svc: &Services, job_id: &str, content_hash: Option<&str
 /// Sync's part: writes the failed tags that could not be written when their jobs failed.
 /// A job that is no longer failed (it ran again) needs none. Returns how many were written.
 pub async fn write_pending_failed_marks(svc: &Services) -> Result<usize, PipelineError> {
-    let mut waiting = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = svc
-            .state
-            .list(FAILED_MARK_PREFIX, after.as_deref(), 500)
-            .await?;
-        let done = page.len() < 500;
-        after = page.last().map(|(k, _)| k.clone());
-        waiting.extend(page);
-        if done {
-            break;
-        }
-    }
+    let waiting = super::list_all(svc.state.as_ref(), FAILED_MARK_PREFIX).await?;
     let mut written = 0;
     for (key, pending) in waiting {
         let job_id = key.trim_start_matches(FAILED_MARK_PREFIX);
