@@ -193,6 +193,10 @@ impl Embedder for GuardedEmbedder {
     async fn embed(&self, texts: &[String]) -> Result<(Vec<Vec<f32>>, Usage), ModelError> {
         self.guard.run(self.inner.embed(texts)).await
     }
+
+    async fn embed_query(&self, text: &str) -> Result<(Vec<f32>, Usage), ModelError> {
+        self.guard.run(self.inner.embed_query(text)).await
+    }
 }
 
 #[cfg(test)]
