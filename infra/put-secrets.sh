@@ -2,7 +2,8 @@
 # Writes the secrets of paperless-ai-serverless to SSM Parameter Store as SecureStrings, under
 # SECRETS_PREFIX (default /paperless-ai/, the template's SecretsPrefix parameter). Only the
 # variables that are set in the environment are written; the others are left alone (a function
-# skips a parameter that does not exist). Values are never printed.
+# skips a parameter that does not exist). API_KEYS must be set or exist already: the ingest and
+# chat functions refuse to start without it. Values are never printed.
 #
 #   PAPERLESS_TOKEN=… WEBHOOK_SECRET=$(openssl rand -hex 24) API_KEYS=$(openssl rand -hex 24) \
 #     infra/put-secrets.sh
@@ -32,6 +33,15 @@ names=(PAPERLESS_TOKEN WEBHOOK_SECRET API_KEYS LLM_API_KEY EMBEDDING_API_KEY)
 key_args=()
 if [[ -n "${SECRETS_KMS_KEY_ID:-}" ]]; then
   key_args=(--key-id "$SECRETS_KMS_KEY_ID")
+fi
+
+# Fail closed: the ingest and chat functions refuse to start without API_KEYS, so a first run
+# without it (nothing in SSM yet) is an error here rather than a stack that will not start.
+if [[ -z "${API_KEYS:-}" ]] && ! aws ssm get-parameter --name "${prefix}API_KEYS" \
+    --query Parameter.Name --output text --no-cli-pager >/dev/null 2>&1; then
+  echo "API_KEYS is not set and ${prefix}API_KEYS does not exist yet: the ingest and chat" >&2
+  echo "functions refuse to start without it. Set API_KEYS=\$(openssl rand -hex 24) and run again." >&2
+  exit 2
 fi
 
 written=0

@@ -13,3 +13,5 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 echo "== cargo test"
 cargo test --workspace --all-targets --all-features
+echo "== web UI in headless chromium"
+scripts/ui-test.sh

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
 use include_dir::{Dir, include_dir};
-use shared::config::Settings;
+use shared::config::{Settings, Source};
 use shared::embedded::{LocalApp, ingest_bytes, wait_for_jobs};
 use shared::http::{ApiState, router};
 use shared::pipeline::chat::{ChatFilters, ChatRequest, ask as chat};
@@ -27,8 +27,19 @@ pub const DEMO_QUESTIONS: [&str; 2] = [
     "Wie viel Kaution leistet der Mieter laut Mietvertrag?",
 ];
 
+/// The variables `main` took from `.env` (set once, before any command runs).
+static DOTENV_NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+pub fn set_dotenv_names(names: Vec<String>) {
+    let _ = DOTENV_NAMES.set(names);
+}
+
 fn settings_from_env() -> Result<Settings> {
-    Settings::from_env().map_err(|e| anyhow!("configuration error: {e}"))
+    let mut settings = Settings::from_env().map_err(|e| anyhow!("configuration error: {e}"))?;
+    if let Some(names) = DOTENV_NAMES.get() {
+        settings.mark_sources(names.iter().map(String::as_str), Source::DotEnv);
+    }
+    Ok(settings)
 }
 
 fn init_logging(default_level: &str) {
@@ -93,6 +104,12 @@ pub async fn serve() -> Result<()> {
         public_url.unwrap_or_else(|| format!("http://{local}")),
         Some(Arc::new(move || metrics.render())),
     );
+    if app.svc.paperless.is_some() {
+        match shared::pipeline::access::check(&app.svc).await {
+            Ok(report) => eprintln!("{}", report.summary()),
+            Err(e) => eprintln!("could not check the Paperless token: {e}"),
+        }
+    }
     println!(
         "pai listening on http://{local} (data in {}, model {}, embeddings {})",
         app.svc.settings.data_dir.display(),
@@ -363,6 +380,44 @@ pub async fn undo(document: String) -> Result<()> {
     Ok(())
 }
 
+/// `pai retry`: the jobs are queued again here; `pai serve` (or its running workers, which
+/// share the data folder) processes them.
+pub async fn retry(jobs: Vec<String>, all: bool) -> Result<()> {
+    use shared::pipeline::healing;
+    init_logging("warn");
+    let app = LocalApp::build(settings_from_env()?)?;
+    let retried = if all {
+        healing::retry_failed(&app.svc).await?
+    } else {
+        let mut retried = Vec::new();
+        let mut refused = Vec::new();
+        for id in &jobs {
+            match healing::retry_job(&app.svc, id).await {
+                Ok(_) => retried.push(id.clone()),
+                Err(healing::RetryError::Pipeline(e)) => return Err(e.into()),
+                Err(e) => refused.push(e.to_string()),
+            }
+        }
+        if !refused.is_empty() {
+            for r in &refused {
+                eprintln!("{r}");
+            }
+            if retried.is_empty() {
+                return Err(anyhow!("no job was queued again"));
+            }
+        }
+        retried
+    };
+    println!("queued {} failed jobs again", retried.len());
+    for id in &retried {
+        println!("  {id}");
+    }
+    if !retried.is_empty() {
+        println!("they are processed by `pai serve`; follow them with `pai jobs`");
+    }
+    Ok(())
+}
+
 pub async fn sync() -> Result<()> {
     init_logging("warn");
     let app = LocalApp::build(settings_from_env()?)?;
@@ -375,6 +430,87 @@ pub async fn sync() -> Result<()> {
     );
     if report.queued > 0 {
         println!("the documents are processed by `pai serve` (or the next `pai ingest`)");
+    }
+    Ok(())
+}
+
+pub async fn retag(
+    ids: Vec<u64>,
+    tag: Option<String>,
+    since: Option<String>,
+    all: bool,
+    dry_run: bool,
+) -> Result<()> {
+    use shared::pipeline::tag::{RetagSelection, plan_retag};
+    init_logging("warn");
+    let chosen = [!ids.is_empty(), tag.is_some(), since.is_some(), all]
+        .iter()
+        .filter(|c| **c)
+        .count();
+    if chosen != 1 {
+        bail!("name the documents: IDs, --tag NAME, --since YYYY-MM-DD or --all (one of them)");
+    }
+    let selection = if let Some(t) = tag {
+        RetagSelection::Tag(t)
+    } else if let Some(d) = since {
+        RetagSelection::Since(shared::text::calendar_date(&d).map_err(|e| anyhow!("--since: {e}"))?)
+    } else if all {
+        RetagSelection::All
+    } else {
+        RetagSelection::Ids(ids)
+    };
+    let app = LocalApp::build(settings_from_env()?)?;
+    let plan = plan_retag(&app.svc, &selection).await?;
+    let n = plan.documents.len();
+    println!(
+        "{n} documents to re-tag, about {} model tokens ({} per document){}",
+        plan.estimated_tokens,
+        plan.estimated_tokens / (n.max(1) as u64),
+        if plan.excluded.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {} skipped by INCLUDE_TAGS/EXCLUDE_TAGS",
+                plan.excluded.len()
+            )
+        }
+    );
+    if dry_run || n == 0 {
+        return Ok(());
+    }
+    for id in &plan.documents {
+        shared::pipeline::tag::retag(&app.svc, &shared::domain::DocId::Paperless(*id)).await?;
+    }
+    println!("queued {n} documents: `pai serve` processes them");
+    Ok(())
+}
+
+pub async fn check() -> Result<()> {
+    init_logging("warn");
+    let app = LocalApp::build(settings_from_env()?)?;
+    let report = shared::pipeline::access::check(&app.svc).await?;
+    println!("{}", report.summary());
+    for line in &report.lines {
+        println!(
+            "  {} {:<22} {}{}",
+            if line.granted { "ok     " } else { "MISSING" },
+            line.permission,
+            line.needed_for,
+            if line.required && !line.granted {
+                " (required)"
+            } else {
+                ""
+            }
+        );
+    }
+    if !report.user.is_superuser {
+        println!(
+            "  note: documents owned by other users and not shared with {:?} answer 404 to this token and are not tagged",
+            report.user.username
+        );
+    }
+    if !report.ok() {
+        bail!("the token lacks permissions the policy requires");
     }
     Ok(())
 }

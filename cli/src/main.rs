@@ -77,6 +77,34 @@ enum Command {
     },
     /// Restore what the applied suggestion replaced in Paperless.
     Undo { document: String },
+    /// Run failed (or dead-lettered) jobs again: the given ones, or with --all every one.
+    Retry {
+        /// Job ids, as `pai jobs` and `GET /jobs/{id}` show them.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        jobs: Vec<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Tag Paperless documents again, whatever the loop guard says; prints how many documents
+    /// and an estimate of the model tokens first. Queued for `pai serve`.
+    Retag {
+        /// Paperless document ids.
+        ids: Vec<u64>,
+        /// Every document carrying this tag.
+        #[arg(long)]
+        tag: Option<String>,
+        /// Every document modified on or after this day (YYYY-MM-DD).
+        #[arg(long)]
+        since: Option<String>,
+        /// Every document.
+        #[arg(long)]
+        all: bool,
+        /// Only print the count and the estimate.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Tell what the Paperless token may and may not do for the configured policy.
+    Check,
     /// List the most recent jobs in DATA_DIR.
     Jobs {
         #[arg(long, default_value_t = 20)]
@@ -86,8 +114,18 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // A `.env` beside the working directory fills in what the environment does not set.
+    // A `.env` beside the working directory fills in what the environment does not set; the
+    // names it filled are remembered so the status page can say where each value came from.
+    let from_dotenv: Vec<String> = dotenvy::dotenv_iter()
+        .map(|vars| {
+            vars.filter_map(Result::ok)
+                .map(|(name, _)| name)
+                .filter(|name| std::env::var_os(name).is_none())
+                .collect()
+        })
+        .unwrap_or_default();
     let _ = dotenvy::dotenv();
+    commands::set_dotenv_names(from_dotenv);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -119,6 +157,7 @@ fn main() -> ExitCode {
             }
             Command::Jobs { limit } => commands::jobs(limit).await,
             Command::Sync => commands::sync().await,
+            Command::Retry { jobs, all } => commands::retry(jobs, all).await,
             Command::Suggestions { document } => commands::suggestions(document).await,
             Command::Approve {
                 document,
@@ -134,10 +173,19 @@ fn main() -> ExitCode {
                     correspondent,
                     document_type,
                     created,
+                    skip: Default::default(),
                 };
                 commands::approve(document, edits).await
             }
             Command::Undo { document } => commands::undo(document).await,
+            Command::Retag {
+                ids,
+                tag,
+                since,
+                all,
+                dry_run,
+            } => commands::retag(ids, tag, since, all, dry_run).await,
+            Command::Check => commands::check().await,
         }
     });
     match result {

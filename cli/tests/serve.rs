@@ -218,3 +218,119 @@ fn ingest_then_ask_from_the_data_folder() {
     let out = pai(&["jobs"], &env).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("done"));
 }
+
+/// `pai retry` queues a failed job again from the data folder (the server may be stopped);
+/// `pai serve` then runs it to the end. Unknown jobs are refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pai_retry_runs_a_failed_job_again() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let paperless = FakePaperless::start(TOKEN).await;
+    let model = FakeOpenAi::start(None).await;
+    let broken = Arc::new(AtomicBool::new(true));
+    let b = broken.clone();
+    model.set_default(move |req| {
+        if req.get("response_format").is_none() {
+            "ok [1]".into()
+        } else if b.load(Ordering::SeqCst) {
+            "not json at all".into()
+        } else {
+            json!({"title": "Fence letter", "tags": ["Mail"], "correspondent": null, "document_type": null, "created": null}).to_string()
+        }
+    });
+    paperless.add_document(DocSeed {
+        title: "scan".into(),
+        content: "A letter about the garden fence.".into(),
+        ..Default::default()
+    });
+    let data = tempfile::tempdir().unwrap();
+    let mut env = pai_tests::serve_env(data.path(), &paperless, TOKEN, SECRET, &model);
+    env.extend([
+        ("EMBEDDING_MODEL", "e".to_string()),
+        ("EMBEDDING_DIMENSIONS", "32".to_string()),
+    ]);
+    let http = reqwest::Client::new();
+    // The first job listed under `status`, once there is one.
+    let first_job = |url: String, status: &'static str| {
+        let http = http.clone();
+        async move {
+            let started = Instant::now();
+            loop {
+                let page: Value = http
+                    .get(format!("{url}/jobs?status={status}"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                if let Some(job) = page["jobs"].get(0) {
+                    return job.clone();
+                }
+                assert!(started.elapsed() < Duration::from_secs(60), "{page}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+
+    // The start-up sync finds the document; the model's replies fail it for good.
+    let (mut server, url) = serve(&env);
+    let failed = first_job(url.clone(), "failed").await;
+    let job = failed["id"].as_str().unwrap().to_string();
+    server.kill().unwrap();
+    server.wait().unwrap();
+
+    broken.store(false, Ordering::SeqCst);
+    let out = pai(&["retry", &job], &env).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("queued 1 failed jobs again") && stdout.contains(&job),
+        "{stdout}"
+    );
+    let out = pai(&["retry", "no-such-job"], &env).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no job no-such-job"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The restart's sync may queue the document too (the failed tag changed it): either
+    // way the retried job finishes and the document ends tagged, not failed.
+    let (mut server, url) = serve(&env);
+    let started = Instant::now();
+    loop {
+        let j: Value = http
+            .get(format!("{url}/jobs/{job}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if j["status"] == "done" {
+            assert_eq!(j["attempt"], 1, "{j}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{j}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    while paperless.count_documents_with_tag("ai-processed") == 0 {
+        assert!(started.elapsed() < Duration::from_secs(60), "never tagged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(paperless.count_documents_with_tag("ai-failed"), 0);
+    let out = pai(&["retry", "--all"], &env).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("queued 0 failed jobs again"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    server.kill().unwrap();
+    server.wait().unwrap();
+}

@@ -131,6 +131,22 @@ impl TaggingPolicy {
     }
 }
 
+/// Where a variable's value came from, shown by the status page (a value no source set is the
+/// default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Source {
+    #[serde(rename = "environment")]
+    Environment,
+    /// `pai`'s `.env` file (which never overrides the environment).
+    #[serde(rename = ".env")]
+    DotEnv,
+    /// A Lambda's secrets from SSM Parameter Store.
+    #[serde(rename = "ssm")]
+    Ssm,
+    #[serde(rename = "default")]
+    Default,
+}
+
 /// Every setting, parsed.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -166,6 +182,46 @@ pub struct Settings {
     pub llm_daily_tokens: u64,
     /// Concurrency, rate and circuit breaker of model calls (per process, per role).
     pub model_limits: crate::resilience::Limits,
+    /// Tag marking documents whose suggestion waits for review (review mode); removed on approve.
+    pub review_tag: String,
+    /// Browser-facing Paperless base URL for links (citations, jobs); `PAPERLESS_URL` when unset.
+    pub paperless_public_url: Option<String>,
+    /// The user's time zone (`TZ`): "today" for the created-date plausibility and the daily budget.
+    pub time_zone: jiff::tz::TimeZone,
+    /// The variables that had a value, and where it came from (the rest are defaults).
+    pub sources: BTreeMap<String, Source>,
+    /// Where the web UI sends chat requests when it is not this server (on AWS: the chat
+    /// function URL, from the ingest function's `CHAT_URL`); `None`: the same origin.
+    pub chat_url: Option<String>,
+    /// Which credentials this process was required to have: a process without the model's
+    /// key (the ingest Lambda) cannot check the model, only report that others use it.
+    pub required: Required,
+    /// Whether the API may answer without API keys, and why.
+    pub keyless: Keyless,
+}
+
+/// When an API without configured keys may still answer (authorisation fails closed otherwise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keyless {
+    /// Never: a process that needs keys and has none does not start; if one is built anyway,
+    /// every keyed route answers 401.
+    Refused,
+    /// `pai serve` on a loopback address: only this machine can reach it.
+    Loopback,
+    /// The chat function URL with `API_AUTH=iam`: AWS checks a SigV4 signature before the
+    /// function runs.
+    Iam,
+}
+
+/// Whether a process must have `API_KEYS` to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiKeysRule {
+    /// `pai`: keys are needed only off loopback (`check_serve`); functions that serve no API.
+    NotNeeded,
+    /// The ingest function: its routes are reachable by anyone who finds the URL.
+    Required,
+    /// The chat function: required unless `API_AUTH=iam` puts IAM auth on its function URL.
+    RequiredUnlessIam,
 }
 
 /// Which credentials must be present: those of the services this process calls.
@@ -177,6 +233,7 @@ pub struct Required {
     pub llm_key: bool,
     /// An `openai` embedder needs a key or a base URL.
     pub embedding_key: bool,
+    pub api_keys: ApiKeysRule,
 }
 
 impl Required {
@@ -186,6 +243,7 @@ impl Required {
         webhook_secret: true,
         llm_key: true,
         embedding_key: true,
+        api_keys: ApiKeysRule::NotNeeded,
     };
 }
 
@@ -251,6 +309,61 @@ fn url(env: Lookup, var: &'static str) -> Result<Option<String>, ConfigError> {
     Ok(Some(raw.trim_end_matches('/').to_string()))
 }
 
+/// `TZ`: an IANA name (`Europe/Berlin`), a POSIX rule (`CET-1CEST,M3.5.0,M10.5.0/3`), or
+/// UTC when unset. A leading `:` is allowed (Lambda sets `TZ=:UTC`).
+fn time_zone(env: Lookup) -> Result<jiff::tz::TimeZone, ConfigError> {
+    let Some(raw) = get(env, "TZ") else {
+        return Ok(jiff::tz::TimeZone::UTC);
+    };
+    let name = raw.trim_start_matches(':');
+    if name.eq_ignore_ascii_case("utc") || name.eq_ignore_ascii_case("etc/utc") {
+        return Ok(jiff::tz::TimeZone::UTC);
+    }
+    jiff::tz::TimeZone::get(name)
+        .or_else(|_| jiff::tz::TimeZone::posix(name))
+        .or_else(|_| {
+            bad(
+                "TZ",
+                format!("{raw:?} is not a time zone (use an IANA name such as Europe/Berlin)"),
+            )
+        })
+}
+
+/// Fails closed: a function whose API is reachable from anywhere does not start without keys.
+/// `API_AUTH` is read only where IAM auth is an option (the chat function URL).
+fn keyless(env: Lookup, rule: ApiKeysRule, no_keys: bool) -> Result<Keyless, ConfigError> {
+    const HOW: &str = "store the keys as the SSM parameter SECRETS_PREFIX + API_KEYS (infra/put-secrets.sh) and check SecretsPrefix";
+    match rule {
+        ApiKeysRule::NotNeeded => Ok(Keyless::Loopback),
+        ApiKeysRule::Required if no_keys => bad(
+            "API_KEYS",
+            format!(
+                "required: without API keys anyone who finds the URL could read and change the archive; {HOW}"
+            ),
+        ),
+        ApiKeysRule::RequiredUnlessIam => {
+            let iam = match get(env, "API_AUTH").as_deref() {
+                None | Some("api_keys") => false,
+                Some("iam") => true,
+                Some(other) => return bad("API_AUTH", format!("{other:?} is not api_keys or iam")),
+            };
+            if iam {
+                Ok(Keyless::Iam)
+            } else if no_keys {
+                bad(
+                    "API_KEYS",
+                    format!(
+                        "required: without API keys anyone who finds the chat URL could ask about every document; {HOW}, or deploy with ChatAuth=AWS_IAM"
+                    ),
+                )
+            } else {
+                Ok(Keyless::Refused)
+            }
+        }
+        ApiKeysRule::Required => Ok(Keyless::Refused),
+    }
+}
+
 impl Settings {
     /// Reads the process environment.
     pub fn from_env() -> Result<Settings, ConfigError> {
@@ -270,6 +383,37 @@ impl Settings {
     /// is set: each Lambda gets only its own secrets (chat links to documents, it never calls
     /// Paperless; only ingest receives webhooks).
     pub fn from_lookup_requiring(env: Lookup, required: Required) -> Result<Settings, ConfigError> {
+        // Every variable read that had a value came from the environment, unless the caller
+        // says otherwise (`mark_sources`).
+        let seen = std::cell::RefCell::new(BTreeMap::new());
+        let recording = |k: &str| {
+            let v = env(k);
+            if v.as_deref().is_some_and(|v| !v.trim().is_empty()) {
+                seen.borrow_mut().insert(k.to_string(), Source::Environment);
+            }
+            v
+        };
+        let mut settings = Self::parse(&recording, required)?;
+        settings.sources = seen.into_inner();
+        settings.required = required;
+        Ok(settings)
+    }
+
+    /// Records that `names` (those that had a value) came from `source`.
+    pub fn mark_sources<'a>(&mut self, names: impl IntoIterator<Item = &'a str>, source: Source) {
+        for name in names {
+            if let Some(s) = self.sources.get_mut(name) {
+                *s = source;
+            }
+        }
+    }
+
+    /// Where `name`'s value came from.
+    pub fn source(&self, name: &str) -> Source {
+        self.sources.get(name).copied().unwrap_or(Source::Default)
+    }
+
+    fn parse(env: Lookup, required: Required) -> Result<Settings, ConfigError> {
         let paperless_url = url(env, "PAPERLESS_URL")?;
         let paperless_token = get(env, "PAPERLESS_TOKEN").map(Secret::new);
         let webhook_secret = get(env, "WEBHOOK_SECRET").map(Secret::new);
@@ -297,6 +441,7 @@ impl Settings {
                 ),
             );
         }
+        let keyless = keyless(env, required.api_keys, api_keys.is_empty())?;
 
         let llm_provider = get(env, "LLM_PROVIDER")
             .map(|p| Provider::parse("LLM_PROVIDER", &p))
@@ -443,9 +588,13 @@ impl Settings {
             );
         }
         let bind = get(env, "BIND").unwrap_or_else(|| "127.0.0.1".into());
-        if bind.parse::<std::net::IpAddr>().is_err() {
+        let Ok(bind_ip) = bind.parse::<std::net::IpAddr>() else {
             return bad("BIND", format!("{bind:?} is not an IP address"));
-        }
+        };
+        let keyless = match keyless {
+            Keyless::Loopback if !bind_ip.is_loopback() => Keyless::Refused,
+            k => k,
+        };
         let paperless_owner = get(env, "PAPERLESS_OWNER_ID")
             .map(|_| number(env, "PAPERLESS_OWNER_ID", 0u64, 1..=u64::MAX / 2))
             .transpose()?;
@@ -470,7 +619,7 @@ impl Settings {
                 25 * 1024 * 1024,
                 1..=1024 * 1024 * 1024,
             )?,
-            max_receives: number(env, "MAX_RECEIVES", 5, 1..=1000)?,
+            max_receives: number(env, "MAX_RECEIVES", 8, 1..=1000)?,
             workers: number(env, "WORKERS", 4, 1..=256)?,
             cache_ttl_secs: number(env, "CACHE_TTL_DAYS", 30i64, 1..=3650)? * 86_400,
             chat_requests_per_minute: number(env, "CHAT_REQUESTS_PER_MINUTE", 30, 1..=1_000_000)?,
@@ -478,8 +627,11 @@ impl Settings {
             sync_interval_minutes: number(env, "SYNC_INTERVAL_MINUTES", 15, 0..=10_080)?,
             ollama_num_ctx: number(env, "OLLAMA_NUM_CTX", 8192, 512..=1_048_576)?,
             llm_daily_tokens: number(env, "LLM_DAILY_TOKENS", 0, 0..=u64::MAX / 2)?,
+            review_tag: get(env, "REVIEW_TAG").unwrap_or_else(|| "ai-review".into()),
+            paperless_public_url: url(env, "PAPERLESS_PUBLIC_URL")?,
+            time_zone: time_zone(env)?,
             model_limits: crate::resilience::Limits {
-                max_concurrency: number(env, "LLM_MAX_CONCURRENCY", 4, 1..=1024)?,
+                max_concurrency: number(env, "LLM_MAX_CONCURRENCY", 64, 1..=1024)?,
                 requests_per_minute: number(env, "LLM_REQUESTS_PER_MINUTE", 0, 0..=1_000_000)?,
                 breaker_failures: number(env, "LLM_BREAKER_FAILURES", 5, 1..=1000)?,
                 breaker_cooldown: std::time::Duration::from_secs(number(
@@ -489,7 +641,24 @@ impl Settings {
                     1..=3600,
                 )?),
             },
+            sources: BTreeMap::new(),
+            chat_url: None,
+            required,
+            keyless,
         })
+    }
+
+    /// Today's date in the configured time zone.
+    pub fn today(&self) -> chrono::NaiveDate {
+        let date = jiff::Timestamp::now()
+            .to_zoned(self.time_zone.clone())
+            .date();
+        chrono::NaiveDate::from_ymd_opt(
+            i32::from(date.year()),
+            u32::from(date.month().unsigned_abs()),
+            u32::from(date.day().unsigned_abs()),
+        )
+        .expect("jiff dates are valid calendar dates")
     }
 
     /// `pai serve` refuses a non-loopback address without API keys.
@@ -563,6 +732,11 @@ mod tests {
             ),
             (&[("LLM_PROVIDER", "openai")], "LLM_BASE_URL"),
             (&[("BIND", "everywhere")], "BIND"),
+            (&[("TZ", "Mars/Olympus_Mons")], "TZ"),
+            (
+                &[("PAPERLESS_PUBLIC_URL", "paperless.lan")],
+                "PAPERLESS_PUBLIC_URL",
+            ),
         ];
         for (pairs, var) in cases {
             let e = parse(pairs).unwrap_err();
@@ -589,6 +763,70 @@ mod tests {
                 .check_serve()
                 .is_err()
         );
+    }
+
+    #[test]
+    fn today_is_the_configured_time_zones_day() {
+        // UTC+14 and UTC-12 are always on different calendar days.
+        let kiritimati = parse(&[("TZ", "Pacific/Kiritimati")]).unwrap().today();
+        let baker = parse(&[("TZ", "Etc/GMT+12")]).unwrap().today();
+        let gap = (kiritimati - baker).num_days();
+        assert!((1..=2).contains(&gap), "{kiritimati} {baker}");
+        assert_eq!(
+            parse(&[("TZ", ":UTC")]).unwrap().today(),
+            chrono::Utc::now().date_naive()
+        );
+    }
+
+    #[test]
+    fn an_api_reachable_from_anywhere_needs_keys() {
+        let lookup = |pairs: &'static [(&str, &str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let with = |rule, pairs: &'static [(&str, &str)]| {
+            let required = Required {
+                api_keys: rule,
+                ..Required::ALL
+            };
+            Settings::from_lookup_requiring(&lookup(pairs), required)
+        };
+        let e = with(ApiKeysRule::Required, &[]).unwrap_err();
+        assert_eq!(e.var, "API_KEYS", "{e}");
+        // IAM auth is an option for chat only; the ingest function ignores API_AUTH.
+        let e = with(ApiKeysRule::Required, &[("API_AUTH", "iam")]).unwrap_err();
+        assert_eq!(e.var, "API_KEYS", "{e}");
+        let e = with(ApiKeysRule::RequiredUnlessIam, &[]).unwrap_err();
+        assert_eq!(e.var, "API_KEYS", "{e}");
+        let s = with(ApiKeysRule::RequiredUnlessIam, &[("API_AUTH", "iam")]).unwrap();
+        assert_eq!(s.keyless, Keyless::Iam);
+        let s = with(
+            ApiKeysRule::Required,
+            &[("API_KEYS", "a-very-long-api-key-1")],
+        )
+        .unwrap();
+        assert_eq!(s.keyless, Keyless::Refused);
+        // `pai`: loopback may run open; any other address may not, even if built anyway.
+        assert_eq!(parse(&[]).unwrap().keyless, Keyless::Loopback);
+        assert_eq!(
+            parse(&[("BIND", "0.0.0.0")]).unwrap().keyless,
+            Keyless::Refused
+        );
+    }
+
+    #[test]
+    fn each_value_knows_its_source() {
+        let mut s = parse(&[("PORT", "9000"), ("LLM_MODEL", "m"), ("REVIEW_MODE", " ")]).unwrap();
+        s.mark_sources(["LLM_MODEL", "TAG_FIELDS"], Source::DotEnv);
+        assert_eq!(s.source("PORT"), Source::Environment);
+        assert_eq!(s.source("LLM_MODEL"), Source::DotEnv);
+        // Blank is unset; a name marked but never set stays a default.
+        assert_eq!(s.source("REVIEW_MODE"), Source::Default);
+        assert_eq!(s.source("TAG_FIELDS"), Source::Default);
     }
 
     #[test]

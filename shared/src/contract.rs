@@ -144,6 +144,27 @@ pub async fn state_store<S: StateStore>(store: S) {
         rest.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>(),
         [json!(3), json!(4)]
     );
+    // Newest first, paged by the last key seen; other prefixes never leak in.
+    let newest = store.list_newest("list/", None, 2).await.unwrap();
+    assert_eq!(
+        newest.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+        ["list/4", "list/3"]
+    );
+    let older = store
+        .list_newest("list/", Some("list/3"), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        older.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+        ["list/2", "list/1", "list/0"]
+    );
+    assert!(
+        store
+            .list_newest("list/", Some("list/0"), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     store.delete("job/1").await.unwrap();
     assert!(store.get("job/1").await.unwrap().is_none());
@@ -186,6 +207,94 @@ pub async fn concurrent_updates<S: StateStore + 'static>(store: std::sync::Arc<S
     assert_eq!(
         store.get("race").await.unwrap().unwrap().value,
         json!({"n": 80})
+    );
+}
+
+/// Manifests of any size round-trip through the store: a 3,000-chunk document (with the
+/// 3,000 chunks of its previous version, ~600 KB, beyond one DynamoDB item) is stored in
+/// pages; replacing it with a smaller version leaves neither the old pages nor lost chunks.
+pub async fn manifests_of_any_size<S: StateStore>(store: S) {
+    use crate::domain::{ChunkRef, DocId, DocMeta, Manifest};
+    use crate::pipeline::index::{load_manifest_in, save_manifest_in};
+    let chunk = |version: &str, i: usize| ChunkRef {
+        start: i * 100,
+        end: i * 100 + 120,
+        hash: crate::text::sha256_hex(format!("{version}-{i}").as_bytes()),
+    };
+    let doc_id = DocId::Paperless(77);
+    let big = Manifest {
+        doc_id: doc_id.clone(),
+        job_id: "j2".into(),
+        content_hash: "h2".into(),
+        chunks: (0..3000).map(|i| chunk("v2", i)).collect(),
+        previous: (0..3000).map(|i| chunk("v1", i)).collect(),
+        meta: DocMeta {
+            title: "A very long report".into(),
+            tags: vec!["report".into()],
+            ..DocMeta::default()
+        },
+    };
+    let v1 = save_manifest_in(&store, &big, Condition::Absent)
+        .await
+        .expect("a 3,000-chunk manifest is stored");
+    let (read, version) = load_manifest_in(&store, &doc_id).await.unwrap().unwrap();
+    assert_eq!(version, v1);
+    assert_eq!(
+        read, big,
+        "every chunk of both versions comes back, in order"
+    );
+    let item = store.get("manifest/77").await.unwrap().unwrap().value;
+    assert!(
+        item.to_string().len() < 100_000,
+        "the item itself stays small: {} bytes",
+        item.to_string().len()
+    );
+    let pages = store
+        .list("manifest-page/77/", None, 100)
+        .await
+        .unwrap()
+        .len();
+    assert!(pages >= 6, "the chunk lists are paged: {pages} pages");
+
+    // A metadata change rewrites the item and reuses the pages.
+    let mut retitled = big.clone();
+    retitled.meta.title = "Retitled".into();
+    let v2 = save_manifest_in(&store, &retitled, Condition::Version(v1))
+        .await
+        .unwrap();
+    assert_eq!(
+        load_manifest_in(&store, &doc_id).await.unwrap().unwrap().0,
+        retitled
+    );
+    assert!(
+        save_manifest_in(&store, &big, Condition::Version(v1))
+            .await
+            .is_err(),
+        "a stale version is refused"
+    );
+
+    // A small next version goes back inline; the old pages are gone.
+    let small = Manifest {
+        job_id: "j3".into(),
+        content_hash: "h3".into(),
+        chunks: (0..3).map(|i| chunk("v3", i)).collect(),
+        previous: retitled.chunks[..3].to_vec(),
+        ..retitled.clone()
+    };
+    save_manifest_in(&store, &small, Condition::Version(v2))
+        .await
+        .unwrap();
+    assert_eq!(
+        load_manifest_in(&store, &doc_id).await.unwrap().unwrap().0,
+        small
+    );
+    assert!(
+        store
+            .list("manifest-page/77/", None, 100)
+            .await
+            .unwrap()
+            .is_empty(),
+        "replaced pages are deleted"
     );
 }
 
@@ -260,6 +369,12 @@ pub async fn work_queue<Q: WorkQueue>(make: impl Fn(u32) -> Q) {
     let dead = q.dead_letters(10).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].body, "poison");
+    q.delete_dead_letter(&dead[0].receipt).await.unwrap();
+    assert!(
+        q.dead_letters(10).await.unwrap().is_empty(),
+        "a dead letter is removed by its receipt"
+    );
+    q.delete_dead_letter(&dead[0].receipt).await.unwrap();
 
     // Release makes a message visible again; a stale receipt deletes nothing.
     let q = make(5);
@@ -288,6 +403,19 @@ pub async fn work_queue<Q: WorkQueue>(make: impl Fn(u32) -> Q) {
     let third = q.receive(1, Duration::ZERO).await.unwrap();
     assert_eq!(third.len(), 1, "a stale receipt did not delete the message");
     q.delete(&third[0].receipt).await.unwrap();
+    assert!(q.receive(10, Duration::ZERO).await.unwrap().is_empty());
+
+    // Deferring hands a message back for later without spending one of its receives.
+    let q = make(2);
+    q.send(&["deferred".to_string()]).await.unwrap();
+    for _ in 0..4 {
+        let d = q.receive(1, Duration::from_secs(600)).await.unwrap();
+        assert_eq!(d.len(), 1, "a deferred message is never dead-lettered");
+        assert_eq!(d[0].receive_count, 1, "deferral does not count a receive");
+        q.defer(&d[0], Duration::ZERO).await.unwrap();
+    }
+    let d = q.receive(1, Duration::from_secs(600)).await.unwrap();
+    q.delete(&d[0].receipt).await.unwrap();
     assert!(q.receive(10, Duration::ZERO).await.unwrap().is_empty());
 }
 

@@ -71,6 +71,8 @@ pub enum JobOrigin {
     Webhook,
     Upload,
     Sync,
+    /// Asked for by `POST /documents/{id}/retag` or `pai retag`.
+    Retag,
 }
 
 /// The pipeline's steps, in order.
@@ -124,6 +126,16 @@ pub struct Job {
     pub upload_token: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
+    /// Bytes the upload was announced with: a file of another size is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_size: Option<u64>,
+    /// Times the job was re-run (retry): what earlier runs recorded does not count for this one.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempt: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Overall status, derived from the stages.
@@ -160,6 +172,8 @@ impl Job {
             chunks_new: 0,
             upload_token: None,
             content_type: None,
+            attempt: 0,
+            upload_size: None,
         }
     }
 
@@ -248,6 +262,8 @@ pub struct Manifest {
     /// The job that indexed this version: its redelivered messages diff against `previous`.
     pub job_id: String,
     pub content_hash: String,
+    /// Empty in a stored item whose chunk lists are paged (see `pipeline::index`).
+    #[serde(default)]
     pub chunks: Vec<ChunkRef>,
     /// Chunks of the version before, kept until the next version replaces this one.
     #[serde(default)]
@@ -518,6 +534,130 @@ pub struct Answer {
     pub cited: Vec<usize>,
 }
 
+/// A monetary amount in the form Paperless-ngx stores (`EUR65000.00`: ISO code, optional minus,
+/// two decimals), read from what a model writes the way the document's locale means it.
+/// A lone separator followed by exactly three digits groups thousands (`65.000 EUR`,
+/// `USD 98,000`); otherwise the last separator is the decimal one (`1.234,56 €`, `$1,234.56`).
+/// Anything else (words, two currencies, broken grouping) is refused: Paperless accepts any
+/// such string, so a wrong guess would be stored silently.
+pub fn parse_money(text: &str) -> Result<String, String> {
+    let refuse = || format!("{text:?} is not an amount");
+    let mut code: Option<String> = None;
+    let mut set_code = |c: String| -> Result<(), String> {
+        match &code {
+            Some(existing) if *existing != c => Err(format!("{text:?} names two currencies")),
+            _ => {
+                code = Some(c);
+                Ok(())
+            }
+        }
+    };
+    for (symbol, c) in [
+        ('€', "EUR"),
+        ('£', "GBP"),
+        ('$', "USD"),
+        ('¥', "JPY"),
+        ('₹', "INR"),
+    ] {
+        if text.contains(symbol) {
+            set_code(c.to_string())?;
+        }
+    }
+    for word in text
+        .split(|c: char| !c.is_alphabetic())
+        .filter(|w| !w.is_empty())
+    {
+        let upper = word.to_uppercase();
+        match upper.as_str() {
+            "EURO" | "EUROS" => set_code("EUR".into())?,
+            // `US$`, `CA$`: the symbol already says dollar; the prefix names the country.
+            "US" if text.contains('$') => {}
+            "CA" | "AU" | "NZ" | "HK" | "SG" if text.contains('$') => {
+                set_code(format!("{}D", &upper[..2]))?
+            }
+            _ if upper.len() == 3 && upper.chars().all(|c| c.is_ascii_uppercase()) => {
+                set_code(upper)?
+            }
+            _ => return Err(refuse()),
+        }
+    }
+    // The number: digits and separators; spaces and apostrophes group thousands (1 234,56;
+    // 1'234.50); a trailing ",-" or ".–" means whole units.
+    let mut number: String = text
+        .chars()
+        .filter(|c| c.is_ascii_digit() || matches!(c, '.' | ',' | '-' | '−' | '–'))
+        .map(|c| if matches!(c, '−' | '–') { '-' } else { c })
+        .collect();
+    for suffix in [",-", ".-"] {
+        if let Some(n) = number.strip_suffix(suffix) {
+            number = n.to_string();
+        }
+    }
+    let negative = number.starts_with('-');
+    let digits = number.trim_start_matches('-');
+    if digits.is_empty()
+        || digits.contains('-')
+        || !digits.starts_with(|c: char| c.is_ascii_digit())
+    {
+        return Err(refuse());
+    }
+    let seps: Vec<(usize, char)> = digits
+        .char_indices()
+        .filter(|(_, c)| matches!(c, '.' | ','))
+        .collect();
+    let grouped = |s: &str, sep: char| -> Option<String> {
+        let groups: Vec<&str> = s.split(sep).collect();
+        let first_ok = (1..=3).contains(&groups[0].len());
+        let rest_ok = groups[1..].iter().all(|g| g.len() == 3);
+        (first_ok && rest_ok).then(|| groups.concat())
+    };
+    let (whole, fraction): (String, String) = match seps.as_slice() {
+        [] => (digits.to_string(), String::new()),
+        [(at, _)] => {
+            let (before, after) = (&digits[..*at], &digits[at + 1..]);
+            let thousands = after.len() == 3 && (1..=3).contains(&before.len()) && before != "0";
+            if after.is_empty() {
+                return Err(refuse());
+            } else if thousands {
+                (format!("{before}{after}"), String::new())
+            } else {
+                (before.to_string(), after.to_string())
+            }
+        }
+        many => {
+            let (last_at, decimal) = *many.last().expect("not empty");
+            let grouping = many[0].1;
+            let decimals_used = many.iter().filter(|(_, c)| *c == decimal).count();
+            if grouping != decimal && decimals_used == 1 {
+                let whole = grouped(&digits[..last_at], grouping).ok_or_else(refuse)?;
+                (whole, digits[last_at + 1..].to_string())
+            } else if grouping == decimal && many.iter().all(|(_, c)| *c == grouping) {
+                (grouped(digits, grouping).ok_or_else(refuse)?, String::new())
+            } else {
+                return Err(refuse());
+            }
+        }
+    };
+    if whole.len() > 15 || fraction.is_empty() && digits.ends_with(['.', ',']) {
+        return Err(refuse());
+    }
+    let whole: u64 = whole.parse().map_err(|_| refuse())?;
+    let fraction_digits: Vec<u64> = fraction
+        .chars()
+        .map(|c| c.to_digit(10).map(u64::from).ok_or_else(refuse))
+        .collect::<Result<_, _>>()?;
+    let digit = |i: usize| fraction_digits.get(i).copied().unwrap_or(0);
+    // Rounded half up to cents.
+    let cents = whole * 100 + digit(0) * 10 + digit(1) + u64::from(digit(2) >= 5);
+    let sign = if negative && cents > 0 { "-" } else { "" };
+    Ok(format!(
+        "{}{sign}{}.{:02}",
+        code.unwrap_or_default(),
+        cents / 100,
+        cents % 100
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -565,5 +705,45 @@ mod tests {
         assert_eq!(job.status(), JobStatus::Done);
         job.stages.insert(Stage::Tag, st(StageStatus::Failed));
         assert_eq!(job.status(), JobStatus::Failed);
+    }
+
+    #[test]
+    fn money_is_read_as_the_locale_means_it() {
+        for (text, stored) in [
+            ("65.000 EUR", "EUR65000.00"),
+            ("USD 98,000", "USD98000.00"),
+            ("1.234,56 €", "EUR1234.56"),
+            ("$1,234.56", "USD1234.56"),
+            ("12.500,00 EUR", "EUR12500.00"),
+            ("EUR 1.250,00", "EUR1250.00"),
+            ("743.04 €", "EUR743.04"),
+            ("84,20", "84.20"),
+            ("1 234,56 EUR", "EUR1234.56"),
+            ("CHF 1'234.50", "CHF1234.50"),
+            ("1.234.567,89 €", "EUR1234567.89"),
+            ("0.500 EUR", "EUR0.50"),
+            ("12,5", "12.50"),
+            ("-12,50 €", "EUR-12.50"),
+            ("99,- €", "EUR99.00"),
+            ("US$ 5", "USD5.00"),
+            ("2.345 Euro", "EUR2345.00"),
+            ("19.999", "19999.00"),
+            ("19.99", "19.99"),
+            ("1234.567", "1234.57"),
+        ] {
+            assert_eq!(parse_money(text).as_deref(), Ok(stored), "{text}");
+        }
+        for bad in [
+            "a lot",
+            "about 12 EUR",
+            "12 EUR or 14 USD",
+            "1,23,456.00",
+            "1.2.3",
+            "12.",
+            "EUR",
+            "€ 1.234,56,78",
+        ] {
+            assert!(parse_money(bad).is_err(), "{bad}");
+        }
     }
 }

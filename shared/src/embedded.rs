@@ -56,6 +56,15 @@ pub fn local_taxonomy(data_dir: &Path) -> Result<Taxonomy, BuildError> {
 
 impl LocalApp {
     pub fn build(settings: Settings) -> Result<LocalApp, BuildError> {
+        Self::build_with_clock(settings, None)
+    }
+
+    /// Like `build`, with the queues on `clock` (milliseconds) instead of the wall clock, so
+    /// tests can let hours of back-off pass at once.
+    pub fn build_with_clock(
+        settings: Settings,
+        clock: Option<crate::adapters::local::Clock>,
+    ) -> Result<LocalApp, BuildError> {
         let settings = Arc::new(settings);
         let store = |e: crate::ports::StoreError| BuildError::Store(e.to_string());
         let dir = settings.data_dir.clone();
@@ -63,9 +72,14 @@ impl LocalApp {
             .map_err(|e| BuildError::Store(format!("creating {}: {e}", dir.display())))?;
         let stores = LocalStores::open(&dir).map_err(store)?;
         let queue = |name: &str| {
-            SqliteQueue::new(&stores.db, name, settings.max_receives)
-                .map(Arc::new)
-                .map_err(store)
+            match &clock {
+                Some(c) => {
+                    SqliteQueue::with_clock(&stores.db, name, settings.max_receives, c.clone())
+                }
+                None => SqliteQueue::new(&stores.db, name, settings.max_receives),
+            }
+            .map(Arc::new)
+            .map_err(store)
         };
         let (chunk, embed, tag) = (queue("chunk")?, queue("embed")?, queue("tag")?);
         let cache: Arc<dyn Cache> = Arc::new(stores.cache);
@@ -89,7 +103,9 @@ impl LocalApp {
                 (Some(url), Some(token)) => Some(Arc::new(
                     PaperlessClient::new(url, token.clone(), std::time::Duration::from_secs(30))
                         .map_err(|e| config("PAPERLESS_URL", e.to_string()))?
-                        .with_owner(settings.paperless_owner),
+                        .with_owner(settings.paperless_owner)
+                        .with_public_url(settings.paperless_public_url.clone())
+                        .with_needs(crate::paperless::TaxonomyNeeds::of(&settings.policy)),
                 )),
                 _ => None,
             };
@@ -119,8 +135,9 @@ impl LocalApp {
         })
     }
 
-    /// Runs sync every `SYNC_INTERVAL_MINUTES` (first after one interval) until `stop`, when
-    /// Paperless is configured and the interval is not 0.
+    /// Runs sync at once (what changed while `pai` was down, and what failed before) and then
+    /// every `SYNC_INTERVAL_MINUTES` until `stop`, when Paperless is configured and the interval
+    /// is not 0.
     pub fn start_sync_timer(&self, mut stop: watch::Receiver<bool>) -> Option<JoinHandle<()>> {
         let minutes = self.svc.settings.sync_interval_minutes;
         if minutes == 0 || self.svc.paperless.is_none() {
@@ -128,8 +145,8 @@ impl LocalApp {
         }
         let svc = self.svc.clone();
         Some(tokio::spawn(async move {
+            // The first tick is immediate: the start-up run.
             let mut every = tokio::time::interval(std::time::Duration::from_secs(minutes * 60));
-            every.tick().await;
             loop {
                 tokio::select! {
                     _ = every.tick() => {
@@ -153,11 +170,22 @@ impl LocalApp {
         ]
         .into_iter()
         .map(|(q, stage)| {
+            // Model-bound stages take as many messages as the model's ceiling, so the adaptive
+            // limit, not the worker count, decides how many calls are in flight.
+            let provider = match stage {
+                Stage::Chunk => crate::config::Provider::Lexical,
+                Stage::Embed => s.embedding.provider,
+                Stage::Tag => s.llm.provider,
+            };
+            let concurrency = match provider {
+                crate::config::Provider::Lexical => s.workers,
+                _ => s.workers.max(s.model_limits.max_concurrency),
+            };
             tokio::spawn(crate::worker::consume(
                 self.svc.clone(),
                 q,
                 stage,
-                s.workers,
+                concurrency,
                 s.max_receives,
                 stop.clone(),
             ))

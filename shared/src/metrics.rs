@@ -14,10 +14,12 @@ pub const JOB_DURATION: &str = "pai_job_duration_seconds";
 pub const PAPERLESS_ERRORS: &str = "pai_paperless_errors_total";
 pub const MESSAGES_FAILED: &str = "pai_messages_failed_total";
 pub const CHAT_LATENCY: &str = "pai_chat_latency_seconds";
+pub const MODEL_CONCURRENCY_LIMIT: &str = "pai_model_concurrency_limit";
+pub const MODEL_IN_FLIGHT: &str = "pai_model_calls_in_flight";
 
 /// Registers units and help texts with whatever recorder is installed.
 pub fn describe() {
-    use metrics::{Unit, describe_counter, describe_histogram};
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_histogram!(
         MODEL_LATENCY,
         Unit::Seconds,
@@ -56,4 +58,9 @@ pub fn describe() {
         "Queue messages that failed, by stage and whether they will be retried"
     );
     describe_histogram!(CHAT_LATENCY, Unit::Seconds, "Time to answer a chat request");
+    describe_gauge!(
+        MODEL_CONCURRENCY_LIMIT,
+        "Model calls allowed in flight now by the adaptive limit, by endpoint"
+    );
+    describe_gauge!(MODEL_IN_FLIGHT, "Model calls in flight, by endpoint");
 }

@@ -160,6 +160,21 @@ pub struct CachedModel {
     inner: Arc<dyn ChatModel>,
     cache: Arc<dyn Cache>,
     ttl_secs: i64,
+    /// The settings that shape a reply but are not in the input (see `reply_shape`).
+    reply_shape: String,
+}
+
+/// Settings that shape the reply without being part of the input: the instructions
+/// (`SYSTEM_PROMPT`), the output cap and, on Ollama, the context size. A change of any is a
+/// cache miss; nothing else in the settings is (a new API key answers the same).
+pub fn reply_shape(settings: &crate::config::Settings) -> String {
+    let ollama = settings.llm.provider == crate::config::Provider::Ollama;
+    serde_json::json!({
+        "system_prompt": settings.policy.system_prompt,
+        "max_output_tokens": settings.policy.max_output_tokens,
+        "num_ctx": ollama.then_some(settings.ollama_num_ctx),
+    })
+    .to_string()
 }
 
 /// Bumped whenever prompts or the reply schema change, so old replies are misses.
@@ -171,7 +186,13 @@ impl CachedModel {
             inner,
             cache,
             ttl_secs,
+            reply_shape: String::new(),
         }
+    }
+
+    pub fn with_reply_shape(mut self, shape: String) -> CachedModel {
+        self.reply_shape = shape;
+        self
     }
 
     async fn cached<T, F>(
@@ -184,11 +205,19 @@ impl CachedModel {
         T: serde::Serialize + serde::de::DeserializeOwned,
         F: std::future::Future<Output = Result<(T, Usage), ModelError>>,
     {
-        let body = serde_json::to_vec(input).expect("input serialises");
+        let mut body = serde_json::to_value(input).expect("input serialises");
+        // Today's date is in the prompt (so the model can tell a date from the future) but not
+        // in the key: the reply is checked against today afterwards, and a re-run the next
+        // day must not be a paid miss.
+        if let Some(fields) = body.as_object_mut() {
+            fields.remove("today");
+        }
+        let body = serde_json::to_vec(&body).expect("input serialises");
         let k = key(&[
             kind.as_bytes(),
             PROMPT_VERSION.as_bytes(),
             self.inner.name().as_bytes(),
+            self.reply_shape.as_bytes(),
             &body,
         ]);
         if let Some(hit) = self
@@ -271,5 +300,118 @@ impl ChatModel for CachedModel {
             self.inner.standalone(history, question),
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::ports::StoreError;
+
+    #[derive(Default)]
+    struct MemoryCache(Mutex<HashMap<String, Vec<u8>>>);
+
+    #[async_trait]
+    impl Cache for MemoryCache {
+        async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            Ok(self.0.lock().unwrap().get(key).cloned())
+        }
+        async fn put(&self, key: &str, value: &[u8], _: Option<i64>) -> Result<(), StoreError> {
+            self.0.lock().unwrap().insert(key.into(), value.to_vec());
+            Ok(())
+        }
+    }
+
+    #[derive(Default)]
+    struct Counting(AtomicUsize);
+
+    #[async_trait]
+    impl ChatModel for Counting {
+        fn name(&self) -> &str {
+            "test/model"
+        }
+        async fn suggest(&self, _: &TagInput) -> Result<(Suggestion, Usage), ModelError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok((Suggestion::default(), Usage::default()))
+        }
+        async fn answer(&self, _: &AnswerInput) -> Result<(Answer, Usage), ModelError> {
+            unreachable!()
+        }
+        async fn standalone(
+            &self,
+            _: &[(String, String)],
+            q: &str,
+        ) -> Result<(String, Usage), ModelError> {
+            Ok((q.into(), Usage::default()))
+        }
+    }
+
+    fn settings(pairs: &[(&str, &str)]) -> crate::config::Settings {
+        crate::config::Settings::from_map(
+            &pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_prompt_cache_key_covers_what_shapes_the_reply_and_not_the_date() {
+        let inner = Arc::new(Counting::default());
+        let cache: Arc<dyn Cache> = Arc::new(MemoryCache::default());
+        let model = |pairs: &[(&str, &str)]| {
+            CachedModel::new(inner.clone(), cache.clone(), 3600)
+                .with_reply_shape(reply_shape(&settings(pairs)))
+        };
+        let input = |today: &str| TagInput {
+            current_title: "scan".into(),
+            content: "Rechnung".into(),
+            fields: vec![crate::domain::Field::Title],
+            tags: vec![],
+            correspondents: vec![],
+            document_types: vec![],
+            custom_fields: vec![],
+            storage_paths: vec![],
+            restrict_tags: false,
+            restrict_correspondents: false,
+            restrict_document_types: false,
+            taxonomy: Default::default(),
+            today: today.into(),
+        };
+        model(&[]).suggest(&input("2026-12-01")).await.unwrap();
+        model(&[]).suggest(&input("2026-12-02")).await.unwrap();
+        assert_eq!(inner.0.load(Ordering::SeqCst), 1, "the next day is a hit");
+        model(&[("SYSTEM_PROMPT", "Be terse.")])
+            .suggest(&input("2026-12-02"))
+            .await
+            .unwrap();
+        assert_eq!(
+            inner.0.load(Ordering::SeqCst),
+            2,
+            "a new SYSTEM_PROMPT is a miss"
+        );
+        model(&[("MAX_OUTPUT_TOKENS", "100")])
+            .suggest(&input("2026-12-02"))
+            .await
+            .unwrap();
+        assert_eq!(
+            inner.0.load(Ordering::SeqCst),
+            3,
+            "a new output cap is a miss"
+        );
+        model(&[("LLM_API_KEY", "sk-another-key")])
+            .suggest(&input("2026-12-02"))
+            .await
+            .unwrap();
+        assert_eq!(
+            inner.0.load(Ordering::SeqCst),
+            3,
+            "a new key answers the same"
+        );
     }
 }

@@ -1,6 +1,11 @@
 //! The Paperless-ngx REST client: token auth, API version 9 (accepted by late 2.x and 3.x),
 //! trimmed document reads, the taxonomy paged in, objects created with matching "none" (and a
 //! concurrent duplicate resolved by name), and PATCH for write-back.
+//!
+//! Least privilege: storage paths and custom fields are read only when the policy uses them,
+//! and a 403 on a list other than tags turns that part off with one warning instead of failing
+//! every document. Paperless answers 404 for a document the token may not view: the error
+//! says so, naming the token's user.
 
 use std::time::Duration;
 
@@ -14,7 +19,9 @@ use crate::domain::{
     CustomFieldDef, CustomFieldValue, Document, DocumentPatch, ObjectKind, SelectOption, Taxonomy,
     TaxonomyObject,
 };
-use crate::ports::{DocumentQuery, DocumentSummary, Paperless, PaperlessError};
+use crate::ports::{
+    DocumentQuery, DocumentSummary, Paperless, PaperlessError, TokenPermissions, TokenUser,
+};
 
 const ACCEPT: &str = "application/json; version=9";
 const PAGE_SIZE: usize = 1000;
@@ -26,6 +33,36 @@ pub struct PaperlessClient {
     base: String,
     token: Secret,
     owner: Option<u64>,
+    /// Browser-facing base for links (`PAPERLESS_PUBLIC_URL`); `base` when unset.
+    public_base: Option<String>,
+    needs: TaxonomyNeeds,
+    /// Lists already warned about (403): one warning per process, not one per document.
+    warned: std::sync::Mutex<std::collections::BTreeSet<&'static str>>,
+    user: std::sync::Mutex<Option<TokenUser>>,
+}
+
+/// The optional parts of the taxonomy a policy reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaxonomyNeeds {
+    pub custom_fields: bool,
+    pub storage_paths: bool,
+}
+
+impl TaxonomyNeeds {
+    pub const ALL: TaxonomyNeeds = TaxonomyNeeds {
+        custom_fields: true,
+        storage_paths: true,
+    };
+
+    pub fn of(policy: &crate::config::TaggingPolicy) -> TaxonomyNeeds {
+        use crate::config::FieldMode;
+        use crate::domain::Field;
+        TaxonomyNeeds {
+            custom_fields: policy.mode(Field::CustomFields) != FieldMode::Never
+                && !policy.custom_fields.is_empty(),
+            storage_paths: policy.mode(Field::StoragePath) != FieldMode::Never,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -61,6 +98,9 @@ impl PaperlessClient {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(5))
+            // A redirect would turn a PATCH into a GET and send the token to another place:
+            // a 3xx is reported, never followed.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!(
                 "paperless-ai-serverless/",
                 env!("CARGO_PKG_VERSION")
@@ -72,7 +112,83 @@ impl PaperlessClient {
             base: base_url.trim_end_matches('/').to_string(),
             token,
             owner: None,
+            public_base: None,
+            needs: TaxonomyNeeds::ALL,
+            warned: Default::default(),
+            user: Default::default(),
         })
+    }
+
+    /// Links (citations, jobs) use this browser-facing base URL.
+    pub fn with_public_url(mut self, public: Option<String>) -> PaperlessClient {
+        self.public_base = public.map(|u| u.trim_end_matches('/').to_string());
+        self
+    }
+
+    /// Reads only the optional taxonomy parts the policy uses.
+    pub fn with_needs(mut self, needs: TaxonomyNeeds) -> PaperlessClient {
+        self.needs = needs;
+        self
+    }
+
+    /// A list the policy can do without: empty (with one warning) when the token may not
+    /// read it.
+    async fn optional<T: for<'de> Deserialize<'de>>(
+        &self,
+        path: &'static str,
+        needed: bool,
+        feature: &str,
+    ) -> Result<Vec<T>, PaperlessError> {
+        if !needed {
+            return Ok(Vec::new());
+        }
+        match self.all(path).await {
+            Err(PaperlessError::Forbidden(reason)) => {
+                if self.warned.lock().expect("warned").insert(path) {
+                    tracing::warn!(%reason, "the Paperless token may not read /api/{path}: {feature} is off (see `pai check`)");
+                }
+                Ok(Vec::new())
+            }
+            other => other,
+        }
+    }
+
+    /// The token's user, asked once.
+    async fn user_cached(&self) -> Result<TokenUser, PaperlessError> {
+        if let Some(u) = self.user.lock().expect("user").clone() {
+            return Ok(u);
+        }
+        let v = self.call(Method::GET, "ui_settings/", &[], None).await?;
+        let mut user: TokenUser = serde_json::from_value(v["user"].clone()).map_err(|e| {
+            PaperlessError::Rejected(format!("GET ui_settings/: unexpected user: {e}"))
+        })?;
+        user.permissions = v["permissions"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| p.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        *self.user.lock().expect("user") = Some(user.clone());
+        Ok(user)
+    }
+
+    /// A 404 for a document: missing, or (for a user who is not a superuser) perhaps only
+    /// invisible to this token.
+    async fn document_not_found(&self, id: u64) -> PaperlessError {
+        match self.user_cached().await {
+            Ok(u) if u.is_superuser => {
+                PaperlessError::NotFound(format!("document {id} not found in Paperless"))
+            }
+            Ok(u) => PaperlessError::NotFound(format!(
+                "document {id} not found in Paperless, or not visible to the token's user {:?} (Paperless answers 404 for a document its owner has not shared with that user)",
+                u.username
+            )),
+            Err(_) => PaperlessError::NotFound(format!(
+                "document {id} not found in Paperless, or not visible to this token"
+            )),
+        }
     }
 
     /// Objects this client creates are owned by this Paperless user.
@@ -110,14 +226,22 @@ impl PaperlessClient {
         let bytes = resp.bytes().await.map_err(|e| {
             PaperlessError::Unavailable(format!("{method} {path}: {}", without_url(&e)))
         })?;
-        let excerpt = || String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned();
+        // Paperless's own words stay in the debug log: error messages reach API callers.
+        let log_excerpt = || {
+            tracing::debug!(
+                %method, path, %status,
+                body = %String::from_utf8_lossy(&bytes[..bytes.len().min(300)]),
+                "Paperless refused"
+            )
+        };
         match status {
             s if s.is_success() => {
                 if bytes.is_empty() {
                     return Ok(Value::Null);
                 }
+                // A proxy's error page or a body cut off in transit: try again later.
                 serde_json::from_slice(&bytes).map_err(|e| {
-                    PaperlessError::Rejected(format!("{method} {path}: reply is not JSON: {e}"))
+                    PaperlessError::Unavailable(format!("{method} {path}: reply is not JSON: {e}"))
                 })
             }
             StatusCode::UNAUTHORIZED => Err(PaperlessError::Forbidden(format!(
@@ -126,17 +250,22 @@ impl PaperlessClient {
             StatusCode::FORBIDDEN => Err(PaperlessError::Forbidden(format!(
                 "{method} {path}: the token may not do this (403)"
             ))),
-            StatusCode::NOT_FOUND => Err(PaperlessError::NotFound(path.to_string())),
+            StatusCode::NOT_FOUND => Err(PaperlessError::NotFound(format!(
+                "{method} {path}: not found in Paperless (404)"
+            ))),
             StatusCode::TOO_MANY_REQUESTS | StatusCode::REQUEST_TIMEOUT => Err(
                 PaperlessError::Unavailable(format!("{method} {path}: {status}")),
             ),
             s if s.is_server_error() => Err(PaperlessError::Unavailable(format!(
                 "{method} {path}: {status}"
             ))),
-            s => Err(PaperlessError::Rejected(format!(
-                "{method} {path}: {s}: {}",
-                excerpt()
+            s if s.is_redirection() => Err(PaperlessError::Rejected(format!(
+                "{method} {path}: Paperless answered {s}, a redirect, which is not followed: set PAPERLESS_URL to the address it redirects to"
             ))),
+            s => {
+                log_excerpt();
+                Err(PaperlessError::Rejected(format!("{method} {path}: {s}")))
+            }
         }
     }
 
@@ -233,7 +362,7 @@ impl Paperless for PaperlessClient {
             )
             .await
         {
-            Err(PaperlessError::NotFound(_)) => Err(PaperlessError::NotFound(id.to_string())),
+            Err(PaperlessError::NotFound(_)) => Err(self.document_not_found(id).await),
             other => document_from(other?),
         }
     }
@@ -241,10 +370,18 @@ impl Paperless for PaperlessClient {
     async fn taxonomy(&self) -> Result<Taxonomy, PaperlessError> {
         let (tags, correspondents, document_types, fields, storage_paths) = tokio::try_join!(
             self.all::<TaxonomyObject>("tags/"),
-            self.all::<TaxonomyObject>("correspondents/"),
-            self.all::<TaxonomyObject>("document_types/"),
-            self.all::<RawCustomField>("custom_fields/"),
-            self.all::<TaxonomyObject>("storage_paths/"),
+            self.optional::<TaxonomyObject>("correspondents/", true, "correspondents"),
+            self.optional::<TaxonomyObject>("document_types/", true, "document types"),
+            self.optional::<RawCustomField>(
+                "custom_fields/",
+                self.needs.custom_fields,
+                "filling custom fields"
+            ),
+            self.optional::<TaxonomyObject>(
+                "storage_paths/",
+                self.needs.storage_paths,
+                "choosing storage paths"
+            ),
         )?;
         let custom_fields = fields
             .into_iter()
@@ -331,7 +468,10 @@ impl Paperless for PaperlessClient {
             .call(Method::PATCH, &format!("documents/{id}/"), &[], Some(&body))
             .await
         {
-            Err(PaperlessError::NotFound(_)) => Err(PaperlessError::NotFound(id.to_string())),
+            Err(PaperlessError::NotFound(_)) => Err(self.document_not_found(id).await),
+            Err(PaperlessError::Forbidden(_)) => Err(PaperlessError::Forbidden(format!(
+                "PATCH documents/{id}/: the token may view but not change this document (403)"
+            ))),
             other => other.map(|_| ()),
         }
     }
@@ -366,6 +506,37 @@ impl Paperless for PaperlessClient {
     }
 
     fn document_url(&self, id: u64) -> String {
-        format!("{}/documents/{id}/details", self.base)
+        let base = self.public_base.as_deref().unwrap_or(&self.base);
+        format!("{base}/documents/{id}/details")
+    }
+
+    async fn token_user(&self) -> Result<TokenUser, PaperlessError> {
+        self.user_cached().await
+    }
+
+    async fn permissions(&self) -> Result<Option<TokenPermissions>, PaperlessError> {
+        #[derive(Deserialize, Default)]
+        struct User {
+            #[serde(default)]
+            username: String,
+            #[serde(default)]
+            is_superuser: bool,
+        }
+        #[derive(Deserialize)]
+        struct UiSettings {
+            #[serde(default)]
+            user: User,
+            #[serde(default)]
+            permissions: Vec<String>,
+        }
+        let v = self.call(Method::GET, "ui_settings/", &[], None).await?;
+        let s: UiSettings = serde_json::from_value(v).map_err(|e| {
+            PaperlessError::Rejected(format!("GET ui_settings/: unexpected answer: {e}"))
+        })?;
+        Ok(Some(TokenPermissions {
+            username: s.user.username,
+            is_superuser: s.user.is_superuser,
+            permissions: s.permissions.into_iter().collect(),
+        }))
     }
 }

@@ -37,17 +37,31 @@ pub trait BlobStore: Send + Sync {
     async fn put(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError>;
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
-    /// A URL a client can PUT the object's bytes to directly (no proxy in between), valid for
-    /// `expires`; `None` when the store has no such thing and the server must receive the
-    /// bytes itself (the embedded store: `pai` serves its own upload route).
+    /// Whether clients send uploads straight to the store (`upload_url` answers) rather than
+    /// through the server (the embedded store: `pai` serves its own upload route).
+    fn direct_uploads(&self) -> bool {
+        false
+    }
+    /// Where a client PUTs exactly `size` bytes of `content_type` for `key`, valid for
+    /// `expires`, and the headers it must send with them. The store refuses another length,
+    /// another type, and a second write of the key (the URL is good for one upload).
+    /// `None` when the store has no such thing (see `direct_uploads`).
     async fn upload_url(
         &self,
         _key: &str,
         _content_type: &str,
+        _size: u64,
         _expires: Duration,
-    ) -> Result<Option<String>, StoreError> {
+    ) -> Result<Option<UploadTarget>, StoreError> {
         Ok(None)
     }
+}
+
+/// A direct upload: the URL and the (signed) headers the client must send with its PUT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadTarget {
+    pub url: String,
+    pub headers: BTreeMap<String, String>,
 }
 
 /// One item of the state store with the version a conditional write must name.
@@ -92,6 +106,39 @@ pub trait StateStore: Send + Sync {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, Value)>, StoreError>;
+    /// Like `list` in the other direction: items under `prefix`, newest (greatest) key first,
+    /// at most `limit`, starting before `before`. Pages of "most recent jobs" (job ids are
+    /// time-ordered) cost one range read each, however many items the store holds.
+    ///
+    /// The default pages forward through the whole prefix (correct, but linear): adapters
+    /// override it with a reverse range read.
+    async fn list_newest(
+        &self,
+        prefix: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Value)>, StoreError> {
+        let mut kept: std::collections::VecDeque<(String, Value)> = Default::default();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.list(prefix, after.as_deref(), 500).await?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            for item in page {
+                if before.is_some_and(|b| item.0.as_str() >= b) {
+                    break;
+                }
+                kept.push_back(item);
+                if kept.len() > limit {
+                    kept.pop_front();
+                }
+            }
+            if before.is_some_and(|b| after.as_deref() >= Some(b)) {
+                break;
+            }
+        }
+        Ok(kept.into_iter().rev().collect())
+    }
 }
 
 /// Prompt and embedding cache: opaque bytes by key, with an expiry.
@@ -124,8 +171,18 @@ pub trait WorkQueue: Send + Sync {
     async fn delete(&self, receipt: &str) -> Result<(), StoreError>;
     /// Makes a received message visible again after `delay` (retry with back-off).
     async fn release(&self, receipt: &str, delay: Duration) -> Result<(), StoreError>;
-    /// Messages moved to the dead-letter queue, oldest first.
+    /// Hands a received message back for later as if this receive had not happened: its
+    /// receive count does not grow, so a refusal that never attempted the work (an open
+    /// circuit breaker) cannot dead-letter it. Adapters that cannot undo a receive send a
+    /// delayed copy and delete the original.
+    async fn defer(&self, message: &Delivery, delay: Duration) -> Result<(), StoreError> {
+        self.release(&message.receipt, delay).await
+    }
+    /// Messages moved to the dead-letter queue, oldest first, each with a receipt that
+    /// `delete_dead_letter` takes (not `delete`).
     async fn dead_letters(&self, limit: usize) -> Result<Vec<Delivery>, StoreError>;
+    /// Removes one dead letter (its job is being re-run, or was recorded as failed).
+    async fn delete_dead_letter(&self, receipt: &str) -> Result<(), StoreError>;
 }
 
 /// Largest top-k a vector query may ask for (S3 Vectors' limit, kept by every adapter).
@@ -194,12 +251,19 @@ pub enum ModelError {
     /// The request was refused (4xx other than 429): configuration or input problem.
     #[error("model refused the request: {0}")]
     Refused(String),
+    /// Not attempted: the circuit breaker is open after repeated failures. The work was not
+    /// tried, so it is not a failure of the message; come back after `retry_after`.
+    #[error("model circuit open after repeated failures; retrying in {} s", retry_after.as_secs().max(1))]
+    CircuitOpen { retry_after: Duration },
 }
 
 impl ModelError {
     /// Whether retrying the message later may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, ModelError::Unavailable(_))
+        matches!(
+            self,
+            ModelError::Unavailable(_) | ModelError::CircuitOpen { .. }
+        )
     }
 }
 
@@ -269,7 +333,8 @@ pub type TokenSink = tokio::sync::mpsc::UnboundedSender<String>;
 /// Failure talking to Paperless-ngx.
 #[derive(Debug, thiserror::Error)]
 pub enum PaperlessError {
-    #[error("document {0} not found in Paperless")]
+    /// The message says what was not found (and whether the token may simply not see it).
+    #[error("{0}")]
     NotFound(String),
     #[error("Paperless refused access: {0}")]
     Forbidden(String),
@@ -304,6 +369,54 @@ pub struct DocumentSummary {
     pub modified: Option<String>,
 }
 
+/// The user behind the Paperless token and its permission codenames (`view_document`,
+/// `add_tag`…), as `GET /api/ui_settings/` reports them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TokenPermissions {
+    pub username: String,
+    pub is_superuser: bool,
+    pub permissions: std::collections::BTreeSet<String>,
+}
+
+impl TokenPermissions {
+    /// The permissions the tagging policy needs that the token lacks (none for a superuser).
+    pub fn missing(&self, policy: &crate::config::TaggingPolicy) -> Vec<String> {
+        use crate::domain::Field;
+        if self.is_superuser {
+            return Vec::new();
+        }
+        let mut needed = vec!["view_document", "change_document", "view_tag"];
+        let sets = |f: Field| policy.mode(f) != crate::config::FieldMode::Never;
+        // Creating what the model names needs `add_*` unless output is restricted to existing.
+        if !policy.restrict.contains(&ObjectKind::Tag) {
+            needed.push("add_tag");
+        }
+        if sets(Field::Correspondent) {
+            needed.push("view_correspondent");
+            if !policy.restrict.contains(&ObjectKind::Correspondent) {
+                needed.push("add_correspondent");
+            }
+        }
+        if sets(Field::DocumentType) {
+            needed.push("view_documenttype");
+            if !policy.restrict.contains(&ObjectKind::DocumentType) {
+                needed.push("add_documenttype");
+            }
+        }
+        if sets(Field::CustomFields) || !policy.custom_fields.is_empty() {
+            needed.push("view_customfield");
+        }
+        if sets(Field::StoragePath) {
+            needed.push("view_storagepath");
+        }
+        needed
+            .into_iter()
+            .filter(|p| !self.permissions.contains(*p))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
 /// The document system: Paperless-ngx's REST API.
 #[async_trait]
 pub trait Paperless: Send + Sync {
@@ -322,4 +435,35 @@ pub trait Paperless: Send + Sync {
     ) -> Result<(Vec<DocumentSummary>, bool), PaperlessError>;
     /// The web link users open for a document.
     fn document_url(&self, id: u64) -> String;
+    /// The user behind the token and its permission codenames (`GET /api/ui_settings/`).
+    async fn token_user(&self) -> Result<TokenUser, PaperlessError> {
+        Err(PaperlessError::Rejected(
+            "this Paperless client cannot tell its user".into(),
+        ))
+    }
+    /// Who the token is and what it may do; `None` when this Paperless cannot say.
+    async fn permissions(&self) -> Result<Option<TokenPermissions>, PaperlessError> {
+        Ok(None)
+    }
+}
+
+/// The Paperless user a token belongs to, and what it may do globally (object permissions
+/// on single documents come on top).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TokenUser {
+    pub id: u64,
+    pub username: String,
+    #[serde(default)]
+    pub is_superuser: bool,
+    #[serde(default)]
+    pub groups: Vec<u64>,
+    /// Codenames such as `view_document`, `add_tag`, `view_customfield`.
+    #[serde(default)]
+    pub permissions: Vec<String>,
+}
+
+impl TokenUser {
+    pub fn may(&self, codename: &str) -> bool {
+        self.is_superuser || self.permissions.iter().any(|p| p == codename)
+    }
 }

@@ -1,16 +1,21 @@
 //! What keeps model calls bounded when a provider struggles, shared by every call of a
-//! process: a concurrency bound, a client-side request rate (waiting, not failing), and a
-//! circuit breaker that opens after repeated transient failures, fails fast while open, and
-//! lets one probe through after a cool-down (half-open). On AWS, SQS `MaximumConcurrency`
-//! stays the outer limit; this is the inner one.
+//! process: an adaptive concurrency limit per endpoint (`adaptive`: grows while calls succeed
+//! at flat latency, shrinks on push-back, within `LLM_MAX_CONCURRENCY`), a client-side request
+//! rate (waiting, not failing), and a circuit breaker that opens after repeated transient
+//! failures, fails fast while open, and lets one probe through after a cool-down (half-open).
+//! On AWS, SQS `MaximumConcurrency` stays the outer limit; this is the inner one.
+
+mod adaptive;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
+
+pub use adaptive::{AdaptiveLimit, CallKind, INITIAL_LIMIT, Outcome, RateHeaders};
 
 use crate::domain::{Answer, AnswerInput, Suggestion, TagInput};
 use crate::ports::{ChatModel, Embedder, ModelError, TokenSink, Usage};
@@ -18,6 +23,7 @@ use crate::ports::{ChatModel, Embedder, ModelError, TokenSink, Usage};
 /// Limits of one guard.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
+    /// The ceiling of the adaptive concurrency limit.
     pub max_concurrency: usize,
     /// 0: no rate limit.
     pub requests_per_minute: u32,
@@ -37,22 +43,65 @@ enum Breaker {
     HalfOpen,
 }
 
+/// How soon a call refused while a probe checks the model may come back.
+const HALF_OPEN_RETRY: Duration = Duration::from_secs(5);
+
 pub struct Guard {
     limits: Limits,
-    permits: Semaphore,
+    concurrency: Arc<AdaptiveLimit>,
     breaker: Mutex<Breaker>,
     /// When the next request may start (rate limit).
     next_slot: tokio::sync::Mutex<Instant>,
 }
 
+tokio::task_local! {
+    /// The call a guard is running, so the HTTP client deep inside it can report push-back
+    /// (a 429 it retries, rate headers) to the endpoint's limit as it happens.
+    static CALL: CallContext;
+}
+
+struct CallContext {
+    limit: Arc<AdaptiveLimit>,
+    epoch: u64,
+    pushed_back: AtomicBool,
+}
+
+/// Tells the limit of the guarded call in progress that the provider pushed back (429, 5xx,
+/// timeout), even if the client retries and the call ends well. Outside a guard: nothing.
+pub fn report_overload() {
+    let _ = CALL.try_with(|c| {
+        c.pushed_back.store(true, Ordering::Relaxed);
+        c.limit.overloaded(c.epoch);
+    });
+}
+
+/// Hands a response's rate-limit headers to the limit of the guarded call in progress.
+pub fn report_rate_headers(headers: &RateHeaders) {
+    let _ = CALL.try_with(|c| c.limit.observe_headers(headers));
+}
+
 impl Guard {
+    /// A guard with its own concurrency limit.
     pub fn new(limits: Limits) -> Guard {
+        Guard::sharing(
+            limits,
+            Arc::new(AdaptiveLimit::new("model", limits.max_concurrency)),
+        )
+    }
+
+    /// A guard whose calls count against `concurrency`, shared with other guards of the same
+    /// endpoint.
+    pub fn sharing(limits: Limits, concurrency: Arc<AdaptiveLimit>) -> Guard {
         Guard {
             limits,
-            permits: Semaphore::new(limits.max_concurrency.max(1)),
+            concurrency,
             breaker: Mutex::new(Breaker::Closed { failures: 0 }),
             next_slot: tokio::sync::Mutex::new(Instant::now()),
         }
+    }
+
+    pub fn concurrency(&self) -> &Arc<AdaptiveLimit> {
+        &self.concurrency
     }
 
     fn admit(&self) -> Result<(), ModelError> {
@@ -63,16 +112,16 @@ impl Guard {
                 *b = Breaker::HalfOpen;
                 Ok(())
             }
-            Breaker::Open { until } => Err(ModelError::Unavailable(format!(
-                "circuit open after repeated model failures; retrying in {} s",
-                until
+            // Refusals are `CircuitOpen`, not failures: the caller defers its message without
+            // spending one of its receives, so an outage of any length cannot dead-letter it.
+            Breaker::Open { until } => Err(ModelError::CircuitOpen {
+                retry_after: until
                     .saturating_duration_since(Instant::now())
-                    .as_secs()
-                    .max(1)
-            ))),
-            Breaker::HalfOpen => Err(ModelError::Unavailable(
-                "circuit half-open: a probe call is checking the model".into(),
-            )),
+                    .max(Duration::from_secs(1)),
+            }),
+            Breaker::HalfOpen => Err(ModelError::CircuitOpen {
+                retry_after: HALF_OPEN_RETRY,
+            }),
         }
     }
 
@@ -103,8 +152,18 @@ impl Guard {
         &self,
         call: impl Future<Output = Result<T, ModelError>>,
     ) -> Result<T, ModelError> {
+        self.run_as(CallKind::Tag, call).await
+    }
+
+    /// Runs one model call of `kind` under the guard: it waits for a place under the
+    /// endpoint's limit, and its outcome and latency adjust that limit.
+    pub async fn run_as<T>(
+        &self,
+        kind: CallKind,
+        call: impl Future<Output = Result<T, ModelError>>,
+    ) -> Result<T, ModelError> {
         self.admit()?;
-        let _permit = self.permits.acquire().await.expect("semaphore open");
+        let slot = self.concurrency.acquire(kind).await;
         if self.limits.requests_per_minute > 0 {
             let spacing = Duration::from_secs(60) / self.limits.requests_per_minute;
             let start = {
@@ -115,7 +174,24 @@ impl Guard {
             };
             tokio::time::sleep_until(start).await;
         }
-        let result = call.await;
+        let context = CallContext {
+            limit: self.concurrency.clone(),
+            epoch: slot.epoch(),
+            pushed_back: AtomicBool::new(false),
+        };
+        let (result, pushed_back) = CALL
+            .scope(context, async {
+                let result = call.await;
+                (result, CALL.with(|c| c.pushed_back.load(Ordering::Relaxed)))
+            })
+            .await;
+        slot.finish(match &result {
+            // Its latency includes the client's waits between retries: not the provider's.
+            Ok(_) if pushed_back => Outcome::Ignore,
+            Ok(_) => Outcome::Success(Duration::ZERO),
+            Err(e) if e.is_transient() => Outcome::Overload,
+            Err(_) => Outcome::Ignore,
+        });
         self.record(matches!(&result, Err(e) if e.is_transient()));
         result
     }
@@ -144,7 +220,9 @@ impl ChatModel for GuardedModel {
     }
 
     async fn answer(&self, input: &AnswerInput) -> Result<(Answer, Usage), ModelError> {
-        self.guard.run(self.inner.answer(input)).await
+        self.guard
+            .run_as(CallKind::Answer, self.inner.answer(input))
+            .await
     }
 
     async fn answer_streaming(
@@ -153,7 +231,7 @@ impl ChatModel for GuardedModel {
         tokens: &TokenSink,
     ) -> Result<(Answer, Usage), ModelError> {
         self.guard
-            .run(self.inner.answer_streaming(input, tokens))
+            .run_as(CallKind::Answer, self.inner.answer_streaming(input, tokens))
             .await
     }
 
@@ -163,7 +241,7 @@ impl ChatModel for GuardedModel {
         question: &str,
     ) -> Result<(String, Usage), ModelError> {
         self.guard
-            .run(self.inner.standalone(history, question))
+            .run_as(CallKind::Rewrite, self.inner.standalone(history, question))
             .await
     }
 }
@@ -191,7 +269,9 @@ impl Embedder for GuardedEmbedder {
     }
 
     async fn embed(&self, texts: &[String]) -> Result<(Vec<Vec<f32>>, Usage), ModelError> {
-        self.guard.run(self.inner.embed(texts)).await
+        self.guard
+            .run_as(CallKind::Embed, self.inner.embed(texts))
+            .await
     }
 
     async fn embed_query(&self, text: &str) -> Result<(Vec<f32>, Usage), ModelError> {
@@ -233,6 +313,10 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 3);
         let fast = fail(&guard, &calls).await.unwrap_err();
         assert!(fast.to_string().contains("circuit open") && fast.is_transient());
+        assert!(
+            matches!(fast, ModelError::CircuitOpen { retry_after } if retry_after <= Duration::from_secs(30)),
+            "a refusal says when to come back: {fast:?}"
+        );
         assert_eq!(calls.load(Ordering::SeqCst), 3, "no call while open");
         tokio::time::advance(Duration::from_secs(31)).await;
         assert!(fail(&guard, &calls).await.is_err(), "the probe fails");

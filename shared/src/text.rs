@@ -141,7 +141,9 @@ pub fn chunk_ranges(text: &str, max_tokens: usize, overlap: usize) -> Vec<(usize
 }
 
 /// Fits `text` into `max_tokens`, keeping the head and the tail (where dates, senders and
-/// totals usually are) and marking the cut.
+/// totals usually are) and marking the cut. The cut is made in the text itself, at character
+/// boundaries: a token boundary can split a multi-byte character, and decoding such a slice
+/// would lose the whole head or tail.
 pub fn fit_head_tail(text: &str, max_tokens: usize) -> String {
     let tokens = bpe().encode_ordinary(text);
     if tokens.len() <= max_tokens {
@@ -151,26 +153,43 @@ pub fn fit_head_tail(text: &str, max_tokens: usize) -> String {
     let budget = max_tokens.saturating_sub(4);
     let head = budget * 2 / 3;
     let tail = budget - head;
-    let decode = |t: &[u32]| bpe().decode(t).unwrap_or_default();
-    format!(
-        "{}{marker}{}",
-        decode(&tokens[..head]),
-        decode(&tokens[tokens.len() - tail..])
-    )
+    // Ordinary tokens are a partition of the text's bytes, so byte lengths map back to it.
+    let bytes_of = |t: &[u32]| bpe().decode_bytes(t).map(|b| b.len()).unwrap_or(0);
+    let mut head_end = bytes_of(&tokens[..head]).min(text.len());
+    while !text.is_char_boundary(head_end) {
+        head_end -= 1;
+    }
+    let mut tail_start = text.len() - bytes_of(&tokens[tokens.len() - tail..]).min(text.len());
+    while !text.is_char_boundary(tail_start) {
+        tail_start += 1;
+    }
+    let tail_start = tail_start.max(head_end);
+    format!("{}{marker}{}", &text[..head_end], &text[tail_start..])
 }
 
-/// A date is plausible for a document: a real calendar date, from 1900 up to `today`.
-pub fn plausible_date(s: &str, today: NaiveDate) -> Result<NaiveDate, String> {
+/// A real calendar date (`YYYY-MM-DD`) within reason (1900–2199): what a date custom field
+/// may hold, due dates and expiry dates in the future included.
+pub fn calendar_date(s: &str) -> Result<NaiveDate, String> {
     let date = NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
         .map_err(|_| format!("{s:?} is not a date (YYYY-MM-DD)"))?;
     let earliest = NaiveDate::from_ymd_opt(1900, 1, 1).expect("valid");
-    if date < earliest {
-        return Err(format!("{date} is before 1900"));
+    let latest = NaiveDate::from_ymd_opt(2199, 12, 31).expect("valid");
+    if date < earliest || date > latest {
+        return Err(format!("{date} is not between 1900 and 2199"));
     }
+    Ok(date)
+}
+
+/// A date is plausible as a document's created date: a real calendar date, from 1900 up to
+/// `today` (in the configured time zone: a document dated today in Auckland is not from the
+/// future).
+pub fn plausible_date(s: &str, today: NaiveDate) -> Result<NaiveDate, String> {
+    let date = NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
+        .map_err(|_| format!("{s:?} is not a date (YYYY-MM-DD)"))?;
     if date > today {
         return Err(format!("{date} is in the future"));
     }
-    Ok(date)
+    calendar_date(s)
 }
 
 fn month_number(name: &str) -> Option<u32> {
@@ -311,6 +330,29 @@ mod tests {
         assert!(count_tokens(&fitted) <= 100);
         assert!(fitted.starts_with("HEADSTART") && fitted.ends_with("TAILEND"));
         assert_eq!(fit_head_tail("short", 100), "short");
+    }
+
+    #[test]
+    fn a_cut_inside_a_multibyte_character_keeps_head_and_tail() {
+        // Rare characters are several byte-level tokens each: some budgets cut inside one.
+        let text = format!("HEADSTART {} TAILEND", "ꙮ𝔘ᚠ鬱".repeat(400));
+        for budget in 60..90 {
+            let fitted = fit_head_tail(&text, budget);
+            assert!(
+                fitted.starts_with("HEADSTART ꙮ") && fitted.ends_with("鬱 TAILEND"),
+                "budget {budget}: {fitted:?}"
+            );
+            assert!(count_tokens(&fitted) <= budget, "budget {budget}");
+        }
+    }
+
+    #[test]
+    fn custom_dates_may_be_in_the_future_created_dates_not() {
+        let today = NaiveDate::from_ymd_opt(2026, 12, 1).unwrap();
+        assert!(calendar_date("2026-12-15").is_ok());
+        assert!(plausible_date("2026-12-15", today).is_err());
+        assert!(calendar_date("2300-01-01").is_err());
+        assert!(calendar_date("15.12.2026").is_err());
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! `pai`'s queue consumers: the in-process counterpart of Lambda's SQS event sources. Each
 //! message runs in its own task (a panic fails that message only), is deleted when handled or
-//! failed for good, and released with exponential back-off when it may succeed later; the
-//! queue dead-letters it after `MAX_RECEIVES` receives, exactly like an SQS redrive policy.
+//! failed for good, released with a back-off growing to hours when it may succeed later, and
+//! deferred without counting a receive when an open circuit breaker refused it (see
+//! `pipeline::healing`); the queue dead-letters it after `MAX_RECEIVES` receives, exactly like
+//! an SQS redrive policy, and the consumer then fails its job with the reason.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,16 +13,50 @@ use tokio::task::JoinSet;
 
 use crate::adapters::local::SqliteQueue;
 use crate::domain::Stage;
-use crate::pipeline::{PipelineError, Services, handle};
-use crate::ports::WorkQueue;
+use crate::pipeline::{PipelineError, Services, handle, healing};
+use crate::ports::{Delivery, WorkQueue};
 
 /// How long a received message stays hidden: far longer than any step takes.
 pub const VISIBILITY: Duration = Duration::from_secs(300);
 /// Fallback poll when no in-process send wakes the consumer (e.g. messages released later).
 const IDLE_POLL: Duration = Duration::from_millis(500);
 
-fn backoff(receive_count: u32) -> Duration {
-    Duration::from_secs(2u64.saturating_pow(receive_count.min(6))).min(Duration::from_secs(60))
+/// Handles one received message and settles it (delete, release with back-off, or defer), as
+/// every consumer does; the handler runs in its own task, so a panic fails this message only.
+pub async fn process(
+    svc: &Services,
+    queue: &SqliteQueue,
+    stage: Stage,
+    delivery: &Delivery,
+    max_receives: u32,
+) {
+    let final_attempt = delivery.receive_count >= max_receives;
+    let work = {
+        let svc = svc.clone();
+        let body = delivery.body.clone();
+        tokio::spawn(async move { handle(&svc, stage, &body, final_attempt).await })
+    };
+    let outcome = work
+        .await
+        .unwrap_or_else(|panic| Err(PipelineError::Retry(format!("handler panicked: {panic}"))));
+    let settlement = healing::settle(&outcome, delivery.receive_count);
+    if let Err(reason) = &outcome
+        && settlement != healing::Settlement::Delete
+    {
+        tracing::warn!(queue = queue.name(), message_id = %delivery.message_id, receives = delivery.receive_count, ?settlement, %reason, "will retry");
+    }
+    if let Err(e) = healing::apply(queue, delivery, settlement).await {
+        tracing::error!(queue = queue.name(), error = %e, "could not acknowledge a message");
+    }
+}
+
+/// Fails the jobs of the messages the queue has dead-lettered since the last call.
+pub async fn note_dead_lettered(svc: &Services, queue: &SqliteQueue, stage: Stage) {
+    for d in queue.take_dead_lettered() {
+        if let Err(e) = healing::dead_lettered(svc, stage, &d.body, d.receive_count).await {
+            tracing::error!(queue = queue.name(), error = %e, "could not fail the job of a dead letter");
+        }
+    }
 }
 
 /// Consumes `queue` for `stage` with at most `concurrency` messages in flight, until `stop`.
@@ -42,6 +78,11 @@ pub async fn consume(
         Err(e) => {
             tracing::error!(queue = queue.name(), error = %e, "could not resume messages left in flight")
         }
+    }
+    // Dead letters of earlier runs (a crash may have come between dead-lettering a message and
+    // failing its job): noted again, which changes nothing for jobs already failed.
+    if let Err(e) = healing::note_dead_letters(&svc, stage, queue.as_ref()).await {
+        tracing::error!(queue = queue.name(), error = %e, "could not check the dead letters");
     }
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut running = JoinSet::new();
@@ -66,6 +107,7 @@ pub async fn consume(
                 continue;
             }
         };
+        note_dead_lettered(&svc, &queue, stage).await;
         if batch.is_empty() {
             tokio::select! {
                 _ = queue.wait_ready() => {}
@@ -82,23 +124,7 @@ pub async fn consume(
                 .expect("semaphore open");
             let (svc, queue) = (svc.clone(), queue.clone());
             running.spawn(async move {
-                let final_attempt = delivery.receive_count >= max_receives;
-                let work = {
-                    let svc = svc.clone();
-                    let body = delivery.body.clone();
-                    tokio::spawn(async move { handle(&svc, stage, &body, final_attempt).await })
-                };
-                let outcome = work.await.unwrap_or_else(|panic| Err(PipelineError::Retry(format!("handler panicked: {panic}"))));
-                let ack = match &outcome {
-                    Ok(()) | Err(PipelineError::Fail(_)) => queue.delete(&delivery.receipt).await,
-                    Err(PipelineError::Retry(reason)) => {
-                        tracing::warn!(queue = queue.name(), message_id = %delivery.message_id, receives = delivery.receive_count, %reason, "will retry");
-                        queue.release(&delivery.receipt, backoff(delivery.receive_count)).await
-                    }
-                };
-                if let Err(e) = ack {
-                    tracing::error!(queue = queue.name(), error = %e, "could not acknowledge a message");
-                }
+                process(&svc, queue.as_ref(), stage, &delivery, max_receives).await;
                 drop(permit);
             });
         }

@@ -31,6 +31,13 @@ async fn state_store() {
     contract::state_store(SqliteStateStore::open(&dir.path().join("s.db")).unwrap()).await;
 }
 
+#[tokio::test]
+async fn manifests_of_any_size() {
+    let dir = tempfile::tempdir().unwrap();
+    contract::manifests_of_any_size(SqliteStateStore::open(&dir.path().join("s.db")).unwrap())
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn state_store_concurrent_updates() {
     let dir = tempfile::tempdir().unwrap();

@@ -149,9 +149,9 @@ pub struct Stack {
 
 impl Stack {
     pub async fn create(moto: &MotoServer, max_receives: u32, dimension: i32) -> Stack {
-        let (chunk, _) = queue_pair(moto, max_receives).await;
-        let (embed, _) = queue_pair(moto, max_receives).await;
-        let (tag, _) = queue_pair(moto, max_receives).await;
+        let (chunk, chunk_dlq) = queue_pair(moto, max_receives).await;
+        let (embed, embed_dlq) = queue_pair(moto, max_receives).await;
+        let (tag, tag_dlq) = queue_pair(moto, max_receives).await;
         let env = [
             ("STATE_TABLE", table(moto, &["pk", "sk"]).await),
             ("CACHE_TABLE", table(moto, &["pk"]).await),
@@ -161,6 +161,9 @@ impl Stack {
             ("CHUNK_QUEUE_URL", chunk),
             ("EMBED_QUEUE_URL", embed),
             ("TAG_QUEUE_URL", tag),
+            ("CHUNK_DLQ_URL", chunk_dlq),
+            ("EMBED_DLQ_URL", embed_dlq),
+            ("TAG_DLQ_URL", tag_dlq),
             ("MAX_RECEIVES", max_receives.to_string()),
         ]
         .into_iter()

@@ -38,6 +38,9 @@ struct Script {
     chats: Vec<Value>,
     embeddings: Vec<Value>,
     latency: Duration,
+    /// An outage: every chat and embedding request answers 503 (recorded, as a server
+    /// behind a load balancer would be reached).
+    down: bool,
 }
 
 #[derive(Clone)]
@@ -67,6 +70,7 @@ impl FakeOpenAi {
             chats: vec![],
             embeddings: vec![],
             latency: Duration::ZERO,
+            down: false,
         }));
         let ctx = Ctx {
             key: key.map(str::to_string),
@@ -111,6 +115,11 @@ impl FakeOpenAi {
     /// Latency added to every request (chat and embeddings).
     pub fn set_latency(&self, latency: Duration) {
         self.script.lock().unwrap().latency = latency;
+    }
+
+    /// Starts (`true`) or ends an outage: 503 for every chat and embedding request meanwhile.
+    pub fn set_down(&self, down: bool) {
+        self.script.lock().unwrap().down = down;
     }
 
     pub fn chat_requests(&self) -> Vec<Value> {
@@ -164,6 +173,14 @@ fn completion(content: &str, finish: &str) -> Response {
     .into_response()
 }
 
+fn outage() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(json!({"error": {"message": "the model server is down"}})),
+    )
+        .into_response()
+}
+
 async fn chat(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> Response {
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     ctx.script.lock().unwrap().chats.push(request.clone());
@@ -172,6 +189,9 @@ async fn chat(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> Respon
     }
     let (next, default, latency) = {
         let mut s = ctx.script.lock().unwrap();
+        if s.down {
+            return outage();
+        }
         (s.replies.pop_front(), s.default.clone(), s.latency)
     };
     tokio::time::sleep(latency).await;
@@ -233,6 +253,9 @@ async fn embeddings(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> 
     let latency = {
         let mut s = ctx.script.lock().unwrap();
         s.embeddings.push(request.clone());
+        if s.down {
+            return outage();
+        }
         s.latency
     };
     tokio::time::sleep(latency).await;

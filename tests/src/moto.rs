@@ -20,17 +20,19 @@ pub struct MotoServer {
 /// The server the tests of one process share while at least one of them holds it.
 static SHARED: Mutex<Weak<MotoServer>> = Mutex::new(Weak::new());
 
-fn binary() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../.venv/bin/moto_server"
-    ))
+fn python() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/python"))
+}
+
+/// moto's server with DynamoDB's per-item atomicity (see the script).
+fn script() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/moto/server.py"))
 }
 
 impl MotoServer {
     /// Starts a server of its own on a free port and waits until it accepts connections.
     pub fn start() -> MotoServer {
-        let bin = binary();
+        let bin = python();
         if !bin.exists() {
             panic!("moto server not installed: run scripts/setup.sh");
         }
@@ -40,6 +42,7 @@ impl MotoServer {
             .expect("a free loopback port")
             .port();
         let mut child = Command::new(&bin)
+            .arg(script())
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

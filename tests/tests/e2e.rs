@@ -361,31 +361,65 @@ async fn uploads_are_checked_and_run_the_pipeline() {
     assert_eq!(status, 201, "{created}");
     let url = created["upload_url"].as_str().unwrap().to_string();
     let job_id = created["job_id"].as_str().unwrap().to_string();
-    let r = pai
-        .http
-        .put(&url)
-        .body(vec![b'a'; 100_001])
-        .send()
-        .await
-        .unwrap();
+    // The secret travels in a header (a query string would stay in proxy logs).
+    assert!(!url.contains("token"), "{url}");
+    let token = created["upload_headers"]["x-upload-token"]
+        .as_str()
+        .expect("the upload's secret header")
+        .to_string();
+    let put = |body: Vec<u8>, token: &str| {
+        pai.http
+            .put(&url)
+            .header("x-upload-token", token)
+            .body(body)
+            .send()
+    };
+    let r = put(vec![b'a'; 100_001], &token).await.unwrap();
     assert_eq!(r.status(), 413, "over MAX_UPLOAD_BYTES");
+    let r = put(INVOICE.into(), &format!("x{token}")).await.unwrap();
+    assert_eq!(r.status(), 404, "wrong token");
     let r = pai
         .http
-        .put(url.replace("token=", "token=x"))
+        .put(format!("{url}?token={token}"))
         .body(INVOICE)
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 404, "wrong token");
+    assert_eq!(
+        r.status(),
+        404,
+        "a token in the query string is not accepted"
+    );
     let (_, waiting) = pai.get_json(&format!("/jobs/{job_id}")).await;
     assert_eq!(
         waiting["status"], "queued",
         "nothing half-written by refused uploads"
     );
-    let r = pai.http.put(&url).body(INVOICE).send().await.unwrap();
+    let r = put(INVOICE.into(), &token).await.unwrap();
     assert_eq!(r.status(), 202);
-    let r = pai.http.put(&url).body(INVOICE).send().await.unwrap();
+    let r = put(INVOICE.into(), &token).await.unwrap();
     assert_eq!(r.status(), 409, "an upload URL is used once");
+
+    // An upload announced with a size must have exactly that size.
+    let (status, sized) = pai
+        .post_json(
+            "/documents",
+            json!({"filename": "small.txt", "content_type": "text/plain", "size": 10}),
+        )
+        .await;
+    assert_eq!(status, 201, "{sized}");
+    let r = pai
+        .http
+        .put(sized["upload_url"].as_str().unwrap())
+        .header(
+            "x-upload-token",
+            sized["upload_headers"]["x-upload-token"].as_str().unwrap(),
+        )
+        .body(INVOICE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "more bytes than announced");
     let job = pai.wait_job(&job_id).await;
     assert_eq!(job["status"], "done", "{job:#}");
     let doc_id = job["doc_id"].as_str().unwrap();
@@ -582,11 +616,12 @@ async fn review_mode_stores_then_approve_applies_and_undo_restores_exactly() {
     let original = pai.paperless.document(id).unwrap();
     pai.webhook_job(&json!({"doc_id": id}).to_string()).await;
     pai.drain().await;
-    assert_eq!(
-        pai.paperless.document(id).unwrap(),
-        original,
-        "review mode writes nothing"
-    );
+    // Review mode writes nothing but the review mark (the trigger tag Inbox is answered).
+    let marked = pai.paperless.document(id).unwrap();
+    for field in ["title", "correspondent", "document_type", "created"] {
+        assert_eq!(marked[field], original[field], "{field} untouched");
+    }
+    assert_eq!(tag_names(&pai, &marked), ["ai-review"]);
     let (_, s) = pai.get_json(&format!("/documents/{id}/suggestions")).await;
     assert_eq!(
         (s["review"].as_bool(), s["applied"].is_null()),
@@ -634,8 +669,8 @@ async fn review_mode_stores_then_approve_applies_and_undo_restores_exactly() {
     }
     assert_eq!(
         tag_names(&pai, &restored),
-        ["Inbox", "Keep"],
-        "our tags removed, trigger back, the user's kept"
+        ["Keep", "ai-review"],
+        "our tags removed, the review mark back (it waits for review again), the user's kept"
     );
     let (status, _) = pai
         .post_json(&format!("/documents/{id}/undo"), json!({}))
@@ -1029,11 +1064,16 @@ async fn a_document_deleted_mid_process_fails_its_job_cleanly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daily_tagging_budget_is_kept() {
-    let pai = Pai::start(&[("LLM_DAILY_TOKENS", "50")]).await;
+    // Each call reserves its estimate (prompt + MAX_OUTPUT_TOKENS) first: a short invoice
+    // (about 1000) fits, a long one (about 4500) does not fit what is left.
+    let pai = Pai::start(&[("LLM_DAILY_TOKENS", "2500")]).await;
     let first = seeded(&pai).await;
     let second = pai.paperless.add_document(DocSeed {
         title: "scan_2".into(),
-        content: format!("{INVOICE}\nCopy 2"),
+        content: format!(
+            "{INVOICE}\n{}",
+            "Weitere Position der Rechnung. ".repeat(500)
+        ),
         ..Default::default()
     });
     let a = pai.webhook_job(&json!({"doc_id": first}).to_string()).await;
@@ -1041,7 +1081,7 @@ async fn the_daily_tagging_budget_is_kept() {
     assert_eq!(
         pai.wait_job(&a).await["status"],
         "done",
-        "the first call fits (the fake reports 100+ tokens)"
+        "the first call fits"
     );
     let b = pai
         .webhook_job(&json!({"doc_id": second}).to_string())

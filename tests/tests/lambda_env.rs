@@ -16,16 +16,8 @@ fn offline_sdk() -> aws_config::SdkConfig {
         .build()
 }
 
-/// The template's defaults, with values where the template has references (resource names),
-/// and the function's secrets stored in SSM (on moto) under a prefix of this test's own.
-async fn template_defaults(moto: &MotoServer, function: Function) -> Env {
-    let prefix = format!("/{}/", unique("env"));
-    let secrets: Vec<(&str, &str)> = function
-        .secrets()
-        .iter()
-        .map(|s| (*s, "a-secret-of-enough-length"))
-        .collect();
-    Stack::put_secrets(moto, &prefix, &secrets).await;
+/// The template's defaults, with values where the template has references (resource names).
+fn template_vars(function: Function) -> HashMap<String, String> {
     let mut vars: HashMap<String, String> = default_env(function.name())
         .into_iter()
         .map(|(k, v)| {
@@ -38,6 +30,20 @@ async fn template_defaults(moto: &MotoServer, function: Function) -> Env {
         })
         .collect();
     vars.insert("PAPERLESS_URL".into(), "http://127.0.0.1:9".into());
+    vars
+}
+
+/// The template's defaults, and the function's secrets stored in SSM (on moto) under a prefix
+/// of this test's own.
+async fn template_defaults(moto: &MotoServer, function: Function) -> Env {
+    let prefix = format!("/{}/", unique("env"));
+    let secrets: Vec<(&str, &str)> = function
+        .secrets()
+        .iter()
+        .map(|s| (*s, "a-secret-of-enough-length"))
+        .collect();
+    Stack::put_secrets(moto, &prefix, &secrets).await;
+    let mut vars = template_vars(function);
     vars.insert("SECRETS_PREFIX".into(), prefix);
     Env::from_map(vars)
 }
@@ -93,4 +99,52 @@ fn a_missing_resource_names_its_variable() {
         .expect("embed needs its cache table")
         .to_string();
     assert!(err.starts_with("CACHE_TABLE:"), "{err}");
+}
+
+/// Fail closed: the two functions whose routes anyone can reach refuse to start when their
+/// `API_KEYS` secret is missing (forgotten, or a wrong SecretsPrefix), naming the secret.
+#[tokio::test]
+async fn ingest_and_chat_do_not_start_without_api_keys() {
+    let moto = MotoServer::shared();
+    let sdk = moto.sdk_config().await;
+    for function in [Function::Ingest, Function::Chat] {
+        let prefix = format!("/{}/", unique("nokeys"));
+        let others: Vec<(&str, &str)> = function
+            .secrets()
+            .iter()
+            .filter(|s| **s != "API_KEYS")
+            .map(|s| (*s, "a-secret-of-enough-length"))
+            .collect();
+        Stack::put_secrets(&moto, &prefix, &others).await;
+        let mut vars = template_vars(function);
+        vars.insert("SECRETS_PREFIX".into(), prefix);
+        let err = load(function, &sdk, &mut Env::from_map(vars))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{} started without API_KEYS", function.name()))
+            .to_string();
+        assert!(err.starts_with("API_KEYS:"), "{}: {err}", function.name());
+    }
+}
+
+/// `ChatAuth=iam` puts AWS_IAM on the function URL: then chat starts without keys (AWS has
+/// checked the caller's signature before the function runs); any other value stops it.
+#[tokio::test]
+async fn chat_starts_without_keys_only_under_iam_auth() {
+    let moto = MotoServer::shared();
+    let sdk = moto.sdk_config().await;
+    let mut vars = template_vars(Function::Chat);
+    vars.insert("SECRETS_PREFIX".into(), format!("/{}/", unique("nokeys")));
+    vars.insert("API_AUTH".into(), "iam".into());
+    let svc = load(Function::Chat, &sdk, &mut Env::from_map(vars.clone()))
+        .await
+        .expect("chat starts under IAM auth");
+    assert_eq!(svc.settings.keyless, shared::config::Keyless::Iam);
+    vars.insert("API_AUTH".into(), "iam-please".into());
+    let err = load(Function::Chat, &sdk, &mut Env::from_map(vars))
+        .await
+        .err()
+        .expect("a bad API_AUTH stops the start")
+        .to_string();
+    assert!(err.starts_with("API_AUTH:"), "{err}");
 }

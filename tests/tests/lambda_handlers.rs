@@ -15,7 +15,7 @@ use lambda_runtime::{Context, LambdaEvent};
 use pai_tests::aws_stack::Stack;
 use pai_tests::fake_paperless::{DocSeed, FakePaperless};
 use pai_tests::moto::{MotoServer, unique};
-use serde_json::Value;
+use serde_json::{Value, json};
 use shared::domain::Stage;
 use shared::lambda::{Env, Function, load, sqs};
 use shared::pipeline::Services;
@@ -219,14 +219,18 @@ async fn an_upload_goes_straight_to_s3_and_arrives_as_a_notification() {
         upload_url.starts_with(world.moto.url()) && upload_url.contains("X-Amz-Signature"),
         "a presigned S3 URL: {upload_url}"
     );
-    let text = "Lease agreement 2021 between Anna Example and Hausverwaltung Meyer.\n".repeat(40);
-    let put = reqwest::Client::new()
-        .put(upload_url)
-        .header("content-type", "text/plain")
-        .body(text)
-        .send()
-        .await
-        .expect("PUT to S3");
+    // The event announces 18,231 bytes: the URL is signed for exactly that length.
+    let line = "Lease agreement 2021 between Anna Example and Hausverwaltung Meyer.\n";
+    let mut text = line.repeat(18_231 / line.len() + 1);
+    text.truncate(18_231);
+    let mut put = reqwest::Client::new().put(upload_url);
+    for (k, v) in created["upload_headers"]
+        .as_object()
+        .expect("upload headers")
+    {
+        put = put.header(k, v.as_str().expect("header value"));
+    }
+    let put = put.body(text).send().await.expect("PUT to S3");
     assert!(put.status().is_success(), "{}", put.status());
 
     // S3's notification for the object, and the test event S3 sends when it is configured.
@@ -331,4 +335,164 @@ async fn chat_checks_its_api_key_and_fails_clearly_without_a_vector_query() {
         message.len() < 300 && !message.contains("SdkBody"),
         "{body}"
     );
+}
+
+/// An HTTP API event for `POST <path>` (route `route`), from the sample GET event.
+fn post_event(route: &str, path: &str, params: Value) -> String {
+    let mut event: Value = serde_json::from_str(&event_file("ingest-job.json")).expect("event");
+    event["routeKey"] = format!("POST {route}").into();
+    event["rawPath"] = path.into();
+    event["requestContext"]["http"]["method"] = "POST".into();
+    event["requestContext"]["http"]["path"] = path.into();
+    event["requestContext"]["routeKey"] = format!("POST {route}").into();
+    event["pathParameters"] = params;
+    event.to_string()
+}
+
+impl World {
+    /// A webhook for `doc` through the ingest function: the job id.
+    async fn webhook(&self, ingest: &Services, doc: u64) -> String {
+        let event = event_file("ingest-webhook.json")
+            .replace(r#"\"doc_id\":\"1\""#, &format!(r#"\"doc_id\":\"{doc}\""#))
+            .replace("/documents/1/", &format!("/documents/{doc}/"));
+        let (status, accepted) = http(ingest, &event).await;
+        assert_eq!(status, 202, "{accepted}");
+        accepted["job_id"].as_str().expect("job id").to_string()
+    }
+
+    /// What SQS does after `MaxReceives` receives of a message that kept killing its worker:
+    /// every chunk message waiting now moves to the chunk DLQ.
+    async fn dead_letter_chunk_messages(&self) {
+        let sqs = self.moto.sqs().await;
+        let taken = sqs
+            .receive_message()
+            .queue_url(&self.env["CHUNK_QUEUE_URL"])
+            .max_number_of_messages(10)
+            .send()
+            .await
+            .expect("receive");
+        assert!(
+            !taken.messages().is_empty(),
+            "a chunk message to dead-letter"
+        );
+        for message in taken.messages() {
+            sqs.send_message()
+                .queue_url(&self.env["CHUNK_DLQ_URL"])
+                .message_body(message.body().unwrap_or_default())
+                .send()
+                .await
+                .expect("dead-letter");
+            sqs.delete_message()
+                .queue_url(&self.env["CHUNK_QUEUE_URL"])
+                .receipt_handle(message.receipt_handle().unwrap_or_default())
+                .send()
+                .await
+                .expect("delete");
+        }
+    }
+
+    async fn dead_letters_left(&self) -> usize {
+        let sqs = self.moto.sqs().await;
+        sqs.receive_message()
+            .queue_url(&self.env["CHUNK_DLQ_URL"])
+            .max_number_of_messages(10)
+            .visibility_timeout(0)
+            .send()
+            .await
+            .expect("receive dlq")
+            .messages()
+            .len()
+    }
+
+    /// Runs what waits on the chunk, embed and tag queues through their functions, in order.
+    async fn run_queues(&self) {
+        for (function, stage, var, file) in [
+            (
+                Function::Chunk,
+                Stage::Chunk,
+                "CHUNK_QUEUE_URL",
+                "chunk-sqs.json",
+            ),
+            (
+                Function::Embed,
+                Stage::Embed,
+                "EMBED_QUEUE_URL",
+                "embed-sqs.json",
+            ),
+            (Function::Tag, Stage::Tag, "TAG_QUEUE_URL", "tag-sqs.json"),
+        ] {
+            let svc = self.function(function).await;
+            loop {
+                let messages = self.receive(var).await;
+                if messages.is_empty() {
+                    break;
+                }
+                // One at a time: two jobs of one document in a batch would meet at its lease.
+                for message in messages {
+                    let event = sqs_event(file, std::slice::from_ref(&message));
+                    let failures = run_batch(&svc, stage, event).await;
+                    assert!(
+                        failures.batch_item_failures.is_empty(),
+                        "{var}: {message:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// On AWS nothing else watches the DLQs: ingest's retry route notes a dead letter, removes it
+/// and queues its job again; a sync run turns a dead letter into a failed job and, as the
+/// failure may heal, runs it again by itself. Either way the document ends up tagged. Both
+/// functions read the DLQs through the template's variables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_on_aws_are_run_again_by_the_retry_route_and_by_sync() {
+    let world = World::new().await;
+    let ingest = world.function(Function::Ingest).await;
+
+    let by_hand = world.webhook(&ingest, world.doc).await;
+    world.dead_letter_chunk_messages().await;
+    assert_eq!(job(&ingest, &by_hand).await["status"], "queued");
+    let retry = post_event(
+        "/jobs/{job_id}/retry",
+        &format!("/jobs/{by_hand}/retry"),
+        json!({ "job_id": by_hand }),
+    );
+    let (status, body) = http(&ingest, &retry).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        world.dead_letters_left().await,
+        0,
+        "the dead letter was removed"
+    );
+    world.run_queues().await;
+    let done = job(&ingest, &by_hand).await;
+    assert_eq!(done["status"], "done", "{done}");
+
+    let second = world.paperless.add_document(DocSeed {
+        title: "scan_0002".into(),
+        content: "Stadtwerke Musterstadt\nInvoice 88-2025\nElectricity, March. EUR 71.20.".into(),
+        ..DocSeed::default()
+    });
+    let by_sync = world.webhook(&ingest, second).await;
+    world.dead_letter_chunk_messages().await;
+    let sync = world.function(Function::Sync).await;
+    let schedule: CloudWatchEvent =
+        serde_json::from_str(&event_file("sync-schedule.json")).expect("schedule event");
+    shared::lambda::sync_on_schedule(&sync, LambdaEvent::new(schedule, Context::default()))
+        .await
+        .expect("sync runs");
+    assert_eq!(
+        world.dead_letters_left().await,
+        0,
+        "sync took the dead letter"
+    );
+    let again = job(&ingest, &by_sync).await;
+    assert_eq!(
+        again["attempt"], 1,
+        "sync ran the dead-lettered job again: {again}"
+    );
+    world.run_queues().await;
+    let done = job(&ingest, &by_sync).await;
+    assert_eq!(done["status"], "done", "{done}");
 }

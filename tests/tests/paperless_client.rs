@@ -137,7 +137,8 @@ async fn failures_are_typed() {
         ..Default::default()
     });
     assert!(
-        matches!(c.patch(open, &bad_tag).await, Err(PaperlessError::Rejected(m)) if m.contains("Invalid pk"))
+        // The status, never Paperless's own text: error messages reach API callers.
+        matches!(c.patch(open, &bad_tag).await, Err(PaperlessError::Rejected(m)) if m.contains("400") && !m.contains("Invalid pk"))
     );
     let dead = PaperlessClient::new(
         "http://127.0.0.1:9",
@@ -159,4 +160,51 @@ async fn the_paperless_port_contract() {
         ..Default::default()
     });
     shared::contract::paperless(client(&fake, TOKEN), id).await;
+}
+
+/// A redirect is reported, never followed: following it would turn the PATCH into a GET and
+/// carry the token to wherever the redirect points.
+#[tokio::test]
+async fn redirects_are_not_followed() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::Router;
+    use axum::http::{StatusCode, header};
+    use axum::routing::any;
+
+    let followed = Arc::new(AtomicUsize::new(0));
+    let hits = followed.clone();
+    let app = Router::new()
+        .route(
+            "/api/documents/{id}/",
+            any(|| async { (StatusCode::FOUND, [(header::LOCATION, "/elsewhere/")]) }),
+        )
+        .route(
+            "/elsewhere/",
+            any(move || {
+                hits.fetch_add(1, Ordering::SeqCst);
+                async { "{}" }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let c = PaperlessClient::new(&base, Secret::new(TOKEN), Duration::from_secs(5)).unwrap();
+    let patch = DocumentPatch {
+        title: Some("new".into()),
+        ..Default::default()
+    };
+    let err = c.patch(7, &patch).await.unwrap_err();
+    assert!(
+        matches!(&err, PaperlessError::Rejected(m) if m.contains("302") && m.contains("redirect")),
+        "{err}"
+    );
+    assert!(c.document(7).await.is_err());
+    assert_eq!(
+        followed.load(Ordering::SeqCst),
+        0,
+        "the redirect was followed"
+    );
+    server.abort();
 }

@@ -65,8 +65,10 @@ fn every_function_is_an_arm64_binary_of_this_workspace() {
             p("MemorySize").is_u64() && p("Timeout").is_u64(),
             "{id} sets memory and timeout"
         );
+        // Queue consumers are bounded by MaximumConcurrency; only the public chat URL, which
+        // no queue bounds, may have a ceiling of its own.
         assert!(
-            f["Properties"]["ReservedConcurrentExecutions"].is_null(),
+            id == "ChatFunction" || f["Properties"]["ReservedConcurrentExecutions"].is_null(),
             "{id}: reserved concurrency would fight the queues' MaximumConcurrency"
         );
         assert_eq!(
@@ -250,6 +252,62 @@ fn the_vector_index_survives_the_stack() {
     );
 }
 
+#[test]
+fn the_chat_url_allows_exactly_the_ui_origin_and_the_ui_is_routed() {
+    let t = template::load();
+    let chat = &functions(&t)["ChatFunction"];
+    let url = &chat["Properties"]["FunctionUrlConfig"];
+    assert_eq!(url["InvokeMode"], json!("RESPONSE_STREAM"));
+    // CORS only when the UiOrigin parameter names an origin, and then exactly that one.
+    let cors = &url["Cors"]["Fn::If"];
+    assert_eq!(cors[0], json!("HasUiOrigin"));
+    assert_eq!(cors[1]["AllowOrigins"], json!([{"Ref": "UiOrigin"}]));
+    assert_eq!(cors[1]["AllowMethods"], json!(["POST"]));
+    assert_eq!(cors[1]["AllowCredentials"], json!(false));
+    assert_eq!(cors[2], json!({"Ref": "AWS::NoValue"}));
+    assert_eq!(
+        t["Conditions"]["HasUiOrigin"],
+        json!({"Fn::Not": [{"Fn::Equals": [{"Ref": "UiOrigin"}, ""]}]})
+    );
+    let pattern = t["Parameters"]["UiOrigin"]["AllowedPattern"]
+        .as_str()
+        .expect("UiOrigin has a pattern");
+    assert!(
+        !pattern.contains('*'),
+        "UiOrigin admits no wildcard: {pattern}"
+    );
+    // The ingest function serves the pages and tells them where chat is.
+    let ingest = &functions(&t)["IngestFunction"];
+    assert_eq!(
+        ingest["Properties"]["Environment"]["Variables"]["CHAT_URL"],
+        json!({"Fn::GetAtt": ["ChatFunctionUrl", "FunctionUrl"]})
+    );
+    let routes: BTreeSet<(String, String)> = ingest["Properties"]["Events"]
+        .as_object()
+        .expect("events")
+        .values()
+        .map(|e| {
+            (
+                e["Properties"]["Method"].as_str().unwrap_or("").to_string(),
+                e["Properties"]["Path"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    for path in [
+        "/",
+        "/ui/{file}",
+        "/jobs",
+        "/review",
+        "/status",
+        "/status/checks",
+    ] {
+        assert!(
+            routes.contains(&("GET".to_string(), path.to_string())),
+            "GET {path} is not routed to the ingest function"
+        );
+    }
+}
+
 /// The SSM parameter names a policy statement allows `ssm:GetParameters` on.
 fn allowed_secrets(f: &Value) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
@@ -329,7 +387,11 @@ fn is_resource_var(k: &str) -> bool {
             | "CHUNK_QUEUE_URL"
             | "EMBED_QUEUE_URL"
             | "TAG_QUEUE_URL"
+            | "CHUNK_DLQ_URL"
+            | "EMBED_DLQ_URL"
+            | "TAG_DLQ_URL"
             | "VECTOR_BUCKET"
+            | "CHAT_URL"
     )
 }
 
@@ -345,7 +407,7 @@ fn template_env_lists_globals_and_own_variables() {
     ] {
         assert!(ingest.contains(v), "{v} missing from {ingest:?}");
     }
-    assert!(!ingest.contains("EMBED_QUEUE_URL"));
+    assert!(!ingest.contains("CACHE_TABLE"));
     assert!(template::template_env("chunk").contains("EMBED_QUEUE_URL"));
 }
 
@@ -364,4 +426,186 @@ fn every_sample_event_is_json() {
         }
     }
     assert!(n >= 15, "only {n} JSON events in {}", dir.display());
+}
+
+/// Every policy statement of a function, with the statements behind `Fn::If` unwrapped.
+fn statements(f: &Value) -> Vec<Value> {
+    let mut out = Vec::new();
+    for policy in f["Properties"]["Policies"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        for st in policy["Statement"].as_array().cloned().unwrap_or_default() {
+            match st.get("Fn::If").and_then(Value::as_array) {
+                Some(branches) => out.extend(
+                    branches[1..]
+                        .iter()
+                        .filter(|b| b.is_object() && b.get("Ref").is_none())
+                        .cloned(),
+                ),
+                None => out.push(st),
+            }
+        }
+    }
+    out
+}
+
+fn actions(st: &Value) -> Vec<String> {
+    match &st["Action"] {
+        Value::Array(a) => a
+            .iter()
+            .filter_map(|a| a.as_str().map(String::from))
+            .collect(),
+        one => one.as_str().map(String::from).into_iter().collect(),
+    }
+}
+
+/// Bedrock grants name the configured model (or the code's default when none is set) in this
+/// Region, or reach other Regions only through that model's inference profile: no
+/// `foundation-model/*` in every Region, no `inference-profile/*`, and only the functions that
+/// call a model may.
+#[test]
+fn bedrock_grants_name_only_the_configured_model() {
+    use shared::providers::bedrock::{DEFAULT_CHAT_MODEL, DEFAULT_EMBEDDING_MODEL};
+    let t = template::load();
+    let defaults = &t["Mappings"]["BedrockDefaults"]["Models"];
+    assert_eq!(
+        defaults["Llm"],
+        json!(DEFAULT_CHAT_MODEL),
+        "template vs code"
+    );
+    assert_eq!(
+        defaults["Embedding"],
+        json!(DEFAULT_EMBEDDING_MODEL),
+        "template vs code"
+    );
+    let expected: BTreeMap<&str, Vec<&str>> = BTreeMap::from([
+        ("ingest", vec![]),
+        ("chunk", vec![]),
+        ("embed", vec!["Embedding"]),
+        ("tag", vec!["Llm"]),
+        ("chat", vec!["Llm", "Embedding"]),
+        ("sync", vec![]),
+    ]);
+    for (name, roles) in expected {
+        let (id, f) = template::function(&t, name).expect("function");
+        let mut granted = BTreeSet::new();
+        for st in statements(&f) {
+            if !actions(&st).iter().any(|a| a.starts_with("bedrock:")) {
+                continue;
+            }
+            let sid = st["Sid"].as_str().unwrap_or_default().to_string();
+            let text = st["Resource"].to_string();
+            assert!(!text.contains("inference-profile/*"), "{id} {sid}: {text}");
+            if text.contains("foundation-model/*") {
+                let profile = &st["Condition"]["StringEquals"]["bedrock:InferenceProfileArn"];
+                assert!(
+                    profile.to_string().contains("inference-profile/${Model}"),
+                    "{id} {sid}: every model in every Region without the profile condition"
+                );
+            } else {
+                assert!(
+                    !text.contains("bedrock:*"),
+                    "{id} {sid}: a direct grant must name this Region: {text}"
+                );
+            }
+            let role = roles
+                .iter()
+                .find(|r| sid.contains(&format!("Invoke{r}Model")))
+                .unwrap_or_else(|| panic!("{id} may invoke a model it does not use: {sid}"));
+            granted.insert(*role);
+        }
+        assert_eq!(granted, roles.into_iter().collect(), "{id}");
+    }
+}
+
+/// The public chat URL: `ChatAuth` picks its auth type, and the function learns which, so it
+/// can refuse to start without API keys unless AWS checks callers (`API_AUTH=iam`).
+#[test]
+fn the_chat_url_authenticates_as_chat_auth_says() {
+    let t = template::load();
+    let (id, f) = template::function(&t, "chat").expect("chat");
+    assert_eq!(
+        f["Properties"]["FunctionUrlConfig"]["AuthType"],
+        json!({"Fn::If": ["ChatOnIam", "AWS_IAM", "NONE"]}),
+        "{id}"
+    );
+    assert_eq!(own_env_vars(&f)["API_AUTH"], json!({"Ref": "ChatAuth"}));
+    assert_eq!(
+        t["Parameters"]["ChatAuth"]["AllowedValues"],
+        json!(["api_keys", "iam"])
+    );
+    for (id, f) in functions(&t) {
+        for st in statements(&f) {
+            assert!(
+                !actions(&st).iter().any(|a| a == "s3vectors:ListVectors"),
+                "{id}: no function lists the vector index"
+            );
+        }
+    }
+}
+
+/// The queue ARNs (`!GetAtt <Queue>.Arn`) a statement grants `action` on.
+fn granted_queues(f: &Value, action: &str) -> BTreeSet<String> {
+    statements(f)
+        .iter()
+        .filter(|st| st["Effect"] == "Allow" && actions(st).iter().any(|a| a == action))
+        .flat_map(|st| match &st["Resource"] {
+            Value::Array(rs) => rs.clone(),
+            one => vec![one.clone()],
+        })
+        .filter_map(|r| r["Fn::GetAtt"][0].as_str().map(String::from))
+        .collect()
+}
+
+/// Healing on AWS needs IAM as much as code: each worker backs off on its own queue
+/// (ChangeMessageVisibility) and defers a breaker refusal as a delayed copy (SendMessage), and
+/// the functions that turn dead letters into failed jobs or move them back (sync, ingest) read
+/// all three DLQs and may delete from them, without any right to send there.
+#[test]
+fn workers_back_off_on_their_own_queue_and_sync_and_ingest_read_the_dead_letters() {
+    let t = template::load();
+    let resources = &t["Resources"];
+    for (queue, (id, f, _)) in consumers(&t) {
+        let var = format!(
+            "{}_QUEUE_URL",
+            queue.trim_end_matches("Queue").to_uppercase()
+        );
+        let env = &f["Properties"]["Environment"]["Variables"];
+        assert_eq!(env[&var]["Ref"], queue.as_str(), "{id}: {var} is its queue");
+        for action in ["sqs:ChangeMessageVisibility", "sqs:SendMessage"] {
+            assert!(
+                granted_queues(&f, action).contains(&queue),
+                "{id} may not {action} on its own queue {queue}"
+            );
+        }
+    }
+    let dead: BTreeSet<String> = resources_of_type(&t, "AWS::SQS::Queue")
+        .into_iter()
+        .filter(|(q, _)| q.contains("DeadLetter"))
+        .map(|(q, _)| q)
+        .collect();
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    for id in ["IngestFunction", "SyncFunction"] {
+        let f = &resources[id];
+        let env = &f["Properties"]["Environment"]["Variables"];
+        for q in &dead {
+            let var = format!(
+                "{}_DLQ_URL",
+                q.trim_end_matches("DeadLetterQueue").to_uppercase()
+            );
+            assert_eq!(env[&var]["Ref"], q.as_str(), "{id}: {var}");
+        }
+        for action in ["sqs:ReceiveMessage", "sqs:DeleteMessage"] {
+            assert_eq!(granted_queues(f, action), dead, "{id}: {action}");
+        }
+    }
+    for (id, f) in functions(&t) {
+        let sends = granted_queues(&f, "sqs:SendMessage");
+        assert!(
+            sends.is_disjoint(&dead),
+            "{id} may send to a dead-letter queue"
+        );
+    }
 }

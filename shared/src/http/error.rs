@@ -58,6 +58,14 @@ impl From<PipelineError> for ApiError {
                     "a backing service is unavailable; try again",
                 )
             }
+            PipelineError::Deferred { reason, .. } => {
+                tracing::warn!(error = %reason, "upstream refused by its circuit breaker");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "a backing service is unavailable; try again",
+                )
+            }
             PipelineError::Fail(m) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "failed", m),
         }
     }

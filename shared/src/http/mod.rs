@@ -3,14 +3,18 @@
 //! Handlers only translate: parse, call a use case, map the result or error to a response.
 
 mod error;
+pub mod job_list;
 pub mod limits;
+pub mod review;
+pub mod status;
+mod ui;
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -21,7 +25,7 @@ use serde_json::{Value, json};
 pub use error::ApiError;
 
 use crate::auth::{ApiKeys, constant_time_eq};
-use crate::config::Secret;
+use crate::config::{Keyless, Secret};
 use crate::domain::{DocId, JobOrigin};
 use crate::pipeline::chat::{ChatRequest, ask, validate};
 use crate::pipeline::ingest::{self, MAX_WEBHOOK_BYTES};
@@ -70,12 +74,16 @@ pub fn router(state: ApiState) -> Router {
         .route("/documents", post(create_upload))
         .route("/uploads/{job_id}", put(receive_upload))
         .route("/jobs/{job_id}", get(job))
+        .route("/jobs/{job_id}/retry", post(retry_job))
+        .route("/jobs/retry-failed", post(retry_failed))
         .route("/documents/{doc_id}/suggestions", get(suggestions))
         .route("/documents/{doc_id}/suggestions/approve", post(approve))
         .route("/documents/{doc_id}/approve", post(approve))
         .route("/documents/{doc_id}/suggestions/undo", post(undo))
         .route("/documents/{doc_id}/undo", post(undo))
+        .route("/documents/{doc_id}/retag", post(retag))
         .route("/chat", post(chat))
+        .merge(ui::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
@@ -92,11 +100,20 @@ pub fn chat_router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// Checks `Authorization: Bearer <key>` when keys are configured; returns who is calling
-/// (a key's id, or `local` when no keys are configured).
+/// Checks `Authorization: Bearer <key>`; returns who is calling (a key's id). Without
+/// configured keys it answers only where that was chosen (`pai` on loopback, IAM auth on the
+/// chat function URL): anything else fails closed.
 fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<String, ApiError> {
     if state.api_keys.is_empty() {
-        return Ok("local".into());
+        return match state.svc.settings.keyless {
+            Keyless::Loopback => Ok("local".into()),
+            Keyless::Iam => Ok("iam".into()),
+            Keyless::Refused => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "no API keys are configured on this server",
+            )),
+        };
     }
     let key = headers
         .get(header::AUTHORIZATION)
@@ -208,42 +225,59 @@ async fn create_upload(
     let req: UploadRequest = parse_json(&read_body(body, MAX_JSON_BYTES).await?)?;
     let job = ingest::create_upload(&state.svc, &req.filename, &req.content_type, req.size).await?;
     // A store that takes uploads directly (S3: a presigned PUT) gets them without passing
-    // through this server; otherwise the client PUTs to our own upload route.
+    // through this server; otherwise the client PUTs to our own upload route, with the job's
+    // secret in a header (a query string would end up in proxy logs).
     let key = ingest::upload_key(&job.id, job.filename.as_deref().unwrap_or_default());
-    let direct = state
-        .svc
-        .blobs
-        .upload_url(
-            &key,
-            job.content_type.as_deref().unwrap_or("text/plain"),
-            std::time::Duration::from_secs(UPLOAD_TTL_SECS as u64),
-        )
-        .await
-        .map_err(|e| ApiError::from(crate::pipeline::PipelineError::from(e)))?;
-    let token = job.upload_token.clone().unwrap_or_default();
-    let upload_url =
-        direct.unwrap_or_else(|| format!("{}/uploads/{}?token={token}", state.public_url, job.id));
+    let direct = match job.upload_size {
+        Some(size) => state
+            .svc
+            .blobs
+            .upload_url(
+                &key,
+                job.content_type.as_deref().unwrap_or("text/plain"),
+                size,
+                std::time::Duration::from_secs(UPLOAD_TTL_SECS as u64),
+            )
+            .await
+            .map_err(|e| ApiError::from(crate::pipeline::PipelineError::from(e)))?,
+        None => None,
+    };
+    let (upload_url, upload_headers) = match direct {
+        Some(target) => (target.url, target.headers),
+        None => (
+            format!("{}/uploads/{}", state.public_url, job.id),
+            [(
+                UPLOAD_TOKEN_HEADER.to_string(),
+                job.upload_token.clone().unwrap_or_default(),
+            )]
+            .into(),
+        ),
+    };
     Ok((
         StatusCode::CREATED,
-        axum::Json(
-            json!({"job_id": job.id, "upload_url": upload_url, "expires_in": UPLOAD_TTL_SECS}),
-        ),
+        axum::Json(json!({
+            "job_id": job.id,
+            "upload_url": upload_url,
+            "upload_headers": upload_headers,
+            "expires_in": UPLOAD_TTL_SECS,
+        })),
     )
         .into_response())
 }
 
-#[derive(Deserialize)]
-struct UploadQuery {
-    #[serde(default)]
-    token: String,
-}
+/// The header carrying a local upload's secret.
+pub const UPLOAD_TOKEN_HEADER: &str = "x-upload-token";
 
 async fn receive_upload(
     State(state): State<ApiState>,
     Path(job_id): Path<String>,
-    Query(q): Query<UploadQuery>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let token = headers
+        .get(UPLOAD_TOKEN_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
     if let Some(job) = load_job(state.svc.state.as_ref(), &job_id)
         .await
         .map_err(ApiError::from)?
@@ -257,7 +291,7 @@ async fn receive_upload(
         ));
     }
     let bytes = read_body(body, state.svc.settings.max_upload_bytes).await?;
-    let job = ingest::receive_upload(&state.svc, &job_id, &q.token, &bytes).await?;
+    let job = ingest::receive_upload(&state.svc, &job_id, token, &bytes).await?;
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(json!({"job_id": job.id, "doc_id": job.doc_id})),
@@ -283,6 +317,13 @@ pub async fn job_view(svc: &Services, job_id: &str) -> Result<Option<Value>, Api
         "chunks_embedded".into(),
         json!(counters.get("chunks_embedded").copied().unwrap_or(0)),
     );
+    // The link a user opens (PAPERLESS_PUBLIC_URL when set).
+    if let (Some(id), Some(p)) = (
+        job.doc_id.as_ref().and_then(DocId::paperless_id),
+        &svc.paperless,
+    ) {
+        obj.insert("document_url".into(), json!(p.document_url(id)));
+    }
     Ok(Some(v))
 }
 
@@ -300,6 +341,43 @@ async fn job(
             format!("no job {job_id}"),
         )),
     }
+}
+
+/// `POST /jobs/{id}/retry`: runs a failed (or dead-lettered) job again; `202` with the job.
+async fn retry_job(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(job_id): Path<String>,
+) -> Result<Response, ApiError> {
+    use crate::pipeline::healing::RetryError;
+    authorize(&state, &headers)?;
+    match crate::pipeline::healing::retry_job(&state.svc, &job_id).await {
+        Ok(_) => {
+            let view = job_view(&state.svc, &job_id).await?.unwrap_or(Value::Null);
+            Ok((StatusCode::ACCEPTED, axum::Json(view)).into_response())
+        }
+        Err(RetryError::NotFound(id)) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no job {id}"),
+        )),
+        Err(RetryError::Conflict(m)) => Err(ApiError::new(StatusCode::CONFLICT, "conflict", m)),
+        Err(RetryError::Pipeline(e)) => Err(e.into()),
+    }
+}
+
+/// `POST /jobs/retry-failed`: runs every failed job again; `202 {"retried": [job ids]}`.
+async fn retry_failed(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let retried = crate::pipeline::healing::retry_failed(&state.svc).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"retried": retried, "count": retried.len()})),
+    )
+        .into_response())
 }
 
 async fn suggestions(
@@ -354,6 +432,27 @@ async fn undo(
     authorize(&state, &headers)?;
     let doc: DocId = doc_id.parse().map_err(ApiError::bad_request)?;
     Ok(axum::Json(tag::undo(&state.svc, &doc).await?).into_response())
+}
+
+/// `POST /documents/{id}/retag`: tags the document again whatever the loop guard says.
+async fn retag(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(doc_id): Path<String>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let doc: DocId = doc_id.parse().map_err(ApiError::bad_request)?;
+    if doc.paperless_id().is_none() {
+        return Err(ApiError::bad_request(format!(
+            "document {doc} is an upload, not a Paperless document: upload it again to re-tag it"
+        )));
+    }
+    let job = tag::retag(&state.svc, &doc).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({"job_id": job.id, "doc_id": doc.to_string()})),
+    )
+        .into_response())
 }
 
 async fn chat(

@@ -8,7 +8,8 @@ use super::{Function, StartError};
 use crate::config::ConfigError;
 
 /// Settings only `pai` has (its data folder, its listener, its in-process workers and timer):
-/// on Lambda these read as unset, whatever the environment says.
+/// on Lambda these read as unset, whatever the environment says. `TZ` is reserved on Lambda
+/// (the runtime sets `:UTC` and a template may not change it): functions judge dates in UTC.
 const PAI_ONLY: &[&str] = &[
     "DATA_DIR",
     "PORT",
@@ -16,6 +17,7 @@ const PAI_ONLY: &[&str] = &[
     "WORKERS",
     "PUBLIC_URL",
     "SYNC_INTERVAL_MINUTES",
+    "TZ",
 ];
 
 /// Every secret a function may be given; they come from SSM, never from the template.
@@ -101,6 +103,11 @@ impl Env {
                 .collect(),
             _ => function.secrets().iter().map(|s| s.to_string()).collect(),
         }
+    }
+
+    /// The names whose value came from SSM (for the status page's sources).
+    pub fn secrets_from_ssm(&self) -> impl Iterator<Item = &str> {
+        self.secrets.keys().map(String::as_str)
     }
 
     /// Every non-secret variable name read so far.

@@ -19,7 +19,7 @@ pub use env::Env;
 pub use unconfigured::Unconfigured;
 
 use crate::adapters::aws::{DynamoCache, DynamoState, S3Blobs, S3VectorIndex, SqsQueue};
-use crate::config::{ConfigError, Required, Secret, Settings};
+use crate::config::{ApiKeysRule, ConfigError, Required, Secret, Settings};
 use crate::domain::Taxonomy;
 use crate::paperless::PaperlessClient;
 use crate::pipeline::{Queues, Services};
@@ -49,6 +49,9 @@ struct Binds {
     chunk_queue: bool,
     embed_queue: bool,
     tag_queue: bool,
+    /// Reads the three dead-letter queues (`<STAGE>_DLQ_URL`): sync turns dead letters into
+    /// failed jobs, ingest's retry routes move them back.
+    dead_letters: bool,
 }
 
 impl Function {
@@ -90,6 +93,11 @@ impl Function {
     fn required(self) -> Required {
         let is = |fs: &[Function]| fs.contains(&self);
         Required {
+            api_keys: match self {
+                Function::Ingest => ApiKeysRule::Required,
+                Function::Chat => ApiKeysRule::RequiredUnlessIam,
+                _ => ApiKeysRule::NotNeeded,
+            },
             paperless_token: is(&[
                 Function::Ingest,
                 Function::Chunk,
@@ -105,12 +113,17 @@ impl Function {
     fn binds(self) -> Binds {
         let is = |fs: &[Function]| fs.contains(&self);
         use Function::*;
+        // A consumer binds its own queue too: a transient failure backs off on it
+        // (ChangeMessageVisibility) and a breaker refusal is deferred as a delayed copy.
+        // Ingest and sync bind the embed and tag queues for their dead letters only; the
+        // template lets them send to the chunk queue alone.
         Binds {
             blobs: is(&[Ingest, Chunk, Embed, Tag]),
             cache: is(&[Embed, Tag, Chat]),
-            chunk_queue: is(&[Ingest, Sync]),
-            embed_queue: self == Chunk,
-            tag_queue: self == Chunk,
+            chunk_queue: is(&[Ingest, Sync, Chunk]),
+            embed_queue: is(&[Ingest, Sync, Chunk, Embed]),
+            tag_queue: is(&[Ingest, Sync, Chunk, Tag]),
+            dead_letters: is(&[Ingest, Sync]),
         }
     }
 }
@@ -128,10 +141,13 @@ pub enum StartError {
 /// adapters for what it binds, `Unconfigured` for the rest, models as `pai` assembles them.
 pub fn services(function: Function, sdk: &SdkConfig, env: &Env) -> Result<Services, StartError> {
     let lookup = |k: &str| env.get(k);
-    let settings = Arc::new(Settings::from_lookup_requiring(
-        &lookup,
-        function.required(),
-    )?);
+    let mut settings = Settings::from_lookup_requiring(&lookup, function.required())?;
+    settings.mark_sources(env.secrets_from_ssm(), crate::config::Source::Ssm);
+    // The web UI the ingest function serves sends chat to the chat function's URL.
+    if function == Function::Ingest {
+        settings.chat_url = env.get("CHAT_URL").filter(|u| !u.trim().is_empty());
+    }
+    let settings = Arc::new(settings);
     let binds = function.binds();
     let table = |var: &'static str| env.require(var);
 
@@ -156,17 +172,24 @@ pub fn services(function: Function, sdk: &SdkConfig, env: &Env) -> Result<Servic
         Arc::new(Unconfigured::new("DOCUMENT_BUCKET"))
     };
     let sqs = aws_sdk_sqs::Client::new(sdk);
-    let queue = |bound: bool, var: &'static str| -> Result<Arc<dyn WorkQueue>, StartError> {
+    let queue = |bound: bool,
+                 var: &'static str,
+                 dead_var: &'static str|
+     -> Result<Arc<dyn WorkQueue>, StartError> {
         Ok(if bound {
-            Arc::new(SqsQueue::new(sqs.clone(), env.require(var)?, None))
+            let dead_letters = match binds.dead_letters {
+                true => Some(env.require(dead_var)?),
+                false => None,
+            };
+            Arc::new(SqsQueue::new(sqs.clone(), env.require(var)?, dead_letters))
         } else {
             Arc::new(Unconfigured::new(var))
         })
     };
     let queues = Queues {
-        chunk: queue(binds.chunk_queue, "CHUNK_QUEUE_URL")?,
-        embed: queue(binds.embed_queue, "EMBED_QUEUE_URL")?,
-        tag: queue(binds.tag_queue, "TAG_QUEUE_URL")?,
+        chunk: queue(binds.chunk_queue, "CHUNK_QUEUE_URL", "CHUNK_DLQ_URL")?,
+        embed: queue(binds.embed_queue, "EMBED_QUEUE_URL", "EMBED_DLQ_URL")?,
+        tag: queue(binds.tag_queue, "TAG_QUEUE_URL", "TAG_DLQ_URL")?,
     };
 
     let raw_embedder = crate::providers::embedder(&settings)?;
@@ -192,7 +215,9 @@ pub fn services(function: Function, sdk: &SdkConfig, env: &Env) -> Result<Servic
                         var: "PAPERLESS_URL",
                         message: e.to_string(),
                     })?
-                    .with_owner(settings.paperless_owner),
+                    .with_owner(settings.paperless_owner)
+                    .with_public_url(settings.paperless_public_url.clone())
+                    .with_needs(crate::paperless::TaxonomyNeeds::of(&settings.policy)),
             ))
         }
         None => None,

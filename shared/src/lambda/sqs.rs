@@ -1,14 +1,18 @@
 //! The SQS door of the chunk, embed and tag functions: Lambda's counterpart of `pai`'s queue
 //! consumers. Each record runs in its own task (a panic fails that message only); a transient
-//! failure is reported back as a batch item failure so SQS redelivers just that message (and
-//! dead-letters it after `maxReceiveCount`), a permanent one is recorded on its job and
+//! failure gets the back-off of `pipeline::healing` (ChangeMessageVisibility) and is reported
+//! back as a batch item failure so SQS redelivers just that message then (and dead-letters it
+//! after `maxReceiveCount`); a call refused by an open circuit breaker is deferred (a delayed
+//! copy, so no receive is spent); a permanent failure is recorded on its job and
 //! acknowledged, because retrying cannot help.
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use lambda_runtime::LambdaEvent;
 
 use crate::domain::Stage;
+use crate::pipeline::healing::{self, Settlement};
 use crate::pipeline::{PipelineError, Services, handle};
+use crate::ports::{Delivery, WorkQueue};
 
 /// Processes one SQS batch for `stage`, returning the messages to redeliver.
 pub async fn handle_batch(
@@ -27,6 +31,11 @@ async fn process(
     records: Vec<SqsMessage>,
 ) -> Result<SqsBatchResponse, lambda_runtime::Error> {
     let max_receives = svc.settings.max_receives;
+    let own: &dyn WorkQueue = match stage {
+        Stage::Chunk => svc.queues.chunk.as_ref(),
+        Stage::Embed => svc.queues.embed.as_ref(),
+        Stage::Tag => svc.queues.tag.as_ref(),
+    };
     let running: Vec<_> = records
         .into_iter()
         .map(|record| {
@@ -36,33 +45,62 @@ async fn process(
                 .get("ApproximateReceiveCount")
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(1);
-            let work = tokio::spawn(async move {
-                let body = record.body.unwrap_or_default();
-                handle(&svc, stage, &body, receives >= max_receives).await
-            });
-            (record.message_id, receives, work)
+            let message = Delivery {
+                message_id: record.message_id.clone().unwrap_or_default(),
+                receipt: record.receipt_handle.clone().unwrap_or_default(),
+                body: record.body.clone().unwrap_or_default(),
+                receive_count: receives,
+            };
+            let body = message.body.clone();
+            let work =
+                tokio::spawn(
+                    async move { handle(&svc, stage, &body, receives >= max_receives).await },
+                );
+            (record.message_id, message, work)
         })
         .collect();
 
     let mut response = SqsBatchResponse::default();
-    for (message_id, receives, work) in running {
+    for (message_id, message, work) in running {
         let outcome = work.await.unwrap_or_else(|panic| {
             Err(PipelineError::Retry(format!("handler panicked: {panic}")))
         });
-        match outcome {
-            Ok(()) => {}
+        let settlement = healing::settle(&outcome, message.receive_count);
+        let comes_back = match (&outcome, settlement) {
+            (Ok(()), _) => false,
             // Recorded on the job by `handle`; acknowledging keeps it out of the DLQ.
-            Err(PipelineError::Fail(reason)) => {
-                tracing::warn!(?stage, message_id, %reason, "message failed for good");
+            (Err(e), Settlement::Delete) => {
+                tracing::warn!(?stage, message_id, reason = %e, "message failed for good");
+                false
             }
-            Err(PipelineError::Retry(reason)) => {
-                tracing::warn!(?stage, message_id, receives, %reason, "message will be retried");
-                match message_id {
-                    Some(id) => response.add_failure(id),
-                    // Without an id SQS cannot be told which one: the whole batch comes back,
-                    // and idempotent steps make that safe.
-                    None => return Err(format!("a message without id failed: {reason}").into()),
+            (Err(e), Settlement::Defer(_)) => {
+                // The delayed copy is the message now; the original is acknowledged.
+                match healing::apply(own, &message, settlement).await {
+                    Ok(()) => {
+                        tracing::info!(?stage, message_id, reason = %e, ?settlement, "message deferred");
+                        false
+                    }
+                    Err(q) => {
+                        tracing::warn!(?stage, message_id, error = %q, "could not defer; retried the usual way");
+                        true
+                    }
                 }
+            }
+            (Err(e), Settlement::Release(_)) => {
+                // Without the own queue bound, SQS's visibility timeout is the back-off.
+                if let Err(q) = healing::apply(own, &message, settlement).await {
+                    tracing::debug!(?stage, error = %q, "back-off not set");
+                }
+                tracing::warn!(?stage, message_id, receives = message.receive_count, reason = %e, ?settlement, "message will be retried");
+                true
+            }
+        };
+        if comes_back {
+            match message_id {
+                Some(id) => response.add_failure(id),
+                // Without an id SQS cannot be told which one: the whole batch comes back,
+                // and idempotent steps make that safe.
+                None => return Err("a message without id failed".into()),
             }
         }
     }

@@ -65,6 +65,9 @@ impl WorkQueue for Unconfigured {
     async fn dead_letters(&self, _: usize) -> Result<Vec<Delivery>, StoreError> {
         self.fail()
     }
+    async fn delete_dead_letter(&self, _: &str) -> Result<(), StoreError> {
+        self.fail()
+    }
 }
 
 #[cfg(test)]

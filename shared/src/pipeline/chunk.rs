@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 
+use super::index::{self, save_manifest};
 use super::{PipelineError, Services, set_stage};
 use crate::domain::{
     ChunkRef, ChunkTask, DocId, DocMeta, Document, EmbedTask, Manifest, ObjectKind, Stage,
@@ -13,47 +14,59 @@ use crate::domain::{
 use crate::ports::{Condition, MAX_VECTORS_PER_CALL};
 use crate::text::{chunk_ranges, fold, sha256_hex};
 
+pub use super::index::{load_manifest, manifest_key, paperless_meta, snapshot_key};
+
 /// Chunks per embed message: one batched model call each.
 pub const EMBED_BATCH: usize = 32;
 
-pub fn manifest_key(doc_id: &DocId) -> String {
-    format!("manifest/{doc_id}")
+/// The exclude tag a Paperless document carries, if any: such a document is never sent to a
+/// model and is not in the index.
+pub fn exclude_tag(
+    doc: &Document,
+    taxonomy: &Taxonomy,
+    policy: &crate::config::TaggingPolicy,
+) -> Option<String> {
+    let names: Vec<String> = doc
+        .tags
+        .iter()
+        .filter_map(|id| taxonomy.name_of(ObjectKind::Tag, *id))
+        .map(fold)
+        .collect();
+    policy
+        .exclude_tags
+        .iter()
+        .find(|t| names.contains(&fold(t)))
+        .cloned()
 }
 
-pub fn snapshot_key(doc_id: &DocId, content_hash: &str) -> String {
-    format!("text/{doc_id}/{content_hash}.txt")
-}
-
-/// The filterable metadata of a Paperless document, with names resolved and normalised.
-pub fn paperless_meta(doc: &Document, taxonomy: &Taxonomy) -> DocMeta {
-    let name = |kind, id: Option<u64>| id.and_then(|id| taxonomy.name_of(kind, id)).map(fold);
-    DocMeta {
-        title: doc.title.clone(),
-        tags: doc
-            .tags
-            .iter()
-            .filter_map(|id| taxonomy.name_of(ObjectKind::Tag, *id))
-            .map(fold)
-            .collect(),
-        correspondent: name(ObjectKind::Correspondent, doc.correspondent),
-        document_type: name(ObjectKind::DocumentType, doc.document_type),
-        created: doc.created.clone().map(|c| c.chars().take(10).collect()),
-        owner: doc.owner,
-    }
-}
-
-pub async fn load_manifest(
+/// An excluded document: whatever the index holds of it goes, and no stage runs.
+async fn exclude(
     svc: &Services,
+    job_id: &str,
     doc_id: &DocId,
-) -> Result<Option<(Manifest, u64)>, PipelineError> {
-    match svc.state.get(&manifest_key(doc_id)).await? {
-        None => Ok(None),
-        Some(v) => Ok(Some((
-            serde_json::from_value(v.value)
-                .map_err(|e| PipelineError::Fail(format!("corrupt manifest of {doc_id}: {e}")))?,
-            v.version,
-        ))),
+    tag: &str,
+) -> Result<(), PipelineError> {
+    if let Some((manifest, _)) = load_manifest(svc, doc_id).await? {
+        index::forget(svc, &manifest).await?;
+        tracing::info!(%doc_id, tag, "document gained an exclude tag: removed from the index");
     }
+    super::update_job(svc.state.as_ref(), job_id, |job| {
+        job.doc_id = Some(doc_id.clone());
+    })
+    .await?;
+    let reason = format!("document has excluded tag {tag:?}: never sent to a model");
+    for stage in [Stage::Chunk, Stage::Embed, Stage::Tag] {
+        set_stage(
+            svc.state.as_ref(),
+            job_id,
+            stage,
+            StageStatus::Skipped,
+            Some(reason.clone()),
+            None,
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 pub async fn run(svc: &Services, task: &ChunkTask) -> Result<(), PipelineError> {
@@ -65,7 +78,10 @@ pub async fn run(svc: &Services, task: &ChunkTask) -> Result<(), PipelineError> 
                 .as_ref()
                 .ok_or_else(|| PipelineError::Fail("PAPERLESS_URL is not configured".into()))?;
             let doc = paperless.document(*doc_id).await?;
-            let taxonomy = svc.taxonomy().await?;
+            let taxonomy = svc.taxonomy_for(&doc).await?;
+            if let Some(tag) = exclude_tag(&doc, &taxonomy, &svc.settings.policy) {
+                return exclude(svc, job_id, &DocId::Paperless(*doc_id), &tag).await;
+            }
             (
                 DocId::Paperless(*doc_id),
                 doc.content.clone(),
@@ -133,18 +149,13 @@ pub async fn run(svc: &Services, task: &ChunkTask) -> Result<(), PipelineError> 
     let unchanged_version = existing
         .as_ref()
         .is_some_and(|(m, _)| m.job_id != job_id && m.content_hash == content_hash);
-    let base_hashes: HashSet<&str> = base.iter().map(|c| c.hash.as_str()).collect();
     let new_hashes: HashSet<&str> = chunks.iter().map(|c| c.hash.as_str()).collect();
-    let fresh: Vec<ChunkRef> = chunks
-        .iter()
-        .filter(|c| !base_hashes.contains(c.hash.as_str()))
-        .cloned()
-        .collect();
     let vanished: Vec<String> = base
         .iter()
         .filter(|c| !new_hashes.contains(c.hash.as_str()))
         .map(|c| Manifest::vector_key(&doc_id, c))
         .collect();
+    let meta_changed = existing.as_ref().is_some_and(|(m, _)| m.meta != meta);
 
     let manifest = Manifest {
         doc_id: doc_id.clone(),
@@ -155,24 +166,27 @@ pub async fn run(svc: &Services, task: &ChunkTask) -> Result<(), PipelineError> 
         meta,
     };
     let condition = version.map_or(Condition::Absent, Condition::Version);
-    svc.state
-        .put(
-            &manifest_key(&doc_id),
-            &serde_json::to_value(&manifest).expect("manifest serialises"),
-            condition,
-            None,
-        )
-        .await
-        .map_err(|e| match e {
-            crate::ports::StoreError::Conflict(_) => {
-                PipelineError::Retry(format!("manifest of {doc_id} changed concurrently"))
-            }
-            other => other.into(),
-        })?;
+    save_manifest(svc, &manifest, condition).await?;
 
     for batch in vanished.chunks(MAX_VECTORS_PER_CALL) {
         svc.vectors.delete(batch).await?;
     }
+    // The user changed tags, correspondent, type, date or owner in Paperless: the vectors
+    // already indexed carry it now, without being embedded again.
+    if meta_changed {
+        index::refresh_vector_metadata(svc, &manifest).await?;
+    }
+    // What to embed is what the index lacks, not what the last manifest lacked: chunks lost to
+    // an outage, a dead-lettered or superseded batch are queued again here.
+    let fresh = index::missing(svc, &doc_id, &chunks).await?;
+
+    // Counted before the messages go out, so no batch can finish before its job knows.
+    super::update_job(svc.state.as_ref(), job_id, |job| {
+        job.doc_id = Some(doc_id.clone());
+        job.chunks_total = chunks.len() as u32;
+        job.chunks_new = fresh.len() as u32;
+    })
+    .await?;
     let embed_bodies: Vec<String> = fresh
         .chunks(EMBED_BATCH)
         .map(|batch| {
@@ -187,21 +201,17 @@ pub async fn run(svc: &Services, task: &ChunkTask) -> Result<(), PipelineError> 
         .collect();
     svc.queues.embed.send(&embed_bodies).await?;
 
-    super::update_job(svc.state.as_ref(), job_id, |job| {
-        job.doc_id = Some(doc_id.clone());
-        job.chunks_total = chunks.len() as u32;
-        job.chunks_new = fresh.len() as u32;
-    })
-    .await?;
-    let detail = if unchanged_version {
-        "text unchanged since the last version".to_string()
-    } else {
-        format!(
+    let detail = match (unchanged_version, fresh.len()) {
+        (true, 0) => "text unchanged since the last version".to_string(),
+        (true, n) => format!(
+            "text unchanged since the last version; {n} chunks missing from the index queued again"
+        ),
+        _ => format!(
             "{} chunks, {} new, {} removed",
             chunks.len(),
             fresh.len(),
             vanished.len()
-        )
+        ),
     };
     set_stage(
         svc.state.as_ref(),
@@ -218,7 +228,7 @@ pub async fn run(svc: &Services, task: &ChunkTask) -> Result<(), PipelineError> 
             job_id,
             Stage::Embed,
             StageStatus::Skipped,
-            Some("no new chunks".into()),
+            Some("every chunk is already indexed".into()),
             Some(svc.embedder.space().to_string()),
         )
         .await?;

@@ -2,58 +2,36 @@
 //! with the document's filterable metadata into the index. Redelivery rewrites the same keys
 //! and counts the batch once.
 
-use serde_json::{Map, Value, json};
-
-use super::chunk::{load_manifest, snapshot_key};
+use super::index::{self, load_manifest, snapshot_key};
 use super::{PipelineError, Services, set_stage};
-use crate::domain::{DocMeta, EmbedTask, Manifest, Stage, StageStatus};
-use crate::ports::{Condition, StoreError, VectorRecord};
+use crate::domain::{EmbedTask, Manifest, Stage, StageStatus};
+use crate::ports::VectorRecord;
 
-/// Filterable metadata of a document's vectors, in the shape the chat filters query.
-pub fn vector_metadata(doc_id: &crate::domain::DocId, meta: &DocMeta) -> Map<String, Value> {
-    let mut m = Map::new();
-    m.insert("doc_id".into(), json!(doc_id.to_string()));
-    m.insert("tags".into(), json!(meta.tags));
-    if let Some(c) = &meta.correspondent {
-        m.insert("correspondent".into(), json!(c));
-    }
-    if let Some(t) = &meta.document_type {
-        m.insert("document_type".into(), json!(t));
-    }
-    if let Some(day) = meta.created.as_deref().and_then(created_number) {
-        m.insert("created".into(), json!(day));
-    }
-    if let Some(o) = meta.owner {
-        m.insert("owner".into(), json!(o));
-    }
-    m
-}
-
-/// `2025-03-14` as the number 20250314, so date ranges are numeric `$gte`/`$lte` filters.
-pub fn created_number(date: &str) -> Option<u32> {
-    let d = chrono::NaiveDate::parse_from_str(date.get(..10)?, "%Y-%m-%d").ok()?;
-    date[..10]
-        .replace('-', "")
-        .parse()
-        .ok()
-        .filter(|_| d.to_string() == date[..10])
-}
+pub use super::index::{created_number, vector_metadata};
 
 pub async fn run(svc: &Services, task: &EmbedTask) -> Result<(), PipelineError> {
     let Some((manifest, _)) = load_manifest(svc, &task.doc_id).await? else {
-        return Err(PipelineError::Fail(format!(
-            "no manifest for {}",
-            task.doc_id
-        )));
-    };
-    if manifest.content_hash != task.content_hash {
-        // A newer version was chunked since: its own embed messages cover its chunks.
+        // Deleted in Paperless or excluded since: nothing of it may be indexed.
         set_stage(
             svc.state.as_ref(),
             &task.job_id,
             Stage::Embed,
             StageStatus::Skipped,
-            Some("superseded by a newer version".into()),
+            Some("the document left the index".into()),
+            None,
+        )
+        .await?;
+        return Ok(());
+    };
+    if manifest.content_hash != task.content_hash {
+        // A newer version was chunked since. Its chunk run queued every chunk the index
+        // lacked, these included, so skipping loses nothing.
+        set_stage(
+            svc.state.as_ref(),
+            &task.job_id,
+            Stage::Embed,
+            StageStatus::Skipped,
+            Some("superseded by a newer version, whose job indexes every chunk".into()),
             None,
         )
         .await?;
@@ -88,89 +66,89 @@ pub async fn run(svc: &Services, task: &EmbedTask) -> Result<(), PipelineError> 
         )));
     }
     let metadata = vector_metadata(&task.doc_id, &manifest.meta);
-    let records: Vec<VectorRecord> = task
-        .chunks
-        .iter()
-        .zip(texts)
-        .zip(vectors)
-        .filter(|(_, v)| v.iter().any(|x| *x != 0.0))
-        .map(|((c, text), vector)| VectorRecord {
+    let mut empty = Vec::new();
+    let mut records = Vec::with_capacity(task.chunks.len());
+    for ((c, text), vector) in task.chunks.iter().zip(texts).zip(vectors) {
+        if vector.iter().all(|x| *x == 0.0) {
+            empty.push(c.hash.clone());
+            continue;
+        }
+        records.push(VectorRecord {
             key: Manifest::vector_key(&task.doc_id, c),
             vector,
             metadata: metadata.clone(),
             text,
             title: manifest.meta.title.clone(),
-        })
-        .collect();
+        });
+    }
     let written = records.len();
     if !records.is_empty() {
         svc.vectors.put(records).await?;
     }
 
-    // Tagging may have changed the metadata while this batch was embedded: write it again.
-    if let Some((latest, _)) = load_manifest(svc, &task.doc_id).await?
-        && latest.meta != manifest.meta
-    {
-        super::tag::refresh_vector_metadata(svc, &latest).await?;
-    }
-
-    // Count the batch once, however often this message is delivered.
-    let marker = format!(
-        "embedded/{}/{}",
-        task.job_id,
-        task.chunks
-            .first()
-            .map(|c| c.hash.as_str())
-            .unwrap_or("none")
-    );
-    match svc
-        .state
-        .put(
-            &marker,
-            &json!({"chunks": task.chunks.len()}),
-            Condition::Absent,
-            Some(super::now() + 30 * 86_400),
-        )
-        .await
-    {
-        Ok(_) => {
-            metrics::counter!(crate::metrics::CHUNKS_EMBEDDED).increment(written as u64);
-            let done = svc
-                .state
-                .add(
-                    &super::job_key(&task.job_id),
-                    "chunks_embedded",
-                    task.chunks.len() as i64,
-                )
-                .await?;
-            let job = super::load_job(svc.state.as_ref(), &task.job_id).await?;
-            if job.is_some_and(|j| done >= j.chunks_new as i64) {
-                set_stage(
-                    svc.state.as_ref(),
-                    &task.job_id,
-                    Stage::Embed,
-                    StageStatus::Done,
-                    Some(format!("{done} chunks embedded")),
-                    Some(svc.embedder.space().to_string()),
-                )
-                .await?;
+    match load_manifest(svc, &task.doc_id).await? {
+        // Tagging or a user's edit changed the metadata while this batch was embedded.
+        Some((latest, _)) if latest.content_hash == manifest.content_hash => {
+            if latest.meta != manifest.meta {
+                index::refresh_vector_metadata(svc, &latest).await?;
             }
         }
-        Err(StoreError::Conflict(_)) => tracing::debug!("batch already counted"),
-        Err(e) => return Err(e.into()),
+        // A newer version (or the removal of the document) raced this write: vectors of
+        // chunks it no longer has must not stay behind in the index.
+        latest => {
+            let keep: std::collections::HashSet<String> = latest
+                .map(|(m, _)| {
+                    m.chunks
+                        .iter()
+                        .map(|c| Manifest::vector_key(&m.doc_id, c))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let stale: Vec<String> = task
+                .chunks
+                .iter()
+                .map(|c| Manifest::vector_key(&task.doc_id, c))
+                .filter(|k| !keep.contains(k))
+                .collect();
+            if !stale.is_empty() {
+                svc.vectors.delete(&stale).await?;
+            }
+        }
+    }
+
+    let Some(job) = super::load_job(svc.state.as_ref(), &task.job_id).await? else {
+        return Ok(());
+    };
+    if index::record_batch(svc, &task.job_id, job.attempt, &task.chunks, &empty).await? {
+        metrics::counter!(crate::metrics::CHUNKS_EMBEDDED).increment(written as u64);
+        // Shown by `GET /jobs`; completion below does not depend on it.
+        svc.state
+            .add(
+                &super::job_key(&task.job_id),
+                "chunks_embedded",
+                task.chunks.len() as i64,
+            )
+            .await?;
+    } else {
+        tracing::debug!("batch already counted");
+    }
+    // Complete when the markers cover the job's batches and the index confirms every chunk of
+    // this version; recomputed by every batch (and its redeliveries), so a crash between two
+    // writes cannot leave the stage pending.
+    let prefix = index::marker_prefix(&task.job_id, Some(job.attempt));
+    if index::markers(svc, &prefix).await?.0 >= job.chunks_new as usize {
+        let lacking = index::unindexed(svc, &manifest, &[&task.job_id, &manifest.job_id]).await?;
+        if lacking.is_empty() {
+            set_stage(
+                svc.state.as_ref(),
+                &task.job_id,
+                Stage::Embed,
+                StageStatus::Done,
+                Some(format!("{} chunks indexed", manifest.chunks.len())),
+                Some(svc.embedder.space().to_string()),
+            )
+            .await?;
+        }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn created_dates_become_numbers() {
-        assert_eq!(created_number("2025-03-14"), Some(20250314));
-        assert_eq!(created_number("2025-03-14T00:00:00Z"), Some(20250314));
-        assert_eq!(created_number("2025-02-30"), None);
-        assert_eq!(created_number("14.03.2025"), None);
-    }
 }

@@ -208,10 +208,16 @@ pub async fn create_upload(
             svc.settings.max_upload_bytes
         )));
     }
+    if size.is_none() && svc.blobs.direct_uploads() {
+        return Err(IngestError::BadRequest(
+            "size is required: the upload URL is signed for exactly that many bytes".into(),
+        ));
+    }
     let mut job = Job::new(new_job_id(), JobOrigin::Upload, None, now());
     job.filename = Some(filename);
     job.content_type = Some(content_type.to_string());
     job.upload_token = Some(uuid::Uuid::new_v4().simple().to_string());
+    job.upload_size = size;
     Ok(start(svc, job, None).await?)
 }
 
@@ -336,6 +342,17 @@ pub async fn upload_arrived(
             object.size, svc.settings.max_upload_bytes
         )));
     }
+    // S3 enforces the signed length; this holds for any store that does not.
+    if let Some(announced) = job.upload_size
+        && announced != object.size
+        && job.doc_id.is_none()
+    {
+        let _ = svc.blobs.delete(&object.key).await;
+        return Err(PipelineError::Fail(format!(
+            "the upload has {} bytes, not the {announced} it was announced with",
+            object.size
+        )));
+    }
     let content_type = job
         .content_type
         .clone()
@@ -394,6 +411,14 @@ pub async fn receive_upload(
             "{} bytes is over the upload limit of {} bytes",
             bytes.len(),
             svc.settings.max_upload_bytes
+        )));
+    }
+    if let Some(announced) = job.upload_size
+        && announced != bytes.len() as u64
+    {
+        return Err(IngestError::BadRequest(format!(
+            "the upload has {} bytes, not the {announced} it was announced with",
+            bytes.len()
         )));
     }
     let content_type = job

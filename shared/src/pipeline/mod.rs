@@ -4,9 +4,12 @@
 //! a redelivered message must change nothing twice. `handle` is the one entry point both the
 //! Lambda doors and `pai`'s workers call with a message body.
 
+pub mod access;
 pub mod chat;
 pub mod chunk;
 pub mod embed;
+pub mod healing;
+pub mod index;
 pub mod ingest;
 pub mod sync;
 pub mod tag;
@@ -15,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::Settings;
-use crate::domain::{Job, Stage, StageState, StageStatus, Taxonomy};
+use crate::domain::{Document, Job, ObjectKind, Stage, StageState, StageStatus, Taxonomy};
 use crate::ports::{
     BlobStore, Cache, ChatModel, Condition, Embedder, ModelError, Paperless, PaperlessError,
     StateStore, StoreError, VectorIndex, WorkQueue,
@@ -43,14 +46,34 @@ pub struct Services {
     pub paperless: Option<Arc<dyn Paperless>>,
     /// The taxonomy used when no Paperless is configured (e.g. `DATA_DIR/taxonomy.json`).
     pub local_taxonomy: Arc<Taxonomy>,
-    taxonomy_cache: Arc<Mutex<Option<CachedTaxonomy>>>,
+    taxonomy_cache: Arc<TaxonomyCache>,
 }
 
-/// A Paperless taxonomy and when it was fetched.
-type CachedTaxonomy = (Instant, Arc<Taxonomy>);
+/// The Paperless taxonomy as this process knows it: read once and kept, so a burst of
+/// documents does not re-list five kinds of objects per document. One reader at a time
+/// refreshes it (single flight: the others wait and take its result); objects we create are
+/// added in place; it is read again at a bounded age, or when a name we need is missing and
+/// the copy is old enough that someone else may have created it since.
+#[derive(Default)]
+struct TaxonomyCache {
+    current: Mutex<Option<CachedTaxonomy>>,
+    refreshing: tokio::sync::Mutex<()>,
+    /// Creates run one at a time, so two workers never create the same name twice.
+    creating: tokio::sync::Mutex<()>,
+}
 
-/// How long a fetched Paperless taxonomy is reused before it is read again.
-const TAXONOMY_TTL: Duration = Duration::from_secs(60);
+/// A Paperless taxonomy, when it was fetched, and whether it must be read again.
+#[derive(Clone)]
+struct CachedTaxonomy {
+    fetched: Instant,
+    stale: bool,
+    taxonomy: Arc<Taxonomy>,
+}
+
+/// How long a fetched Paperless taxonomy is used before it is read again.
+const TAXONOMY_MAX_AGE: Duration = Duration::from_secs(60);
+/// A name missing from a copy at least this old re-reads the taxonomy before it is created.
+const TAXONOMY_MISS_REFRESH: Duration = Duration::from_secs(10);
 
 impl Services {
     #[allow(clippy::too_many_arguments)]
@@ -81,25 +104,115 @@ impl Services {
         }
     }
 
-    /// The user's taxonomy: Paperless's (cached briefly), or the local one.
+    fn cached_taxonomy(&self, max_age: Duration) -> Option<Arc<Taxonomy>> {
+        self.taxonomy_cache
+            .current
+            .lock()
+            .expect("taxonomy cache")
+            .as_ref()
+            .filter(|c| !c.stale && c.fetched.elapsed() < max_age)
+            .map(|c| c.taxonomy.clone())
+    }
+
+    /// The user's taxonomy: Paperless's (kept for a bounded age), or the local one.
     pub async fn taxonomy(&self) -> Result<Arc<Taxonomy>, PipelineError> {
+        self.taxonomy_not_older_than(TAXONOMY_MAX_AGE).await
+    }
+
+    async fn taxonomy_not_older_than(
+        &self,
+        max_age: Duration,
+    ) -> Result<Arc<Taxonomy>, PipelineError> {
         let Some(paperless) = &self.paperless else {
             return Ok(self.local_taxonomy.clone());
         };
-        if let Some((at, t)) = self.taxonomy_cache.lock().expect("taxonomy cache").as_ref()
-            && at.elapsed() < TAXONOMY_TTL
-        {
-            return Ok(t.clone());
+        if let Some(t) = self.cached_taxonomy(max_age) {
+            return Ok(t);
+        }
+        let _flight = self.taxonomy_cache.refreshing.lock().await;
+        // Whoever held the flight before us may just have read it.
+        if let Some(t) = self.cached_taxonomy(max_age) {
+            return Ok(t);
         }
         let fresh = Arc::new(paperless.taxonomy().await.map_err(PipelineError::from)?);
-        *self.taxonomy_cache.lock().expect("taxonomy cache") =
-            Some((Instant::now(), fresh.clone()));
+        *self.taxonomy_cache.current.lock().expect("taxonomy cache") = Some(CachedTaxonomy {
+            fetched: Instant::now(),
+            stale: false,
+            taxonomy: fresh.clone(),
+        });
         Ok(fresh)
     }
 
-    /// Forgets the cached taxonomy (after creating objects in Paperless).
+    /// The taxonomy as it must be to judge `doc`: an object the kept copy does not know was
+    /// created since it was read (a new exclude tag must keep a private document from every
+    /// model; new names must reach the vectors' metadata), so then it is read again.
+    pub async fn taxonomy_for(&self, doc: &Document) -> Result<Arc<Taxonomy>, PipelineError> {
+        let taxonomy = self.taxonomy().await?;
+        let unknown =
+            |kind, id: Option<u64>| id.is_some_and(|id| taxonomy.name_of(kind, id).is_none());
+        if doc.tags.iter().any(|t| unknown(ObjectKind::Tag, Some(*t)))
+            || unknown(ObjectKind::Correspondent, doc.correspondent)
+            || unknown(ObjectKind::DocumentType, doc.document_type)
+        {
+            self.taxonomy_changed();
+            return self.taxonomy().await;
+        }
+        Ok(taxonomy)
+    }
+
+    /// Makes the next read of the taxonomy go to Paperless (until then, the copy serves).
     pub fn taxonomy_changed(&self) {
-        *self.taxonomy_cache.lock().expect("taxonomy cache") = None;
+        if let Some(c) = self
+            .taxonomy_cache
+            .current
+            .lock()
+            .expect("taxonomy cache")
+            .as_mut()
+        {
+            c.stale = true;
+        }
+    }
+
+    /// The id of a named object, created in Paperless (matching "none") when it is missing
+    /// there: `seen` is the taxonomy the caller worked from; the kept copy is asked next (a
+    /// neighbour may have created it), then Paperless if the copy is not recent.
+    pub async fn object_id(
+        &self,
+        seen: &Taxonomy,
+        kind: ObjectKind,
+        name: &str,
+    ) -> Result<u64, PipelineError> {
+        if let Some(o) = seen.find(kind, name) {
+            return Ok(o.id);
+        }
+        let paperless = self
+            .paperless
+            .as_ref()
+            .ok_or_else(|| PipelineError::Fail("PAPERLESS_URL is not configured".into()))?;
+        let _one_creator = self.taxonomy_cache.creating.lock().await;
+        if let Some(o) = self.taxonomy().await?.find(kind, name) {
+            return Ok(o.id);
+        }
+        if let Some(o) = self
+            .taxonomy_not_older_than(TAXONOMY_MISS_REFRESH)
+            .await?
+            .find(kind, name)
+        {
+            return Ok(o.id);
+        }
+        let created = paperless.create(kind, name).await?;
+        if let Some(c) = self
+            .taxonomy_cache
+            .current
+            .lock()
+            .expect("taxonomy cache")
+            .as_mut()
+        {
+            let mut updated = (*c.taxonomy).clone();
+            updated.objects_mut(kind).push(created.clone());
+            c.taxonomy = Arc::new(updated);
+        }
+        Ok(created.id)
     }
 }
 
@@ -112,11 +225,19 @@ pub enum PipelineError {
     /// Permanent: recorded on the job; retrying cannot help.
     #[error("{0}")]
     Fail(String),
+    /// Not attempted (a model's circuit breaker is open): the message comes back after
+    /// `after` without this receive counting against it.
+    #[error("{reason}")]
+    Deferred { reason: String, after: Duration },
 }
 
 impl PipelineError {
+    /// Whether the message should come back (after a failure that may heal, or deferred).
     pub fn is_retry(&self) -> bool {
-        matches!(self, PipelineError::Retry(_))
+        matches!(
+            self,
+            PipelineError::Retry(_) | PipelineError::Deferred { .. }
+        )
     }
 }
 
@@ -131,6 +252,12 @@ impl From<StoreError> for PipelineError {
 
 impl From<ModelError> for PipelineError {
     fn from(e: ModelError) -> Self {
+        if let ModelError::CircuitOpen { retry_after } = e {
+            return PipelineError::Deferred {
+                reason: e.to_string(),
+                after: retry_after,
+            };
+        }
         if e.is_transient() {
             PipelineError::Retry(e.to_string())
         } else {
@@ -255,6 +382,30 @@ pub async fn set_stage(
     .await
 }
 
+/// Sets a stage's outcome, replacing an earlier failure: the job shows its latest outcome
+/// (a retried tag stage that now succeeds is done).
+pub async fn set_stage_latest(
+    state: &dyn StateStore,
+    job_id: &str,
+    stage: Stage,
+    status: StageStatus,
+    detail: Option<String>,
+    provider: Option<String>,
+) -> Result<Job, PipelineError> {
+    update_job(state, job_id, |job| {
+        job.stages.insert(
+            stage,
+            StageState {
+                status,
+                detail: detail.clone(),
+                provider: provider.clone(),
+                finished_at: (status != StageStatus::Pending).then(now),
+            },
+        );
+    })
+    .await
+}
+
 /// Processes one message of a stage's queue. `final_attempt` is set when the queue will
 /// dead-letter the message if this attempt fails, so the job records the failure now.
 pub async fn handle(
@@ -290,10 +441,20 @@ pub async fn handle(
         Stage::Tag => {
             let t: crate::domain::TagTask = serde_json::from_str(body).map_err(malformed)?;
             let span = tracing::info_span!("tag", job_id = %t.job_id, doc_id = %t.doc_id);
-            (t.job_id.clone(), tag::run(svc, &t).instrument(span).await)
+            let result = tag::run(svc, &t).instrument(span).await;
+            record_failure(
+                svc,
+                stage,
+                &t.job_id,
+                &result,
+                final_attempt,
+                Some(&t.content_hash),
+            )
+            .await;
+            return result;
         }
     };
-    record_failure(svc, stage, &job_id, &result, final_attempt).await;
+    record_failure(svc, stage, &job_id, &result, final_attempt, None).await;
     result
 }
 
@@ -314,19 +475,27 @@ async fn uploaded(
     }
     .instrument(span)
     .await;
-    record_failure(svc, Stage::Chunk, &job_id, &result, final_attempt).await;
+    record_failure(svc, Stage::Chunk, &job_id, &result, final_attempt, None).await;
     result
 }
 
 /// Counts a failed step and, when it will not be retried, records why on the job.
+/// `content_hash` is the text a failed tag stage worked on.
 async fn record_failure(
     svc: &Services,
     stage: Stage,
     job_id: &str,
     result: &Result<(), PipelineError>,
     final_attempt: bool,
+    content_hash: Option<&str>,
 ) {
     if let Err(e) = result {
+        if let PipelineError::Deferred { reason, .. } = e {
+            // Not attempted: no failure of this message, on its last receive or not.
+            metrics::counter!(crate::metrics::MESSAGES_FAILED, "stage" => format!("{stage:?}").to_lowercase(), "outcome" => "deferred").increment(1);
+            tracing::info!(job_id, ?stage, %reason, "deferred");
+            return;
+        }
         let label = if e.is_retry() && !final_attempt {
             "retry"
         } else {
@@ -340,20 +509,25 @@ async fn record_failure(
                 e.to_string()
             };
             tracing::warn!(job_id, ?stage, %reason, "stage failed");
+            if e.is_retry()
+                && let Err(e) = healing::failed_transiently(svc, job_id).await
+            {
+                tracing::warn!(job_id, error = %e, "could not note the job for sync to retry");
+            }
             // The job may not exist (a message for a deleted job): nothing more to record then.
             let _ = set_stage(
                 svc.state.as_ref(),
                 job_id,
                 stage,
                 StageStatus::Failed,
-                Some(reason),
+                Some(reason.clone()),
                 None,
             )
             .await;
             // The document shows the failure in Paperless too (not for embedding: its tagging
             // may still succeed, and chat is what misses the document).
             if stage != Stage::Embed {
-                tag::mark_failed(svc, job_id).await;
+                tag::mark_failed(svc, job_id, content_hash, &reason).await;
             }
         }
     }

@@ -1,18 +1,19 @@
 //! Sync: catches what webhooks miss (Paperless retries a webhook only on HTTP errors, not on a
-//! refused connection). Each run queues the documents modified since the last run and those
-//! carrying the trigger tag, and removes from the index documents deleted in Paperless, checking
-//! a rotating window of known documents so no run re-lists the whole library. Idempotent:
-//! re-queued documents are no-ops downstream (same text, same policy).
+//! refused connection) and heals what outages broke. Each run queues the documents modified
+//! since the last run and those carrying the trigger tag, runs again the jobs that failed for a
+//! transient reason, fails the jobs of dead-lettered messages, and checks a rotating window of
+//! known documents so no run re-lists the whole library: those deleted in Paperless leave the
+//! index, those whose index is incomplete (a chunk without its vector) are queued again.
+//! Idempotent: re-queued documents are no-ops downstream (same text, same policy).
 
 use std::collections::BTreeSet;
 
 use serde::Serialize;
 use serde_json::json;
 
-use super::chunk::manifest_key;
-use super::{PipelineError, Services};
-use crate::domain::{JobOrigin, Manifest, ObjectKind};
-use crate::ports::{Condition, DocumentQuery, MAX_VECTORS_PER_CALL};
+use super::{PipelineError, Services, healing, index};
+use crate::domain::{JobOrigin, JobStatus, Manifest, ObjectKind, Stage};
+use crate::ports::{Condition, DocumentQuery};
 
 const CURSOR_KEY: &str = "sync/cursor";
 /// Known documents checked for deletion per run.
@@ -25,6 +26,15 @@ pub struct SyncReport {
     pub jobs: Vec<String>,
     /// Documents deleted in Paperless whose vectors were removed.
     pub removed: usize,
+    /// Documents queued again because their index lacked chunks.
+    #[serde(default)]
+    pub incomplete: usize,
+    /// Jobs that had failed for a transient reason, run again.
+    #[serde(default)]
+    pub retried: Vec<String>,
+    /// Failed tags written now that Paperless was unreachable for when their jobs failed.
+    #[serde(default)]
+    pub failed_tags_written: usize,
     /// The newest modification time seen (the next run starts after it).
     pub cursor: Option<String>,
 }
@@ -73,17 +83,34 @@ pub async fn run(svc: &Services) -> Result<SyncReport, PipelineError> {
     if let Some(trigger) = &svc.settings.policy.trigger_tag
         && let Some(tag) = svc.taxonomy().await?.find(ObjectKind::Tag, trigger)
     {
+        let mut triggered = Vec::new();
         all_pages(
             paperless.as_ref(),
             &DocumentQuery {
                 tag: Some(tag.id),
                 ..Default::default()
             },
-            |d| {
-                ids.insert(d.id);
-            },
+            |d| triggered.push(d),
         )
         .await?;
+        // A document still carrying the trigger tag after its run (excluded, or a run that
+        // could not remove it) is queued once per version, not by every sync.
+        for d in triggered {
+            let key = format!("sync/trigger/{}", d.id);
+            let seen = state.get(&key).await?;
+            if seen.is_some_and(|v| v.value["modified"].as_str() == d.modified.as_deref()) {
+                continue;
+            }
+            state
+                .put(
+                    &key,
+                    &json!({"modified": d.modified}),
+                    Condition::None,
+                    Some(super::now() + 90 * 86_400),
+                )
+                .await?;
+            ids.insert(d.id);
+        }
     }
     let mut jobs = Vec::with_capacity(ids.len());
     for id in &ids {
@@ -93,25 +120,56 @@ pub async fn run(svc: &Services) -> Result<SyncReport, PipelineError> {
                 .id,
         );
     }
-    let removed = remove_deleted(svc).await?;
+    // On AWS nothing else watches the dead-letter queues (`pai`'s workers do it themselves);
+    // queues this function cannot read are skipped.
+    for (stage, queue) in [
+        (Stage::Chunk, &svc.queues.chunk),
+        (Stage::Embed, &svc.queues.embed),
+        (Stage::Tag, &svc.queues.tag),
+    ] {
+        if let Err(e) = healing::note_dead_letters(svc, stage, queue.as_ref()).await {
+            tracing::debug!(?stage, error = %e, "dead letters not checked");
+        }
+    }
+    let retried = healing::retry_transient_failures(svc).await?;
+    let marked = super::tag::write_pending_failed_marks(svc).await?;
+    let (removed, incomplete) = check_window(svc, &ids).await?;
     if newest != cursor {
         let condition = saved.map_or(Condition::Absent, |v| Condition::Version(v.version));
         state
             .put(CURSOR_KEY, &json!({"modified": newest}), condition, None)
             .await?;
     }
-    tracing::info!(queued = ids.len(), removed, "sync done");
+    tracing::info!(
+        queued = ids.len(),
+        removed,
+        incomplete,
+        retried = retried.len(),
+        failed_tags_written = marked,
+        "sync done"
+    );
     Ok(SyncReport {
-        queued: ids.len(),
+        queued: ids.len() + incomplete,
         jobs,
         removed,
+        incomplete,
+        retried,
+        failed_tags_written: marked,
         cursor: newest,
     })
 }
 
-/// Checks the next window of indexed Paperless documents and forgets those Paperless no
-/// longer has: their vectors, manifest and loop-guard record.
-async fn remove_deleted(svc: &Services) -> Result<usize, PipelineError> {
+/// How long a job may go on before sync treats it as abandoned (its messages lost).
+const ABANDONED_AFTER_SECS: i64 = 86_400;
+
+/// Checks the next window of indexed Paperless documents: those Paperless no longer has are
+/// forgotten (vectors, manifest, loop-guard record); those whose index lacks chunks, and whose
+/// last job is not still at work, are queued again (`queued_now` were queued by this run).
+/// Returns (removed, re-queued).
+async fn check_window(
+    svc: &Services,
+    queued_now: &BTreeSet<u64>,
+) -> Result<(usize, usize), PipelineError> {
     let paperless = svc.paperless.clone().expect("checked by run");
     let state = svc.state.as_ref();
     let after = state
@@ -130,12 +188,15 @@ async fn remove_deleted(svc: &Services) -> Result<usize, PipelineError> {
         window.extend(head.into_iter().filter(|(k, _)| *k <= end));
     }
     let next = window.last().map(|(k, _)| k.clone());
-    let manifests: Vec<Manifest> = window
-        .into_iter()
-        .filter_map(|(_, v)| serde_json::from_value(v).ok())
-        .filter(|m: &Manifest| m.doc_id.paperless_id().is_some())
-        .collect();
-    let mut removed = 0;
+    let mut manifests: Vec<Manifest> = Vec::with_capacity(window.len());
+    for (key, value) in window {
+        match index::resolve(svc, value).await {
+            Ok(m) if m.doc_id.paperless_id().is_some() => manifests.push(m),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(key, error = %e, "manifest not checked"),
+        }
+    }
+    let (mut removed, mut requeued) = (0, 0);
     for batch in manifests.chunks(100) {
         let wanted: Vec<u64> = batch
             .iter()
@@ -153,23 +214,24 @@ async fn remove_deleted(svc: &Services) -> Result<usize, PipelineError> {
             },
         )
         .await?;
-        for m in batch.iter().filter(|m| {
-            !m.doc_id
-                .paperless_id()
-                .is_some_and(|id| existing.contains(&id))
-        }) {
-            let keys: Vec<String> = m
-                .chunks
-                .iter()
-                .map(|c| Manifest::vector_key(&m.doc_id, c))
-                .collect();
-            for k in keys.chunks(MAX_VECTORS_PER_CALL) {
-                svc.vectors.delete(k).await?;
+        for m in batch {
+            let id = m.doc_id.paperless_id().expect("filtered");
+            if !existing.contains(&id) {
+                index::forget(svc, m).await?;
+                state.delete(&format!("tagged/{}", m.doc_id)).await?;
+                tracing::info!(doc_id = %m.doc_id, "document deleted in Paperless: removed from the index");
+                removed += 1;
+                continue;
             }
-            state.delete(&manifest_key(&m.doc_id)).await?;
-            state.delete(&format!("tagged/{}", m.doc_id)).await?;
-            tracing::info!(doc_id = %m.doc_id, "document deleted in Paperless: removed from the index");
-            removed += 1;
+            if queued_now.contains(&id) || still_at_work(svc, &m.job_id).await? {
+                continue;
+            }
+            let lacking = index::unindexed(svc, m, &[&m.job_id]).await?;
+            if !lacking.is_empty() {
+                tracing::info!(doc_id = %m.doc_id, missing = lacking.len(), "index incomplete: document queued again");
+                super::ingest::paperless_document(svc, id, JobOrigin::Sync).await?;
+                requeued += 1;
+            }
         }
     }
     if let Some(k) = next {
@@ -177,5 +239,16 @@ async fn remove_deleted(svc: &Services) -> Result<usize, PipelineError> {
             .put("sync/deletion_cursor", &json!(k), Condition::None, None)
             .await?;
     }
-    Ok(removed)
+    Ok((removed, requeued))
+}
+
+/// Whether a document's last job is still queued or running (and not abandoned).
+async fn still_at_work(svc: &Services, job_id: &str) -> Result<bool, PipelineError> {
+    let Some(job) = super::load_job(svc.state.as_ref(), job_id).await? else {
+        return Ok(false);
+    };
+    Ok(
+        matches!(job.status(), JobStatus::Queued | JobStatus::Running)
+            && super::now() - job.created_at < ABANDONED_AFTER_SECS,
+    )
 }

@@ -11,15 +11,15 @@ use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::chunk::{load_manifest, manifest_key, snapshot_key};
+use super::chunk::{load_manifest, snapshot_key};
 use super::{PipelineError, Services, set_stage};
 use crate::config::FieldMode;
 use crate::domain::{
     DocId, DocMeta, Document, DocumentPatch, Field, Manifest, ObjectKind, Stage, StageStatus,
     Suggestion, TagInput, TagTask, Taxonomy,
 };
-use crate::ports::{Condition, MAX_VECTORS_PER_CALL, Paperless, StoreError};
-use crate::text::{fit_head_tail, fold, plausible_date};
+use crate::ports::{Condition, Paperless, StoreError};
+use crate::text::{calendar_date, fit_head_tail, fold, plausible_date};
 
 /// At most this many names of one kind go into a prompt; the rest of a large taxonomy is
 /// represented by the names most relevant to the document and the most used.
@@ -46,6 +46,14 @@ pub struct SuggestionRecord {
     pub undone_at: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub undone: Option<DocumentPatch>,
+    /// Recorded before the PATCH and cleared after it: a pending record whose PATCH shows in
+    /// Paperless means the worker stopped in between.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
+    /// Fields left as the user set them (changed while the model was thinking, or after we
+    /// wrote them, for undo).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept_by_user: Vec<String>,
 }
 
 pub fn suggestion_key(doc_id: &DocId) -> String {
@@ -58,9 +66,14 @@ fn tagged_key(doc_id: &DocId) -> String {
 
 /// The names of one kind to show the model: all of a small taxonomy; for a large one, those
 /// the document mentions first, then the most used.
-fn slice(taxonomy: &Taxonomy, kind: ObjectKind, content_words: &BTreeSet<String>) -> Vec<String> {
+fn slice(
+    taxonomy: &Taxonomy,
+    kind: ObjectKind,
+    content_words: &BTreeSet<String>,
+    cap: usize,
+) -> Vec<String> {
     let mut objects: Vec<_> = taxonomy.objects(kind).iter().collect();
-    if objects.len() > MAX_NAMES_PER_KIND {
+    if objects.len() > cap {
         // Mentioned: by its whole name, or by one of its Paperless match words.
         let mentioned = |o: &crate::domain::TaxonomyObject| {
             crate::text::words(&o.name)
@@ -71,24 +84,40 @@ fn slice(taxonomy: &Taxonomy, kind: ObjectKind, content_words: &BTreeSet<String>
                     .any(|w| w.len() > 2 && content_words.contains(w))
         };
         objects.sort_by_key(|o| (!mentioned(o), std::cmp::Reverse(o.document_count), o.id));
-        objects.truncate(MAX_NAMES_PER_KIND);
+        objects.truncate(cap);
     }
     objects.into_iter().map(|o| o.name.clone()).collect()
 }
 
 /// Validates the model's suggestion against the policy and the taxonomy: drops what it may
-/// not set, with reasons. Never substitutes a value of its own.
+/// not set, with reasons. Never substitutes a value of its own. `control` are the folded
+/// names of `pai`'s own tags, which the model may never set.
 pub fn validate(
     mut s: Suggestion,
     input: &TagInput,
     today: NaiveDate,
+    control: &BTreeSet<String>,
 ) -> (Suggestion, Vec<String>) {
     let mut rejected = Vec::new();
     let wants = |f: Field| input.fields.contains(&f);
     s.title = s
         .title
-        .map(|t| t.trim().chars().take(128).collect::<String>())
+        .map(|t| {
+            t.chars()
+                .filter(|c| !c.is_control())
+                .take(128)
+                .collect::<String>()
+                .trim()
+                .to_string()
+        })
         .filter(|t| !t.is_empty() && wants(Field::Title));
+    if let Some(t) = &s.title
+        && let Some(why) =
+            implausible_name(t).filter(|w| !w.starts_with("longer") && !w.starts_with("more"))
+    {
+        rejected.push(format!("title {t:?} left alone: {why}"));
+        s.title = None;
+    }
     let check_name = |kind: ObjectKind,
                       restricted: bool,
                       name: Option<String>,
@@ -98,11 +127,20 @@ pub fn validate(
         if name.is_empty() {
             return None;
         }
+        if kind == ObjectKind::Tag && control.contains(&fold(&name)) {
+            rejected.push(format!("tag {name:?} is one of pai's control tags"));
+            return None;
+        }
         if let Some(existing) = input.taxonomy.find(kind, &name) {
             return Some(existing.name.clone());
         }
         if restricted {
             rejected.push(format!("{kind:?} {name:?} is not in the existing taxonomy"));
+            return None;
+        }
+        // A new name is created in Paperless: it must look like one.
+        if let Some(why) = implausible_name(&name) {
+            rejected.push(format!("new {kind:?} {name:?} not created: {why}"));
             return None;
         }
         Some(name)
@@ -174,7 +212,7 @@ pub fn validate(
             if value.is_null() {
                 continue;
             }
-            match custom_value(def, &value, today) {
+            match custom_value(def, &value) {
                 Ok(v) => {
                     s.custom_fields.insert(def.name.clone(), v);
                 }
@@ -192,7 +230,6 @@ pub fn validate(
 pub fn custom_value(
     def: &crate::domain::CustomFieldDef,
     value: &serde_json::Value,
-    today: NaiveDate,
 ) -> Result<serde_json::Value, String> {
     use serde_json::Value;
     let text = match value {
@@ -228,7 +265,8 @@ pub fn custom_value(
         }
         "url" if text.starts_with("https://") || text.starts_with("http://") => Ok(json!(text)),
         "url" => Err(format!("{text:?} is not a URL")),
-        "date" => plausible_date(&text, today).map(|d| json!(d.to_string())),
+        // Due dates and expiry dates lie ahead: only the created date may not be in the future.
+        "date" => calendar_date(&text).map(|d| json!(d.to_string())),
         "boolean" => match text.to_ascii_lowercase().as_str() {
             "true" | "yes" | "ja" => Ok(json!(true)),
             "false" | "no" | "nein" => Ok(json!(false)),
@@ -241,29 +279,15 @@ pub fn custom_value(
         "float" => number(&text)
             .map(|n| json!(n))
             .ok_or_else(|| format!("{text:?} is not a number")),
-        "monetary" => {
-            let currency: String = text
-                .chars()
-                .filter(|c| c.is_ascii_alphabetic())
-                .collect::<String>()
-                .to_ascii_uppercase();
-            let symbol = if text.contains('€') {
-                "EUR"
-            } else if text.contains('£') {
-                "GBP"
-            } else if text.contains('$') {
-                "USD"
-            } else {
-                ""
-            };
-            let code = if currency.len() == 3 {
-                currency.as_str()
-            } else {
-                symbol
-            };
-            let amount = number(&text).ok_or_else(|| format!("{text:?} is not an amount"))?;
-            Ok(json!(format!("{code}{amount:.2}")))
-        }
+        "monetary" => match value {
+            // A JSON number has no locale: it is the amount itself.
+            Value::Number(n) => n
+                .as_f64()
+                .filter(|n| n.is_finite())
+                .map(|n| json!(format!("{n:.2}")))
+                .ok_or_else(|| format!("{n} is not an amount")),
+            _ => crate::domain::parse_money(&text).map(|m| json!(m)),
+        },
         "select" => def
             .select_options
             .iter()
@@ -274,6 +298,242 @@ pub fn custom_value(
     }
 }
 
+/// Names of the tags `pai` itself manages (processed, failed, review, trigger, include and
+/// exclude), folded: never shown to the model, never taken from its reply. A model that could
+/// tag a document `private` could hide it from the index, or pull it in.
+pub fn control_tags(settings: &crate::config::Settings) -> BTreeSet<String> {
+    let p = &settings.policy;
+    [&p.processed_tag, &p.failed_tag, &settings.review_tag]
+        .into_iter()
+        .chain(p.trigger_tag.iter())
+        .chain(p.include_tags.iter())
+        .chain(p.exclude_tags.iter())
+        .map(|t| fold(t))
+        .collect()
+}
+
+/// Why a name the model invented (not in the taxonomy) is not created, if it is not: a new
+/// tag, correspondent or type must look like a name, not like a link, markup or a sentence a
+/// document slipped into the reply.
+pub fn implausible_name(name: &str) -> Option<String> {
+    let lower = name.to_lowercase();
+    if name.chars().count() > 64 {
+        return Some("longer than 64 characters".into());
+    }
+    if name.split_whitespace().count() > 8 {
+        return Some("more than 8 words".into());
+    }
+    // "Amazon.de" is a correspondent; "https://…" or "www.…" is an instruction to click.
+    if ["://", "www.", "mailto:", "javascript:", "data:"]
+        .iter()
+        .any(|p| lower.contains(p))
+    {
+        return Some("looks like a link".into());
+    }
+    if name.chars().any(|c| {
+        c.is_control() || matches!(c, '<' | '>' | '{' | '}' | '[' | ']' | '`' | '|' | '\\')
+    }) {
+        return Some("contains markup or control characters".into());
+    }
+    if !name.chars().any(char::is_alphanumeric) {
+        return Some("has no letters or digits".into());
+    }
+    None
+}
+
+fn lease_key(doc_id: &DocId) -> String {
+    format!("lease/tag/{doc_id}")
+}
+
+/// Set by `POST /documents/{id}/retag` and `pai retag`: the next tagging of the document runs
+/// whatever the loop guard says.
+pub fn retag_key(doc_id: &DocId) -> String {
+    format!("retag/{doc_id}")
+}
+
+fn failed_key(doc_id: &DocId) -> String {
+    format!("failed/{doc_id}")
+}
+
+/// Forgets that tagging failed on the document's current text: a retry is a person (or sync,
+/// a bounded number of times) asking for another attempt, which the loop guard must not skip
+/// as "failed before". A document tagged successfully stays guarded by its own record.
+pub(crate) async fn forget_failure(svc: &Services, doc_id: &DocId) -> Result<(), StoreError> {
+    svc.state.delete(&failed_key(doc_id)).await
+}
+
+/// How long one worker holds a document: longer than any model call with its retries, short
+/// enough that a crashed worker's document is picked up again the same hour.
+const LEASE_SECS: i64 = 15 * 60;
+
+/// Asks for a re-run of a document's tagging, whatever the loop guard says.
+pub async fn request_retag(
+    svc: &Services,
+    doc_id: &DocId,
+    job_id: &str,
+) -> Result<(), PipelineError> {
+    svc.state
+        .put(
+            &retag_key(doc_id),
+            &json!({"job_id": job_id, "at": super::now()}),
+            Condition::None,
+            Some(super::now() + 7 * 86_400),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Re-runs a Paperless document's tagging whatever the loop guard says (a new job through
+/// the whole pipeline: the text may have changed too).
+pub async fn retag(svc: &Services, doc_id: &DocId) -> Result<crate::domain::Job, PipelineError> {
+    let Some(id) = doc_id.paperless_id() else {
+        return Err(PipelineError::Fail(format!(
+            "document {doc_id} is an upload, not a Paperless document: upload it again to re-tag it"
+        )));
+    };
+    // The request is recorded before the job exists, so no worker can run it without.
+    request_retag(svc, doc_id, "requested").await?;
+    super::ingest::paperless_document(svc, id, crate::domain::JobOrigin::Retag).await
+}
+
+/// Which documents `pai retag` re-runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RetagSelection {
+    Ids(Vec<u64>),
+    /// Carrying this tag (by name).
+    Tag(String),
+    /// Modified in Paperless on or after this day (`YYYY-MM-DD`).
+    Since(NaiveDate),
+    All,
+}
+
+/// What a re-run would do, told before it spends anything.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RetagPlan {
+    pub documents: Vec<u64>,
+    /// Selected but skipped by policy (INCLUDE_TAGS / EXCLUDE_TAGS): never sent to a model.
+    pub excluded: Vec<u64>,
+    /// Model tokens (prompt and reply cap) the run would spend, before cache hits.
+    pub estimated_tokens: u64,
+}
+
+/// Resolves a selection to documents and estimates the tokens their re-run spends (the same
+/// prompt budgeting the tag stage uses).
+pub async fn plan_retag(
+    svc: &Services,
+    selection: &RetagSelection,
+) -> Result<RetagPlan, PipelineError> {
+    let paperless = svc
+        .paperless
+        .clone()
+        .ok_or_else(|| PipelineError::Fail("re-tagging needs PAPERLESS_URL".into()))?;
+    let taxonomy = svc.taxonomy().await?;
+    let ids: Vec<u64> = match selection {
+        RetagSelection::Ids(ids) => ids.clone(),
+        other => {
+            let query = match other {
+                RetagSelection::Tag(name) => crate::ports::DocumentQuery {
+                    tag: Some(
+                        taxonomy
+                            .find(ObjectKind::Tag, name)
+                            .ok_or_else(|| {
+                                PipelineError::Fail(format!("no tag {name:?} in Paperless"))
+                            })?
+                            .id,
+                    ),
+                    ..Default::default()
+                },
+                RetagSelection::Since(day) => crate::ports::DocumentQuery {
+                    modified_after: Some(format!("{}T23:59:59Z", day.pred_opt().unwrap_or(*day))),
+                    ..Default::default()
+                },
+                _ => crate::ports::DocumentQuery::default(),
+            };
+            let mut ids = Vec::new();
+            for page in 1.. {
+                let (items, more) = paperless.list(&query, page).await?;
+                ids.extend(items.into_iter().map(|d| d.id));
+                if !more {
+                    break;
+                }
+            }
+            ids
+        }
+    };
+    let mut plan = RetagPlan::default();
+    let today = svc.settings.today();
+    for id in ids {
+        let doc = paperless.document(id).await?;
+        if excluded(&doc, &taxonomy, &svc.settings.policy).is_some() {
+            plan.excluded.push(id);
+            continue;
+        }
+        let (_, estimate) = prompt_input(svc, &taxonomy, doc.title.clone(), &doc.content, today)?;
+        plan.estimated_tokens += estimate as u64;
+        plan.documents.push(id);
+    }
+    Ok(plan)
+}
+
+/// How long a job waits for another job tagging the same document.
+const LEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// One writer per document: a conditional write with expiry. Another job holding it means a
+/// duplicate (webhook and sync, an SQS redelivery) is running: this one comes back later and
+/// then finds the document tagged.
+async fn acquire_lease(svc: &Services, task: &TagTask) -> Result<(), PipelineError> {
+    let key = lease_key(&task.doc_id);
+    let value = json!({"job_id": task.job_id});
+    let until = super::now() + LEASE_SECS;
+    match svc
+        .state
+        .put(&key, &value, Condition::Absent, Some(until))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(StoreError::Conflict(_)) => {
+            let holder = svc.state.get(&key).await?;
+            match holder {
+                // Our own message again (a worker crashed holding it): take over.
+                Some(h) if h.value["job_id"] == task.job_id.as_str() => {
+                    svc.state
+                        .put(&key, &value, Condition::Version(h.version), Some(until))
+                        .await
+                        .map_err(|_| PipelineError::Retry("lease changed hands".into()))?;
+                    Ok(())
+                }
+                // Not a failure of this message: it waits without spending a receive, so a
+                // slow duplicate cannot dead-letter it (the lease expires on its own).
+                Some(h) => Err(PipelineError::Deferred {
+                    reason: format!(
+                        "document {} is being tagged by job {}",
+                        task.doc_id,
+                        h.value["job_id"].as_str().unwrap_or("?")
+                    ),
+                    after: LEASE_WAIT,
+                }),
+                None => Err(PipelineError::Retry("lease released meanwhile".into())),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn release_lease(svc: &Services, task: &TagTask) {
+    let key = lease_key(&task.doc_id);
+    if let Ok(Some(h)) = svc.state.get(&key).await
+        && h.value["job_id"] == task.job_id.as_str()
+    {
+        let _ = svc.state.delete(&key).await;
+    }
+}
+
+/// The tag id of a named tag, if it exists.
+fn tag_id(taxonomy: &Taxonomy, name: Option<&str>) -> Option<u64> {
+    name.and_then(|n| taxonomy.find(ObjectKind::Tag, n))
+        .map(|t| t.id)
+}
+
 pub async fn run(svc: &Services, task: &TagTask) -> Result<(), PipelineError> {
     let policy = &svc.settings.policy;
     let guard = json!({"content_hash": task.content_hash, "policy": policy.fingerprint(), "model": svc.model.name()});
@@ -282,24 +542,16 @@ pub async fn run(svc: &Services, task: &TagTask) -> Result<(), PipelineError> {
         .get(&tagged_key(&task.doc_id))
         .await?
         .map(|v| v.value);
-    let known_here = tagged.is_some();
-    if let Some(tagged) = tagged.filter(|t| t["guard"] == guard) {
-        if tagged["job_id"] == task.job_id.as_str() {
-            // This very message, delivered again: its job already records the outcome.
-            return Ok(());
-        }
-        metrics::counter!(crate::metrics::DOCUMENTS_TAGGED, "outcome" => "unchanged").increment(1);
-        set_stage(
-            svc.state.as_ref(),
-            &task.job_id,
-            Stage::Tag,
-            StageStatus::Skipped,
-            Some("already tagged: same text, same policy".into()),
-            None,
-        )
-        .await?;
+    if tagged
+        .as_ref()
+        .is_some_and(|t| t["guard"] == guard && t["job_id"] == task.job_id.as_str())
+    {
+        // This very message, delivered again: its job already records the outcome.
         return Ok(());
     }
+    let known_here = tagged.is_some();
+    let same_guard = tagged.as_ref().is_some_and(|t| t["guard"] == guard);
+    let retag_requested = svc.state.get(&retag_key(&task.doc_id)).await?.is_some();
     let taxonomy = svc.taxonomy().await?;
     let paperless_doc: Option<Document> = match (&task.doc_id, &svc.paperless) {
         (DocId::Paperless(id), Some(p)) => Some(p.document(*id).await?),
@@ -310,22 +562,69 @@ pub async fn run(svc: &Services, task: &TagTask) -> Result<(), PipelineError> {
         }
         _ => None,
     };
-    // A store that has never tagged this document (a reinstall, a second instance) trusts the
-    // processed tag Paperless shows: no second model call, no second bill.
-    let processed = taxonomy
-        .find(ObjectKind::Tag, &policy.processed_tag)
-        .map(|t| t.id);
-    let skip = paperless_doc.as_ref().and_then(|doc| {
-        if !known_here && processed.is_some_and(|p| doc.tags.contains(&p)) {
-            metrics::counter!(crate::metrics::DOCUMENTS_TAGGED, "outcome" => "unchanged")
-                .increment(1);
-            return Some(format!(
-                "already carries {:?} in Paperless",
-                policy.processed_tag
-            ));
+    let taxonomy = match &paperless_doc {
+        Some(doc) => svc.taxonomy_for(doc).await?,
+        None => taxonomy,
+    };
+    let has = |name: Option<&str>| {
+        tag_id(&taxonomy, name)
+            .is_some_and(|t| paperless_doc.as_ref().is_some_and(|d| d.tags.contains(&t)))
+    };
+    // The trigger tag is the user asking from Paperless for a re-run.
+    let forced = retag_requested || has(policy.trigger_tag.as_deref());
+    let failed_before = match svc.state.get(&failed_key(&task.doc_id)).await? {
+        Some(f) if f.value["guard"] == guard && has(Some(&policy.failed_tag)) => {
+            Some(f.value["reason"].as_str().unwrap_or("").to_string())
         }
-        excluded(doc, &taxonomy, policy)
-    });
+        _ => None,
+    };
+    let existing: Option<SuggestionRecord> = svc
+        .state
+        .get(&suggestion_key(&task.doc_id))
+        .await?
+        .and_then(|v| serde_json::from_value(v.value).ok());
+    // A recorded intent whose PATCH already shows in Paperless: the worker stopped between the
+    // PATCH and its bookkeeping (the processed tag it shows is ours, not a reinstall's).
+    let recovering = match (&paperless_doc, &existing) {
+        (Some(doc), Some(r)) => {
+            r.pending
+                && r.content_hash == task.content_hash
+                && r.applied.as_ref().is_some_and(|a| visible_in(doc, a))
+        }
+        _ => false,
+    };
+    let skip = if let Some(reason) = paperless_doc
+        .as_ref()
+        .and_then(|doc| excluded(doc, &taxonomy, policy))
+    {
+        Some(reason)
+    } else if forced || recovering {
+        None
+    } else if same_guard {
+        metrics::counter!(crate::metrics::DOCUMENTS_TAGGED, "outcome" => "unchanged").increment(1);
+        Some("already tagged: same text, same policy".to_string())
+    } else if !known_here && has(Some(&policy.processed_tag)) {
+        // A store that has never tagged this document (a reinstall, a second instance) trusts
+        // the processed tag Paperless shows: no second model call, no second bill.
+        metrics::counter!(crate::metrics::DOCUMENTS_TAGGED, "outcome" => "unchanged").increment(1);
+        Some(format!(
+            "already carries {:?} in Paperless",
+            policy.processed_tag
+        ))
+    } else {
+        // Our own failed-tag PATCH fires a webhook too: it must not buy a second attempt.
+        failed_before.map(|reason| {
+            format!(
+                "failed before with the same text and policy ({reason}); add {} or POST /documents/{}/retag to try again",
+                policy
+                    .trigger_tag
+                    .as_deref()
+                    .map(|t| format!("the tag {t:?}"))
+                    .unwrap_or_else(|| "TRIGGER_TAG".into()),
+                task.doc_id
+            )
+        })
+    };
     if let Some(reason) = skip {
         set_stage(
             svc.state.as_ref(),
@@ -337,6 +636,65 @@ pub async fn run(svc: &Services, task: &TagTask) -> Result<(), PipelineError> {
         )
         .await?;
         return Ok(());
+    }
+    acquire_lease(svc, task).await?;
+    let recovered = existing.filter(|_| recovering);
+    let result = tag_leased(svc, task, &guard, paperless_doc, taxonomy, recovered).await;
+    release_lease(svc, task).await;
+    result
+}
+
+/// Whether every field of `applied` already shows in `doc`: the PATCH of a recorded intent
+/// reached Paperless before the worker stopped.
+fn visible_in(doc: &Document, applied: &DocumentPatch) -> bool {
+    let date = |d: &Option<String>| d.as_deref().map(|d| d.chars().take(10).collect::<String>());
+    applied.title.as_ref().is_none_or(|t| *t == doc.title)
+        && applied.tags.as_ref().is_none_or(|t| {
+            let mut a = t.clone();
+            let mut b = doc.tags.clone();
+            a.sort_unstable();
+            b.sort_unstable();
+            a == b
+        })
+        && applied.correspondent.is_none_or(|c| c == doc.correspondent)
+        && applied.document_type.is_none_or(|c| c == doc.document_type)
+        && applied.storage_path.is_none_or(|c| c == doc.storage_path)
+        && applied
+            .created
+            .as_ref()
+            .is_none_or(|c| date(c) == date(&doc.created))
+        && applied
+            .custom_fields
+            .as_ref()
+            .is_none_or(|f| f.iter().all(|f| doc.custom_fields.contains(f)))
+}
+
+/// The tagging proper, holding the document's lease.
+async fn tag_leased(
+    svc: &Services,
+    task: &TagTask,
+    guard: &serde_json::Value,
+    paperless_doc: Option<Document>,
+    taxonomy: Arc<Taxonomy>,
+    recovered: Option<SuggestionRecord>,
+) -> Result<(), PipelineError> {
+    let policy = &svc.settings.policy;
+    let manifest = load_manifest(svc, &task.doc_id).await?;
+    // Finish the bookkeeping of a PATCH that happened: no second model call, undo intact.
+    if let (Some(doc), Some(mut record)) = (&paperless_doc, recovered) {
+        record.pending = false;
+        put_record(svc, &record).await?;
+        return finish(
+            svc,
+            task,
+            guard,
+            manifest,
+            Some(doc.clone()),
+            None,
+            "applied",
+            &record.rejected,
+        )
+        .await;
     }
     let text = match &paperless_doc {
         Some(doc) => doc.content.clone(),
@@ -350,75 +708,53 @@ pub async fn run(svc: &Services, task: &TagTask) -> Result<(), PipelineError> {
                 .map_err(|_| PipelineError::Fail("text snapshot is not UTF-8".into()))?
         }
     };
-    let manifest = load_manifest(svc, &task.doc_id).await?;
     let current_title = paperless_doc
         .as_ref()
         .map(|d| d.title.clone())
         .or_else(|| manifest.as_ref().map(|(m, _)| m.meta.title.clone()))
         .unwrap_or_default();
-    let today = chrono::Utc::now().date_naive();
-    let content_words: BTreeSet<String> = crate::text::words(&text).into_iter().collect();
-    let input = TagInput {
-        current_title,
-        content: {
-            let (text, budget) = (text.clone(), policy.max_input_tokens);
-            tokio::task::spawn_blocking(move || fit_head_tail(&text, budget))
-                .await
-                .map_err(|e| PipelineError::Retry(format!("budgeting task failed: {e}")))?
-        },
-        fields: policy.fields.iter().copied().collect(),
-        tags: slice(&taxonomy, ObjectKind::Tag, &content_words),
-        correspondents: slice(&taxonomy, ObjectKind::Correspondent, &content_words),
-        document_types: slice(&taxonomy, ObjectKind::DocumentType, &content_words),
-        custom_fields: taxonomy
-            .custom_fields
-            .iter()
-            .filter(|f| {
-                policy
-                    .custom_fields
-                    .iter()
-                    .any(|n| fold(n) == fold(&f.name))
-            })
-            .cloned()
-            .collect(),
-        storage_paths: if policy.mode(Field::StoragePath) == FieldMode::Never {
-            Vec::new()
-        } else {
-            taxonomy
-                .storage_paths
-                .iter()
-                .map(|p| p.name.clone())
-                .collect()
-        },
-        restrict_tags: policy.restrict.contains(&ObjectKind::Tag),
-        restrict_correspondents: policy.restrict.contains(&ObjectKind::Correspondent),
-        restrict_document_types: policy.restrict.contains(&ObjectKind::DocumentType),
-        taxonomy: (*taxonomy).clone(),
-        today: today.to_string(),
+    let today = svc.settings.today();
+    let (input, estimate) = {
+        let svc = svc.clone();
+        let taxonomy = taxonomy.clone();
+        tokio::task::spawn_blocking(move || {
+            prompt_input(&svc, &taxonomy, current_title, &text, today)
+        })
+        .await
+        .map_err(|e| PipelineError::Retry(format!("budgeting task failed: {e}")))??
     };
-    // The day's tagging budget: refused clearly once used up, never silently exceeded.
+    // The day's tagging budget, reserved before the call (atomically: concurrent workers
+    // cannot all pass a check and then overspend together), settled after it.
     let cap = svc.settings.llm_daily_tokens;
     let usage_key = format!("usage/tagging/{today}");
-    if cap > 0 {
-        let used = svc
-            .state
-            .counters(&usage_key)
-            .await?
-            .get("tokens")
-            .copied()
-            .unwrap_or(0);
-        if used >= cap as i64 {
+    let reserved = if cap > 0 {
+        let reserve = estimate as i64;
+        let used = svc.state.add(&usage_key, "tokens", reserve).await?;
+        if used > cap as i64 {
+            svc.state.add(&usage_key, "tokens", -reserve).await?;
             return Err(PipelineError::Fail(format!(
                 "the daily tagging budget of {cap} model tokens (LLM_DAILY_TOKENS) is used up; re-queue the document tomorrow"
             )));
         }
+        reserve
+    } else {
+        0
+    };
+    let reply = svc.model.suggest(&input).await;
+    let spent = reply
+        .as_ref()
+        .map(|(_, u)| (u.input_tokens + u.output_tokens) as i64)
+        .unwrap_or(0);
+    if cap > 0 {
+        svc.state
+            .add(&usage_key, "tokens", spent - reserved)
+            .await?;
+    } else if spent > 0 {
+        svc.state.add(&usage_key, "tokens", spent).await?;
     }
-    let (raw, usage) = svc.model.suggest(&input).await?;
-    let spent = usage.input_tokens + usage.output_tokens;
-    if spent > 0 {
-        svc.state.add(&usage_key, "tokens", spent as i64).await?;
-    }
-    let (suggestion, rejected) = validate(raw, &input, today);
+    let (raw, _) = reply?;
+    let control = control_tags(&svc.settings);
+    let (suggestion, rejected) = validate(raw, &input, today, &control);
 
     let mut record = SuggestionRecord {
         doc_id: task.doc_id.clone(),
@@ -433,59 +769,135 @@ pub async fn run(svc: &Services, task: &TagTask) -> Result<(), PipelineError> {
         at: super::now(),
         undone_at: None,
         undone: None,
+        pending: false,
+        kept_by_user: Vec::new(),
     };
-    let outcome = match (&paperless_doc, policy.review_mode) {
-        (Some(doc), false) => {
-            let (patch, previous) = write_back(svc, doc, &suggestion, &taxonomy).await?;
-            record.applied = Some(patch);
-            record.previous = Some(previous);
-            "applied"
+    let (outcome, after) = match &paperless_doc {
+        Some(doc) => {
+            let paperless = svc
+                .paperless
+                .clone()
+                .expect("a Paperless document has Paperless");
+            // Read again right before writing: the model took seconds (minutes on Ollama), and
+            // what the user changed meanwhile wins.
+            let fresh = paperless.document(doc.id).await?;
+            let (patch, previous, kept) = if policy.review_mode {
+                let (patch, previous) = review_mark(svc, &fresh, &taxonomy).await?;
+                (patch, previous, Vec::new())
+            } else {
+                plan(svc, doc, &fresh, &suggestion, &taxonomy).await?
+            };
+            record.kept_by_user = kept;
+            if !policy.review_mode {
+                record.applied = Some(patch.clone());
+                record.previous = Some(previous);
+            }
+            // The intent is recorded before the PATCH: a crash after it loses neither the
+            // suggestion nor what undo needs.
+            record.pending = !patch.is_empty() && !policy.review_mode;
+            put_record(svc, &record).await?;
+            if !patch.is_empty() {
+                paperless.patch(doc.id, &patch).await?;
+            }
+            if record.pending {
+                record.pending = false;
+                put_record(svc, &record).await?;
+            }
+            let outcome = if policy.review_mode {
+                "stored"
+            } else {
+                "applied"
+            };
+            (outcome, Some(apply(&fresh, &patch)))
         }
-        _ => "stored",
+        None => {
+            put_record(svc, &record).await?;
+            ("stored", None)
+        }
     };
+    let suggested_meta = paperless_doc.is_none().then_some(&suggestion);
+    finish(
+        svc,
+        task,
+        guard,
+        manifest,
+        after,
+        suggested_meta,
+        outcome,
+        &rejected,
+    )
+    .await
+}
+
+async fn put_record(svc: &Services, record: &SuggestionRecord) -> Result<(), PipelineError> {
     svc.state
         .put(
-            &suggestion_key(&task.doc_id),
-            &serde_json::to_value(&record).expect("record serialises"),
+            &suggestion_key(&record.doc_id),
+            &serde_json::to_value(record).expect("record serialises"),
             Condition::None,
             None,
         )
         .await?;
+    Ok(())
+}
 
-    // Vectors carry what Paperless now shows (uploads: what was suggested).
+/// The document as it is after `patch` (what Paperless now shows).
+fn apply(doc: &Document, patch: &DocumentPatch) -> Document {
+    let mut d = doc.clone();
+    if let Some(t) = &patch.title {
+        d.title = t.clone();
+    }
+    if let Some(t) = &patch.tags {
+        d.tags = t.clone();
+    }
+    if let Some(c) = patch.correspondent {
+        d.correspondent = c;
+    }
+    if let Some(c) = patch.document_type {
+        d.document_type = c;
+    }
+    if let Some(c) = &patch.created {
+        d.created = c.clone();
+    }
+    if let Some(c) = patch.storage_path {
+        d.storage_path = c;
+    }
+    if let Some(f) = &patch.custom_fields {
+        d.custom_fields = f.clone();
+    }
+    d
+}
+
+/// After the write: the index's metadata follows what Paperless shows, the loop guard is set,
+/// a pending retag request and an earlier failure are cleared, and the job shows the outcome.
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    svc: &Services,
+    task: &TagTask,
+    guard: &serde_json::Value,
+    manifest: Option<(Manifest, u64)>,
+    after: Option<Document>,
+    suggested: Option<&Suggestion>,
+    outcome: &'static str,
+    rejected: &[String],
+) -> Result<(), PipelineError> {
     if let Some((mut m, version)) = manifest {
-        let meta = match &paperless_doc {
-            Some(_) if outcome == "applied" => merged_meta(&m.meta, &suggestion, policy),
-            Some(_) => m.meta.clone(),
-            None => DocMeta {
-                title: suggestion.title.clone().unwrap_or(m.meta.title.clone()),
-                tags: suggestion.tags.iter().map(|t| fold(t)).collect(),
-                correspondent: suggestion.correspondent.as_deref().map(fold),
-                document_type: suggestion.document_type.as_deref().map(fold),
-                created: suggestion.created.clone(),
+        let meta = match (&after, suggested) {
+            (Some(doc), _) => super::chunk::paperless_meta(doc, &*svc.taxonomy().await?),
+            (None, Some(s)) => DocMeta {
+                title: s.title.clone().unwrap_or(m.meta.title.clone()),
+                tags: s.tags.iter().map(|t| fold(t)).collect(),
+                correspondent: s.correspondent.as_deref().map(fold),
+                document_type: s.document_type.as_deref().map(fold),
+                created: s.created.clone(),
                 owner: m.meta.owner,
             },
+            (None, None) => m.meta.clone(),
         };
         if meta != m.meta {
             m.meta = meta;
-            match svc
-                .state
-                .put(
-                    &manifest_key(&task.doc_id),
-                    &serde_json::to_value(&m).expect("manifest serialises"),
-                    Condition::Version(version),
-                    None,
-                )
-                .await
-            {
-                Ok(_) => refresh_vector_metadata(svc, &m).await?,
-                Err(StoreError::Conflict(_)) => {
-                    return Err(PipelineError::Retry(
-                        "manifest changed while tagging".into(),
-                    ));
-                }
-                Err(e) => return Err(e.into()),
-            }
+            super::index::save_manifest(svc, &m, Condition::Version(version)).await?;
+            super::index::refresh_vector_metadata(svc, &m).await?;
         }
     }
     svc.state
@@ -496,12 +908,15 @@ pub async fn run(svc: &Services, task: &TagTask) -> Result<(), PipelineError> {
             None,
         )
         .await?;
+    svc.state.delete(&retag_key(&task.doc_id)).await?;
+    svc.state.delete(&failed_key(&task.doc_id)).await?;
     metrics::counter!(crate::metrics::DOCUMENTS_TAGGED, "outcome" => outcome).increment(1);
     let mut detail = format!("suggestion {outcome}");
     if !rejected.is_empty() {
         detail.push_str(&format!("; refused: {}", rejected.join("; ")));
     }
-    set_stage(
+    // The latest outcome is what the job shows: a retried job that now succeeds is done.
+    super::set_stage_latest(
         svc.state.as_ref(),
         &task.job_id,
         Stage::Tag,
@@ -512,6 +927,107 @@ pub async fn run(svc: &Services, task: &TagTask) -> Result<(), PipelineError> {
     .await?;
     tracing::info!(outcome, "tagged");
     Ok(())
+}
+
+/// What the model sees, and an estimate of the model tokens the call spends. The whole prompt
+/// (instructions, taxonomy slice, document text) fits `MAX_INPUT_TOKENS` and, on Ollama, the
+/// context (`OLLAMA_NUM_CTX`) less the reply; a large taxonomy gives up names before the
+/// document gives up text below a floor.
+pub fn prompt_input(
+    svc: &Services,
+    taxonomy: &Taxonomy,
+    current_title: String,
+    text: &str,
+    today: NaiveDate,
+) -> Result<(TagInput, usize), PipelineError> {
+    let settings = &svc.settings;
+    let policy = &settings.policy;
+    let control = control_tags(settings);
+    let content_words: BTreeSet<String> = crate::text::words(text).into_iter().collect();
+    let mut limit = policy.max_input_tokens;
+    if settings.llm.provider == crate::config::Provider::Ollama {
+        limit =
+            limit.min((settings.ollama_num_ctx as usize).saturating_sub(policy.max_output_tokens));
+    }
+    // Budgets are in the model's tokens; text is counted in cl100k tokens.
+    let factor =
+        crate::text::token_factor(settings.llm.model.as_deref().unwrap_or(svc.model.name()));
+    let limit = (limit as f64 / factor) as usize;
+    const TEXT_FLOOR: usize = 256;
+    const MARGIN: usize = 32;
+    for cap in [MAX_NAMES_PER_KIND, 75, 40, 20, 10, 0] {
+        let mut input = TagInput {
+            current_title: current_title.clone(),
+            content: String::new(),
+            fields: policy.fields.iter().copied().collect(),
+            tags: slice(taxonomy, ObjectKind::Tag, &content_words, cap)
+                .into_iter()
+                .filter(|t| !control.contains(&fold(t)))
+                .collect(),
+            correspondents: slice(taxonomy, ObjectKind::Correspondent, &content_words, cap),
+            document_types: slice(taxonomy, ObjectKind::DocumentType, &content_words, cap),
+            custom_fields: taxonomy
+                .custom_fields
+                .iter()
+                .filter(|f| {
+                    policy
+                        .custom_fields
+                        .iter()
+                        .any(|n| fold(n) == fold(&f.name))
+                })
+                .cloned()
+                .collect(),
+            storage_paths: if policy.mode(Field::StoragePath) == FieldMode::Never {
+                Vec::new()
+            } else {
+                taxonomy
+                    .storage_paths
+                    .iter()
+                    .take(cap.max(1) * 2)
+                    .map(|p| p.name.clone())
+                    .collect()
+            },
+            restrict_tags: policy.restrict.contains(&ObjectKind::Tag),
+            restrict_correspondents: policy.restrict.contains(&ObjectKind::Correspondent),
+            restrict_document_types: policy.restrict.contains(&ObjectKind::DocumentType),
+            taxonomy: taxonomy.clone(),
+            today: today.to_string(),
+        };
+        let overhead = prompt_tokens(&input, policy.system_prompt.as_deref());
+        let Some(room) = limit.checked_sub(overhead + MARGIN) else {
+            continue;
+        };
+        if room < TEXT_FLOOR.min(crate::text::count_tokens(text)) && cap > 0 {
+            continue;
+        }
+        if room == 0 {
+            break;
+        }
+        input.content = fit_head_tail(text, room);
+        let used = overhead + crate::text::count_tokens(&input.content);
+        let estimate = (used as f64 * factor) as usize + policy.max_output_tokens;
+        return Ok((input, estimate));
+    }
+    Err(PipelineError::Fail(format!(
+        "MAX_INPUT_TOKENS ({}) leaves no room for the document after the instructions{}",
+        policy.max_input_tokens,
+        if settings.llm.provider == crate::config::Provider::Ollama {
+            " (OLLAMA_NUM_CTX less MAX_OUTPUT_TOKENS also bounds the prompt)"
+        } else {
+            ""
+        }
+    )))
+}
+
+/// Tokens of the tagging prompt without the document: instructions, taxonomy and schema.
+fn prompt_tokens(input: &TagInput, system_prompt: Option<&str>) -> usize {
+    let messages = crate::providers::llm::tag_messages(input, system_prompt);
+    let schema = crate::providers::llm::tag_schema(input);
+    messages
+        .iter()
+        .map(|m| crate::text::count_tokens(&m.content) + 4)
+        .sum::<usize>()
+        + crate::text::count_tokens(&schema.to_string())
 }
 
 /// Why a document is not to be processed by policy, if it is not.
@@ -536,45 +1052,6 @@ fn excluded(
     None
 }
 
-fn merged_meta(old: &DocMeta, s: &Suggestion, policy: &crate::config::TaggingPolicy) -> DocMeta {
-    let pick = |field: Field, old: &Option<String>, new: &Option<String>| match (
-        policy.mode(field),
-        old,
-        new,
-    ) {
-        (FieldMode::Overwrite, _, Some(n)) | (FieldMode::IfEmpty, None, Some(n)) => Some(fold(n)),
-        _ => old.clone(),
-    };
-    let mut tags = old.tags.clone();
-    for t in s
-        .tags
-        .iter()
-        .map(|t| fold(t))
-        .chain([fold(&policy.processed_tag)])
-    {
-        if !tags.contains(&t) {
-            tags.push(t);
-        }
-    }
-    if let Some(trigger) = &policy.trigger_tag {
-        tags.retain(|t| *t != fold(trigger));
-    }
-    DocMeta {
-        title: match policy.mode(Field::Title) {
-            FieldMode::Overwrite => s.title.clone().unwrap_or(old.title.clone()),
-            _ => old.title.clone(),
-        },
-        tags,
-        correspondent: pick(Field::Correspondent, &old.correspondent, &s.correspondent),
-        document_type: pick(Field::DocumentType, &old.document_type, &s.document_type),
-        created: match policy.mode(Field::Created) {
-            FieldMode::Overwrite => s.created.clone().or(old.created.clone()),
-            _ => old.created.clone(),
-        },
-        owner: old.owner,
-    }
-}
-
 /// The id of a named object, created (matching "none") when missing and allowed.
 async fn object_id(
     svc: &Services,
@@ -582,102 +1059,180 @@ async fn object_id(
     kind: ObjectKind,
     name: &str,
 ) -> Result<u64, PipelineError> {
-    if let Some(o) = taxonomy.find(kind, name) {
-        return Ok(o.id);
-    }
-    let paperless = svc.paperless.as_ref().expect("write-back needs Paperless");
-    let created = paperless.create(kind, name).await?;
-    svc.taxonomy_changed();
-    Ok(created.id)
+    svc.object_id(taxonomy, kind, name).await
 }
 
-/// Read-merge-write of the suggestion onto the freshly read document, per field mode.
-/// Returns the PATCH and the values it replaced.
-async fn write_back(
+/// The review mark: `REVIEW_TAG` added (and the trigger tag removed), so a Paperless user
+/// finds what waits for review; nothing else changes until approval.
+async fn review_mark(
     svc: &Services,
-    doc: &Document,
-    s: &Suggestion,
+    fresh: &Document,
     taxonomy: &Taxonomy,
 ) -> Result<(DocumentPatch, DocumentPatch), PipelineError> {
     let policy = &svc.settings.policy;
+    let review = object_id(svc, taxonomy, ObjectKind::Tag, &svc.settings.review_tag).await?;
+    let drop = [
+        tag_id(taxonomy, policy.trigger_tag.as_deref()),
+        tag_id(taxonomy, Some(&policy.failed_tag)),
+    ];
+    let mut tags: Vec<u64> = fresh
+        .tags
+        .iter()
+        .copied()
+        .filter(|t| !drop.contains(&Some(*t)))
+        .collect();
+    if !tags.contains(&review) {
+        tags.push(review);
+    }
     let mut patch = DocumentPatch::default();
     let mut previous = DocumentPatch::default();
+    if tags != fresh.tags {
+        patch.tags = Some(tags);
+        previous.tags = Some(fresh.tags.clone());
+    }
+    Ok((patch, previous))
+}
+
+/// The PATCH for a suggestion, by three-way merge: `base` is the document the model saw,
+/// `fresh` what Paperless shows right before writing. A field the user changed in between is
+/// left as the user set it (and named in the third value); the others follow the field modes.
+/// Sets (tags, custom fields) are merged into the fresh ones. Returns the PATCH, the values
+/// it replaces (for undo) and the fields kept as the user set them.
+async fn plan(
+    svc: &Services,
+    base: &Document,
+    fresh: &Document,
+    s: &Suggestion,
+    taxonomy: &Taxonomy,
+) -> Result<(DocumentPatch, DocumentPatch, Vec<String>), PipelineError> {
+    let policy = &svc.settings.policy;
+    let mut patch = DocumentPatch::default();
+    let mut previous = DocumentPatch::default();
+    let mut kept = Vec::new();
     let write = |field: Field, is_empty: bool| match policy.mode(field) {
         FieldMode::Overwrite => true,
         FieldMode::IfEmpty => is_empty,
         FieldMode::Never => false,
     };
+    let date = |d: &Option<String>| d.as_deref().map(|d| d.chars().take(10).collect::<String>());
+    // A field the user changed since the model's read is named in `kept` and left alone.
+    fn user_changed(kept: &mut Vec<String>, name: &str, changed: bool) -> bool {
+        if changed {
+            kept.push(name.to_string());
+        }
+        changed
+    }
     if let Some(t) = &s.title
-        && write(Field::Title, doc.title.trim().is_empty())
-        && *t != doc.title
+        && !user_changed(&mut kept, "title", base.title != fresh.title)
+        && write(Field::Title, fresh.title.trim().is_empty())
+        && *t != fresh.title
     {
         patch.title = Some(t.clone());
-        previous.title = Some(doc.title.clone());
+        previous.title = Some(fresh.title.clone());
     }
     if let Some(c) = &s.correspondent
-        && write(Field::Correspondent, doc.correspondent.is_none())
+        && !user_changed(
+            &mut kept,
+            "correspondent",
+            base.correspondent != fresh.correspondent,
+        )
+        && write(Field::Correspondent, fresh.correspondent.is_none())
     {
         let id = object_id(svc, taxonomy, ObjectKind::Correspondent, c).await?;
-        if doc.correspondent != Some(id) {
+        if fresh.correspondent != Some(id) {
             patch.correspondent = Some(Some(id));
-            previous.correspondent = Some(doc.correspondent);
+            previous.correspondent = Some(fresh.correspondent);
         }
     }
     if let Some(d) = &s.document_type
-        && write(Field::DocumentType, doc.document_type.is_none())
+        && !user_changed(
+            &mut kept,
+            "document_type",
+            base.document_type != fresh.document_type,
+        )
+        && write(Field::DocumentType, fresh.document_type.is_none())
     {
         let id = object_id(svc, taxonomy, ObjectKind::DocumentType, d).await?;
-        if doc.document_type != Some(id) {
+        if fresh.document_type != Some(id) {
             patch.document_type = Some(Some(id));
-            previous.document_type = Some(doc.document_type);
+            previous.document_type = Some(fresh.document_type);
         }
     }
     if let Some(c) = &s.created
-        && write(Field::Created, doc.created.is_none())
-        && doc.created.as_deref().map(|d| &d[..d.len().min(10)]) != Some(c.as_str())
+        && !user_changed(
+            &mut kept,
+            "created",
+            date(&base.created) != date(&fresh.created),
+        )
+        && write(Field::Created, fresh.created.is_none())
+        && date(&fresh.created).as_deref() != Some(c.as_str())
     {
         patch.created = Some(Some(c.clone()));
-        previous.created = Some(doc.created.clone());
+        previous.created = Some(fresh.created.clone());
     }
-    // Tags: what the document has, plus the suggestion and the processed tag, minus the
-    // trigger tag. Never removes anything else.
-    let mut tags: Vec<u64> = doc.tags.clone();
-    let names = s.tags.iter().cloned().chain([policy.processed_tag.clone()]);
+    // Tags: what the document has now, plus the suggestion and the processed tag, minus the
+    // trigger, failed and review tags. A suggested tag the user removed meanwhile stays removed;
+    // nothing else is ever removed.
+    let mut tags: Vec<u64> = fresh.tags.clone();
+    let mut names: Vec<String> = s.tags.clone();
+    names.push(policy.processed_tag.clone());
     for name in names {
-        let id = object_id(svc, taxonomy, ObjectKind::Tag, &name).await?;
+        let existing = taxonomy.find(ObjectKind::Tag, &name).map(|t| t.id);
+        if existing.is_some_and(|id| base.tags.contains(&id) && !fresh.tags.contains(&id)) {
+            kept.push(format!("tag {name:?} (removed by the user)"));
+            continue;
+        }
+        let id = match existing {
+            Some(id) => id,
+            None => object_id(svc, taxonomy, ObjectKind::Tag, &name).await?,
+        };
         if !tags.contains(&id) {
             tags.push(id);
         }
     }
-    if let Some(trigger) = policy
-        .trigger_tag
-        .as_deref()
-        .and_then(|t| taxonomy.find(ObjectKind::Tag, t))
-    {
-        tags.retain(|id| *id != trigger.id);
-    }
-    if tags != doc.tags {
+    let drop = [
+        tag_id(taxonomy, policy.trigger_tag.as_deref()),
+        tag_id(taxonomy, Some(&policy.failed_tag)),
+        tag_id(taxonomy, Some(&svc.settings.review_tag)),
+    ];
+    tags.retain(|id| !drop.contains(&Some(*id)));
+    if tags != fresh.tags {
         patch.tags = Some(tags);
-        previous.tags = Some(doc.tags.clone());
+        previous.tags = Some(fresh.tags.clone());
     }
     if let Some(path) = s
         .storage_path
         .as_deref()
         .and_then(|p| taxonomy.storage_paths.iter().find(|x| x.name == p))
-        && write(Field::StoragePath, doc.storage_path.is_none())
-        && doc.storage_path != Some(path.id)
+        && !user_changed(
+            &mut kept,
+            "storage_path",
+            base.storage_path != fresh.storage_path,
+        )
+        && write(Field::StoragePath, fresh.storage_path.is_none())
+        && fresh.storage_path != Some(path.id)
     {
         patch.storage_path = Some(Some(path.id));
-        previous.storage_path = Some(doc.storage_path);
+        previous.storage_path = Some(fresh.storage_path);
     }
-    // Custom fields: PATCH replaces the whole set, so merge into what the document has.
+    // Custom fields: PATCH replaces the whole set, so merge into what the document has now.
     let cf_mode = policy.mode(Field::CustomFields);
     if cf_mode != FieldMode::Never && !s.custom_fields.is_empty() {
-        let mut fields = doc.custom_fields.clone();
+        let value_in = |doc: &Document, id: u64| {
+            doc.custom_fields
+                .iter()
+                .find(|f| f.field == id)
+                .map(|f| f.value.clone())
+        };
+        let mut fields = fresh.custom_fields.clone();
         for (name, value) in &s.custom_fields {
             let Some(def) = taxonomy.custom_fields.iter().find(|f| f.name == *name) else {
                 continue;
             };
+            if value_in(base, def.id) != value_in(fresh, def.id) {
+                kept.push(format!("custom field {name:?}"));
+                continue;
+            }
             match fields.iter_mut().find(|f| f.field == def.id) {
                 Some(existing) if cf_mode == FieldMode::Overwrite || existing.value.is_null() => {
                     existing.value = value.clone()
@@ -689,83 +1244,137 @@ async fn write_back(
                 }),
             }
         }
-        if fields != doc.custom_fields {
+        if fields != fresh.custom_fields {
             patch.custom_fields = Some(fields);
-            previous.custom_fields = Some(doc.custom_fields.clone());
+            previous.custom_fields = Some(fresh.custom_fields.clone());
         }
     }
-    if !patch.is_empty() {
-        svc.paperless
-            .as_ref()
-            .expect("write-back needs Paperless")
-            .patch(doc.id, &patch)
+    Ok((patch, previous, kept))
+}
+
+/// Where a failed tag that could not be written waits for sync to write it (Paperless was
+/// down when the job failed, which is often why it failed).
+pub const FAILED_MARK_PREFIX: &str = "failed-mark/";
+
+/// Marks a Paperless document with the failed tag. When the tag stage failed on a known text
+/// (`content_hash`), the failure is remembered under the loop guard first: the PATCH fires
+/// "Document Updated", and that webhook must not buy a second full attempt at the same text
+/// and policy. A write that fails is kept under `FAILED_MARK_PREFIX`, and every sync run
+/// tries it again (`write_pending_failed_marks`) until it lands or the job runs again.
+pub async fn mark_failed(svc: &Services, job_id: &str, content_hash: Option<&str>, reason: &str) {
+    if let Err(e) = try_mark_failed(svc, job_id, content_hash, reason).await {
+        tracing::warn!(job_id, error = %e, "could not add the failed tag: sync will try again");
+        let pending = json!({"content_hash": content_hash, "reason": reason});
+        if let Err(e) = svc
+            .state
+            .put(
+                &format!("{FAILED_MARK_PREFIX}{job_id}"),
+                &pending,
+                Condition::None,
+                None,
+            )
+            .await
+        {
+            tracing::warn!(job_id, error = %e, "could not keep the failed tag for sync either");
+        }
+    }
+}
+
+/// Sync's part: writes the failed tags that could not be written when their jobs failed.
+/// A job that is no longer failed (it ran again) needs none. Returns how many were written.
+pub async fn write_pending_failed_marks(svc: &Services) -> Result<usize, PipelineError> {
+    let mut waiting = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = svc
+            .state
+            .list(FAILED_MARK_PREFIX, after.as_deref(), 500)
+            .await?;
+        let done = page.len() < 500;
+        after = page.last().map(|(k, _)| k.clone());
+        waiting.extend(page);
+        if done {
+            break;
+        }
+    }
+    let mut written = 0;
+    for (key, pending) in waiting {
+        let job_id = key.trim_start_matches(FAILED_MARK_PREFIX);
+        let still_failed = super::load_job(svc.state.as_ref(), job_id)
+            .await?
+            .is_some_and(|job| job.status() == crate::domain::JobStatus::Failed);
+        if still_failed {
+            let hash = pending["content_hash"].as_str();
+            let reason = pending["reason"].as_str().unwrap_or("failed");
+            if let Err(e) = try_mark_failed(svc, job_id, hash, reason).await {
+                // Still unreachable: the next run tries again.
+                tracing::info!(job_id, error = %e, "failed tag still not written");
+                continue;
+            }
+            written += 1;
+        }
+        svc.state.delete(&key).await?;
+    }
+    Ok(written)
+}
+
+async fn try_mark_failed(
+    svc: &Services,
+    job_id: &str,
+    content_hash: Option<&str>,
+    reason: &str,
+) -> Result<(), PipelineError> {
+    let Some(job) = super::load_job(svc.state.as_ref(), job_id).await? else {
+        return Ok(());
+    };
+    let (Some(doc_id @ DocId::Paperless(id)), Some(paperless)) = (job.doc_id, &svc.paperless)
+    else {
+        return Ok(());
+    };
+    if let Some(hash) = content_hash {
+        let guard = json!({"content_hash": hash, "policy": svc.settings.policy.fingerprint(), "model": svc.model.name()});
+        svc.state
+            .put(
+                &failed_key(&doc_id),
+                &json!({"guard": guard, "job_id": job_id, "reason": reason}),
+                Condition::None,
+                None,
+            )
             .await?;
     }
-    Ok((patch, previous))
-}
-
-/// Rewrites the metadata of a document's vectors without re-embedding them.
-pub async fn refresh_vector_metadata(
-    svc: &Services,
-    manifest: &Manifest,
-) -> Result<(), PipelineError> {
-    let metadata = super::embed::vector_metadata(&manifest.doc_id, &manifest.meta);
-    let keys: Vec<String> = manifest
-        .chunks
+    // The request to re-run was answered (with a failure): it does not stand.
+    svc.state.delete(&retag_key(&doc_id)).await?;
+    let taxonomy = svc.taxonomy().await?;
+    let doc = paperless.document(id).await?;
+    let tag = object_id(
+        svc,
+        &taxonomy,
+        ObjectKind::Tag,
+        &svc.settings.policy.failed_tag,
+    )
+    .await?;
+    let trigger = tag_id(&taxonomy, svc.settings.policy.trigger_tag.as_deref());
+    let mut tags: Vec<u64> = doc
+        .tags
         .iter()
-        .map(|c| Manifest::vector_key(&manifest.doc_id, c))
+        .copied()
+        .filter(|t| Some(*t) != trigger)
         .collect();
-    let mut updated = Vec::new();
-    for batch in keys.chunks(100) {
-        for mut r in svc.vectors.get(batch).await? {
-            r.metadata = metadata.clone();
-            r.title = manifest.meta.title.clone();
-            updated.push(r);
-        }
+    if !tags.contains(&tag) {
+        tags.push(tag);
     }
-    for batch in updated.chunks(MAX_VECTORS_PER_CALL) {
-        svc.vectors.put(batch.to_vec()).await?;
+    if tags != doc.tags {
+        paperless
+            .patch(
+                id,
+                &DocumentPatch {
+                    tags: Some(tags),
+                    ..Default::default()
+                },
+            )
+            .await?;
     }
     Ok(())
-}
-
-/// Marks a Paperless document with the failed tag (best effort: the job already has the reason).
-pub async fn mark_failed(svc: &Services, job_id: &str) {
-    let Ok(Some(job)) = super::load_job(svc.state.as_ref(), job_id).await else {
-        return;
-    };
-    let (Some(DocId::Paperless(id)), Some(paperless)) = (job.doc_id, &svc.paperless) else {
-        return;
-    };
-    let result: Result<(), PipelineError> = async {
-        let taxonomy = svc.taxonomy().await?;
-        let doc = paperless.document(id).await?;
-        let tag = object_id(
-            svc,
-            &taxonomy,
-            ObjectKind::Tag,
-            &svc.settings.policy.failed_tag,
-        )
-        .await?;
-        if !doc.tags.contains(&tag) {
-            let mut tags = doc.tags.clone();
-            tags.push(tag);
-            paperless
-                .patch(
-                    id,
-                    &DocumentPatch {
-                        tags: Some(tags),
-                        ..Default::default()
-                    },
-                )
-                .await?;
-        }
-        Ok(())
-    }
-    .await;
-    if let Err(e) = result {
-        tracing::warn!(job_id, doc_id = id, error = %e, "could not add the failed tag");
-    }
 }
 
 /// Why a review action (approve, undo) was refused.
@@ -800,6 +1409,9 @@ pub struct Edits {
     pub correspondent: Option<String>,
     pub document_type: Option<String>,
     pub created: Option<String>,
+    /// Fields the reviewer switched off: left as they are in Paperless.
+    #[serde(default)]
+    pub skip: BTreeSet<Field>,
 }
 
 async fn load_record(
@@ -834,31 +1446,11 @@ async fn sync_index_meta(
     doc_id: &DocId,
     doc: &Document,
 ) -> Result<(), PipelineError> {
-    let Some((mut manifest, version)) = load_manifest(svc, doc_id).await? else {
-        return Ok(());
-    };
     let taxonomy = svc.taxonomy().await?;
     let meta = super::chunk::paperless_meta(doc, &taxonomy);
-    if meta == manifest.meta {
-        return Ok(());
-    }
-    manifest.meta = meta;
-    match svc
-        .state
-        .put(
-            &manifest_key(doc_id),
-            &serde_json::to_value(&manifest).expect("manifest serialises"),
-            Condition::Version(version),
-            None,
-        )
+    super::index::update_meta(svc, doc_id, meta)
         .await
-    {
-        Ok(_) => refresh_vector_metadata(svc, &manifest).await,
-        Err(StoreError::Conflict(_)) => {
-            Err(PipelineError::Retry("manifest changed concurrently".into()))
-        }
-        Err(e) => Err(e.into()),
-    }
+        .map(|_| ())
 }
 
 /// Applies a stored suggestion (review mode), with the reviewer's edits, by read-merge-write.
@@ -880,6 +1472,17 @@ pub async fn approve(
     s.correspondent = edits.correspondent.or(s.correspondent);
     s.document_type = edits.document_type.or(s.document_type);
     s.created = edits.created.or(s.created);
+    for field in &edits.skip {
+        match field {
+            Field::Title => s.title = None,
+            Field::Tags => s.tags.clear(),
+            Field::Correspondent => s.correspondent = None,
+            Field::DocumentType => s.document_type = None,
+            Field::Created => s.created = None,
+            Field::CustomFields => s.custom_fields.clear(),
+            Field::StoragePath => s.storage_path = None,
+        }
+    }
     let taxonomy = svc.taxonomy().await.map_err(ReviewError::from)?;
     let policy = &svc.settings.policy;
     let restricted = |kind: ObjectKind, name: &str| {
@@ -901,11 +1504,15 @@ pub async fn approve(
         }
     }
     if let Some(c) = &s.created {
-        plausible_date(c, chrono::Utc::now().date_naive())
+        plausible_date(c, svc.settings.today())
             .map_err(|e| ReviewError::Pipeline(PipelineError::Fail(format!("created: {e}"))))?;
     }
     let doc = paperless.document(id).await?;
-    let (patch, previous) = write_back(svc, &doc, &s, &taxonomy).await?;
+    // The reviewer decides now, on what the document shows now: no three-way merge.
+    let (patch, previous, _) = plan(svc, &doc, &doc, &s, &taxonomy).await?;
+    if !patch.is_empty() {
+        paperless.patch(id, &patch).await?;
+    }
     record.suggestion = s;
     record.applied = Some(patch);
     record.previous = Some(previous);
@@ -924,9 +1531,10 @@ pub async fn approve(
     Ok(record)
 }
 
-/// Restores exactly what the applied suggestion replaced: fields back to their previous
-/// values, tags it added removed and tags it removed (the trigger tag) added back; tags the
-/// user added since are kept.
+/// Restores what the applied suggestion replaced, where it is still ours: a field whose
+/// current value is no longer what we wrote keeps the user's value (and is named in
+/// `kept_by_user`). Tags it added are removed and tags it removed (the trigger tag) added
+/// back; tags the user added since are kept.
 pub async fn undo(svc: &Services, doc_id: &DocId) -> Result<SuggestionRecord, ReviewError> {
     let (mut record, version) = load_record(svc, doc_id).await?;
     let (id, paperless) = paperless_target(svc, doc_id)?;
@@ -941,14 +1549,54 @@ pub async fn undo(svc: &Services, doc_id: &DocId) -> Result<SuggestionRecord, Re
         )));
     }
     let doc = paperless.document(id).await?;
-    let mut patch = DocumentPatch {
-        title: previous.title.clone(),
-        correspondent: previous.correspondent,
-        document_type: previous.document_type,
-        created: previous.created.clone(),
-        storage_path: previous.storage_path,
-        ..Default::default()
-    };
+    let mut patch = DocumentPatch::default();
+    let mut kept = Vec::new();
+    let date = |d: &Option<String>| d.as_deref().map(|d| d.chars().take(10).collect::<String>());
+    if let (Some(ours), Some(before)) = (&applied.title, &previous.title) {
+        if doc.title == *ours {
+            patch.title = Some(before.clone());
+        } else {
+            kept.push("title".to_string());
+        }
+    }
+    for (name, ours, before, now, slot) in [
+        (
+            "correspondent",
+            applied.correspondent,
+            previous.correspondent,
+            doc.correspondent,
+            &mut patch.correspondent,
+        ),
+        (
+            "document_type",
+            applied.document_type,
+            previous.document_type,
+            doc.document_type,
+            &mut patch.document_type,
+        ),
+        (
+            "storage_path",
+            applied.storage_path,
+            previous.storage_path,
+            doc.storage_path,
+            &mut patch.storage_path,
+        ),
+    ] {
+        if let (Some(ours), Some(before)) = (ours, before) {
+            if now == ours {
+                *slot = Some(before);
+            } else {
+                kept.push(name.to_string());
+            }
+        }
+    }
+    if let (Some(ours), Some(before)) = (&applied.created, &previous.created) {
+        if date(&doc.created) == date(ours) {
+            patch.created = Some(before.clone());
+        } else {
+            kept.push("created".to_string());
+        }
+    }
     if let (Some(after), Some(before)) = (&applied.tags, &previous.tags) {
         let mut tags: Vec<u64> = doc
             .tags
@@ -966,20 +1614,26 @@ pub async fn undo(svc: &Services, doc_id: &DocId) -> Result<SuggestionRecord, Re
             patch.tags = Some(tags);
         }
     }
-    // Custom fields we set go back to their previous values (or away); others stay.
+    // Custom fields we set go back to their previous values (or away) while they still hold
+    // what we wrote; others stay.
     if let (Some(after), Some(before)) = (&applied.custom_fields, &previous.custom_fields) {
-        let ours: Vec<u64> = after
-            .iter()
-            .filter(|f| !before.contains(f))
-            .map(|f| f.field)
-            .collect();
-        let mut fields: Vec<_> = doc
-            .custom_fields
-            .iter()
-            .filter(|f| !ours.contains(&f.field))
-            .cloned()
-            .collect();
-        fields.extend(before.iter().filter(|f| ours.contains(&f.field)).cloned());
+        let ours: Vec<&crate::domain::CustomFieldValue> =
+            after.iter().filter(|f| !before.contains(f)).collect();
+        let mut fields = doc.custom_fields.clone();
+        for written in ours {
+            match fields.iter().position(|f| f.field == written.field) {
+                Some(i) if fields[i].value == written.value => {
+                    match before.iter().find(|b| b.field == written.field) {
+                        Some(old) => fields[i] = old.clone(),
+                        None => {
+                            fields.remove(i);
+                        }
+                    }
+                }
+                // Changed or removed by the user since: theirs.
+                _ => kept.push(format!("custom field {}", written.field)),
+            }
+        }
         if fields != doc.custom_fields {
             patch.custom_fields = Some(fields);
         }
@@ -989,6 +1643,7 @@ pub async fn undo(svc: &Services, doc_id: &DocId) -> Result<SuggestionRecord, Re
     }
     record.undone_at = Some(super::now());
     record.undone = Some(applied);
+    record.kept_by_user = kept;
     svc.state
         .put(
             &suggestion_key(doc_id),
@@ -1072,13 +1727,17 @@ mod tests {
 
     #[test]
     fn custom_values_take_paperless_form_or_are_refused() {
-        let today = NaiveDate::from_ymd_opt(2026, 1, 1).unwrap();
-        let ok = |t: &str, v: serde_json::Value| custom_value(&def(t), &v, today).unwrap();
+        let ok = |t: &str, v: serde_json::Value| custom_value(&def(t), &v).unwrap();
         assert_eq!(ok("monetary", json!("EUR 1.250,00")), json!("EUR1250.00"));
         assert_eq!(ok("monetary", json!("743.04 €")), json!("EUR743.04"));
         assert_eq!(ok("monetary", json!(12.5)), json!("12.50"));
         assert_eq!(ok("select", json!("hoch")), json!("opt1"));
         assert_eq!(ok("date", json!("2025-03-14")), json!("2025-03-14"));
+        // A due date lies ahead (it was refused as "in the future").
+        assert_eq!(ok("date", json!("2099-01-01")), json!("2099-01-01"));
+        // Thousands are thousands (they were read as decimals: EUR65.00, USD98.00).
+        assert_eq!(ok("monetary", json!("65.000 EUR")), json!("EUR65000.00"));
+        assert_eq!(ok("monetary", json!("USD 98,000")), json!("USD98000.00"));
         assert_eq!(ok("boolean", json!("yes")), json!(true));
         assert_eq!(ok("integer", json!("42")), json!(42));
         assert_eq!(ok("float", json!("3,5")), json!(3.5));
@@ -1088,14 +1747,39 @@ mod tests {
         );
         for (t, v) in [
             ("select", json!("Mittel")),
-            ("date", json!("2099-01-01")),
+            ("date", json!("2300-01-01")),
             ("date", json!("14.03.2025")),
             ("integer", json!("4.5")),
             ("url", json!("javascript:alert(1)")),
             ("monetary", json!("a lot")),
             ("string", json!([1])),
         ] {
-            assert!(custom_value(&def(t), &v, today).is_err(), "{t} {v}");
+            assert!(custom_value(&def(t), &v).is_err(), "{t} {v}");
+        }
+    }
+
+    #[test]
+    fn invented_names_must_look_like_names() {
+        for ok in [
+            "Plumbing",
+            "Amazon.de",
+            "Stadtwerke München",
+            "Tax 2025",
+            "C&A",
+        ] {
+            assert_eq!(implausible_name(ok), None, "{ok}");
+        }
+        let long = "x".repeat(65);
+        for bad in [
+            "visit https://evil.example/x",
+            "www.example.org",
+            "<script>",
+            "a name with far too many words to be any kind of tag",
+            "line\nbreak",
+            "---",
+            long.as_str(),
+        ] {
+            assert!(implausible_name(bad).is_some(), "{bad}");
         }
     }
 }

@@ -20,7 +20,7 @@ mod assembly {
     use crate::config::{ConfigError, Provider, Settings};
     use crate::models::{CachedEmbedder, CachedModel};
     use crate::ports::{Cache, ChatModel, Embedder};
-    use crate::resilience::{Guard, GuardedEmbedder, GuardedModel};
+    use crate::resilience::{AdaptiveLimit, Guard, GuardedEmbedder, GuardedModel};
 
     use super::lexical::{DEFAULT_DIMENSION, LexicalEmbedder, LexicalModel};
     use super::marking::Marking;
@@ -129,20 +129,42 @@ mod assembly {
     /// The chat model and the embedder, as the use cases hold them.
     pub type Models = (Arc<dyn ChatModel>, Arc<dyn Embedder>);
 
+    /// Which calls share one adaptive concurrency limit: hosted APIs limit each model on its
+    /// own (so chat and embeddings do not share), one Ollama server is one machine's capacity
+    /// whatever the model.
+    fn endpoint(provider: Provider, base_url: Option<&str>, model: Option<&str>) -> String {
+        let base = base_url.unwrap_or("default").trim_end_matches('/');
+        match provider {
+            Provider::Ollama => format!("ollama {base}"),
+            other => format!("{other:?} {base} {}", model.unwrap_or("default")),
+        }
+    }
+
     /// The model and embedder the use cases get: network providers behind a guard
-    /// (concurrency, rate, circuit breaker) with the cache in front, so a hit never waits for
-    /// a permit. `raw_embedder` is passed in because the caller also needs its space first.
+    /// (adaptive concurrency per endpoint, rate, circuit breaker) with the cache in front, so
+    /// a hit never waits for a place. Tagging, chat answers and rewrites share the chat
+    /// model's limit; embeddings (indexing and questions) the embedder's, which is the same
+    /// one when both are on one endpoint. `raw_embedder` is passed in because the caller also
+    /// needs its space first.
     pub fn assemble(
         settings: &Settings,
         raw_embedder: Arc<dyn Embedder>,
         cache: Arc<dyn Cache>,
     ) -> Result<Models, ConfigError> {
         let limits = settings.model_limits;
-        let guarded_embedder: Arc<dyn Embedder> = match settings.embedding.provider {
-            Provider::Lexical => raw_embedder,
-            _ => Arc::new(GuardedEmbedder::new(
+        let (e, llm) = (&settings.embedding, &settings.llm);
+        let embed_endpoint = endpoint(e.provider, e.base_url.as_deref(), e.model.as_deref());
+        let embed_limit = (e.provider != Provider::Lexical).then(|| {
+            Arc::new(AdaptiveLimit::new(
+                raw_embedder.space(),
+                limits.max_concurrency,
+            ))
+        });
+        let guarded_embedder: Arc<dyn Embedder> = match &embed_limit {
+            None => raw_embedder,
+            Some(limit) => Arc::new(GuardedEmbedder::new(
                 raw_embedder,
-                Arc::new(Guard::new(limits)),
+                Arc::new(Guard::sharing(limits, limit.clone())),
             )),
         };
         let embedder: Arc<dyn Embedder> = Arc::new(CachedEmbedder::new(
@@ -150,21 +172,32 @@ mod assembly {
             cache.clone(),
             settings.cache_ttl_secs,
         ));
-        let raw_model = match (settings.llm.provider, settings.embedding.provider) {
+        let raw_model = match (llm.provider, e.provider) {
             // The offline answerer borrows a real embedder's sense of meaning when there is one.
             (Provider::Lexical, Provider::Lexical) => chat_model(settings)?,
             (Provider::Lexical, _) => Arc::new(LexicalModel::with_embedder(embedder.clone())),
             _ => chat_model(settings)?,
         };
-        let guarded_model: Arc<dyn ChatModel> = match settings.llm.provider {
+        let guarded_model: Arc<dyn ChatModel> = match llm.provider {
             Provider::Lexical => raw_model,
-            _ => Arc::new(GuardedModel::new(raw_model, Arc::new(Guard::new(limits)))),
+            _ => {
+                let same_endpoint =
+                    endpoint(llm.provider, llm.base_url.as_deref(), llm.model.as_deref())
+                        == embed_endpoint;
+                let limit = match embed_limit {
+                    Some(l) if same_endpoint => l,
+                    _ => Arc::new(AdaptiveLimit::new(raw_model.name(), limits.max_concurrency)),
+                };
+                Arc::new(GuardedModel::new(
+                    raw_model,
+                    Arc::new(Guard::sharing(limits, limit)),
+                ))
+            }
         };
-        let model: Arc<dyn ChatModel> = Arc::new(CachedModel::new(
-            guarded_model,
-            cache,
-            settings.cache_ttl_secs,
-        ));
+        let model: Arc<dyn ChatModel> = Arc::new(
+            CachedModel::new(guarded_model, cache, settings.cache_ttl_secs)
+                .with_reply_shape(crate::models::reply_shape(settings)),
+        );
         Ok((model, embedder))
     }
 }

@@ -86,6 +86,8 @@ impl Client {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(5))
+            // A redirect would resend the API key elsewhere (and turn a POST into a GET).
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| ModelError::Refused(format!("http client: {e}")))?;
         Ok(Client {
@@ -115,6 +117,7 @@ impl Client {
                 Ok(r) => r,
                 Err(e) => {
                     last = if e.is_timeout() {
+                        crate::resilience::report_overload();
                         "timed out".into()
                     } else {
                         "could not connect".into()
@@ -127,6 +130,9 @@ impl Client {
                 }
             };
             let status = resp.status();
+            crate::resilience::report_rate_headers(&crate::resilience::RateHeaders::parse(|n| {
+                resp.headers().get(n).and_then(|v| v.to_str().ok())
+            }));
             if status.is_success() {
                 return Ok(resp);
             }
@@ -139,6 +145,7 @@ impl Client {
             let text = resp.text().await.unwrap_or_default();
             let excerpt: String = text.chars().take(300).collect();
             if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+                crate::resilience::report_overload();
                 last = format!("{status}: {excerpt}");
                 if attempt < ATTEMPTS {
                     let backoff = jitter(Duration::from_millis(500 * 2u64.pow(attempt)));
@@ -158,8 +165,10 @@ impl Client {
             .text()
             .await
             .map_err(|_| ModelError::Unavailable(format!("{path}: broken response")))?;
+        // A 2xx body that is not JSON is a proxy's page or a reply cut off in transit, not
+        // the model's answer: transient, like the 5xx it usually stands for.
         serde_json::from_str(&text)
-            .map_err(|e| ModelError::InvalidReply(format!("{path}: reply is not JSON: {e}")))
+            .map_err(|e| ModelError::Unavailable(format!("{path}: reply is not JSON: {e}")))
     }
 }
 

@@ -62,6 +62,22 @@ impl Pai {
 
     /// Like `start`, against an existing fake Paperless (a second install of the same user).
     pub async fn start_with(extra: &[(&str, &str)], paperless: Option<Arc<FakePaperless>>) -> Pai {
+        Self::start_full(extra, paperless, None).await
+    }
+
+    /// Like `start`, with the queues on a test clock (milliseconds) that the test moves.
+    pub async fn start_clocked(
+        extra: &[(&str, &str)],
+        clock: shared::adapters::local::Clock,
+    ) -> Pai {
+        Self::start_full(extra, None, Some(clock)).await
+    }
+
+    async fn start_full(
+        extra: &[(&str, &str)],
+        paperless: Option<Arc<FakePaperless>>,
+        clock: Option<shared::adapters::local::Clock>,
+    ) -> Pai {
         let paperless = match paperless {
             Some(p) => p,
             None => Arc::new(FakePaperless::start(TOKEN).await),
@@ -91,7 +107,7 @@ impl Pai {
             vars.insert(k.to_string(), v.to_string());
         }
         let settings = Settings::from_map(&vars).expect("test settings");
-        let app = LocalApp::build(settings).expect("app builds");
+        let app = LocalApp::build_with_clock(settings, clock).expect("app builds");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let state = ApiState::new(app.svc.clone(), base.clone(), None);

@@ -11,7 +11,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 
 use super::store_error;
-use crate::ports::{BlobStore, StoreError};
+use crate::ports::{BlobStore, StoreError, UploadTarget};
 
 /// Objects above this size are uploaded in parts of this size (S3's minimum part is 5 MiB).
 const PART_SIZE: usize = 8 * 1024 * 1024;
@@ -152,24 +152,42 @@ impl BlobStore for S3Blobs {
         Ok(())
     }
 
+    fn direct_uploads(&self) -> bool {
+        true
+    }
+
     async fn upload_url(
         &self,
         key: &str,
         content_type: &str,
+        size: u64,
         expires: Duration,
-    ) -> Result<Option<String>, StoreError> {
+    ) -> Result<Option<UploadTarget>, StoreError> {
         let config = PresigningConfig::expires_in(expires)
             .map_err(|e| StoreError::Invalid(format!("upload URL lifetime {expires:?}: {e}")))?;
-        // The content type is signed: the client must PUT with exactly this `Content-Type`.
+        let length = i64::try_from(size)
+            .map_err(|_| StoreError::Invalid(format!("upload size {size} is out of range")))?;
+        // Type, length and `If-None-Match: *` are signed: S3 refuses another type, another
+        // length (no 5 GB object behind a 1 KB promise), and a second PUT to the key (the URL
+        // cannot be reused to slip another document under the same job).
         let request = self
             .client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
             .content_type(content_type)
+            .content_length(length)
+            .if_none_match("*")
             .presigned(config)
             .await
             .map_err(|e| store_error("S3 presigned PutObject", e))?;
-        Ok(Some(request.uri().to_string()))
+        let headers = request
+            .headers()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+            .collect();
+        Ok(Some(UploadTarget {
+            url: request.uri().to_string(),
+            headers,
+        }))
     }
 }

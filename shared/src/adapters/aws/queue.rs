@@ -21,6 +21,8 @@ const MAX_BATCH: usize = 10;
 const MAX_BYTES: usize = 256 * 1024;
 /// SQS's longest visibility timeout (12 hours).
 const MAX_VISIBILITY_SECS: u64 = 43_200;
+/// SQS's longest delivery delay of a message (15 minutes).
+const MAX_DELAY_SECS: i32 = 900;
 /// Receipts remembered per process before the memory is dropped (see `Receipts`).
 const MAX_REMEMBERED: usize = 10_000;
 
@@ -295,6 +297,41 @@ impl WorkQueue for SqsQueue {
         }
     }
 
+    /// SQS cannot undo a receive: a copy goes out with a delay (at most SQS's 15 minutes; it
+    /// is deferred again if still too early) and the original is deleted. A crash between the
+    /// two leaves a duplicate, which idempotent steps absorb.
+    async fn defer(&self, message: &Delivery, delay: Duration) -> Result<(), StoreError> {
+        self.client
+            .send_message()
+            .queue_url(&self.queue_url)
+            .message_body(&message.body)
+            .delay_seconds(seconds(delay).min(MAX_DELAY_SECS))
+            .send()
+            .await
+            .map_err(|e| store_error("SQS SendMessage", e))?;
+        self.delete(&message.receipt).await
+    }
+
+    async fn delete_dead_letter(&self, receipt: &str) -> Result<(), StoreError> {
+        let Some(url) = self.dead_letter_url.as_deref() else {
+            return Err(StoreError::Invalid(
+                "this queue has no dead-letter queue configured".into(),
+            ));
+        };
+        match self
+            .client
+            .delete_message()
+            .queue_url(url)
+            .receipt_handle(receipt)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().is_some_and(receipt_gone) => Ok(()),
+            Err(e) => Err(store_error("SQS DeleteMessage (dead letter)", e)),
+        }
+    }
+
     async fn dead_letters(&self, limit: usize) -> Result<Vec<Delivery>, StoreError> {
         let Some(url) = self.dead_letter_url.as_deref() else {
             return Ok(Vec::new());
@@ -313,9 +350,13 @@ impl WorkQueue for SqsQueue {
                 let (mut d, sent) = delivery(m)?;
                 if seen.insert(d.message_id.clone()) {
                     fresh = true;
-                    // The receipt belongs to the dead-letter queue: of no use to `delete`.
-                    d.receipt = String::new();
+                    // The receipt belongs to the dead-letter queue: for `delete_dead_letter`.
                     found.push((sent, d));
+                } else if let Some((_, earlier)) =
+                    found.iter_mut().find(|(_, e)| e.message_id == d.message_id)
+                {
+                    // SQS honours only a message's latest receipt.
+                    earlier.receipt = std::mem::take(&mut d.receipt);
                 }
             }
             if !fresh {

@@ -222,16 +222,40 @@ impl StateStore for DynamoState {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, Value)>, StoreError> {
+        self.query_prefix(prefix, after, limit, true).await
+    }
+
+    async fn list_newest(
+        &self,
+        prefix: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Value)>, StoreError> {
+        self.query_prefix(prefix, before, limit, false).await
+    }
+}
+
+impl DynamoState {
+    /// One partition's keys under `prefix`, in key order (`forward`) or reversed, starting
+    /// past `from` (exclusive) in that direction.
+    async fn query_prefix(
+        &self,
+        prefix: &str,
+        from: Option<&str>,
+        limit: usize,
+        forward: bool,
+    ) -> Result<Vec<(String, Value)>, StoreError> {
         // One partition per first segment: a prefix must name it (every caller's does, "job/").
         if !prefix.contains('/') {
             return Err(StoreError::Invalid(format!(
                 "list prefix {prefix:?} must include the '/' ending its partition"
             )));
         }
-        let mut start = match after {
+        let mut start = match from {
             // A start key outside the key condition's range is refused by DynamoDB.
             Some(a) if a.starts_with(prefix) => Some(key_of(a)),
-            Some(a) if a > prefix => return Ok(Vec::new()),
+            // Past the whole range in the reading direction: nothing left.
+            Some(a) if forward == (a > prefix) => return Ok(Vec::new()),
             _ => None,
         };
         let now = now_unix();
@@ -242,6 +266,7 @@ impl StateStore for DynamoState {
                 .query()
                 .table_name(&self.table)
                 .consistent_read(true)
+                .scan_index_forward(forward)
                 .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
                 .filter_expression(
                     "attribute_exists(#ver) AND (attribute_not_exists(#exp) OR #exp > :now)",

@@ -20,7 +20,7 @@ use crate::ports::StoreError;
 
 pub use blob::FileBlobStore;
 pub use cache::SqliteCache;
-pub use queue::SqliteQueue;
+pub use queue::{Clock, SqliteQueue};
 pub use state::SqliteStateStore;
 pub use vectors::SqliteVectorIndex;
 

@@ -28,6 +28,13 @@ CREATE TABLE IF NOT EXISTS queue_messages (
 CREATE INDEX IF NOT EXISTS queue_ready ON queue_messages (queue, dead, visible_at, seq);
 ";
 
+/// Dead letters' receipts: never equal to a live receipt, so `delete` cannot take them.
+const DEAD_RECEIPT: &str = "dead:";
+
+fn dead_receipt(message_id: &str) -> String {
+    format!("{DEAD_RECEIPT}{message_id}")
+}
+
 /// Milliseconds since an arbitrary epoch; injectable so tests can move time.
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
@@ -37,6 +44,8 @@ pub struct SqliteQueue {
     max_receives: u32,
     clock: Clock,
     ready: Arc<Notify>,
+    /// Messages this process moved to the dead letters, not yet taken by `take_dead_lettered`.
+    newly_dead: std::sync::Mutex<Vec<Delivery>>,
 }
 
 impl SqliteQueue {
@@ -64,6 +73,7 @@ impl SqliteQueue {
             max_receives: max_receives.max(1),
             clock,
             ready: Arc::new(Notify::new()),
+            newly_dead: Default::default(),
         })
     }
 
@@ -90,6 +100,13 @@ impl SqliteQueue {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The messages receives have moved to the dead letters since the last call, so the
+    /// consumer can record their jobs as failed (a message that crashed its last receive
+    /// never reaches a handler that could).
+    pub fn take_dead_lettered(&self) -> Vec<Delivery> {
+        std::mem::take(&mut *self.newly_dead.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Resolves when a message may have become available (a send in this process), or at once
@@ -153,10 +170,11 @@ impl WorkQueue for SqliteQueue {
         }
         let (name, now, max_receives) = (self.name.clone(), (self.clock)(), self.max_receives);
         let hidden_until = now + visibility.as_millis() as i64;
-        self.db
+        let (out, dead) = self.db
             .call(move |c| {
                 let tx = c.savepoint().map_err(sql)?;
                 let mut out = Vec::new();
+                let mut dead = Vec::new();
                 {
                     let mut pick = tx
                         .prepare_cached("SELECT seq, message_id, body, receive_count FROM queue_messages WHERE queue = ?1 AND dead = 0 AND visible_at <= ?2 ORDER BY seq LIMIT ?3")
@@ -170,6 +188,7 @@ impl WorkQueue for SqliteQueue {
                         if count >= max_receives {
                             tx.execute("UPDATE queue_messages SET dead = 1, receipt = NULL WHERE seq = ?1", params![seq]).map_err(sql)?;
                             tracing::warn!(queue = %name, %message_id, receives = count, "message moved to the dead-letter queue");
+                            dead.push(Delivery { receipt: dead_receipt(&message_id), message_id, body, receive_count: count });
                             continue;
                         }
                         if out.len() == max {
@@ -182,9 +201,16 @@ impl WorkQueue for SqliteQueue {
                     }
                 }
                 tx.commit().map_err(sql)?;
-                Ok(out)
+                Ok((out, dead))
             })
-            .await
+            .await?;
+        if !dead.is_empty() {
+            self.newly_dead
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(dead);
+        }
+        Ok(out)
     }
 
     async fn delete(&self, receipt: &str) -> Result<(), StoreError> {
@@ -207,7 +233,27 @@ impl WorkQueue for SqliteQueue {
         self.db
             .call(move |c| {
                 c.execute(
-                    "UPDATE queue_messages SET visible_at = ?2 WHERE receipt = ?1 AND dead = 0",
+                    // No longer in flight: a restart's recovery leaves its back-off alone.
+                    "UPDATE queue_messages SET visible_at = ?2, receipt = NULL WHERE receipt = ?1 AND dead = 0",
+                    params![receipt, visible_at],
+                )
+                .map_err(sql)?;
+                Ok(())
+            })
+            .await?;
+        if delay.is_zero() {
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
+
+    async fn defer(&self, message: &Delivery, delay: Duration) -> Result<(), StoreError> {
+        let receipt = message.receipt.clone();
+        let visible_at = (self.clock)() + delay.as_millis() as i64;
+        self.db
+            .call(move |c| {
+                c.execute(
+                    "UPDATE queue_messages SET visible_at = ?2, receive_count = MAX(receive_count - 1, 0), receipt = NULL WHERE receipt = ?1 AND dead = 0",
                     params![receipt, visible_at],
                 )
                 .map_err(sql)?;
@@ -226,9 +272,31 @@ impl WorkQueue for SqliteQueue {
             .call(move |c| {
                 let mut stmt = c.prepare_cached("SELECT message_id, body, receive_count FROM queue_messages WHERE queue = ?1 AND dead = 1 ORDER BY seq LIMIT ?2").map_err(sql)?;
                 let rows = stmt
-                    .query_map(params![name, limit as i64], |r| Ok(Delivery { message_id: r.get(0)?, receipt: String::new(), body: r.get(1)?, receive_count: r.get(2)? }))
+                    .query_map(params![name, limit as i64], |r| {
+                        let message_id: String = r.get(0)?;
+                        Ok(Delivery { receipt: dead_receipt(&message_id), message_id, body: r.get(1)?, receive_count: r.get(2)? })
+                    })
                     .map_err(sql)?;
                 rows.collect::<Result<_, _>>().map_err(sql)
+            })
+            .await
+    }
+
+    async fn delete_dead_letter(&self, receipt: &str) -> Result<(), StoreError> {
+        let Some(message_id) = receipt.strip_prefix(DEAD_RECEIPT) else {
+            return Err(StoreError::Invalid(format!(
+                "{receipt:?} is not a dead letter's receipt"
+            )));
+        };
+        let (name, message_id) = (self.name.clone(), message_id.to_string());
+        self.db
+            .call(move |c| {
+                c.execute(
+                    "DELETE FROM queue_messages WHERE queue = ?1 AND message_id = ?2 AND dead = 1",
+                    params![name, message_id],
+                )
+                .map_err(sql)?;
+                Ok(())
             })
             .await
     }

@@ -161,4 +161,41 @@ impl StateStore for SqliteStateStore {
             })
             .await
     }
+
+    async fn list_newest(
+        &self,
+        prefix: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Value)>, StoreError> {
+        let prefix = prefix.to_string();
+        let before = before.map(str::to_string);
+        self.db
+            .call(move |c| {
+                // The primary key's index read backwards: a page costs `limit` rows, not a scan.
+                let mut stmt = c
+                    .prepare_cached(
+                        "SELECT key, value FROM state WHERE key >= ?1 AND key < ?1 || char(1114111)
+                         AND (?2 IS NULL OR key < ?2)
+                         AND (expires_at IS NULL OR expires_at > ?3) ORDER BY key DESC LIMIT ?4",
+                    )
+                    .map_err(sql)?;
+                let rows = stmt
+                    .query_map(params![prefix, before, now_unix(), limit as i64], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                    })
+                    .map_err(sql)?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (k, v) = row.map_err(sql)?;
+                    out.push((
+                        k,
+                        serde_json::from_str(&v)
+                            .map_err(|e| StoreError::Unavailable(format!("corrupt item: {e}")))?,
+                    ));
+                }
+                Ok(out)
+            })
+            .await
+    }
 }
