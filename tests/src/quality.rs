@@ -209,6 +209,9 @@ pub async fn measure(embedding: Embedding) -> Value {
         .map(|(id, f)| (f.as_str(), id.as_str()))
         .collect();
     let trace = std::env::var_os("PAI_QUALITY_TRACE").is_some();
+    // Every question's candidates with their scores, one JSON line each, for calibration.
+    let mut dump = std::env::var_os("PAI_QUALITY_DUMP")
+        .map(|p| std::fs::File::create(p).expect("PAI_QUALITY_DUMP is writable"));
 
     let mut tallies: Vec<(String, Tally)> = Vec::new();
     for (set, path) in [
@@ -260,6 +263,28 @@ pub async fn measure(embedding: Embedding) -> Value {
                 }
             }
             let reply = ask(&app.svc, &req, None).await.unwrap();
+            if let Some(out) = dump.as_mut() {
+                use std::io::Write;
+                let candidates: Vec<Value> = retrieval
+                    .candidates
+                    .iter()
+                    .map(|c| {
+                        json!({
+                            "doc": doc_of(c.record.metadata["doc_id"].as_str().unwrap_or_default()),
+                            "similarity": c.similarity, "keyword": c.keyword, "fused": c.fused,
+                            "text": c.record.text,
+                        })
+                    })
+                    .collect();
+                let line = json!({
+                    "category": category, "question": req.question, "answerable": q["answerable"],
+                    "answer_docs": q["answer_docs"], "expected": q["expected_answer_contains"],
+                    "scoped": filter.is_some(), "document": q["document"].is_string(),
+                    "evidence": retrieval.evidence, "answered": reply.answered,
+                    "answer": reply.answer, "candidates": candidates,
+                });
+                writeln!(out, "{line}").unwrap();
+            }
             let expected: Vec<&str> = q["answer_docs"]
                 .as_array()
                 .unwrap()
