@@ -327,8 +327,10 @@ impl LexicalModel {
 
 /// At most this many sentences are weighed for one answer (six passages' worth).
 const MAX_SENTENCES: usize = 160;
-/// Sentences of the passages numbered up to this are also weighed by the embedder.
-const SEMANTIC_PASSAGES: usize = 3;
+/// Sentences of the passages numbered up to this are also weighed by the embedder: all that
+/// chat hands over (six), since with other words or another language the answer is often in
+/// a passage the keywords ranked low.
+const SEMANTIC_PASSAGES: usize = 6;
 
 /// Character trigrams of the terms, each padded so word starts and ends count.
 fn trigrams(terms: &[String]) -> std::collections::HashSet<String> {
@@ -449,10 +451,35 @@ fn wanted(question: &str) -> Vec<Wanted> {
     out
 }
 
+/// Lines of a passage with wrapped lines joined: a line that does not end a sentence,
+/// followed by one that starts in lower case, is one line broken by the layout (a table cell
+/// "private room" / "with a surcharge of €80 per night").
+fn unwrapped_lines(text: &str) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for line in text.lines() {
+        let next = line.trim();
+        let continues = next.starts_with(|c: char| c.is_lowercase())
+            && lines.last().is_some_and(|prev| {
+                let prev = prev.trim_end();
+                !prev.is_empty() && !prev.ends_with(['.', '!', '?', ':'])
+            });
+        match lines.last_mut() {
+            Some(prev) if continues => {
+                prev.truncate(prev.trim_end().len());
+                prev.push(' ');
+                prev.push_str(next);
+            }
+            _ => lines.push(line.to_string()),
+        }
+    }
+    lines
+}
+
 /// Sentences and lines of a passage, trimmed, without fragments too short to say anything.
 fn sentences(text: &str) -> Vec<String> {
     let mut out = Vec::new();
-    for line in text.lines() {
+    for line in &unwrapped_lines(text) {
+        let line = line.as_str();
         let mut start = 0;
         let bytes = line.as_bytes();
         for (i, &b) in bytes.iter().enumerate() {
@@ -587,6 +614,21 @@ mod tests {
         assert_eq!(s.created, None);
         assert_eq!(s.correspondent, None);
         assert!(s.tags.is_empty());
+    }
+
+    #[test]
+    fn wrapped_table_lines_are_one_sentence() {
+        let text = "Hospital accommodation     semi-private room; private room\n       with a surcharge of €80 per night\nDental treatment 80%\nNext line.\nlower case after a full stop";
+        let got = sentences(text);
+        assert!(
+            got.iter()
+                .any(|s| s.contains("private room with a surcharge of €80")),
+            "{got:?}"
+        );
+        assert!(
+            got.iter().any(|s| s == "lower case after a full stop"),
+            "{got:?}"
+        );
     }
 
     #[test]
