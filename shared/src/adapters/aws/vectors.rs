@@ -243,12 +243,14 @@ mod tests {
             .unwrap()
     }
 
+    /// What the mock saw of one QueryVectors call: top-k, page token, mode, filter given.
+    type SeenQuery = (Option<i32>, Option<String>, Option<IndexMode>, bool);
+
     /// A filtered query pages its results: every page is asked with the same top-k, filter
     /// and ENHANCED mode and the previous page's token, until no token comes back.
     #[tokio::test]
     async fn queries_are_enhanced_and_follow_every_page() {
-        let seen: Arc<Mutex<Vec<(Option<i32>, Option<String>, Option<IndexMode>, bool)>>> =
-            Arc::default();
+        let seen: Arc<Mutex<Vec<SeenQuery>>> = Arc::default();
         let log = seen.clone();
         let record = move |r: &aws_sdk_s3vectors::operation::query_vectors::QueryVectorsInput| {
             log.lock().unwrap().push((
