@@ -259,6 +259,10 @@ impl ChatModel for CachedModel {
         self.inner.name()
     }
 
+    fn judges_passages(&self) -> bool {
+        self.inner.judges_passages()
+    }
+
     async fn suggest(&self, input: &TagInput) -> Result<(Suggestion, Usage), ModelError> {
         self.cached("tag", input, self.inner.suggest(input)).await
     }

@@ -303,6 +303,13 @@ pub trait Embedder: Send + Sync {
 pub trait ChatModel: Send + Sync {
     /// `provider/model`, recorded on jobs and answers.
     fn name(&self) -> &str;
+    /// Whether this model reads the passages and says when they do not answer (its answer
+    /// then cites none, and chat reports `answered: false`). Chat hands such a model what
+    /// retrieval found; an answerer that cannot judge (the offline `lexical` one) gets
+    /// passages only when retrieval's own evidence says the archive holds the answer.
+    fn judges_passages(&self) -> bool {
+        true
+    }
     async fn suggest(&self, input: &TagInput) -> Result<(Suggestion, Usage), ModelError>;
     async fn answer(&self, input: &AnswerInput) -> Result<(Answer, Usage), ModelError>;
 

@@ -215,6 +215,10 @@ impl ChatModel for GuardedModel {
         self.inner.name()
     }
 
+    fn judges_passages(&self) -> bool {
+        self.inner.judges_passages()
+    }
+
     async fn suggest(&self, input: &TagInput) -> Result<(Suggestion, Usage), ModelError> {
         self.guard.run(self.inner.suggest(input)).await
     }

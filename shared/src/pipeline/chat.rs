@@ -4,8 +4,9 @@
 //! question it finds), similarities are centred per document language so a multilingual
 //! model's preference for the question's own language does not decide, and whether the
 //! archive holds the answer is judged from how far the best passage stands out in the
-//! embedding space together with the keywords it holds. A question the archive cannot answer
-//! is refused without a model call; a scope the user chose is not.
+//! embedding space together with the keywords it holds. With the offline answerer a question
+//! the archive cannot answer is refused by that evidence; a model judges the passages itself
+//! (it cites none when they do not answer); a scope the user chose is never refused.
 
 use std::collections::HashMap;
 
@@ -377,17 +378,21 @@ fn weigh(candidates: &[Candidate], keyword_share: f32) -> Evidence {
 }
 
 /// The passages that answer `query` best, numbered from 1: hybrid retrieval under the filter,
-/// at most a few per document, within the context budget. Empty when the evidence says the
-/// archive does not hold the answer. A scope the user chose (one document, or filters) is
-/// never refused: the user has said where the answer is, and a question's words need not be
-/// the document's.
+/// at most a few per document, within the context budget. For an answerer that cannot judge
+/// the passages itself (the offline one), empty when the evidence says the archive does not
+/// hold the answer; a model that judges (an LLM: it cites nothing when the passages do not
+/// answer) is handed what was found, since no score threshold separates answerable from
+/// unanswerable questions in other words or languages. A scope the user chose (one
+/// document, or filters) is never refused: the user has said where the answer is, and a
+/// question's words need not be the document's.
 pub async fn retrieve(
     svc: &Services,
     query: &str,
     filter: Option<&Filter>,
 ) -> Result<Vec<Passage>, PipelineError> {
     let retrieval = rank(svc, query, filter).await?;
-    if filter.is_none() && retrieval.evidence.score < MIN_EVIDENCE {
+    let judged_here = filter.is_none() && !svc.model.judges_passages();
+    if judged_here && retrieval.evidence.score < MIN_EVIDENCE {
         return Ok(Vec::new());
     }
     Ok(select(retrieval.candidates))

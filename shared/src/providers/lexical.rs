@@ -503,6 +503,10 @@ impl ChatModel for LexicalModel {
         "lexical"
     }
 
+    fn judges_passages(&self) -> bool {
+        false
+    }
+
     async fn suggest(&self, input: &TagInput) -> Result<(Suggestion, Usage), ModelError> {
         Ok((Self::suggestion(input), Usage::default()))
     }
