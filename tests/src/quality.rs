@@ -91,6 +91,7 @@ struct Tally {
     reciprocal: f64,
     cited_right: usize,
     vector_at_5: usize,
+    centred_at_5: usize,
     answered: usize,
     contains: usize,
     unanswerable: usize,
@@ -118,6 +119,10 @@ impl Tally {
             out.insert(
                 "vector_top5".into(),
                 json!(round(self.vector_at_5 as f64 / a)),
+            );
+            out.insert(
+                "centred_vector_top5".into(),
+                json!(round(self.centred_at_5 as f64 / a)),
             );
             out.insert("answered".into(), json!(round(self.answered as f64 / a)));
             out.insert(
@@ -262,6 +267,16 @@ pub async fn measure(embedding: Embedding) -> Value {
                     vector_docs.push(f);
                 }
             }
+            // The same ranking on similarities centred per document language.
+            let mut by_centred = retrieval.candidates.clone();
+            by_centred.sort_by(|a, b| b.adjusted.total_cmp(&a.adjusted));
+            let mut centred_docs: Vec<String> = Vec::new();
+            for c in &by_centred {
+                let f = doc_of(c.record.metadata["doc_id"].as_str().unwrap_or_default());
+                if !centred_docs.contains(&f) {
+                    centred_docs.push(f);
+                }
+            }
             let reply = ask(&app.svc, &req, None).await.unwrap();
             if let Some(out) = dump.as_mut() {
                 use std::io::Write;
@@ -332,6 +347,11 @@ pub async fn measure(embedding: Embedding) -> Value {
                     .take(5)
                     .any(|d| expected.contains(&d.as_str()))
                     as usize;
+                t.centred_at_5 += centred_docs
+                    .iter()
+                    .take(5)
+                    .any(|d| expected.contains(&d.as_str()))
+                    as usize;
                 t.cited_right += cited.iter().any(|d| expected.contains(&d.as_str())) as usize;
                 t.answered += reply.answered as usize;
                 t.contains += contains as usize;
@@ -351,6 +371,7 @@ pub async fn measure(embedding: Embedding) -> Value {
             unseen.reciprocal += t.reciprocal;
             unseen.cited_right += t.cited_right;
             unseen.vector_at_5 += t.vector_at_5;
+            unseen.centred_at_5 += t.centred_at_5;
             unseen.answered += t.answered;
             unseen.contains += t.contains;
             unseen.unanswerable += t.unanswerable;

@@ -298,6 +298,9 @@ pub async fn rank(
             });
         }
     }
+    // One order whatever order the stores return equal scores in (it follows indexing, which
+    // concurrent workers interleave): every tie below is then broken by key.
+    candidates.sort_by(|a, b| a.record.key.cmp(&b.record.key));
     let texts: Vec<&str> = candidates.iter().map(|c| c.record.text.as_str()).collect();
     let bm25 = keyword::score_texts(query, &texts);
     let keyword_share = keyword::best_share(query, &texts);
