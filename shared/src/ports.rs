@@ -225,6 +225,18 @@ pub trait VectorIndex: Send + Sync {
         top_k: usize,
         filter: Option<&Filter>,
     ) -> Result<Vec<VectorHit>, StoreError>;
+
+    /// Filter first, then the `top_k` chunks whose text matches `query` best by BM25 (with
+    /// their vectors), best first. `None` when the index has no keyword search (S3 Vectors
+    /// has none): retrieval then weighs words among the vector neighbours only.
+    async fn keyword_query(
+        &self,
+        _query: &str,
+        _top_k: usize,
+        _filter: Option<&Filter>,
+    ) -> Result<Option<Vec<VectorRecord>>, StoreError> {
+        Ok(None)
+    }
 }
 
 /// Failure of a model call.
@@ -262,13 +274,26 @@ pub struct Usage {
     pub output_tokens: u64,
 }
 
-/// Turns text into vectors, many texts per call.
+/// Whether a text is embedded as a document chunk or as a search query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmbedKind {
+    Document,
+    Query,
+}
+
+/// Turns text into vectors, many texts per call. Documents and queries are embedded apart:
+/// asymmetric models (e5, nomic, Cohere, Voyage…) expect a question to be marked as one
+/// (a prefix or an input type), and rank worse when it is embedded like a passage.
 #[async_trait]
 pub trait Embedder: Send + Sync {
-    /// Identifies the vector space (provider, model, dimensions): part of every cache key.
+    /// Identifies the vector space (provider, model, dimensions, document marking): part of
+    /// every cache key and of the embedded index's name.
     fn space(&self) -> &str;
     fn dimension(&self) -> usize;
+    /// Embeds document chunks, what the index stores.
     async fn embed(&self, texts: &[String]) -> Result<(Vec<Vec<f32>>, Usage), ModelError>;
+    /// Embeds one search query (a chat question) into the same space as the documents.
+    async fn embed_query(&self, text: &str) -> Result<(Vec<f32>, Usage), ModelError>;
 }
 
 /// The chat model as the use cases need it: suggest metadata for a document, answer a question
@@ -278,6 +303,13 @@ pub trait Embedder: Send + Sync {
 pub trait ChatModel: Send + Sync {
     /// `provider/model`, recorded on jobs and answers.
     fn name(&self) -> &str;
+    /// Whether this model reads the passages and says when they do not answer (its answer
+    /// then cites none, and chat reports `answered: false`). Chat hands such a model what
+    /// retrieval found; an answerer that cannot judge (the offline `lexical` one) gets
+    /// passages only when retrieval's own evidence says the archive holds the answer.
+    fn judges_passages(&self) -> bool {
+        true
+    }
     async fn suggest(&self, input: &TagInput) -> Result<(Suggestion, Usage), ModelError>;
     async fn answer(&self, input: &AnswerInput) -> Result<(Answer, Usage), ModelError>;
 

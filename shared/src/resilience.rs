@@ -215,6 +215,10 @@ impl ChatModel for GuardedModel {
         self.inner.name()
     }
 
+    fn judges_passages(&self) -> bool {
+        self.inner.judges_passages()
+    }
+
     async fn suggest(&self, input: &TagInput) -> Result<(Suggestion, Usage), ModelError> {
         self.guard.run(self.inner.suggest(input)).await
     }
@@ -272,6 +276,10 @@ impl Embedder for GuardedEmbedder {
         self.guard
             .run_as(CallKind::Embed, self.inner.embed(texts))
             .await
+    }
+
+    async fn embed_query(&self, text: &str) -> Result<(Vec<f32>, Usage), ModelError> {
+        self.guard.run(self.inner.embed_query(text)).await
     }
 }
 

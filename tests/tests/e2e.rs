@@ -150,6 +150,27 @@ async fn webhook_tags_the_document_and_chat_cites_it() {
     assert_eq!(none["answered"], false);
     let (_, one) = pai.post_json("/chat", json!({"question": "boiler repair cost?", "filters": {"correspondent": "berger haustechnik gmbh", "created_from": "2025-03-01"}})).await;
     assert_eq!(one["citations"][0]["doc_id"], id.to_string(), "{one}");
+
+    // A model judges the passages itself: retrieval hands them over even when its own evidence
+    // is weak (a one-document archive), and an answer that cites none is a refusal.
+    let chats = pai.model.chat_requests().len();
+    pai.model.push_reply(pai_tests::fake_openai::Reply::Content(
+        "The documents do not contain this.".into(),
+    ));
+    let (status, unknown) = pai
+        .post_json(
+            "/chat",
+            json!({"question": "Which school does our daughter attend?"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{unknown}");
+    assert_eq!(
+        pai.model.chat_requests().len(),
+        chats + 1,
+        "the model was asked"
+    );
+    assert_eq!(unknown["answered"], false, "{unknown}");
+    assert_eq!(unknown["citations"], json!([]));
     pai.shutdown().await;
 }
 

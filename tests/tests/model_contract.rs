@@ -9,7 +9,7 @@ use shared::providers::openai::{OpenAiChat, OpenAiEmbedder};
 
 #[tokio::test]
 async fn lexical_chat_model() {
-    contract::chat_model(LexicalModel).await;
+    contract::chat_model(LexicalModel::default()).await;
 }
 
 #[tokio::test]

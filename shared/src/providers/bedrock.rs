@@ -32,7 +32,7 @@ use tokio::sync::OnceCell;
 use super::llm::{Message, answer_messages, cited, standalone_with, suggest_with_repair};
 use crate::config::ConfigError;
 use crate::domain::{Answer, AnswerInput, Suggestion, TagInput};
-use crate::ports::{ChatModel, Embedder, ModelError, TokenSink, Usage};
+use crate::ports::{ChatModel, EmbedKind, Embedder, ModelError, TokenSink, Usage};
 use crate::smithy_json::{to_document, to_json};
 use crate::text::{count_tokens, fit_head_tail, token_factor};
 
@@ -681,16 +681,20 @@ impl BedrockEmbedder {
         Ok((self.vector(&reply["embedding"])?, tokens))
     }
 
-    /// One Cohere batch. The port does not tell documents from queries, so every text is
-    /// embedded as `search_document`: chunks are the bulk, and Cohere's v3/v4 spaces keep
-    /// queries embedded this way close to their documents (at a small cost in ranking).
+    /// One Cohere batch, with the input type Cohere documents for retrieval: chunks as
+    /// `search_document`, questions as `search_query`.
     async fn cohere(
         &self,
         client: &Client,
+        kind: EmbedKind,
         texts: &[String],
     ) -> Result<(Vec<Vec<f32>>, u64), ModelError> {
+        let input_type = match kind {
+            EmbedKind::Document => "search_document",
+            EmbedKind::Query => "search_query",
+        };
         let mut body =
-            json!({"texts": texts, "input_type": "search_document", "embedding_types": ["float"]});
+            json!({"texts": texts, "input_type": input_type, "embedding_types": ["float"]});
         if self.family == Family::CohereV4 {
             body["output_dimension"] = json!(self.dimension);
         }
@@ -731,6 +735,23 @@ impl Embedder for BedrockEmbedder {
     }
 
     async fn embed(&self, texts: &[String]) -> Result<(Vec<Vec<f32>>, Usage), ModelError> {
+        self.embed_as(EmbedKind::Document, texts).await
+    }
+
+    async fn embed_query(&self, text: &str) -> Result<(Vec<f32>, Usage), ModelError> {
+        let (mut v, usage) = self.embed_as(EmbedKind::Query, &[text.to_string()]).await?;
+        Ok((v.pop().unwrap_or_default(), usage))
+    }
+}
+
+impl BedrockEmbedder {
+    /// Titan Text Embeddings take no input type (AWS documents one request shape for queries
+    /// and documents alike); Cohere Embed takes `search_query` / `search_document`.
+    async fn embed_as(
+        &self,
+        kind: EmbedKind,
+        texts: &[String],
+    ) -> Result<(Vec<Vec<f32>>, Usage), ModelError> {
         if texts.is_empty() {
             return Ok((Vec::new(), Usage::default()));
         }
@@ -754,7 +775,7 @@ impl Embedder for BedrockEmbedder {
             }
             Family::CohereV3 | Family::CohereV4 => {
                 for batch in texts.chunks(COHERE_BATCH) {
-                    let (v, t) = self.cohere(client, batch).await?;
+                    let (v, t) = self.cohere(client, kind, batch).await?;
                     vectors.extend(v);
                     tokens += t;
                 }
@@ -1329,13 +1350,22 @@ mod tests {
         let firsts: Vec<f32> = vectors.iter().map(|v| v[0]).collect();
         assert_eq!(firsts, (0..200).map(|i| i as f32).collect::<Vec<_>>());
         assert!(usage.input_tokens > 0, "estimated when the reply has none");
-        let batches = batches.lock().unwrap();
-        let sizes: Vec<usize> = batches
-            .iter()
-            .map(|b| b["texts"].as_array().unwrap().len())
-            .collect();
-        assert_eq!(sizes, [96, 96, 8]);
-        assert!(batches.iter().all(|b| b["input_type"] == "search_document"));
+        {
+            let sent = batches.lock().unwrap();
+            let sizes: Vec<usize> = sent
+                .iter()
+                .map(|b| b["texts"].as_array().unwrap().len())
+                .collect();
+            assert_eq!(sizes, [96, 96, 8]);
+            assert!(sent.iter().all(|b| b["input_type"] == "search_document"));
+        }
+        let (q, _) = e.embed_query("text 7").await.unwrap();
+        assert_eq!(q[0], 7.0);
+        let last = batches.lock().unwrap().last().cloned().unwrap();
+        assert_eq!(
+            last["input_type"], "search_query",
+            "a question is a search query"
+        );
     }
 
     #[tokio::test]

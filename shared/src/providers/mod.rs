@@ -4,6 +4,7 @@
 pub mod bedrock;
 pub mod lexical;
 pub mod llm;
+pub mod marking;
 #[cfg(feature = "clients")]
 pub mod ollama;
 #[cfg(feature = "clients")]
@@ -22,6 +23,7 @@ mod assembly {
     use crate::resilience::{AdaptiveLimit, Guard, GuardedEmbedder, GuardedModel};
 
     use super::lexical::{DEFAULT_DIMENSION, LexicalEmbedder, LexicalModel};
+    use super::marking::Marking;
     use super::ollama::{OllamaChat, OllamaEmbedder};
     use super::openai::{OpenAiChat, OpenAiEmbedder};
 
@@ -39,7 +41,7 @@ mod assembly {
     pub fn chat_model(settings: &Settings) -> Result<Arc<dyn ChatModel>, ConfigError> {
         let llm = &settings.llm;
         Ok(match llm.provider {
-            Provider::Lexical => Arc::new(LexicalModel),
+            Provider::Lexical => Arc::new(LexicalModel::default()),
             Provider::OpenAi => Arc::new(
                 OpenAiChat::new(
                     llm.base_url.as_deref(),
@@ -73,6 +75,16 @@ mod assembly {
         })
     }
 
+    /// How the settings mark queries and documents for the model (prefixes, input types).
+    fn marking(e: &crate::config::ModelSettings, default_model: &str) -> Marking {
+        Marking::new(
+            e.model.as_deref().unwrap_or(default_model),
+            e.query_prefix.as_deref(),
+            e.document_prefix.as_deref(),
+            e.input_types.clone(),
+        )
+    }
+
     /// The embedder the settings name.
     pub fn embedder(settings: &Settings) -> Result<Arc<dyn Embedder>, ConfigError> {
         let e = &settings.embedding;
@@ -87,12 +99,22 @@ mod assembly {
                     e.model.as_deref(),
                     e.dimensions,
                 )
-                .map_err(|m| config("EMBEDDING_DIMENSIONS", m))?,
+                .map_err(|m| config("EMBEDDING_DIMENSIONS", m))?
+                .with_marking(marking(e, super::openai::DEFAULT_EMBEDDING_MODEL)),
             ),
-            Provider::Ollama => Arc::new(
-                OllamaEmbedder::new(e.base_url.as_deref(), e.model.as_deref(), e.dimensions)
-                    .map_err(|m| config("EMBEDDING_DIMENSIONS", m))?,
-            ),
+            Provider::Ollama => {
+                if e.input_types.is_some() {
+                    return Err(config(
+                        "EMBEDDING_INPUT_TYPES",
+                        "Ollama's embed API takes no input type: use EMBEDDING_QUERY_PREFIX / EMBEDDING_DOCUMENT_PREFIX",
+                    ));
+                }
+                Arc::new(
+                    OllamaEmbedder::new(e.base_url.as_deref(), e.model.as_deref(), e.dimensions)
+                        .map_err(|m| config("EMBEDDING_DIMENSIONS", m))?
+                        .with_marking(marking(e, super::ollama::DEFAULT_EMBEDDING_MODEL)),
+                )
+            }
             #[cfg(feature = "bedrock")]
             Provider::Bedrock => Arc::new(super::bedrock::BedrockEmbedder::new(
                 e.base_url.as_deref(),
@@ -145,7 +167,17 @@ mod assembly {
                 Arc::new(Guard::sharing(limits, limit.clone())),
             )),
         };
-        let raw_model = chat_model(settings)?;
+        let embedder: Arc<dyn Embedder> = Arc::new(CachedEmbedder::new(
+            guarded_embedder,
+            cache.clone(),
+            settings.cache_ttl_secs,
+        ));
+        let raw_model = match (llm.provider, e.provider) {
+            // The offline answerer borrows a real embedder's sense of meaning when there is one.
+            (Provider::Lexical, Provider::Lexical) => chat_model(settings)?,
+            (Provider::Lexical, _) => Arc::new(LexicalModel::with_embedder(embedder.clone())),
+            _ => chat_model(settings)?,
+        };
         let guarded_model: Arc<dyn ChatModel> = match llm.provider {
             Provider::Lexical => raw_model,
             _ => {
@@ -162,11 +194,6 @@ mod assembly {
                 ))
             }
         };
-        let embedder: Arc<dyn Embedder> = Arc::new(CachedEmbedder::new(
-            guarded_embedder,
-            cache.clone(),
-            settings.cache_ttl_secs,
-        ));
         let model: Arc<dyn ChatModel> = Arc::new(
             CachedModel::new(guarded_model, cache, settings.cache_ttl_secs)
                 .with_reply_shape(crate::models::reply_shape(settings)),

@@ -9,9 +9,10 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 
 use super::llm::{Message, answer_messages, cited, standalone_with, suggest_with_repair};
+use super::marking::Marking;
 use super::openai::{Client, known_dimensions, read_lines};
 use crate::domain::{Answer, AnswerInput, Suggestion, TagInput};
-use crate::ports::{ChatModel, Embedder, ModelError, TokenSink, Usage};
+use crate::ports::{ChatModel, EmbedKind, Embedder, ModelError, TokenSink, Usage};
 
 pub const DEFAULT_BASE_URL: &str = "http://localhost:11434";
 pub const DEFAULT_CHAT_MODEL: &str = "qwen2.5:7b";
@@ -160,6 +161,7 @@ pub struct OllamaEmbedder {
     client: Client,
     model: String,
     dimension: usize,
+    marking: Marking,
     space: String,
 }
 
@@ -183,32 +185,41 @@ impl OllamaEmbedder {
             Duration::from_secs(120),
         )
         .map_err(|e| e.to_string())?;
+        let marking = Marking::new(&model, None, None, None);
         Ok(OllamaEmbedder {
             client,
-            space: format!("ollama/{model}/{dimension}"),
+            space: format!("ollama/{model}/{dimension}{}", marking.space_suffix()),
             model,
             dimension,
+            marking,
         })
     }
-}
 
-#[async_trait]
-impl Embedder for OllamaEmbedder {
-    fn space(&self) -> &str {
-        &self.space
+    /// How queries and documents are marked (Ollama's API has no input type: prefixes
+    /// only), replacing the model's default; the space follows.
+    pub fn with_marking(mut self, marking: Marking) -> OllamaEmbedder {
+        self.space = format!(
+            "ollama/{}/{}{}",
+            self.model,
+            self.dimension,
+            marking.space_suffix()
+        );
+        self.marking = marking;
+        self
     }
 
-    fn dimension(&self) -> usize {
-        self.dimension
-    }
-
-    async fn embed(&self, texts: &[String]) -> Result<(Vec<Vec<f32>>, Usage), ModelError> {
+    async fn embed_as(
+        &self,
+        kind: EmbedKind,
+        texts: &[String],
+    ) -> Result<(Vec<Vec<f32>>, Usage), ModelError> {
         if texts.is_empty() {
             return Ok((Vec::new(), Usage::default()));
         }
+        let input: Vec<String> = texts.iter().map(|t| self.marking.text(kind, t)).collect();
         let reply = self
             .client
-            .post("api/embed", &json!({"model": self.model, "input": texts}))
+            .post("api/embed", &json!({"model": self.model, "input": input}))
             .await?;
         let rows = reply["embeddings"]
             .as_array()
@@ -245,5 +256,25 @@ impl Embedder for OllamaEmbedder {
                 output_tokens: 0,
             },
         ))
+    }
+}
+
+#[async_trait]
+impl Embedder for OllamaEmbedder {
+    fn space(&self) -> &str {
+        &self.space
+    }
+
+    fn dimension(&self) -> usize {
+        self.dimension
+    }
+
+    async fn embed(&self, texts: &[String]) -> Result<(Vec<Vec<f32>>, Usage), ModelError> {
+        self.embed_as(EmbedKind::Document, texts).await
+    }
+
+    async fn embed_query(&self, text: &str) -> Result<(Vec<f32>, Usage), ModelError> {
+        let (mut v, usage) = self.embed_as(EmbedKind::Query, &[text.to_string()]).await?;
+        Ok((v.pop().unwrap_or_default(), usage))
     }
 }

@@ -9,9 +9,10 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use super::llm::{Message, answer_messages, cited, standalone_with, suggest_with_repair};
+use super::marking::Marking;
 use crate::config::Secret;
 use crate::domain::{Answer, AnswerInput, Suggestion, TagInput};
-use crate::ports::{ChatModel, Embedder, ModelError, TokenSink, Usage};
+use crate::ports::{ChatModel, EmbedKind, Embedder, ModelError, TokenSink, Usage};
 
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 pub const DEFAULT_CHAT_MODEL: &str = "gpt-4o-mini";
@@ -60,6 +61,9 @@ pub fn known_dimensions(model: &str) -> Option<usize> {
         "nomic-embed-text" => Some(768),
         "mxbai-embed-large" => Some(1024),
         "all-minilm" => Some(384),
+        "multilingual-e5-small" | "intfloat/multilingual-e5-small" | "e5-small-v2" => Some(384),
+        "multilingual-e5-base" | "intfloat/multilingual-e5-base" | "e5-base-v2" => Some(768),
+        "multilingual-e5-large" | "intfloat/multilingual-e5-large" | "e5-large-v2" => Some(1024),
         _ => None,
     }
 }
@@ -358,6 +362,7 @@ pub struct OpenAiEmbedder {
     model: String,
     dimension: usize,
     send_dimensions: bool,
+    marking: Marking,
     space: String,
 }
 
@@ -378,33 +383,45 @@ impl OpenAiEmbedder {
                 )
             })?;
         let client = Client::new(base, key, Duration::from_secs(60)).map_err(|e| e.to_string())?;
+        let marking = Marking::new(&model, None, None, None);
         Ok(OpenAiEmbedder {
             client,
-            space: format!("openai/{model}/{dimension}"),
+            space: format!("openai/{model}/{dimension}{}", marking.space_suffix()),
             model,
             dimension,
             send_dimensions: dimensions.is_some(),
+            marking,
         })
     }
-}
 
-#[async_trait]
-impl Embedder for OpenAiEmbedder {
-    fn space(&self) -> &str {
-        &self.space
+    /// How queries and documents are marked (prefixes, input types), replacing the model's
+    /// default; the space follows.
+    pub fn with_marking(mut self, marking: Marking) -> OpenAiEmbedder {
+        self.space = format!(
+            "openai/{}/{}{}",
+            self.model,
+            self.dimension,
+            marking.space_suffix()
+        );
+        self.marking = marking;
+        self
     }
 
-    fn dimension(&self) -> usize {
-        self.dimension
-    }
-
-    async fn embed(&self, texts: &[String]) -> Result<(Vec<Vec<f32>>, Usage), ModelError> {
+    async fn embed_as(
+        &self,
+        kind: EmbedKind,
+        texts: &[String],
+    ) -> Result<(Vec<Vec<f32>>, Usage), ModelError> {
         if texts.is_empty() {
             return Ok((Vec::new(), Usage::default()));
         }
-        let mut body = json!({"model": self.model, "input": texts});
+        let input: Vec<String> = texts.iter().map(|t| self.marking.text(kind, t)).collect();
+        let mut body = json!({"model": self.model, "input": input});
         if self.send_dimensions {
             body["dimensions"] = json!(self.dimension);
+        }
+        if let Some(input_type) = self.marking.input_type(kind) {
+            body["input_type"] = json!(input_type);
         }
         let reply = self.client.post("embeddings", &body).await?;
         let data = reply["data"]
@@ -440,5 +457,25 @@ impl Embedder for OpenAiEmbedder {
             output_tokens: 0,
         };
         Ok((vectors, usage))
+    }
+}
+
+#[async_trait]
+impl Embedder for OpenAiEmbedder {
+    fn space(&self) -> &str {
+        &self.space
+    }
+
+    fn dimension(&self) -> usize {
+        self.dimension
+    }
+
+    async fn embed(&self, texts: &[String]) -> Result<(Vec<Vec<f32>>, Usage), ModelError> {
+        self.embed_as(EmbedKind::Document, texts).await
+    }
+
+    async fn embed_query(&self, text: &str) -> Result<(Vec<f32>, Usage), ModelError> {
+        let (mut v, usage) = self.embed_as(EmbedKind::Query, &[text.to_string()]).await?;
+        Ok((v.pop().unwrap_or_default(), usage))
     }
 }

@@ -9,7 +9,9 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use aws_sdk_s3vectors::Client;
-use aws_sdk_s3vectors::types::{GetOutputVector, PutInputVector, QueryOutputVector, VectorData};
+use aws_sdk_s3vectors::types::{
+    GetOutputVector, IndexMode, PutInputVector, QueryOutputVector, VectorData,
+};
 use aws_smithy_types::Document;
 use serde_json::{Map, Value};
 
@@ -190,15 +192,21 @@ impl VectorIndex for S3VectorIndex {
         check::vector("query", vector, self.dimension)?;
         let mut hits = Vec::new();
         let mut next_token = None;
-        loop {
+        // Every page is asked with the same vector, top-k, filter and mode, as the API
+        // requires for a token; a bounded number of pages guards against a token loop.
+        for _ in 0..=top_k {
             let out = self
                 .client
                 .query_vectors()
                 .vector_bucket_name(&self.vector_bucket)
                 .index_name(&self.index)
-                .top_k((top_k - hits.len()) as i32)
+                .top_k(top_k as i32)
                 .query_vector(VectorData::Float32(vector.to_vec()))
                 .set_filter(filter.map(|f| to_document(&f.to_json())))
+                // Filter first, then nearest neighbours, whatever mode the index was created
+                // in (older indexes default to CLASSIC, which filters during the search and
+                // can return fewer than top-k; only ENHANCED knows `$startsWith`).
+                .query_mode(IndexMode::Enhanced)
                 .return_metadata(true)
                 .return_distance(true)
                 .set_next_token(next_token.take())
@@ -206,13 +214,112 @@ impl VectorIndex for S3VectorIndex {
                 .await
                 .map_err(|e| store_error("S3 Vectors QueryVectors", e))?;
             hits.extend(out.vectors.into_iter().map(hit_of));
-            // A paginated (filter-first) query may hand the rest over in further pages.
             match out.next_token {
                 Some(t) if hits.len() < top_k && !t.is_empty() => next_token = Some(t),
                 _ => break,
             }
         }
+        hits.sort_by(|a, b| a.distance.total_cmp(&b.distance));
         hits.truncate(top_k);
         Ok(hits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use aws_sdk_s3vectors::operation::query_vectors::QueryVectorsOutput;
+    use aws_smithy_mocks::{RuleMode, mock, mock_client};
+    use serde_json::json;
+
+    use super::*;
+
+    fn hit(key: &str, distance: f32) -> QueryOutputVector {
+        QueryOutputVector::builder()
+            .key(key)
+            .distance(distance)
+            .build()
+            .unwrap()
+    }
+
+    /// What the mock saw of one QueryVectors call: top-k, page token, mode, filter given.
+    type SeenQuery = (Option<i32>, Option<String>, Option<IndexMode>, bool);
+
+    /// A filtered query pages its results: every page is asked with the same top-k, filter
+    /// and ENHANCED mode and the previous page's token, until no token comes back.
+    #[tokio::test]
+    async fn queries_are_enhanced_and_follow_every_page() {
+        let seen: Arc<Mutex<Vec<SeenQuery>>> = Arc::default();
+        let log = seen.clone();
+        let record = move |r: &aws_sdk_s3vectors::operation::query_vectors::QueryVectorsInput| {
+            log.lock().unwrap().push((
+                r.top_k(),
+                r.next_token().map(str::to_string),
+                r.query_mode().cloned(),
+                r.filter().is_some(),
+            ));
+            true
+        };
+        let (r1, r2) = (record.clone(), record.clone());
+        let first = mock!(aws_sdk_s3vectors::Client::query_vectors)
+            .match_requests(move |r| r.next_token().is_none() && r1(r))
+            .then_output(|| {
+                QueryVectorsOutput::builder()
+                    .vectors(hit("a", 0.1))
+                    .vectors(hit("b", 0.2))
+                    .next_token("page-2")
+                    .build()
+                    .unwrap()
+            });
+        let second = mock!(aws_sdk_s3vectors::Client::query_vectors)
+            .match_requests(move |r| r.next_token() == Some("page-2") && r2(r))
+            .then_output(|| {
+                QueryVectorsOutput::builder()
+                    .vectors(hit("c", 0.15))
+                    .build()
+                    .unwrap()
+            });
+        let client = mock_client!(aws_sdk_s3vectors, RuleMode::MatchAny, [&first, &second]);
+        let index = S3VectorIndex::new(client, "vb", "chunks-v1", 2);
+        let filter = Filter::parse(&json!({"doc_id": {"$startsWith": "1"}})).unwrap();
+        let hits = index.query(&[1.0, 0.0], 5, Some(&filter)).await.unwrap();
+        assert_eq!(
+            hits.iter()
+                .map(|h| h.record.key.as_str())
+                .collect::<Vec<_>>(),
+            ["a", "c", "b"],
+            "all pages, nearest first"
+        );
+        let seen = seen.lock().unwrap();
+        assert_eq!(
+            *seen,
+            [
+                (Some(5), None, Some(IndexMode::Enhanced), true),
+                (
+                    Some(5),
+                    Some("page-2".into()),
+                    Some(IndexMode::Enhanced),
+                    true
+                ),
+            ]
+        );
+    }
+
+    /// A server that keeps handing out tokens cannot keep the query looping.
+    #[tokio::test]
+    async fn an_endless_token_stops_after_a_bounded_number_of_pages() {
+        let endless = mock!(aws_sdk_s3vectors::Client::query_vectors).then_output(|| {
+            QueryVectorsOutput::builder()
+                .set_vectors(Some(vec![]))
+                .next_token("again")
+                .build()
+                .unwrap()
+        });
+        let client = mock_client!(aws_sdk_s3vectors, RuleMode::MatchAny, [&endless]);
+        let index = S3VectorIndex::new(client, "vb", "chunks-v1", 2);
+        let hits = index.query(&[1.0, 0.0], 3, None).await.unwrap();
+        assert!(hits.is_empty());
+        assert_eq!(endless.num_calls(), 4);
     }
 }

@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 use super::super::vector_checks as check;
 use super::{Db, sql};
 use crate::filter::Filter;
+use crate::keyword::Bm25Index;
 use crate::ports::{StoreError, VectorHit, VectorIndex, VectorRecord};
 
 const SCHEMA: &str = "
@@ -31,10 +32,20 @@ struct Memory {
     vectors: Vec<f32>,
     metadata: Vec<Map<String, Value>>,
     position: HashMap<String, usize>,
+    /// BM25 over the chunk texts, for hybrid retrieval.
+    keywords: Bm25Index,
 }
 
 impl Memory {
-    fn upsert(&mut self, dim: usize, key: String, unit: &[f32], metadata: Map<String, Value>) {
+    fn upsert(
+        &mut self,
+        dim: usize,
+        key: String,
+        unit: &[f32],
+        metadata: Map<String, Value>,
+        text: &str,
+    ) {
+        self.keywords.upsert(&key, text);
         if let Some(&i) = self.position.get(&key) {
             self.vectors[i * dim..(i + 1) * dim].copy_from_slice(unit);
             self.metadata[i] = metadata;
@@ -47,6 +58,7 @@ impl Memory {
     }
 
     fn remove(&mut self, dim: usize, key: &str) {
+        self.keywords.remove(key);
         let Some(i) = self.position.remove(key) else {
             return;
         };
@@ -122,7 +134,7 @@ fn load(conn: &rusqlite::Connection, name: &str, dimension: usize) -> Result<Mem
     let mut memory = Memory::default();
     {
         let mut stmt = conn
-            .prepare("SELECT key, vector, metadata FROM vectors WHERE idx = ?1")
+            .prepare("SELECT key, vector, metadata, text FROM vectors WHERE idx = ?1")
             .map_err(sql)?;
         let rows = stmt
             .query_map(params![name], |r| {
@@ -130,14 +142,15 @@ fn load(conn: &rusqlite::Connection, name: &str, dimension: usize) -> Result<Mem
                     r.get::<_, String>(0)?,
                     r.get::<_, Vec<u8>>(1)?,
                     r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
                 ))
             })
             .map_err(sql)?;
         for row in rows {
-            let (key, blob, meta) = row.map_err(sql)?;
+            let (key, blob, meta, text) = row.map_err(sql)?;
             let meta: Map<String, Value> = serde_json::from_str(&meta)
                 .map_err(|e| StoreError::Unavailable(format!("corrupt metadata of {key}: {e}")))?;
-            memory.upsert(dimension, key, &from_blob(&blob), meta);
+            memory.upsert(dimension, key, &from_blob(&blob), meta, &text);
         }
     }
     Ok(memory)
@@ -254,7 +267,7 @@ impl VectorIndex for SqliteVectorIndex {
             .await?;
         let mut memory = self.memory.write().expect("index lock");
         for (r, u) in records.into_iter().zip(units) {
-            memory.upsert(self.dimension, r.key, &u, r.metadata);
+            memory.upsert(self.dimension, r.key, &u, r.metadata, &r.text);
         }
         Ok(())
     }
@@ -356,5 +369,31 @@ impl VectorIndex for SqliteVectorIndex {
                 })
             })
             .collect())
+    }
+
+    async fn keyword_query(
+        &self,
+        query: &str,
+        top_k: usize,
+        filter: Option<&Filter>,
+    ) -> Result<Option<Vec<VectorRecord>>, StoreError> {
+        check::top_k(top_k)?;
+        let keys: Vec<String> = {
+            let memory = self.memory.read().expect("index lock");
+            memory
+                .keywords
+                .search(query, top_k, |key| {
+                    filter.is_none_or(|f| {
+                        memory
+                            .position
+                            .get(key)
+                            .is_some_and(|i| f.matches(&memory.metadata[*i]))
+                    })
+                })
+                .into_iter()
+                .map(|(key, _)| key)
+                .collect()
+        };
+        Ok(Some(self.get(&keys).await?))
     }
 }
