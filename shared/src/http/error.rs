@@ -37,6 +37,10 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
     pub fn internal(detail: impl std::fmt::Display) -> ApiError {
         tracing::error!(%detail, "internal error");
         ApiError::new(
@@ -81,7 +85,7 @@ impl From<IngestError> for ApiError {
             IngestError::Unsupported(m) => {
                 ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported", m)
             }
-            IngestError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
+            IngestError::NotFound(m) => ApiError::not_found(m),
             IngestError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             IngestError::Pipeline(p) => p.into(),
         }
@@ -92,11 +96,9 @@ impl From<crate::pipeline::tag::ReviewError> for ApiError {
     fn from(e: crate::pipeline::tag::ReviewError) -> Self {
         use crate::pipeline::tag::ReviewError;
         match e {
-            ReviewError::NotFound(doc) => ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no suggestion for document {doc}"),
-            ),
+            ReviewError::NotFound(doc) => {
+                ApiError::not_found(format!("no suggestion for document {doc}"))
+            }
             ReviewError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             ReviewError::Pipeline(p) => p.into(),
         }
@@ -107,11 +109,7 @@ impl From<ChatError> for ApiError {
     fn from(e: ChatError) -> Self {
         match e {
             ChatError::BadRequest(m) => ApiError::bad_request(m),
-            ChatError::UnknownSession(id) => ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no session {id}"),
-            ),
+            ChatError::UnknownSession(id) => ApiError::not_found(format!("no session {id}")),
             ChatError::Pipeline(p) => p.into(),
         }
     }

@@ -85,7 +85,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/documents/{doc_id}/retag", post(retag))
         .route("/chat", post(chat))
         .merge(ui::routes())
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
 }
@@ -96,7 +96,7 @@ pub fn chat_router(state: ApiState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/chat", post(chat))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
 }
@@ -161,13 +161,10 @@ async fn metrics_page(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
-    let render = state.metrics.as_ref().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "metrics are not exported here",
-        )
-    })?;
+    let render = state
+        .metrics
+        .as_ref()
+        .ok_or_else(|| ApiError::not_found("metrics are not exported here"))?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         render(),
@@ -336,11 +333,7 @@ async fn job(
     authorize(&state, &headers)?;
     match job_view(&state.svc, &job_id).await? {
         Some(v) => Ok(axum::Json(v).into_response()),
-        None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no job {job_id}"),
-        )),
+        None => Err(ApiError::not_found(format!("no job {job_id}"))),
     }
 }
 
@@ -357,11 +350,7 @@ async fn retry_job(
             let view = job_view(&state.svc, &job_id).await?.unwrap_or(Value::Null);
             Ok((StatusCode::ACCEPTED, axum::Json(view)).into_response())
         }
-        Err(RetryError::NotFound(id)) => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no job {id}"),
-        )),
+        Err(RetryError::NotFound(id)) => Err(ApiError::not_found(format!("no job {id}"))),
         Err(RetryError::Conflict(m)) => Err(ApiError::new(StatusCode::CONFLICT, "conflict", m)),
         Err(RetryError::Pipeline(e)) => Err(e.into()),
     }
@@ -395,11 +384,9 @@ async fn suggestions(
         .await
         .map_err(crate::pipeline::PipelineError::from)?;
     let Some(record) = record else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no suggestion for document {doc}"),
-        ));
+        return Err(ApiError::not_found(format!(
+            "no suggestion for document {doc}"
+        )));
     };
     let record: SuggestionRecord = serde_json::from_value(record.value)
         .map_err(|e| ApiError::internal(format!("corrupt suggestion: {e}")))?;

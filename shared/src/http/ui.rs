@@ -8,7 +8,7 @@
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
@@ -126,11 +126,7 @@ async fn index(State(state): State<ApiState>) -> Response {
 
 async fn asset(Path(file): Path<String>) -> Result<Response, ApiError> {
     let Some((_, content_type, body)) = ASSETS.iter().find(|(name, _, _)| *name == file) else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no UI file {file:?}"),
-        ));
+        return Err(ApiError::not_found(format!("no UI file {file:?}")));
     };
     Ok((
         [

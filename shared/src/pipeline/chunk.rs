@@ -8,8 +8,8 @@ use std::collections::HashSet;
 use super::index::{self, save_manifest};
 use super::{PipelineError, Services, set_stage};
 use crate::domain::{
-    ChunkRef, ChunkTask, DocId, DocMeta, Document, EmbedTask, Manifest, ObjectKind, Stage,
-    StageStatus, TagTask, Taxonomy,
+    ChunkRef, ChunkTask, DocId, DocMeta, Document, EmbedTask, Manifest, Stage, StageStatus,
+    TagTask, Taxonomy,
 };
 use crate::ports::{Condition, MAX_VECTORS_PER_CALL};
 use crate::text::{chunk_ranges, fold, sha256_hex};
@@ -26,12 +26,7 @@ pub fn exclude_tag(
     taxonomy: &Taxonomy,
     policy: &crate::config::TaggingPolicy,
 ) -> Option<String> {
-    let names: Vec<String> = doc
-        .tags
-        .iter()
-        .filter_map(|id| taxonomy.name_of(ObjectKind::Tag, *id))
-        .map(fold)
-        .collect();
+    let names = index::tag_names(doc, taxonomy);
     policy
         .exclude_tags
         .iter()

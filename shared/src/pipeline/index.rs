@@ -37,17 +37,21 @@ fn page_key(doc_id: &DocId, pages: &str, n: usize) -> String {
     format!("manifest-page/{doc_id}/{pages}/{n}")
 }
 
+/// The document's tag names, folded (what filters and the tag policy compare).
+pub fn tag_names(doc: &Document, taxonomy: &Taxonomy) -> Vec<String> {
+    doc.tags
+        .iter()
+        .filter_map(|id| taxonomy.name_of(ObjectKind::Tag, *id))
+        .map(fold)
+        .collect()
+}
+
 /// The filterable metadata of a Paperless document, with names resolved and normalised.
 pub fn paperless_meta(doc: &Document, taxonomy: &Taxonomy) -> DocMeta {
     let name = |kind, id: Option<u64>| id.and_then(|id| taxonomy.name_of(kind, id)).map(fold);
     DocMeta {
         title: doc.title.clone(),
-        tags: doc
-            .tags
-            .iter()
-            .filter_map(|id| taxonomy.name_of(ObjectKind::Tag, *id))
-            .map(fold)
-            .collect(),
+        tags: tag_names(doc, taxonomy),
         correspondent: name(ObjectKind::Correspondent, doc.correspondent),
         document_type: name(ObjectKind::DocumentType, doc.document_type),
         created: doc.created.clone().map(|c| c.chars().take(10).collect()),

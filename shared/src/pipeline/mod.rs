@@ -353,32 +353,7 @@ pub async fn set_stage(
     detail: Option<String>,
     provider: Option<String>,
 ) -> Result<Job, PipelineError> {
-    update_job(state, job_id, |job| {
-        if job
-            .stages
-            .get(&stage)
-            .is_some_and(|s| s.status == StageStatus::Failed && status != StageStatus::Failed)
-        {
-            return;
-        }
-        let finished_at = job
-            .stages
-            .get(&stage)
-            .and_then(|s| s.finished_at)
-            .or(Some(now()));
-        job.stages.insert(
-            stage,
-            StageState {
-                status,
-                detail: detail.clone(),
-                provider: provider.clone(),
-                finished_at: (status != StageStatus::Pending)
-                    .then_some(finished_at)
-                    .flatten(),
-            },
-        );
-    })
-    .await
+    write_stage(state, job_id, stage, status, detail, provider, false).await
 }
 
 /// Sets a stage's outcome, replacing an earlier failure: the job shows its latest outcome
@@ -391,14 +366,39 @@ pub async fn set_stage_latest(
     detail: Option<String>,
     provider: Option<String>,
 ) -> Result<Job, PipelineError> {
+    write_stage(state, job_id, stage, status, detail, provider, true).await
+}
+
+/// `latest`: the outcome replaces a failure and is timed now; otherwise a failure stays and
+/// a stage keeps the time it first finished.
+async fn write_stage(
+    state: &dyn StateStore,
+    job_id: &str,
+    stage: Stage,
+    status: StageStatus,
+    detail: Option<String>,
+    provider: Option<String>,
+    latest: bool,
+) -> Result<Job, PipelineError> {
     update_job(state, job_id, |job| {
+        let earlier = job.stages.get(&stage);
+        if !latest
+            && earlier
+                .is_some_and(|s| s.status == StageStatus::Failed && status != StageStatus::Failed)
+        {
+            return;
+        }
+        let finished_at = match latest {
+            true => Some(now()),
+            false => earlier.and_then(|s| s.finished_at).or(Some(now())),
+        };
         job.stages.insert(
             stage,
             StageState {
                 status,
                 detail: detail.clone(),
                 provider: provider.clone(),
-                finished_at: (status != StageStatus::Pending).then(now),
+                finished_at: finished_at.filter(|_| status != StageStatus::Pending),
             },
         );
     })

@@ -1097,20 +1097,14 @@ fn excluded(
     taxonomy: &Taxonomy,
     policy: &crate::config::TaggingPolicy,
 ) -> Option<String> {
-    let names: Vec<String> = doc
-        .tags
-        .iter()
-        .filter_map(|id| taxonomy.name_of(ObjectKind::Tag, *id))
-        .map(fold)
-        .collect();
-    let has = |n: &String| names.contains(&fold(n));
-    if !policy.include_tags.is_empty() && !policy.include_tags.iter().any(has) {
+    let names = super::index::tag_names(doc, taxonomy);
+    if !policy.include_tags.is_empty()
+        && !policy.include_tags.iter().any(|t| names.contains(&fold(t)))
+    {
         return Some("none of INCLUDE_TAGS on the document".into());
     }
-    if let Some(t) = policy.exclude_tags.iter().find(|t| has(t)) {
-        return Some(format!("document has excluded tag {t:?}"));
-    }
-    None
+    super::chunk::exclude_tag(doc, taxonomy, policy)
+        .map(|t| format!("document has excluded tag {t:?}"))
 }
 
 /// The id of a named object, created (matching "none") when missing and allowed.

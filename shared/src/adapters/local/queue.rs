@@ -126,6 +126,35 @@ impl SqliteQueue {
         self.ready.notified().await
     }
 
+    /// Makes a received message visible again after `delay`; `unreceived` also takes back
+    /// the receive it cost (a deferral: it was not attempted). No longer in flight, so a
+    /// restart's recovery leaves its back-off alone.
+    async fn hide(
+        &self,
+        receipt: &str,
+        delay: Duration,
+        unreceived: bool,
+    ) -> Result<(), StoreError> {
+        let receipt = receipt.to_string();
+        let visible_at = (self.clock)() + delay.as_millis() as i64;
+        self.db
+            .call(move |c| {
+                c.execute(
+                    "UPDATE queue_messages SET visible_at = ?2, receipt = NULL, \
+                     receive_count = CASE WHEN ?3 THEN MAX(receive_count - 1, 0) ELSE receive_count END \
+                     WHERE receipt = ?1 AND dead = 0",
+                    params![receipt, visible_at, unreceived],
+                )
+                .map_err(sql)?;
+                Ok(())
+            })
+            .await?;
+        if delay.is_zero() {
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
+
     /// What `/metrics` shows of this queue (see `QueueGauges`).
     pub async fn gauges(&self) -> Result<QueueGauges, StoreError> {
         let name = self.name.clone();
@@ -279,42 +308,11 @@ impl WorkQueue for SqliteQueue {
     }
 
     async fn release(&self, receipt: &str, delay: Duration) -> Result<(), StoreError> {
-        let receipt = receipt.to_string();
-        let visible_at = (self.clock)() + delay.as_millis() as i64;
-        self.db
-            .call(move |c| {
-                c.execute(
-                    // No longer in flight: a restart's recovery leaves its back-off alone.
-                    "UPDATE queue_messages SET visible_at = ?2, receipt = NULL WHERE receipt = ?1 AND dead = 0",
-                    params![receipt, visible_at],
-                )
-                .map_err(sql)?;
-                Ok(())
-            })
-            .await?;
-        if delay.is_zero() {
-            self.ready.notify_one();
-        }
-        Ok(())
+        self.hide(receipt, delay, false).await
     }
 
     async fn defer(&self, message: &Delivery, delay: Duration) -> Result<(), StoreError> {
-        let receipt = message.receipt.clone();
-        let visible_at = (self.clock)() + delay.as_millis() as i64;
-        self.db
-            .call(move |c| {
-                c.execute(
-                    "UPDATE queue_messages SET visible_at = ?2, receive_count = MAX(receive_count - 1, 0), receipt = NULL WHERE receipt = ?1 AND dead = 0",
-                    params![receipt, visible_at],
-                )
-                .map_err(sql)?;
-                Ok(())
-            })
-            .await?;
-        if delay.is_zero() {
-            self.ready.notify_one();
-        }
-        Ok(())
+        self.hide(&message.receipt, delay, true).await
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<Delivery>, StoreError> {
