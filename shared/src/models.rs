@@ -12,13 +12,15 @@ use crate::domain::{Answer, AnswerInput, Suggestion, TagInput};
 use crate::metrics as m;
 use crate::ports::{Cache, ChatModel, Embedder, ModelError, TokenSink, Usage};
 
-fn key(parts: &[&[u8]]) -> String {
+/// A cache key: the kind of value (`embedding`, `tag`, `answer`, `rewrite`) as its family, so
+/// each Lambda's IAM policy names the kinds it may read and write, then a hash of `parts`.
+fn key(kind: &str, parts: &[&[u8]]) -> String {
     let mut h = Sha256::new();
     for p in parts {
         h.update((p.len() as u64).to_le_bytes());
         h.update(p);
     }
-    hex::encode(h.finalize())
+    format!("{kind}/{}", hex::encode(h.finalize()))
 }
 
 fn record(
@@ -93,7 +95,7 @@ impl Embedder for CachedEmbedder {
     async fn embed(&self, texts: &[String]) -> Result<(Vec<Vec<f32>>, Usage), ModelError> {
         let keys: Vec<String> = texts
             .iter()
-            .map(|t| key(&[b"embedding", self.space().as_bytes(), t.as_bytes()]))
+            .map(|t| key("embedding", &[self.space().as_bytes(), t.as_bytes()]))
             .collect();
         let mut out: Vec<Option<Vec<f32>>> = Vec::with_capacity(texts.len());
         for k in &keys {
@@ -213,13 +215,15 @@ impl CachedModel {
             fields.remove("today");
         }
         let body = serde_json::to_vec(&body).expect("input serialises");
-        let k = key(&[
-            kind.as_bytes(),
-            PROMPT_VERSION.as_bytes(),
-            self.inner.name().as_bytes(),
-            self.reply_shape.as_bytes(),
-            &body,
-        ]);
+        let k = key(
+            kind,
+            &[
+                PROMPT_VERSION.as_bytes(),
+                self.inner.name().as_bytes(),
+                self.reply_shape.as_bytes(),
+                &body,
+            ],
+        );
         if let Some(hit) = self
             .cache
             .get(&k)

@@ -141,7 +141,15 @@ pub trait StateStore: Send + Sync {
     }
 }
 
-/// Prompt and embedding cache: opaque bytes by key, with an expiry.
+/// The record family of a state or cache key: what comes before its first '/' (the whole key
+/// if none), e.g. `job` for `job/42`. Stores may partition by it (DynamoDB does), and IAM
+/// grants are per family.
+pub fn key_family(key: &str) -> &str {
+    key.split_once('/').map_or(key, |(family, _)| family)
+}
+
+/// Prompt and embedding cache: opaque bytes by key, with an expiry. Keys start with the kind
+/// of value they hold (`embedding/…`, `tag/…`): see `key_family`.
 #[async_trait]
 pub trait Cache: Send + Sync {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;

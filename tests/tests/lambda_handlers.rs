@@ -337,15 +337,17 @@ async fn chat_checks_its_api_key_and_fails_clearly_without_a_vector_query() {
     );
 }
 
-/// An HTTP API event for `POST <path>` (route `route`), from the sample GET event.
-fn post_event(route: &str, path: &str, params: Value) -> String {
+/// An API Gateway (HTTP API v2) event for `method path` with an API key, from the sample.
+fn api_event(method: &str, path: &str, body: &str) -> String {
     let mut event: Value = serde_json::from_str(&event_file("ingest-job.json")).expect("event");
-    event["routeKey"] = format!("POST {route}").into();
-    event["rawPath"] = path.into();
-    event["requestContext"]["http"]["method"] = "POST".into();
-    event["requestContext"]["http"]["path"] = path.into();
-    event["requestContext"]["routeKey"] = format!("POST {route}").into();
-    event["pathParameters"] = params;
+    event["routeKey"] = json!(format!("{method} {path}"));
+    event["rawPath"] = json!(path);
+    event["requestContext"]["http"]["method"] = json!(method);
+    event["requestContext"]["http"]["path"] = json!(path);
+    event["requestContext"]["routeKey"] = json!(format!("{method} {path}"));
+    event["headers"]["content-type"] = json!("application/json");
+    event["body"] = json!(body);
+    event.as_object_mut().unwrap().remove("pathParameters");
     event.to_string()
 }
 
@@ -453,11 +455,7 @@ async fn dead_letters_on_aws_are_run_again_by_the_retry_route_and_by_sync() {
     let by_hand = world.webhook(&ingest, world.doc).await;
     world.dead_letter_chunk_messages().await;
     assert_eq!(job(&ingest, &by_hand).await["status"], "queued");
-    let retry = post_event(
-        "/jobs/{job_id}/retry",
-        &format!("/jobs/{by_hand}/retry"),
-        json!({ "job_id": by_hand }),
-    );
+    let retry = api_event("POST", &format!("/jobs/{by_hand}/retry"), "");
     let (status, body) = http(&ingest, &retry).await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(
@@ -495,4 +493,85 @@ async fn dead_letters_on_aws_are_run_again_by_the_retry_route_and_by_sync() {
     world.run_queues().await;
     let done = job(&ingest, &by_sync).await;
     assert_eq!(done["status"], "done", "{done}");
+}
+
+/// Every state and cache call goes through the function's grants (shared/src/lambda/grants.rs,
+/// mirrored by the template's IAM): a call outside them panics in tests. So every route of the
+/// ingest door and every path of the workers and sync is walked once here, on moto: review,
+/// approve, undo, retag, the status page, a tag failure on its last receive while Paperless is
+/// down (its failed tag kept for sync), a sync that runs it again, a retry of all failed jobs,
+/// and a sync that forgets a document deleted in Paperless.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_and_stage_stays_within_its_function_s_grants() {
+    let world = World::new().await;
+    let ingest = world.function(Function::Ingest).await;
+    let first = world.webhook(&ingest, world.doc).await;
+    world.run_queues().await;
+    assert_eq!(job(&ingest, &first).await["status"], "done");
+
+    let doc = world.doc;
+    for (method, path, body) in [
+        ("GET", "/jobs".to_string(), ""),
+        ("GET", "/status".to_string(), ""),
+        ("GET", "/status/checks".to_string(), ""),
+        ("GET", "/review".to_string(), ""),
+        ("GET", format!("/documents/{doc}/suggestions"), ""),
+        ("POST", format!("/documents/{doc}/undo"), "{}"),
+        ("POST", format!("/documents/{doc}/approve"), "{}"),
+    ] {
+        let (status, reply) = http(&ingest, &api_event(method, &path, body)).await;
+        assert!(status < 500, "{method} {path}: {status} {reply}");
+    }
+
+    // A re-tag whose tagging fails on its last receive while Paperless is down.
+    let (status, retag) = http(
+        &ingest,
+        &api_event("POST", &format!("/documents/{doc}/retag"), "{}"),
+    )
+    .await;
+    assert_eq!(status, 202, "{retag}");
+    let retag_job = retag["job_id"].as_str().expect("job id").to_string();
+    let chunk = world.function(Function::Chunk).await;
+    let messages = world.receive("CHUNK_QUEUE_URL").await;
+    run_batch(&chunk, Stage::Chunk, sqs_event("chunk-sqs.json", &messages)).await;
+    let embed = world.function(Function::Embed).await;
+    let messages = world.receive("EMBED_QUEUE_URL").await;
+    run_batch(&embed, Stage::Embed, sqs_event("embed-sqs.json", &messages)).await;
+    world.paperless.fail_next(100, 503);
+    let tag = world.function(Function::Tag).await;
+    let last_receive: Vec<_> = world
+        .receive("TAG_QUEUE_URL")
+        .await
+        .into_iter()
+        .map(|(id, body, _)| (id, body, 8))
+        .collect();
+    assert_eq!(last_receive.len(), 1, "the re-tag reached tagging");
+    run_batch(&tag, Stage::Tag, sqs_event("tag-sqs.json", &last_receive)).await;
+    assert_eq!(job(&ingest, &retag_job).await["status"], "failed");
+
+    // Paperless is back: sync writes the kept failed tag; the retry runs the job again.
+    world.paperless.clear_failures();
+    let sync = world.function(Function::Sync).await;
+    let schedule = || {
+        let event: CloudWatchEvent =
+            serde_json::from_str(&event_file("sync-schedule.json")).expect("schedule event");
+        LambdaEvent::new(event, Context::default())
+    };
+    let report = shared::lambda::sync_on_schedule(&sync, schedule())
+        .await
+        .expect("sync runs");
+    // Run again (the outage may heal), so its kept failed tag is dropped, not written.
+    assert_eq!(report["retried"], json!([retag_job]), "{report}");
+    assert_eq!(report["failed_tags_written"], 0, "{report}");
+    let (status, retried) = http(&ingest, &api_event("POST", "/jobs/retry-failed", "{}")).await;
+    assert!(status < 500, "{retried}");
+    world.run_queues().await;
+
+    // Deleted in Paperless: the next sync forgets the document.
+    assert_eq!(job(&ingest, &retag_job).await["status"], "done");
+    world.paperless.delete_document(doc);
+    let report = shared::lambda::sync_on_schedule(&sync, schedule())
+        .await
+        .expect("sync runs");
+    assert_eq!(report["removed"], 1, "{report}");
 }

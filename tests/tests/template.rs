@@ -624,3 +624,72 @@ fn workers_back_off_on_their_own_queue_and_sync_and_ingest_read_the_dead_letters
         );
     }
 }
+
+/// Each function's DynamoDB rights are exactly what shared/src/lambda/grants.rs declares, which
+/// the Lambda wiring enforces on every call (so the tests on moto fail on a call the
+/// declaration lacks): per action, the families as `dynamodb:LeadingKeys`, on one table; no
+/// SAM CRUD policy, no DynamoDB statement without the condition.
+#[test]
+fn each_function_may_touch_exactly_the_dynamodb_items_it_declares() {
+    use shared::lambda::Function;
+    use shared::lambda::grants::Table;
+    let t = template::load();
+    for function in Function::ALL {
+        let (id, f) = template::function(&t, function.name()).expect("function");
+        for policy in f["Properties"]["Policies"].as_array().unwrap() {
+            let managed = policy.as_object().and_then(|o| o.keys().next().cloned());
+            assert!(
+                !managed.is_some_and(|k| k.starts_with("DynamoDB")),
+                "{id} has a SAM DynamoDB policy: {policy}"
+            );
+        }
+        let mut granted: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+        for st in statements(&f) {
+            for action in actions(&st)
+                .into_iter()
+                .filter(|a| a.starts_with("dynamodb:"))
+            {
+                let table = st["Resource"]["Fn::GetAtt"][0]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{id}: {action} on {}", st["Resource"]))
+                    .to_string();
+                let operator = match table.as_str() {
+                    "StateTable" => "ForAllValues:StringEquals",
+                    "CacheTable" => "ForAllValues:StringLike",
+                    other => panic!("{id}: {action} on {other}"),
+                };
+                let keys = st["Condition"][operator]["dynamodb:LeadingKeys"]
+                    .as_array()
+                    .unwrap_or_else(|| {
+                        panic!("{id}: {action} on {table} without {operator} LeadingKeys")
+                    });
+                granted
+                    .entry((table, action))
+                    .or_default()
+                    .extend(keys.iter().map(|k| k.as_str().unwrap().to_string()));
+            }
+        }
+        let mut declared: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+        for (table, grants) in [
+            (Table::State, function.state_grants()),
+            (Table::Cache, function.cache_grants()),
+        ] {
+            for (family, how) in grants {
+                for access in *how {
+                    let (name, key) = match table {
+                        Table::State => ("StateTable", family.to_string()),
+                        Table::Cache => ("CacheTable", format!("{family}/*")),
+                    };
+                    declared
+                        .entry((name.to_string(), access.action(table).to_string()))
+                        .or_default()
+                        .insert(key);
+                }
+            }
+        }
+        assert_eq!(
+            granted, declared,
+            "{id}: template IAM vs Function::*_grants"
+        );
+    }
+}

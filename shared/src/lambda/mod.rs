@@ -7,6 +7,7 @@
 
 pub mod emf;
 mod env;
+pub mod grants;
 mod secrets;
 pub mod sqs;
 mod unconfigured;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use aws_config::SdkConfig;
 
 pub use env::Env;
+use grants::{ScopedCache, ScopedState};
 pub use unconfigured::Unconfigured;
 
 use crate::adapters::aws::{DynamoCache, DynamoState, S3Blobs, S3VectorIndex, SqsQueue};
@@ -151,14 +153,21 @@ pub fn services(function: Function, sdk: &SdkConfig, env: &Env) -> Result<Servic
     let binds = function.binds();
     let table = |var: &'static str| env.require(var);
 
-    let state: Arc<dyn StateStore> = Arc::new(DynamoState::new(
-        aws_sdk_dynamodb::Client::new(sdk),
-        table("STATE_TABLE")?,
+    // Each table only as far as the function's IAM policy lets it (see `grants`).
+    let state: Arc<dyn StateStore> = Arc::new(ScopedState::new(
+        Arc::new(DynamoState::new(
+            aws_sdk_dynamodb::Client::new(sdk),
+            table("STATE_TABLE")?,
+        )),
+        function,
     ));
     let cache: Arc<dyn Cache> = if binds.cache {
-        Arc::new(DynamoCache::new(
-            aws_sdk_dynamodb::Client::new(sdk),
-            table("CACHE_TABLE")?,
+        Arc::new(ScopedCache::new(
+            Arc::new(DynamoCache::new(
+                aws_sdk_dynamodb::Client::new(sdk),
+                table("CACHE_TABLE")?,
+            )),
+            function,
         ))
     } else {
         Arc::new(Unconfigured::new("CACHE_TABLE"))

@@ -50,10 +50,8 @@ impl DynamoState {
     }
 }
 
-/// The partition of a key: what comes before its first '/' (the whole key if none).
-fn partition(key: &str) -> &str {
-    key.split_once('/').map_or(key, |(pk, _)| pk)
-}
+/// The partition of a key is its family (what comes before its first '/').
+use crate::ports::key_family as partition;
 
 fn key_of(key: &str) -> HashMap<String, AttributeValue> {
     HashMap::from([
