@@ -197,12 +197,20 @@ async fn run_pipeline(
             Err(e) => eprintln!("  skipped {name}: {e}"),
         }
     }
+    // A terminal shows one line counting up; a log file or pipe gets the final count only
+    // (carriage returns would make it one long line).
+    let live = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let jobs = wait_for_jobs(&app.svc, &ids, |done, total| {
-        eprint!("\r  processed {done}/{total} documents");
-        let _ = std::io::stderr().flush();
+        if live {
+            eprint!("\r  processed {done}/{total} documents");
+            let _ = std::io::stderr().flush();
+        }
     })
     .await?;
-    eprintln!();
+    match live {
+        true => eprintln!(),
+        false => eprintln!("  processed {}/{} documents", jobs.len(), ids.len()),
+    }
     let _ = stop.send(true);
     for w in workers {
         let _ = w.await;

@@ -192,6 +192,10 @@ fn demo_runs_offline_and_answers_with_citations() {
         "{stdout}"
     );
     assert!(stdout.contains("   [1] "), "answers cite: {stdout}");
+    // Piped, progress is one final line, not carriage returns that make a log one long line.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains('\r'), "{stderr:?}");
+    assert!(stderr.contains("processed 36/36 documents\n"), "{stderr:?}");
 }
 
 #[test]
