@@ -192,10 +192,6 @@ async fn one_document_is_one_trace_across_stages_calls_and_its_retry() {
     assert_eq!(tagging.attr("provider"), Some("openai"));
     assert!(tagging.attr("model").is_some_and(|m| !m.is_empty()));
     assert_eq!(tagging.attr("cache_hit"), Some("false"));
-    assert!(
-        tagging.attr("output_tokens").is_none(),
-        "a failed call has no usage"
-    );
     let fetch = calls
         .iter()
         .find(|s| s.name == "paperless" && s.attr("http.route") == Some("documents/{id}/"))
