@@ -232,6 +232,8 @@ async fn one_document_is_one_trace_across_stages_calls_and_its_retry() {
         .find(|t| t.parent_span_id == rerun.span_id)
         .expect("the re-run's tag stage");
     assert_eq!(retag.attr("doc_id"), Some(doc.as_str()));
+    // The failed run's tag stage is an error in the trace; the re-run's is not.
+    assert_eq!(tag_statuses(&spans, &trace), vec!["ERROR", ""]);
     assert!(
         spans.iter().any(|s| s.trace_id == trace
             && s.name == "model"
@@ -271,4 +273,12 @@ async fn one_document_is_one_trace_across_stages_calls_and_its_retry() {
     assert_eq!(otlp.rejected(), 0);
     server.kill().unwrap();
     server.wait().unwrap();
+}
+
+/// The OTLP status of each of a trace's tag spans, in the order received ("" when unset).
+fn tag_statuses(spans: &[ReceivedSpan], trace: &str) -> Vec<String> {
+    in_trace(spans, trace, "tag")
+        .iter()
+        .map(|s| s.status.clone())
+        .collect()
 }

@@ -55,6 +55,7 @@ fn model_span(name: &str, kind: &'static str, cache_hit: bool) -> tracing::Span 
         cache_hit,
         input_tokens = tracing::field::Empty,
         output_tokens = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
     )
 }
 
@@ -65,9 +66,14 @@ async fn traced<T>(
 ) -> Result<(T, Usage), ModelError> {
     use tracing::Instrument;
     let result = call.instrument(span.clone()).await;
-    if let Ok((_, usage)) = &result {
-        span.record("input_tokens", usage.input_tokens);
-        span.record("output_tokens", usage.output_tokens);
+    match &result {
+        Ok((_, usage)) => {
+            span.record("input_tokens", usage.input_tokens);
+            span.record("output_tokens", usage.output_tokens);
+        }
+        Err(_) => {
+            span.record("otel.status_code", "ERROR");
+        }
     }
     result
 }

@@ -298,7 +298,7 @@ pub fn init_lambda_subscriber(function: &str) {
     let registry = tracing_subscriber::registry().with(lines.with_filter(filter));
     #[cfg(feature = "otel")]
     let (registry, failed) = {
-        let (layer, failed) = match layer(function) {
+        let (layer, failed) = match layer(&format!("pai-{function}")) {
             Ok(layer) => (layer, None),
             Err(e) => (None, Some(e)),
         };

@@ -28,6 +28,8 @@ pub struct ReceivedSpan {
     pub attributes: BTreeMap<String, String>,
     /// `service.name` of the resource that sent it.
     pub service: String,
+    /// `ERROR`, `OK`, or "" when unset.
+    pub status: String,
 }
 
 impl ReceivedSpan {
@@ -103,6 +105,11 @@ async fn traces(
                         .map(|kv| (kv.key.clone(), text(&kv.value)))
                         .collect(),
                     service: service.clone(),
+                    status: match span.status.map(|s| s.code) {
+                        Some(2) => "ERROR".into(),
+                        Some(1) => "OK".into(),
+                        _ => String::new(),
+                    },
                 });
             }
         }

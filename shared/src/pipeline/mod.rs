@@ -433,8 +433,12 @@ pub async fn handle(
                 }
                 crate::domain::ChunkTask::Upload { .. } => None,
             };
-            let span =
-                tracing::info_span!("chunk", job_id = t.job_id(), doc_id = tracing::field::Empty);
+            let span = tracing::info_span!(
+                "chunk",
+                job_id = t.job_id(),
+                doc_id = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+            );
             if let Some(d) = &doc_id {
                 span.record("doc_id", d.as_str());
             }
@@ -447,7 +451,7 @@ pub async fn handle(
         }
         Stage::Embed => {
             let t: crate::domain::EmbedTask = serde_json::from_str(body).map_err(malformed)?;
-            let span = tracing::info_span!("embed", job_id = %t.job_id, doc_id = %t.doc_id, chunks = t.chunks.len());
+            let span = tracing::info_span!("embed", job_id = %t.job_id, doc_id = %t.doc_id, chunks = t.chunks.len(), otel.status_code = tracing::field::Empty);
             let ids = JobIds::new(&t.job_id, Some(t.doc_id.to_string()));
             telemetry::continue_trace(&span, t.trace.as_ref(), ids);
             let result = embed::run(svc, &t).instrument(span.clone()).await;
@@ -455,10 +459,11 @@ pub async fn handle(
         }
         Stage::Tag => {
             let t: crate::domain::TagTask = serde_json::from_str(body).map_err(malformed)?;
-            let span = tracing::info_span!("tag", job_id = %t.job_id, doc_id = %t.doc_id);
+            let span = tracing::info_span!("tag", job_id = %t.job_id, doc_id = %t.doc_id, otel.status_code = tracing::field::Empty);
             let ids = JobIds::new(&t.job_id, Some(t.doc_id.to_string()));
             telemetry::continue_trace(&span, t.trace.as_ref(), ids);
             let result = tag::run(svc, &t).instrument(span.clone()).await;
+            mark_error(&span, &result);
             // In the stage's span: marking the failure on the document is part of its trace.
             record_failure(
                 svc,
@@ -473,10 +478,18 @@ pub async fn handle(
             return result;
         }
     };
+    mark_error(&span, &result);
     record_failure(svc, stage, &job_id, &result, final_attempt, None)
         .instrument(span)
         .await;
     result
+}
+
+/// A stage that failed (not one deferred by a breaker) shows as an error in its trace.
+fn mark_error(span: &tracing::Span, result: &Result<(), PipelineError>) {
+    if matches!(result, Err(e) if !matches!(e, PipelineError::Deferred { .. })) {
+        span.record("otel.status_code", "ERROR");
+    }
 }
 
 /// An upload that arrived in the blob store: checked against its job, then chunked.
@@ -489,7 +502,12 @@ async fn uploaded(
     let job_id = ingest::upload_job_id(&object.key)
         .unwrap_or_default()
         .to_string();
-    let span = tracing::info_span!("chunk", job_id = %job_id, doc_id = tracing::field::Empty);
+    let span = tracing::info_span!(
+        "chunk",
+        job_id = %job_id,
+        doc_id = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
     // An S3 notification carries no trace context: the job record has it.
     let job = match telemetry::active() {
         true => load_job(svc.state.as_ref(), &job_id).await.ok().flatten(),
@@ -510,6 +528,7 @@ async fn uploaded(
             chunk::run(svc, &task).await
         }
         .await;
+        mark_error(&tracing::Span::current(), &result);
         record_failure(svc, Stage::Chunk, &job_id, &result, final_attempt, None).await;
         result
     }
