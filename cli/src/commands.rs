@@ -65,6 +65,7 @@ pub fn log_format(value: Option<&str>) -> Result<LogFormat> {
 fn init_logging(default_level: &str) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::prelude::*;
     let format = match log_format(std::env::var("LOG_FORMAT").ok().as_deref()) {
         Ok(f) => f,
         Err(e) => {
@@ -74,13 +75,32 @@ fn init_logging(default_level: &str) {
     };
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().with_current_span(true).init(),
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let lines = match format {
+        LogFormat::Json => lines.json().with_current_span(true).boxed(),
         // A log file or a pipe gets no colour codes.
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Text => lines.with_ansi(std::io::stderr().is_terminal()).boxed(),
+    };
+    let registry = tracing_subscriber::registry().with(lines.with_filter(filter));
+    // Spans go to OTLP at info whatever RUST_LOG says: the log's level is not the trace's.
+    #[cfg(feature = "otel")]
+    let registry =
+        registry.with(traces_layer().with_filter(tracing_subscriber::filter::LevelFilter::INFO));
+    registry.init();
+}
+
+/// The OTLP layer when `OTEL_EXPORTER_OTLP_ENDPOINT` is set; a bad setting stops start-up.
+#[cfg(feature = "otel")]
+fn traces_layer<S>() -> Option<Box<dyn tracing_subscriber::Layer<S> + Send + Sync>>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a> + Send + Sync,
+{
+    match shared::telemetry::layer("pai") {
+        Ok(layer) => layer,
+        Err(e) => {
+            eprintln!("configuration error: {e}");
+            std::process::exit(2);
+        }
     }
 }
 
@@ -156,6 +176,8 @@ pub async fn serve() -> Result<()> {
     for w in workers {
         let _ = w.await;
     }
+    // The workers have stopped: their last spans are exported before the process ends.
+    shared::telemetry::shutdown_async().await;
     Ok(())
 }
 

@@ -188,6 +188,8 @@ fn main() -> ExitCode {
             Command::Check => commands::check().await,
         }
     });
+    // What a short command traced is exported before it exits (serve has done so already).
+    shared::telemetry::shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

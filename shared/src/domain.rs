@@ -132,6 +132,18 @@ pub struct Job {
     /// Times the job was re-run (retry): what earlier runs recorded does not count for this one.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub attempt: u32,
+    /// The trace the job's first run opened, continued by retries (when traces are exported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceContext>,
+}
+
+/// A W3C trace context (`traceparent`, `tracestate`) carried by queue messages and jobs, so
+/// every stage of a document's trip continues one trace. Messages without it still work.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceContext {
+    pub traceparent: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -174,6 +186,7 @@ impl Job {
             content_type: None,
             attempt: 0,
             upload_size: None,
+            trace: None,
         }
     }
 
@@ -198,6 +211,8 @@ pub enum ChunkTask {
     Paperless {
         job_id: String,
         doc_id: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        trace: Option<TraceContext>,
     },
     /// Bytes stored in the blob store under `blob_key` (an upload).
     Upload {
@@ -205,6 +220,8 @@ pub enum ChunkTask {
         blob_key: String,
         filename: String,
         content_type: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        trace: Option<TraceContext>,
     },
 }
 
@@ -212,6 +229,20 @@ impl ChunkTask {
     pub fn job_id(&self) -> &str {
         match self {
             ChunkTask::Paperless { job_id, .. } | ChunkTask::Upload { job_id, .. } => job_id,
+        }
+    }
+
+    pub fn trace(&self) -> Option<&TraceContext> {
+        match self {
+            ChunkTask::Paperless { trace, .. } | ChunkTask::Upload { trace, .. } => trace.as_ref(),
+        }
+    }
+
+    pub fn set_trace(&mut self, context: Option<TraceContext>) {
+        match self {
+            ChunkTask::Paperless { trace, .. } | ChunkTask::Upload { trace, .. } => {
+                *trace = context
+            }
         }
     }
 }
@@ -233,6 +264,8 @@ pub struct EmbedTask {
     pub doc_id: DocId,
     pub content_hash: String,
     pub chunks: Vec<ChunkRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceContext>,
 }
 
 /// Tag-queue message: suggest (and apply) metadata for this version of the document.
@@ -241,6 +274,8 @@ pub struct TagTask {
     pub job_id: String,
     pub doc_id: DocId,
     pub content_hash: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceContext>,
 }
 
 /// Metadata of a document that vectors carry as filterable fields (names normalised).

@@ -29,6 +29,7 @@ pub mod providers;
 pub mod resilience;
 #[cfg(any(feature = "aws", feature = "bedrock"))]
 pub mod smithy_json;
+pub mod telemetry;
 pub mod text;
 #[cfg(feature = "local")]
 pub mod worker;

@@ -45,6 +45,41 @@ fn record(
     }
 }
 
+/// The span of one model call (or of one the cache answered): provider, model, kind, whether
+/// the cache answered and, once it returns, the tokens.
+fn model_span(name: &str, kind: &'static str, cache_hit: bool) -> tracing::Span {
+    let (provider, model) = crate::telemetry::provider_and_model(name);
+    tracing::info_span!(
+        "model",
+        provider,
+        model,
+        kind,
+        cache_hit,
+        input_tokens = tracing::field::Empty,
+        output_tokens = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    )
+}
+
+/// Runs a provider call in its span, recording the tokens it reports.
+async fn traced<T>(
+    span: tracing::Span,
+    call: impl std::future::Future<Output = Result<(T, Usage), ModelError>>,
+) -> Result<(T, Usage), ModelError> {
+    use tracing::Instrument;
+    let result = call.instrument(span.clone()).await;
+    match &result {
+        Ok((_, usage)) => {
+            span.record("input_tokens", usage.input_tokens);
+            span.record("output_tokens", usage.output_tokens);
+        }
+        Err(_) => {
+            span.record("otel.status_code", "ERROR");
+        }
+    }
+    result
+}
+
 fn cache_event(cache: &'static str, hit: bool) {
     if hit {
         metrics::counter!(m::CACHE_HITS, "cache" => cache).increment(1);
@@ -112,11 +147,15 @@ impl Embedder for CachedEmbedder {
             out.push(hit);
         }
         let missing: Vec<usize> = (0..texts.len()).filter(|i| out[*i].is_none()).collect();
+        if missing.is_empty() && !texts.is_empty() {
+            drop(model_span(self.space(), "embed", true));
+        }
         let mut usage = Usage::default();
         if !missing.is_empty() {
             let batch: Vec<String> = missing.iter().map(|i| texts[*i].clone()).collect();
             let started = Instant::now();
-            let result = self.inner.embed(&batch).await;
+            let span = model_span(self.space(), "embed", false);
+            let result = traced(span, self.inner.embed(&batch)).await;
             record(
                 self.space(),
                 "embed",
@@ -145,7 +184,8 @@ impl Embedder for CachedEmbedder {
     /// prefix would otherwise be served stale vectors, and one short text is cheap to embed.
     async fn embed_query(&self, text: &str) -> Result<(Vec<f32>, Usage), ModelError> {
         let started = Instant::now();
-        let result = self.inner.embed_query(text).await;
+        let span = model_span(self.space(), "embed_query", false);
+        let result = traced(span, self.inner.embed_query(text)).await;
         record(
             self.space(),
             "embed",
@@ -233,11 +273,12 @@ impl CachedModel {
             .and_then(|b| serde_json::from_slice::<T>(&b).ok())
         {
             cache_event("prompt", true);
+            drop(model_span(self.inner.name(), kind, true));
             return Ok((hit, Usage::default()));
         }
         cache_event("prompt", false);
         let started = Instant::now();
-        let result = call.await;
+        let result = traced(model_span(self.inner.name(), kind, false), call).await;
         record(
             self.inner.name(),
             kind,

@@ -198,7 +198,33 @@ impl PaperlessClient {
         self
     }
 
+    /// One Paperless API call in its span: method, route (ids as `{id}`) and status.
     async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> Result<Value, PaperlessError> {
+        use tracing::Instrument;
+        let span = tracing::info_span!(
+            "paperless",
+            http.request.method = %method,
+            http.route = crate::telemetry::route_template(path),
+            http.response.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let result = self
+            .request(method, path, query, body)
+            .instrument(span.clone())
+            .await;
+        if result.is_err() {
+            span.record("otel.status_code", "ERROR");
+        }
+        result
+    }
+
+    async fn request(
         &self,
         method: Method,
         path: &str,
@@ -219,6 +245,7 @@ impl PaperlessClient {
             PaperlessError::Unavailable(format!("{method} {path}: {}", without_url(&e)))
         })?;
         let status = resp.status();
+        tracing::Span::current().record("http.response.status_code", status.as_u16());
         if resp.content_length().is_some_and(|l| l as usize > MAX_BODY) {
             return Err(PaperlessError::Rejected(format!(
                 "{method} {path}: response too large"

@@ -3,6 +3,7 @@
 
 pub mod aws_stack;
 pub mod fake_openai;
+pub mod fake_otlp;
 pub mod fake_paperless;
 pub mod moto;
 pub mod quality;

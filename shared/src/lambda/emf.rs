@@ -256,8 +256,12 @@ pub fn install(function: super::Function) {
     }
 }
 
-/// Writes what was recorded since the last flush to stdout, one EMF line per label set.
+/// Writes what was recorded since the last flush to stdout, one EMF line per label set, and
+/// exports the spans ended so far. Every door calls this at the end of an invocation, the
+/// last moment the process surely runs (Lambda may freeze it right after the response).
 pub fn flush() {
+    // Blocks this thread, not the runtime's work: the exporter runs on a thread of its own.
+    crate::telemetry::flush();
     let Some(registry) = INSTALLED.get() else {
         return;
     };

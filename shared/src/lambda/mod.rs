@@ -254,11 +254,11 @@ fn s3_client(sdk: &SdkConfig) -> aws_sdk_s3::Client {
     aws_sdk_s3::Client::from_conf(config)
 }
 
-/// A cold start: JSON logs, the EMF recorder, the AWS configuration from the standard chain
+/// A cold start: JSON logs (and spans, with an OTLP endpoint), the EMF recorder, the AWS configuration from the standard chain
 /// (region, credentials, `AWS_ENDPOINT_URL`), then `load`. Errors here fail the init phase
 /// with one message naming what is wrong.
 pub async fn start(function: Function) -> Result<Services, lambda_runtime::Error> {
-    lambda_runtime::tracing::init_default_subscriber();
+    crate::telemetry::init_lambda_subscriber(function.name());
     emf::install(function);
     let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .load()

@@ -545,6 +545,19 @@ pub async fn ask_as(
     tokens: Option<&TokenSink>,
     viewer: &Viewer,
 ) -> Result<ChatResponse, ChatError> {
+    use tracing::Instrument;
+    // Each question is a trace of its own: retrieval and the model calls beneath it.
+    let span = tracing::info_span!(parent: None, "chat", passages = tracing::field::Empty);
+    answer_as(svc, req, tokens, viewer).instrument(span).await
+}
+
+async fn answer_as(
+    svc: &Services,
+    req: &ChatRequest,
+    tokens: Option<&TokenSink>,
+    viewer: &Viewer,
+) -> Result<ChatResponse, ChatError> {
+    use tracing::Instrument;
     let started = std::time::Instant::now();
     let filter = match (validate(req)?, viewer.narrowing()) {
         (Some(f), Some(n)) => Some(Filter::And(vec![f, n])),
@@ -582,9 +595,13 @@ pub async fn ask_as(
         .standalone(&history, question)
         .await
         .map_err(PipelineError::from)?;
-    let passages = viewer
-        .keep_visible(retrieve(svc, &query, filter.as_ref()).await?)
+    let retrieval = tracing::info_span!("retrieve", candidates = tracing::field::Empty);
+    let found = retrieve(svc, &query, filter.as_ref())
+        .instrument(retrieval.clone())
         .await?;
+    retrieval.record("candidates", found.len());
+    let passages = viewer.keep_visible(found).instrument(retrieval).await?;
+    tracing::Span::current().record("passages", passages.len());
 
     let mut usage = rewrite_usage;
     let (answer, citations) = if passages.is_empty() {

@@ -105,6 +105,8 @@ pub async fn run(svc: &Services, task: &ChunkTask) -> Result<(), PipelineError> 
             )
         }
     };
+    // An upload's document id is known once its bytes are read.
+    tracing::Span::current().record("doc_id", doc_id.to_string());
     if text.trim().is_empty() {
         return Err(PipelineError::Fail(
             "the document has no text (is OCR finished in Paperless?)".into(),
@@ -190,6 +192,7 @@ pub async fn run(svc: &Services, task: &ChunkTask) -> Result<(), PipelineError> 
                 doc_id: doc_id.clone(),
                 content_hash: content_hash.clone(),
                 chunks: batch.to_vec(),
+                trace: crate::telemetry::current(),
             })
             .expect("task serialises")
         })
@@ -232,6 +235,7 @@ pub async fn run(svc: &Services, task: &ChunkTask) -> Result<(), PipelineError> 
         job_id: job_id.to_string(),
         doc_id: doc_id.clone(),
         content_hash,
+        trace: crate::telemetry::current(),
     };
     svc.queues
         .tag

@@ -234,6 +234,7 @@ fn chunk_task(job: &Job) -> Result<ChunkTask, RetryError> {
         (Some(DocId::Paperless(id)), _, _) => Ok(ChunkTask::Paperless {
             job_id: job.id.clone(),
             doc_id: *id,
+            trace: None,
         }),
         (_, Some(filename), Some(content_type))
             if job.origin == crate::domain::JobOrigin::Upload =>
@@ -243,6 +244,7 @@ fn chunk_task(job: &Job) -> Result<ChunkTask, RetryError> {
                 blob_key: ingest::upload_key(&job.id, filename),
                 filename: filename.clone(),
                 content_type: content_type.clone(),
+                trace: None,
             })
         }
         _ => Err(RetryError::Conflict(format!(
@@ -266,6 +268,24 @@ fn queues(svc: &Services) -> [(Stage, &dyn WorkQueue); 3] {
 /// the document with the index, so only what is missing is embedded, and tagging's loop guard
 /// keeps a document already tagged from being billed twice.
 pub async fn retry_job(svc: &Services, job_id: &str) -> Result<Job, RetryError> {
+    use tracing::Instrument;
+    // The re-run continues the trace of the job's first run.
+    let trace = match crate::telemetry::active() {
+        true => load_job(svc.state.as_ref(), job_id)
+            .await?
+            .and_then(|job| job.trace),
+        false => None,
+    };
+    let span = tracing::info_span!(parent: None, "retry", job_id, attempt = tracing::field::Empty);
+    crate::telemetry::continue_trace(
+        &span,
+        trace.as_ref(),
+        crate::telemetry::JobIds::new(job_id, None),
+    );
+    run_again(svc, job_id).instrument(span).await
+}
+
+async fn run_again(svc: &Services, job_id: &str) -> Result<Job, RetryError> {
     // A message that died without reaching its handler may not be noted yet.
     for (stage, queue) in queues(svc) {
         for d in dead_of(queue).await? {
@@ -283,7 +303,8 @@ pub async fn retry_job(svc: &Services, job_id: &str) -> Result<Job, RetryError> 
             serde_json::to_value(job.status()).expect("status serialises")
         )));
     }
-    let task = chunk_task(&job)?;
+    let mut task = chunk_task(&job)?;
+    task.set_trace(crate::telemetry::current());
     if let Some(doc_id) = &job.doc_id {
         super::tag::forget_failure(svc, doc_id).await?;
     }
@@ -306,7 +327,12 @@ pub async fn retry_job(svc: &Services, job_id: &str) -> Result<Job, RetryError> 
             .add(&super::job_key(job_id), "chunks_embedded", -shown)
             .await?;
     }
+    let trace = crate::telemetry::current();
     let job = update_job(svc.state.as_ref(), job_id, |job| {
+        // A job from before traces were exported gets the trace its re-run opens.
+        if job.trace.is_none() {
+            job.trace = trace.clone();
+        }
         job.attempt += 1;
         job.chunks_total = 0;
         job.chunks_new = 0;
@@ -322,6 +348,7 @@ pub async fn retry_job(svc: &Services, job_id: &str) -> Result<Job, RetryError> 
     .await?;
     let body = serde_json::to_string(&task).expect("task serialises");
     svc.queues.chunk.send(&[body]).await?;
+    tracing::Span::current().record("attempt", job.attempt);
     tracing::info!(job_id, attempt = job.attempt, "job queued again");
     Ok(job)
 }

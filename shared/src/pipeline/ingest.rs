@@ -7,6 +7,7 @@ use serde_json::Value;
 use super::{PipelineError, Services, job_key, now};
 use crate::domain::{ChunkTask, DocId, Job, JobOrigin};
 use crate::ports::Condition;
+use crate::telemetry::JobIds;
 
 /// Why an ingest request was refused (the HTTP layer maps these to 4xx).
 #[derive(Debug, thiserror::Error)]
@@ -113,8 +114,33 @@ fn new_job_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-/// Writes a new job and sends its chunk message; undoes the job if the send fails.
-async fn start(svc: &Services, job: Job, task: Option<ChunkTask>) -> Result<Job, PipelineError> {
+/// Writes a new job and sends its chunk message; undoes the job if the send fails. The job's
+/// trace starts here: the job and its chunk message carry its context.
+async fn start(
+    svc: &Services,
+    mut job: Job,
+    mut task: Option<ChunkTask>,
+) -> Result<Job, PipelineError> {
+    use tracing::Instrument;
+    let doc_id = job.doc_id.as_ref().map(ToString::to_string);
+    let span = tracing::info_span!(parent: None, "ingest", job_id = %job.id, doc_id = doc_id.as_deref(), origin = ?job.origin);
+    crate::telemetry::continue_trace(&span, None, JobIds::new(&job.id, doc_id));
+    async {
+        job.trace = crate::telemetry::current();
+        if let Some(task) = &mut task {
+            task.set_trace(job.trace.clone());
+        }
+        write_and_send(svc, job, task).await
+    }
+    .instrument(span)
+    .await
+}
+
+async fn write_and_send(
+    svc: &Services,
+    job: Job,
+    task: Option<ChunkTask>,
+) -> Result<Job, PipelineError> {
     let key = job_key(&job.id);
     svc.state
         .put(
@@ -149,6 +175,7 @@ pub async fn paperless_document(
     let task = ChunkTask::Paperless {
         job_id: job.id.clone(),
         doc_id,
+        trace: None,
     };
     tracing::info!(job_id = %job.id, doc_id, "document queued");
     start(svc, job, Some(task)).await
@@ -382,6 +409,7 @@ pub async fn upload_arrived(
         blob_key: object.key.clone(),
         filename,
         content_type,
+        trace: job.trace.clone(),
     })
 }
 
@@ -393,9 +421,22 @@ pub async fn receive_upload(
     token: &str,
     bytes: &[u8],
 ) -> Result<Job, IngestError> {
+    use tracing::Instrument;
     let Some(job) = super::load_job(svc.state.as_ref(), job_id).await? else {
         return Err(IngestError::NotFound(format!("no upload job {job_id}")));
     };
+    let span = tracing::info_span!(parent: None, "upload", job_id, doc_id = tracing::field::Empty);
+    crate::telemetry::continue_trace(&span, job.trace.as_ref(), JobIds::new(job_id, None));
+    store_upload(svc, job, token, bytes).instrument(span).await
+}
+
+async fn store_upload(
+    svc: &Services,
+    job: Job,
+    token: &str,
+    bytes: &[u8],
+) -> Result<Job, IngestError> {
+    let job_id = job.id.as_str();
     let expected = job.upload_token.clone().unwrap_or_default();
     if expected.is_empty() || !crate::auth::constant_time_eq(token.as_bytes(), expected.as_bytes())
     {
@@ -437,11 +478,13 @@ pub async fn receive_upload(
         j.doc_id = Some(doc_id.clone())
     })
     .await?;
+    tracing::Span::current().record("doc_id", doc_id.to_string());
     let task = ChunkTask::Upload {
         job_id: job_id.to_string(),
         blob_key,
         filename,
         content_type,
+        trace: crate::telemetry::current(),
     };
     svc.queues
         .chunk

@@ -23,6 +23,7 @@ use crate::ports::{
     BlobStore, Cache, ChatModel, Condition, Embedder, ModelError, Paperless, PaperlessError,
     StateStore, StoreError, VectorIndex, WorkQueue,
 };
+use crate::telemetry::{self, JobIds};
 
 /// The three work queues.
 #[derive(Clone)]
@@ -416,7 +417,7 @@ pub async fn handle(
     use tracing::Instrument;
     let malformed =
         |e: serde_json::Error| PipelineError::Fail(format!("malformed {stage:?} message: {e}"));
-    let (job_id, result) = match stage {
+    let (job_id, result, span) = match stage {
         Stage::Chunk => {
             // Uploads that went straight to S3 arrive as S3 event notifications on this queue.
             if let Some(objects) = ingest::parse_s3_notification(body) {
@@ -426,21 +427,44 @@ pub async fn handle(
                 return Ok(());
             }
             let t: crate::domain::ChunkTask = serde_json::from_str(body).map_err(malformed)?;
-            let span = tracing::info_span!("chunk", job_id = t.job_id());
+            let doc_id = match &t {
+                crate::domain::ChunkTask::Paperless { doc_id, .. } => {
+                    Some(crate::domain::DocId::Paperless(*doc_id).to_string())
+                }
+                crate::domain::ChunkTask::Upload { .. } => None,
+            };
+            let span = tracing::info_span!(
+                "chunk",
+                job_id = t.job_id(),
+                doc_id = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+            );
+            if let Some(d) = &doc_id {
+                span.record("doc_id", d.as_str());
+            }
+            telemetry::continue_trace(&span, t.trace(), JobIds::new(t.job_id(), doc_id));
             (
                 t.job_id().to_string(),
-                chunk::run(svc, &t).instrument(span).await,
+                chunk::run(svc, &t).instrument(span.clone()).await,
+                span,
             )
         }
         Stage::Embed => {
             let t: crate::domain::EmbedTask = serde_json::from_str(body).map_err(malformed)?;
-            let span = tracing::info_span!("embed", job_id = %t.job_id, doc_id = %t.doc_id);
-            (t.job_id.clone(), embed::run(svc, &t).instrument(span).await)
+            let span = tracing::info_span!("embed", job_id = %t.job_id, doc_id = %t.doc_id, chunks = t.chunks.len(), otel.status_code = tracing::field::Empty);
+            let ids = JobIds::new(&t.job_id, Some(t.doc_id.to_string()));
+            telemetry::continue_trace(&span, t.trace.as_ref(), ids);
+            let result = embed::run(svc, &t).instrument(span.clone()).await;
+            (t.job_id.clone(), result, span)
         }
         Stage::Tag => {
             let t: crate::domain::TagTask = serde_json::from_str(body).map_err(malformed)?;
-            let span = tracing::info_span!("tag", job_id = %t.job_id, doc_id = %t.doc_id);
-            let result = tag::run(svc, &t).instrument(span).await;
+            let span = tracing::info_span!("tag", job_id = %t.job_id, doc_id = %t.doc_id, otel.status_code = tracing::field::Empty);
+            let ids = JobIds::new(&t.job_id, Some(t.doc_id.to_string()));
+            telemetry::continue_trace(&span, t.trace.as_ref(), ids);
+            let result = tag::run(svc, &t).instrument(span.clone()).await;
+            mark_error(&span, &result);
+            // In the stage's span: marking the failure on the document is part of its trace.
             record_failure(
                 svc,
                 stage,
@@ -449,12 +473,23 @@ pub async fn handle(
                 final_attempt,
                 Some(&t.content_hash),
             )
+            .instrument(span)
             .await;
             return result;
         }
     };
-    record_failure(svc, stage, &job_id, &result, final_attempt, None).await;
+    mark_error(&span, &result);
+    record_failure(svc, stage, &job_id, &result, final_attempt, None)
+        .instrument(span)
+        .await;
     result
+}
+
+/// A stage that failed (not one deferred by a breaker) shows as an error in its trace.
+fn mark_error(span: &tracing::Span, result: &Result<(), PipelineError>) {
+    if matches!(result, Err(e) if !matches!(e, PipelineError::Deferred { .. })) {
+        span.record("otel.status_code", "ERROR");
+    }
 }
 
 /// An upload that arrived in the blob store: checked against its job, then chunked.
@@ -467,15 +502,38 @@ async fn uploaded(
     let job_id = ingest::upload_job_id(&object.key)
         .unwrap_or_default()
         .to_string();
-    let span = tracing::info_span!("chunk", job_id = %job_id);
-    let result = async {
-        let task = ingest::upload_arrived(svc, object).await?;
-        chunk::run(svc, &task).await
+    let span = tracing::info_span!(
+        "chunk",
+        job_id = %job_id,
+        doc_id = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    // An S3 notification carries no trace context: the job record has it.
+    let job = match telemetry::active() {
+        true => load_job(svc.state.as_ref(), &job_id).await.ok().flatten(),
+        false => None,
+    };
+    let doc_id = job
+        .as_ref()
+        .and_then(|j| j.doc_id.as_ref())
+        .map(ToString::to_string);
+    telemetry::continue_trace(
+        &span,
+        job.as_ref().and_then(|j| j.trace.as_ref()),
+        JobIds::new(&job_id, doc_id),
+    );
+    async {
+        let result = async {
+            let task = ingest::upload_arrived(svc, object).await?;
+            chunk::run(svc, &task).await
+        }
+        .await;
+        mark_error(&tracing::Span::current(), &result);
+        record_failure(svc, Stage::Chunk, &job_id, &result, final_attempt, None).await;
+        result
     }
     .instrument(span)
-    .await;
-    record_failure(svc, Stage::Chunk, &job_id, &result, final_attempt, None).await;
-    result
+    .await
 }
 
 /// Every record under `prefix`, in key order, read page by page.

@@ -54,7 +54,16 @@ async fn all_pages(
     Ok(())
 }
 
+/// One sync run, traced as one `sync` span (its Paperless listing calls beneath it); each
+/// document it queues opens a trace of its own.
 pub async fn run(svc: &Services) -> Result<SyncReport, PipelineError> {
+    use tracing::Instrument;
+    sync_once(svc)
+        .instrument(tracing::info_span!(parent: None, "sync"))
+        .await
+}
+
+async fn sync_once(svc: &Services) -> Result<SyncReport, PipelineError> {
     let paperless = svc
         .paperless
         .clone()
