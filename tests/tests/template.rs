@@ -624,3 +624,103 @@ fn workers_back_off_on_their_own_queue_and_sync_and_ingest_read_the_dead_letters
         );
     }
 }
+
+/// The CloudWatch dashboard draws only metrics that exist: those the functions emit as EMF
+/// (a name `shared::metrics` describes, under the `Function` dimension of one of the
+/// functions), or an AWS service metric of a queue or function this template creates. It
+/// shows the queues' oldest message age and the model cost.
+#[test]
+fn every_cloudwatch_dashboard_metric_exists() {
+    let t = template::load();
+    let body = t["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+        .as_str()
+        .expect("DashboardBody is a !Sub string");
+    let dashboard: Value = serde_json::from_str(body).expect("the dashboard body is JSON");
+    let queues = resources_of_type(&t, "AWS::SQS::Queue");
+    let lambdas = functions(&t);
+    let mut drawn = BTreeSet::new();
+    for widget in dashboard["widgets"].as_array().expect("widgets") {
+        let mut previous: Vec<Value> = Vec::new();
+        for row in widget["properties"]["metrics"].as_array().expect("metrics") {
+            let parts: Vec<Value> = row
+                .as_array()
+                .expect("a metric row is an array")
+                .iter()
+                .filter(|v| !v.is_object())
+                .cloned()
+                .collect();
+            // "..." repeats the row above, its last values replaced by this row's.
+            let full = if parts[0] == "..." {
+                let kept = previous.len() - (parts.len() - 1);
+                let mut full = previous[..kept].to_vec();
+                full.extend_from_slice(&parts[1..]);
+                full
+            } else {
+                parts
+            };
+            previous = full.clone();
+            let text: Vec<&str> = full.iter().map(|v| v.as_str().unwrap_or("")).collect();
+            let [namespace, name, dimension, value] = text[..] else {
+                panic!("a metric with one dimension: {full:?}");
+            };
+            let resource = |v: &str| {
+                v.strip_prefix("${")
+                    .and_then(|v| v.strip_suffix('}'))
+                    .map(|v| v.split('.').next().unwrap_or(v).to_string())
+                    .unwrap_or_default()
+            };
+            match namespace {
+                "PaperlessAi" => {
+                    assert!(
+                        shared::metrics::ALL.contains(&name),
+                        "{name} is not a metric the functions emit"
+                    );
+                    assert_eq!(dimension, "Function", "{full:?}");
+                    assert!(FUNCTIONS.contains(&value), "no function {value}: {full:?}");
+                }
+                "AWS/SQS" => {
+                    assert!(
+                        [
+                            "ApproximateNumberOfMessagesVisible",
+                            "ApproximateAgeOfOldestMessage"
+                        ]
+                        .contains(&name),
+                        "{full:?}"
+                    );
+                    assert_eq!(dimension, "QueueName", "{full:?}");
+                    assert!(
+                        queues.contains_key(&resource(value)) && value.ends_with(".QueueName}"),
+                        "not a queue of this template: {full:?}"
+                    );
+                }
+                "AWS/Lambda" => {
+                    assert!(
+                        ["Errors", "Throttles", "Duration", "Invocations"].contains(&name),
+                        "{full:?}"
+                    );
+                    assert_eq!(dimension, "FunctionName", "{full:?}");
+                    assert!(
+                        lambdas.contains_key(&resource(value)),
+                        "not a function of this template: {full:?}"
+                    );
+                }
+                other => panic!("unexpected namespace {other}: {full:?}"),
+            }
+            drawn.insert(format!("{name} {value}"));
+        }
+    }
+    for queue in ["ChunkQueue", "EmbedQueue", "TagQueue"] {
+        assert!(
+            drawn.contains(&format!(
+                "ApproximateAgeOfOldestMessage ${{{queue}.QueueName}}"
+            )),
+            "no oldest-message age for {queue}"
+        );
+    }
+    for function in ["embed", "tag", "chat"] {
+        assert!(
+            drawn.contains(&format!("{} {function}", shared::metrics::MODEL_COST)),
+            "no model cost of {function}"
+        );
+    }
+}

@@ -600,8 +600,7 @@ pub async fn ask_as(
             None => svc.model.answer(&input).await,
         }
         .map_err(PipelineError::from)?;
-        usage.input_tokens += u.input_tokens;
-        usage.output_tokens += u.output_tokens;
+        usage.add(&u);
         let citations: Vec<Citation> = answer
             .cited
             .iter()
