@@ -40,6 +40,7 @@ fn a_bad_setting_stops_start_up_naming_the_variable() {
         ("LLM_PROVIDER", "gpt"),
         ("PAPERLESS_URL", "paperless:8000"),
         ("BIND", "0.0.0.0"),
+        ("MODEL_PRICES", "gpt-4o-mini=free"),
     ] {
         let out = pai(
             &["serve"],

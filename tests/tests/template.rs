@@ -724,3 +724,79 @@ fn every_cloudwatch_dashboard_metric_exists() {
         );
     }
 }
+
+/// `scripts/cost.sh` prices a counts file at the list prices it states: a hand-made fixture's
+/// figure, computed here from those prices, and a clear refusal of a broken counts file.
+#[test]
+fn cost_sh_prices_counts_per_1000_documents() {
+    let root = workspace_root();
+    let run = |args: &[&str]| {
+        Command::new("bash")
+            .arg(root.join("scripts/cost.sh"))
+            .args(args)
+            .output()
+            .expect("bash runs")
+    };
+    let fixture = root.join("tests/fixtures/cost-counts-tiny.json");
+    let out = run(&["--json", fixture.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let figures: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Ten documents: 10 tag invocations of 1 s at 1 GB, 10 API requests, 1M DynamoDB read and
+    // 1M write units, 1M SQS requests, 1,000 S3 PUTs and GETs, 1 GB of vectors written, 1M
+    // vector queries and 0.50 USD of model tokens; then times 100 for 1,000 documents.
+    let run_cost = 10.0 * 0.20 / 1e6
+        + 10.0 * 0.0000133334
+        + 10.0 * 1.00 / 1e6
+        + 0.125
+        + 0.625
+        + 0.40
+        + 0.005
+        + 0.0004
+        + 0.20
+        + 2.50
+        + 0.5;
+    let total = figures["total_usd_per_1000_documents"].as_f64().unwrap();
+    assert!(
+        (total - run_cost * 100.0).abs() < 1e-4,
+        "{total} != {}",
+        run_cost * 100.0
+    );
+    // 1 GB each in DynamoDB, S3 and S3 Vectors, a month, times 100.
+    let storage = figures["storage_usd_per_month_per_1000_documents"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (storage - (0.25 + 0.023 + 0.06) * 100.0).abs() < 1e-6,
+        "{storage}"
+    );
+    let text = run(&[fixture.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("total: $435.5545 per 1,000 documents"),
+        "{text}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    for (counts, says) in [
+        (r#"{"documents": 0}"#, "documents must be > 0"),
+        (
+            r#"{"documents": 5, "sqs": {"requests": -3}}"#,
+            "sqs.requests must be a number",
+        ),
+        (r#"[1, 2]"#, "not a counts JSON object"),
+        ("not json", "not a counts JSON"),
+    ] {
+        let path = dir.path().join("counts.json");
+        std::fs::write(&path, counts).unwrap();
+        let out = run(&[path.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(says),
+            "{counts}: {err}"
+        );
+    }
+}
