@@ -694,3 +694,105 @@ async fn grafana_panels_query_exported_metrics_and_costs_follow_model_prices() {
         "{metrics}"
     );
 }
+
+/// The value of one sample line of /metrics (`name{labels}`), 0 when absent.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The queue gauges tell the truth through `pai serve`'s /metrics: while a slow model keeps
+/// messages waiting, their queue shows a depth and an oldest-message age above 0; once the
+/// work is done, both fall back to 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_gauges_show_waiting_work_and_fall_back_to_zero() {
+    let paperless = FakePaperless::start(TOKEN).await;
+    let model = FakeOpenAi::start(None).await;
+    model.set_default(|req| {
+        if req.get("response_format").is_some() {
+            json!({"title": "Letter", "tags": ["Mail"], "correspondent": null, "document_type": null, "created": null}).to_string()
+        } else {
+            "ok [1]".into()
+        }
+    });
+    // Eight calls of 1.5 s a queue outlast the gauges' 5 s refresh.
+    model.set_latency(Duration::from_millis(1500));
+    for i in 0..8 {
+        paperless.add_document(DocSeed {
+            title: format!("scan {i}"),
+            content: format!("Letter number {i} about the garden fence."),
+            ..Default::default()
+        });
+    }
+    let data = tempfile::tempdir().unwrap();
+    let mut env = pai_tests::serve_env(data.path(), &paperless, TOKEN, SECRET, &model);
+    env.extend([
+        ("EMBEDDING_MODEL", "e".to_string()),
+        ("EMBEDDING_DIMENSIONS", "32".to_string()),
+        // One model call at a time: the start-up sync's documents queue up behind it.
+        ("LLM_MAX_CONCURRENCY", "1".to_string()),
+        ("WORKERS", "1".to_string()),
+    ]);
+    let http = reqwest::Client::new();
+    let (mut server, url) = serve(&env);
+    let metrics = || {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            http.get(format!("{url}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    let started = Instant::now();
+    let waiting = loop {
+        let m = metrics().await;
+        let busy = ["embed", "tag"].into_iter().find(|q| {
+            sample(&m, &format!("pai_queue_depth{{queue=\"{q}\"}}")) >= 1.0
+                && sample(
+                    &m,
+                    &format!("pai_queue_oldest_message_age_seconds{{queue=\"{q}\"}}"),
+                ) > 0.0
+        });
+        if let Some(q) = busy {
+            break q;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no queue ever showed waiting work:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    while paperless.count_documents_with_tag("ai-processed") < 8 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "not all tagged"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    loop {
+        let m = metrics().await;
+        let idle = ["chunk", "embed", "tag"].iter().all(|q| {
+            sample(&m, &format!("pai_queue_depth{{queue=\"{q}\"}}")) == 0.0
+                && sample(
+                    &m,
+                    &format!("pai_queue_oldest_message_age_seconds{{queue=\"{q}\"}}"),
+                ) == 0.0
+        });
+        if idle {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(150),
+            "the {waiting} queue never showed empty:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+}

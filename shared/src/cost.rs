@@ -191,6 +191,21 @@ impl Prices {
     }
 }
 
+/// `MODEL_PRICES` as the status page shows it.
+impl std::fmt::Display for Prices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.overrides.is_empty() {
+            return f.write_str("built-in list prices");
+        }
+        let entries: Vec<String> = self
+            .overrides
+            .iter()
+            .map(|(model, p)| format!("{model}={}/{}", p.input, p.output))
+            .collect();
+        write!(f, "{} (else built-in list prices)", entries.join(","))
+    }
+}
+
 fn warn_unpriced(provider: &str, model: &str) {
     static WARNED: OnceLock<Mutex<BTreeSet<String>>> = OnceLock::new();
     let first = WARNED
@@ -296,6 +311,11 @@ mod tests {
             0.3
         ));
         assert_eq!(Prices::parse("").unwrap(), Prices::default());
+        assert_eq!(Prices::default().to_string(), "built-in list prices");
+        assert_eq!(
+            Prices::parse("b=1/2,a=0.5").unwrap().to_string(),
+            "a=0.5/0,b=1/2 (else built-in list prices)"
+        );
     }
 
     #[test]
