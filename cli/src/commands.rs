@@ -151,7 +151,9 @@ pub async fn serve() -> Result<()> {
     let state = ApiState::new(
         app.svc.clone(),
         public_url.unwrap_or_else(|| format!("http://{local}")),
-        Some(Arc::new(move || metrics.render())),
+        Some(Arc::new(move || {
+            shared::metrics::prometheus_text(metrics.render())
+        })),
     );
     if app.svc.paperless.is_some() {
         match shared::pipeline::access::check(&app.svc).await {

@@ -182,6 +182,8 @@ pub struct Settings {
     pub llm_daily_tokens: u64,
     /// Concurrency, rate and circuit breaker of model calls (per process, per role).
     pub model_limits: crate::resilience::Limits,
+    /// Model prices per 1M tokens: the built-in list prices and `MODEL_PRICES`.
+    pub model_prices: crate::cost::Prices,
     /// Tag marking documents whose suggestion waits for review (review mode); removed on approve.
     pub review_tag: String,
     /// Browser-facing Paperless base URL for links (citations, jobs); `PAPERLESS_URL` when unset.
@@ -630,6 +632,15 @@ impl Settings {
             review_tag: get(env, "REVIEW_TAG").unwrap_or_else(|| "ai-review".into()),
             paperless_public_url: url(env, "PAPERLESS_PUBLIC_URL")?,
             time_zone: time_zone(env)?,
+            model_prices: match get(env, "MODEL_PRICES") {
+                Some(text) => crate::cost::Prices::parse(&text).or_else(|m| {
+                    bad(
+                        "MODEL_PRICES",
+                        format!("{m}; expected model=input/output,… in USD per 1M tokens"),
+                    )
+                })?,
+                None => crate::cost::Prices::default(),
+            },
             model_limits: crate::resilience::Limits {
                 max_concurrency: number(env, "LLM_MAX_CONCURRENCY", 64, 1..=1024)?,
                 requests_per_minute: number(env, "LLM_REQUESTS_PER_MINUTE", 0, 0..=1_000_000)?,

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod config;
 #[cfg(feature = "contract")]
 pub mod contract;
+pub mod cost;
 pub mod domain;
 #[cfg(all(feature = "local", feature = "clients"))]
 pub mod embedded;

@@ -1,6 +1,6 @@
 //! The layer every model call goes through, whatever the provider: the prompt and embedding
 //! caches (keyed by SHA-256 of everything that shapes the reply, so a change of model, prompt
-//! or schema is a miss) and the metrics (latency, errors, tokens, hits and misses).
+//! or schema is a miss) and the metrics (latency, errors, tokens, cost, hits and misses).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -8,6 +8,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
+use crate::cost::Prices;
 use crate::domain::{Answer, AnswerInput, Suggestion, TagInput};
 use crate::metrics as m;
 use crate::ports::{Cache, ChatModel, Embedder, ModelError, TokenSink, Usage};
@@ -23,12 +24,15 @@ fn key(kind: &str, parts: &[&[u8]]) -> String {
     format!("{kind}/{}", hex::encode(h.finalize()))
 }
 
+/// Records a call's metrics and returns what it cost (0 when it failed).
 fn record(
+    prices: &Prices,
     provider: &str,
     kind: &'static str,
     started: Instant,
     result: &Result<Usage, &ModelError>,
-) {
+) -> f64 {
+    let name = provider;
     let provider = provider.to_string();
     metrics::histogram!(m::MODEL_LATENCY, "provider" => provider.clone(), "kind" => kind)
         .record(started.elapsed().as_secs_f64());
@@ -38,9 +42,17 @@ fn record(
                 .increment(u.input_tokens);
             metrics::counter!(m::TOKENS_OUT, "provider" => provider, "kind" => kind)
                 .increment(u.output_tokens);
+            let cost = prices.cost(name, u);
+            let (provider, model) = crate::cost::provider_and_model(name);
+            // A float counter (see `metrics::FLOAT_COUNTERS`); 0 for a free model, so the
+            // series exists and shows that it is free.
+            metrics::gauge!(m::MODEL_COST, "provider" => provider.to_string(), "model" => model.to_string(), "kind" => kind)
+                .increment(cost);
+            cost
         }
         Err(_) => {
-            metrics::counter!(m::MODEL_ERRORS, "provider" => provider, "kind" => kind).increment(1)
+            metrics::counter!(m::MODEL_ERRORS, "provider" => provider, "kind" => kind).increment(1);
+            0.0
         }
     }
 }
@@ -94,6 +106,7 @@ pub struct CachedEmbedder {
     inner: Arc<dyn Embedder>,
     cache: Arc<dyn Cache>,
     ttl_secs: i64,
+    prices: Prices,
 }
 
 impl CachedEmbedder {
@@ -102,7 +115,14 @@ impl CachedEmbedder {
             inner,
             cache,
             ttl_secs,
+            prices: Prices::default(),
         }
+    }
+
+    /// Prices the calls with `MODEL_PRICES` (the built-in list prices otherwise).
+    pub fn with_prices(mut self, prices: Prices) -> CachedEmbedder {
+        self.prices = prices;
+        self
     }
 }
 
@@ -156,7 +176,8 @@ impl Embedder for CachedEmbedder {
             let started = Instant::now();
             let span = model_span(self.space(), "embed", false);
             let result = traced(span, self.inner.embed(&batch)).await;
-            record(
+            let cost = record(
+                &self.prices,
                 self.space(),
                 "embed",
                 started,
@@ -170,7 +191,10 @@ impl Embedder for CachedEmbedder {
                     batch.len()
                 )));
             }
-            usage = u;
+            usage = Usage {
+                cost_usd: cost,
+                ..u
+            };
             let expires = chrono::Utc::now().timestamp() + self.ttl_secs;
             for (i, v) in missing.into_iter().zip(vectors) {
                 let _ = self.cache.put(&keys[i], &pack(&v), Some(expires)).await;
@@ -186,13 +210,22 @@ impl Embedder for CachedEmbedder {
         let started = Instant::now();
         let span = model_span(self.space(), "embed_query", false);
         let result = traced(span, self.inner.embed_query(text)).await;
-        record(
+        let cost = record(
+            &self.prices,
             self.space(),
             "embed",
             started,
             &result.as_ref().map(|(_, u)| *u),
         );
-        result
+        result.map(|(v, u)| {
+            (
+                v,
+                Usage {
+                    cost_usd: cost,
+                    ..u
+                },
+            )
+        })
     }
 }
 
@@ -204,6 +237,7 @@ pub struct CachedModel {
     ttl_secs: i64,
     /// The settings that shape a reply but are not in the input (see `reply_shape`).
     reply_shape: String,
+    prices: Prices,
 }
 
 /// Settings that shape the reply without being part of the input: the instructions
@@ -229,7 +263,14 @@ impl CachedModel {
             cache,
             ttl_secs,
             reply_shape: String::new(),
+            prices: Prices::default(),
         }
+    }
+
+    /// Prices the calls with `MODEL_PRICES` (the built-in list prices otherwise).
+    pub fn with_prices(mut self, prices: Prices) -> CachedModel {
+        self.prices = prices;
+        self
     }
 
     pub fn with_reply_shape(mut self, shape: String) -> CachedModel {
@@ -279,13 +320,18 @@ impl CachedModel {
         cache_event("prompt", false);
         let started = Instant::now();
         let result = traced(model_span(self.inner.name(), kind, false), call).await;
-        record(
+        let cost = record(
+            &self.prices,
             self.inner.name(),
             kind,
             started,
             &result.as_ref().map(|(_, u)| *u),
         );
         let (value, usage) = result?;
+        let usage = Usage {
+            cost_usd: cost,
+            ..usage
+        };
         let _ = self
             .cache
             .put(

@@ -275,11 +275,23 @@ impl ModelError {
     }
 }
 
-/// Token counts of one model call, for budgets and metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// Token counts of one model call (or of several, added up), for budgets and metrics, and
+/// what they cost at the model's price (`cost`; 0 for a cache hit or a local model).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
     pub input_tokens: u64,
     pub output_tokens: u64,
+    #[serde(default)]
+    pub cost_usd: f64,
+}
+
+impl Usage {
+    /// The usage of two calls together.
+    pub fn add(&mut self, other: &Usage) {
+        self.input_tokens += other.input_tokens;
+        self.output_tokens += other.output_tokens;
+        self.cost_usd += other.cost_usd;
+    }
 }
 
 /// Whether a text is embedded as a document chunk or as a search query.

@@ -143,6 +143,8 @@ async fn webhook_tags_the_document_and_chat_cites_it() {
         .unwrap();
     let done: Value = serde_json::from_str(done).unwrap();
     assert_eq!(done["citations"][0]["doc_id"], id.to_string());
+    // What the answer cost (0 here: the same question is a prompt-cache hit).
+    assert_eq!(done["usage"]["cost_usd"], 0.0, "{done}");
 
     // Filters go into the vector query: a filter the document does not match finds nothing.
     let (_, none) = pai.post_json("/chat", json!({"question": "How much did the boiler repair cost?", "filters": {"tags": ["Tax"]}})).await;
@@ -1118,4 +1120,201 @@ async fn the_daily_tagging_budget_is_kept() {
         "{j:#}"
     );
     pai.shutdown().await;
+}
+
+/// What documents cost on AWS, measured: the pipeline runs over ports that count each call as
+/// the AWS request it becomes (tests/src/counting.rs), the jobs record the model cost, and
+/// `scripts/cost.sh` prices the counts per 1,000 documents. The counts are left in
+/// `target/cost-counts.json` for `scripts/cost.sh` to be run on again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_request_counts_price_out_per_document() {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use pai_tests::counting::{Counted, Counts};
+    use shared::domain::{JobOrigin, Stage};
+    use shared::ports::{BlobStore, Cache, StateStore, VectorIndex, WorkQueue};
+
+    // Model latencies the fakes do not have, added to each stage's measured handling time:
+    // Titan Text Embeddings for one batch, Claude Haiku 4.5 for one tagging reply.
+    const EMBED_CALL_MS: f64 = 250.0;
+    const TAG_CALL_MS: f64 = 1500.0;
+    const DOCUMENTS: u64 = 20;
+    // The Bedrock defaults' prices, for the fake model and embedder.
+    let mut pai = Pai::start(&[
+        ("EMBEDDING_DIMENSIONS", "1024"),
+        ("MODEL_PRICES", "test-model=1/5,test-embed=0.02"),
+    ])
+    .await;
+    let counts = Counts::default();
+    {
+        let svc = &mut pai.app.svc;
+        svc.state = Counted::<dyn StateStore>::new(svc.state.clone(), &counts);
+        svc.blobs = Counted::<dyn BlobStore>::new(svc.blobs.clone(), &counts);
+        svc.vectors = Counted::<dyn VectorIndex>::new(svc.vectors.clone(), &counts);
+        let cache: Arc<dyn Cache> = Counted::<dyn Cache>::new(svc.cache.clone(), &counts);
+        svc.cache = cache.clone();
+        // The models keep their own handle on the cache: built again over the counted one.
+        let raw = shared::providers::embedder(&svc.settings).unwrap();
+        let (model, embedder) = shared::providers::assemble(&svc.settings, raw, cache).unwrap();
+        (svc.model, svc.embedder) = (model, embedder);
+        let q = &mut svc.queues;
+        q.chunk = Counted::<dyn WorkQueue>::new(q.chunk.clone(), &counts);
+        q.embed = Counted::<dyn WorkQueue>::new(q.embed.clone(), &counts);
+        q.tag = Counted::<dyn WorkQueue>::new(q.tag.clone(), &counts);
+    }
+    let words = [
+        "invoice",
+        "boiler",
+        "repair",
+        "garden",
+        "fence",
+        "insurance",
+        "tax",
+        "contract",
+        "rent",
+        "deposit",
+        "warranty",
+        "electricity",
+        "meter",
+        "reading",
+        "payment",
+        "due",
+    ];
+    let mut jobs = Vec::new();
+    let mut ingest_ms = 0.0;
+    for d in 0..DOCUMENTS as usize {
+        // About 600 words of distinct text: a few chunks each, no cache hits between them.
+        let content: String = (0..600)
+            .map(|i| {
+                format!(
+                    "{}{} ",
+                    words[(i * 7 + d) % words.len()],
+                    (i * 31 + d * 17) % 97
+                )
+            })
+            .collect();
+        let id = pai.paperless.add_document(DocSeed {
+            title: format!("scan {d}"),
+            content,
+            ..Default::default()
+        });
+        let started = Instant::now();
+        let job =
+            shared::pipeline::ingest::paperless_document(&pai.app.svc, id, JobOrigin::Webhook)
+                .await
+                .unwrap();
+        ingest_ms += started.elapsed().as_secs_f64() * 1000.0;
+        jobs.push(job.id);
+    }
+    // The queues drained stage by stage, each message timed as its invocation would be.
+    let mut handled: BTreeMap<&str, (u64, f64)> = BTreeMap::new();
+    loop {
+        let mut any = false;
+        for (stage, name, q) in [
+            (Stage::Chunk, "chunk", &pai.app.chunk),
+            (Stage::Embed, "embed", &pai.app.embed),
+            (Stage::Tag, "tag", &pai.app.tag),
+        ] {
+            for d in q.receive(10, Duration::from_secs(60)).await.unwrap() {
+                any = true;
+                let started = Instant::now();
+                shared::pipeline::handle(&pai.app.svc, stage, &d.body, true)
+                    .await
+                    .unwrap();
+                let e = handled.entry(name).or_default();
+                e.0 += 1;
+                e.1 += started.elapsed().as_secs_f64() * 1000.0;
+                q.delete(&d.receipt).await.unwrap();
+            }
+        }
+        if !any {
+            break;
+        }
+    }
+    let (mut cost, mut tokens_in, mut tokens_out) = (0.0, 0, 0);
+    for job in &jobs {
+        let c = pai
+            .app
+            .svc
+            .state
+            .counters(&shared::pipeline::job_key(job))
+            .await
+            .unwrap();
+        let usage = shared::pipeline::job_usage(&c);
+        cost += usage.cost_usd;
+        tokens_in += usage.input_tokens;
+        tokens_out += usage.output_tokens;
+    }
+    assert!(
+        cost > 0.0 && tokens_in > 0,
+        "the jobs record their model cost"
+    );
+    let template = pai_tests::template::load();
+    let memory = |function: &str| {
+        let (_, f) = pai_tests::template::function(&template, function).unwrap();
+        pai_tests::template::function_property(&template, &f, "MemorySize")
+            .as_u64()
+            .unwrap()
+    };
+    let embed_calls = pai.model.embedding_requests().len() as f64;
+    let tag_calls = pai.model.chat_requests().len() as f64;
+    let mut lambda = serde_json::Map::new();
+    lambda.insert(
+        "ingest".into(),
+        json!({"invocations": DOCUMENTS, "avg_duration_ms": ingest_ms / DOCUMENTS as f64, "memory_mb": memory("ingest")}),
+    );
+    let mut messages = 0;
+    for (name, (n, ms)) in &handled {
+        let model_ms = match *name {
+            "embed" => embed_calls * EMBED_CALL_MS,
+            "tag" => tag_calls * TAG_CALL_MS,
+            _ => 0.0,
+        };
+        messages += n;
+        lambda.insert(
+            name.to_string(),
+            json!({"invocations": n, "avg_duration_ms": (ms + model_ms) / *n as f64, "memory_mb": memory(name)}),
+        );
+    }
+    assert_eq!(handled["chunk"].0, DOCUMENTS);
+    assert_eq!(handled["tag"].0, DOCUMENTS);
+    assert_eq!(
+        counts.get("sqs_messages"),
+        messages,
+        "every message sent was handled"
+    );
+    assert!(counts.get("s3_vectors_put_requests") >= DOCUMENTS);
+    let c = |name: &str| counts.get(name);
+    let report = json!({
+        "documents": DOCUMENTS,
+        "source": format!(
+            "tests/tests/e2e.rs aws_request_counts_price_out_per_document: {DOCUMENTS} documents of ~600 words, 1024-dimension embeddings, counted ports; Lambda durations = measured handling + {EMBED_CALL_MS} ms per embedding call + {TAG_CALL_MS} ms per tagging call (assumed); model cost at Claude Haiku 4.5 / Titan v2 list prices on the fake's token counts"
+        ),
+        "lambda": lambda,
+        "http_api_requests": DOCUMENTS,
+        "dynamodb": {"read_units": c("dynamodb_read_units"), "write_units": c("dynamodb_write_units"), "stored_bytes": c("dynamodb_stored_bytes")},
+        // Sends as counted; each message received and deleted in a batch of its own.
+        "sqs": {"requests": c("sqs_send_requests") + 2 * messages},
+        "s3": {"put_requests": c("s3_put_requests"), "get_requests": c("s3_get_requests"), "stored_bytes": c("s3_stored_bytes")},
+        "s3_vectors": {"put_requests": c("s3_vectors_put_requests"), "put_bytes": c("s3_vectors_put_bytes"), "query_requests": c("s3_vectors_query_requests"), "other_requests": c("s3_vectors_other_requests"), "stored_bytes": c("s3_vectors_put_bytes")},
+        "model": {"input_tokens": tokens_in, "output_tokens": tokens_out, "cost_usd": cost},
+        "counted": counts.all(),
+    });
+    let root = pai_tests::template::workspace_root();
+    let path = root.join("target/cost-counts.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap()).unwrap();
+    let out = std::process::Command::new("bash")
+        .arg(root.join("scripts/cost.sh"))
+        .arg(&path)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    println!("{table}");
+    assert!(
+        out.status.success() && table.contains("per 1,000 documents"),
+        "{table}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

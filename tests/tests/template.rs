@@ -693,3 +693,179 @@ fn each_function_may_touch_exactly_the_dynamodb_items_it_declares() {
         );
     }
 }
+
+/// The CloudWatch dashboard draws only metrics that exist: those the functions emit as EMF
+/// (a name `shared::metrics` describes, under the `Function` dimension of one of the
+/// functions), or an AWS service metric of a queue or function this template creates. It
+/// shows the queues' oldest message age and the model cost.
+#[test]
+fn every_cloudwatch_dashboard_metric_exists() {
+    let t = template::load();
+    let body = t["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+        .as_str()
+        .expect("DashboardBody is a !Sub string");
+    let dashboard: Value = serde_json::from_str(body).expect("the dashboard body is JSON");
+    let queues = resources_of_type(&t, "AWS::SQS::Queue");
+    let lambdas = functions(&t);
+    let mut drawn = BTreeSet::new();
+    for widget in dashboard["widgets"].as_array().expect("widgets") {
+        let mut previous: Vec<Value> = Vec::new();
+        for row in widget["properties"]["metrics"].as_array().expect("metrics") {
+            let parts: Vec<Value> = row
+                .as_array()
+                .expect("a metric row is an array")
+                .iter()
+                .filter(|v| !v.is_object())
+                .cloned()
+                .collect();
+            // "..." repeats the row above, its last values replaced by this row's.
+            let full = if parts[0] == "..." {
+                let kept = previous.len() - (parts.len() - 1);
+                let mut full = previous[..kept].to_vec();
+                full.extend_from_slice(&parts[1..]);
+                full
+            } else {
+                parts
+            };
+            previous = full.clone();
+            let text: Vec<&str> = full.iter().map(|v| v.as_str().unwrap_or("")).collect();
+            let [namespace, name, dimension, value] = text[..] else {
+                panic!("a metric with one dimension: {full:?}");
+            };
+            let resource = |v: &str| {
+                v.strip_prefix("${")
+                    .and_then(|v| v.strip_suffix('}'))
+                    .map(|v| v.split('.').next().unwrap_or(v).to_string())
+                    .unwrap_or_default()
+            };
+            match namespace {
+                "PaperlessAi" => {
+                    assert!(
+                        shared::metrics::ALL.contains(&name),
+                        "{name} is not a metric the functions emit"
+                    );
+                    assert_eq!(dimension, "Function", "{full:?}");
+                    assert!(FUNCTIONS.contains(&value), "no function {value}: {full:?}");
+                }
+                "AWS/SQS" => {
+                    assert!(
+                        [
+                            "ApproximateNumberOfMessagesVisible",
+                            "ApproximateAgeOfOldestMessage"
+                        ]
+                        .contains(&name),
+                        "{full:?}"
+                    );
+                    assert_eq!(dimension, "QueueName", "{full:?}");
+                    assert!(
+                        queues.contains_key(&resource(value)) && value.ends_with(".QueueName}"),
+                        "not a queue of this template: {full:?}"
+                    );
+                }
+                "AWS/Lambda" => {
+                    assert!(
+                        ["Errors", "Throttles", "Duration", "Invocations"].contains(&name),
+                        "{full:?}"
+                    );
+                    assert_eq!(dimension, "FunctionName", "{full:?}");
+                    assert!(
+                        lambdas.contains_key(&resource(value)),
+                        "not a function of this template: {full:?}"
+                    );
+                }
+                other => panic!("unexpected namespace {other}: {full:?}"),
+            }
+            drawn.insert(format!("{name} {value}"));
+        }
+    }
+    for queue in ["ChunkQueue", "EmbedQueue", "TagQueue"] {
+        assert!(
+            drawn.contains(&format!(
+                "ApproximateAgeOfOldestMessage ${{{queue}.QueueName}}"
+            )),
+            "no oldest-message age for {queue}"
+        );
+    }
+    for function in ["embed", "tag", "chat"] {
+        assert!(
+            drawn.contains(&format!("{} {function}", shared::metrics::MODEL_COST)),
+            "no model cost of {function}"
+        );
+    }
+}
+
+/// `scripts/cost.sh` prices a counts file at the list prices it states: a hand-made fixture's
+/// figure, computed here from those prices, and a clear refusal of a broken counts file.
+#[test]
+fn cost_sh_prices_counts_per_1000_documents() {
+    let root = workspace_root();
+    let run = |args: &[&str]| {
+        Command::new("bash")
+            .arg(root.join("scripts/cost.sh"))
+            .args(args)
+            .output()
+            .expect("bash runs")
+    };
+    let fixture = root.join("tests/fixtures/cost-counts-tiny.json");
+    let out = run(&["--json", fixture.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let figures: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Ten documents: 10 tag invocations of 1 s at 1 GB, 10 API requests, 1M DynamoDB read and
+    // 1M write units, 1M SQS requests, 1,000 S3 PUTs and GETs, 1 GB of vectors written, 1M
+    // vector queries and 0.50 USD of model tokens; then times 100 for 1,000 documents.
+    let run_cost = 10.0 * 0.20 / 1e6
+        + 10.0 * 0.0000133334
+        + 10.0 * 1.00 / 1e6
+        + 0.125
+        + 0.625
+        + 0.40
+        + 0.005
+        + 0.0004
+        + 0.20
+        + 2.50
+        + 0.5;
+    let total = figures["total_usd_per_1000_documents"].as_f64().unwrap();
+    assert!(
+        (total - run_cost * 100.0).abs() < 1e-4,
+        "{total} != {}",
+        run_cost * 100.0
+    );
+    // 1 GB each in DynamoDB, S3 and S3 Vectors, a month, times 100.
+    let storage = figures["storage_usd_per_month_per_1000_documents"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (storage - (0.25 + 0.023 + 0.06) * 100.0).abs() < 1e-6,
+        "{storage}"
+    );
+    let text = run(&[fixture.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("total: $435.5545 per 1,000 documents"),
+        "{text}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    for (counts, says) in [
+        (r#"{"documents": 0}"#, "documents must be > 0"),
+        (
+            r#"{"documents": 5, "sqs": {"requests": -3}}"#,
+            "sqs.requests must be a number",
+        ),
+        (r#"[1, 2]"#, "not a counts JSON object"),
+        ("not json", "not a counts JSON"),
+    ] {
+        let path = dir.path().join("counts.json");
+        std::fs::write(&path, counts).unwrap();
+        let out = run(&[path.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(says),
+            "{counts}: {err}"
+        );
+    }
+}

@@ -315,6 +315,8 @@ pub async fn job_view(svc: &Services, job_id: &str) -> Result<Option<Value>, Api
         "chunks_embedded".into(),
         json!(counters.get("chunks_embedded").copied().unwrap_or(0)),
     );
+    // Tokens and dollars its model calls took, over every attempt.
+    obj.insert("usage".into(), json!(crate::pipeline::job_usage(&counters)));
     // The link a user opens (PAPERLESS_PUBLIC_URL when set).
     if let (Some(id), Some(p)) = (
         job.doc_id.as_ref().and_then(DocId::paperless_id),
@@ -556,7 +558,7 @@ async fn chat(
             }
             let answering = Some(answering);
             let event = match answering?.await {
-            Ok(Ok(r)) => Event::default().event("done").data(json!({"citations": r.citations, "session_id": r.session_id, "provider": r.provider, "answered": r.answered}).to_string()),
+            Ok(Ok(r)) => Event::default().event("done").data(json!({"citations": r.citations, "session_id": r.session_id, "provider": r.provider, "answered": r.answered, "usage": r.usage}).to_string()),
             Ok(Err(e)) => {
                 let e = ApiError::from(e);
                 Event::default().event("error").data(json!({"error": {"code": e.code, "message": e.message}}).to_string())

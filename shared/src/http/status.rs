@@ -197,6 +197,7 @@ pub fn config_entries(s: &Settings, model_name: &str, embedder: &str) -> Vec<Con
         plain("MAX_UPLOAD_BYTES", s.max_upload_bytes.to_string()),
         plain("CACHE_TTL_DAYS", (s.cache_ttl_secs / 86_400).to_string()),
         plain("OLLAMA_NUM_CTX", s.ollama_num_ctx.to_string()),
+        plain("MODEL_PRICES", s.model_prices.to_string()),
         plain(
             "LLM_REQUESTS_PER_MINUTE",
             match s.model_limits.requests_per_minute {

@@ -125,7 +125,14 @@ impl Registry {
             }
         }
         for (key, cell) in self.gauges.lock().expect("gauges").iter() {
-            if let Some(v) = *cell.0.lock().expect("gauge") {
+            let mut value = cell.0.lock().expect("gauge");
+            // A float counter reports its increase since the last flush, like a counter.
+            let reading = if crate::metrics::FLOAT_COUNTERS.contains(&key.name()) {
+                value.take().filter(|v| *v != 0.0)
+            } else {
+                *value
+            };
+            if let Some(v) = reading {
                 let unit = self.unit(key.name(), "None");
                 groups.entry(labels(key)).or_default().push((
                     key.name().to_string(),
@@ -339,5 +346,41 @@ mod tests {
             .collect();
         assert_eq!(sizes, [100, 100, 50]);
         assert!(registry.render(0).is_empty(), "nothing new since the flush");
+    }
+
+    #[test]
+    fn the_cost_reports_its_increase_per_flush_like_a_counter() {
+        let registry = Arc::new(Registry::new("tag"));
+        let cost = crate::metrics::MODEL_COST;
+        recorded(&registry, || {
+            metrics::gauge!(cost, "kind" => "tag").increment(0.0025);
+            metrics::gauge!(cost, "kind" => "tag").increment(0.0005);
+            metrics::gauge!("pai_queue_depth").set(3.0);
+        });
+        let lines = registry.render(0);
+        let tag: Value = lines
+            .iter()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .find(|v| v["kind"] == "tag")
+            .unwrap();
+        assert!((tag[cost].as_f64().unwrap() - 0.003).abs() < 1e-12, "{tag}");
+        // The next flush: no new cost, so no cost value (a sum over flushes stays true);
+        // an ordinary gauge keeps its value.
+        recorded(&registry, || {
+            metrics::gauge!(cost, "kind" => "tag").increment(0.001);
+        });
+        let lines = registry.render(0);
+        let tag: Value = lines
+            .iter()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .find(|v| v["kind"] == "tag")
+            .unwrap();
+        assert!((tag[cost].as_f64().unwrap() - 0.001).abs() < 1e-12, "{tag}");
+        let lines = registry.render(0);
+        assert!(lines.iter().all(|l| !l.contains(cost)), "{lines:?}");
+        assert!(
+            lines.iter().any(|l| l.contains("pai_queue_depth")),
+            "{lines:?}"
+        );
     }
 }

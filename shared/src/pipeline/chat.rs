@@ -234,6 +234,8 @@ pub struct Evidence {
 pub struct Retrieval {
     pub candidates: Vec<Candidate>,
     pub evidence: Evidence,
+    /// The question's embedding: part of what the answer cost.
+    pub usage: Usage,
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
@@ -273,7 +275,7 @@ pub async fn rank(
     query: &str,
     filter: Option<&Filter>,
 ) -> Result<Retrieval, PipelineError> {
-    let (qv, _) = svc.embedder.embed_query(query).await?;
+    let (qv, usage) = svc.embedder.embed_query(query).await?;
     let mut candidates: Vec<Candidate> = Vec::new();
     if qv.iter().any(|x| *x != 0.0) {
         for hit in svc.vectors.query(&qv, CANDIDATES, filter).await? {
@@ -327,6 +329,7 @@ pub async fn rank(
     Ok(Retrieval {
         candidates,
         evidence,
+        usage,
     })
 }
 
@@ -400,12 +403,21 @@ pub async fn retrieve(
     query: &str,
     filter: Option<&Filter>,
 ) -> Result<Vec<Passage>, PipelineError> {
+    Ok(retrieve_costed(svc, query, filter).await?.0)
+}
+
+/// `retrieve`, with what embedding the question cost.
+pub async fn retrieve_costed(
+    svc: &Services,
+    query: &str,
+    filter: Option<&Filter>,
+) -> Result<(Vec<Passage>, Usage), PipelineError> {
     let retrieval = rank(svc, query, filter).await?;
     let judged_here = filter.is_none() && !svc.model.judges_passages();
     if judged_here && retrieval.evidence.score < MIN_EVIDENCE {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), retrieval.usage));
     }
-    Ok(select(retrieval.candidates))
+    Ok((select(retrieval.candidates), retrieval.usage))
 }
 
 /// The best candidates as numbered passages: a few per document, within the budget.
@@ -596,7 +608,7 @@ async fn answer_as(
         .await
         .map_err(PipelineError::from)?;
     let retrieval = tracing::info_span!("retrieve", candidates = tracing::field::Empty);
-    let found = retrieve(svc, &query, filter.as_ref())
+    let (found, search_usage) = retrieve_costed(svc, &query, filter.as_ref())
         .instrument(retrieval.clone())
         .await?;
     retrieval.record("candidates", found.len());
@@ -604,6 +616,7 @@ async fn answer_as(
     tracing::Span::current().record("passages", passages.len());
 
     let mut usage = rewrite_usage;
+    usage.add(&search_usage);
     let (answer, citations) = if passages.is_empty() {
         (None, Vec::new())
     } else {
@@ -617,8 +630,7 @@ async fn answer_as(
             None => svc.model.answer(&input).await,
         }
         .map_err(PipelineError::from)?;
-        usage.input_tokens += u.input_tokens;
-        usage.output_tokens += u.output_tokens;
+        usage.add(&u);
         let citations: Vec<Citation> = answer
             .cited
             .iter()

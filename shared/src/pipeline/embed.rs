@@ -57,7 +57,8 @@ pub async fn run(svc: &Services, task: &EmbedTask) -> Result<(), PipelineError> 
                 .to_string(),
         );
     }
-    let (vectors, _usage) = svc.embedder.embed(&texts).await?;
+    let (vectors, usage) = svc.embedder.embed(&texts).await?;
+    super::add_job_usage(svc.state.as_ref(), &task.job_id, &usage).await;
     if vectors.len() != texts.len() {
         return Err(PipelineError::Retry(format!(
             "embedder returned {} vectors for {} texts",

@@ -302,6 +302,54 @@ pub async fn load_job(state: &dyn StateStore, job_id: &str) -> Result<Option<Job
     }
 }
 
+/// Counters of a job's model usage (all its attempts: a retry spends again), shown by
+/// `GET /jobs/{id}` as `usage`.
+pub const USAGE_COUNTERS: [&str; 3] = ["tokens_in", "tokens_out", "cost_nano_usd"];
+
+/// Adds a model call's tokens and cost to its job. Bookkeeping only: a failed write is
+/// logged, not a reason to call the model again.
+pub async fn add_job_usage(state: &dyn StateStore, job_id: &str, usage: &crate::ports::Usage) {
+    let deltas = [
+        usage.input_tokens as i64,
+        usage.output_tokens as i64,
+        crate::cost::to_nano_usd(usage.cost_usd),
+    ];
+    for (counter, delta) in USAGE_COUNTERS.into_iter().zip(deltas) {
+        // A cache hit or a free model adds nothing: no write.
+        if delta != 0
+            && let Err(e) = state.add(&job_key(job_id), counter, delta).await
+        {
+            tracing::warn!(job_id, error = %e, "could not add the model usage to the job");
+        }
+    }
+}
+
+/// The `usage` a job shows, from its counters.
+pub fn job_usage(counters: &std::collections::BTreeMap<String, i64>) -> crate::ports::Usage {
+    let get = |name: &str| counters.get(name).copied().unwrap_or(0);
+    crate::ports::Usage {
+        input_tokens: get(USAGE_COUNTERS[0]).max(0) as u64,
+        output_tokens: get(USAGE_COUNTERS[1]).max(0) as u64,
+        cost_usd: crate::cost::from_nano_usd(get(USAGE_COUNTERS[2])),
+    }
+}
+
+/// How a job's embedding stage ended, counted once per change: `indexed` (chunks embedded),
+/// `unchanged` (every chunk was already indexed) or `failed`.
+fn count_index_outcome(before: &Job, after: &Job) {
+    let status = |job: &Job| job.stages.get(&Stage::Embed).map(|s| s.status);
+    if status(before) == status(after) {
+        return;
+    }
+    let outcome = match status(after) {
+        Some(StageStatus::Done) => "indexed",
+        Some(StageStatus::Skipped) => "unchanged",
+        Some(StageStatus::Failed) => "failed",
+        _ => return,
+    };
+    metrics::counter!(crate::metrics::DOCUMENTS_INDEXED, "outcome" => outcome).increment(1);
+}
+
 /// Applies `change` to a job with optimistic locking, retrying on concurrent updates.
 pub async fn update_job(
     state: &dyn StateStore,
@@ -326,6 +374,7 @@ pub async fn update_job(
             .await
         {
             Ok(_) => {
+                count_index_outcome(&before, &job);
                 if job.status() != before.status()
                     && matches!(
                         job.status(),

@@ -788,6 +788,9 @@ async fn tag_leased(
         0
     };
     let reply = svc.model.suggest(&input).await;
+    if let Ok((_, usage)) = &reply {
+        super::add_job_usage(svc.state.as_ref(), &task.job_id, usage).await;
+    }
     let spent = reply
         .as_ref()
         .map(|(_, u)| (u.input_tokens + u.output_tokens) as i64)

@@ -253,6 +253,7 @@ fn usage(u: Option<&TokenUsage>) -> Usage {
     u.map(|u| Usage {
         input_tokens: u.input_tokens.max(0) as u64,
         output_tokens: u.output_tokens.max(0) as u64,
+        cost_usd: 0.0,
     })
     .unwrap_or_default()
 }
@@ -786,6 +787,7 @@ impl BedrockEmbedder {
             Usage {
                 input_tokens: tokens,
                 output_tokens: 0,
+                cost_usd: 0.0,
             },
         ))
     }
@@ -955,7 +957,8 @@ mod tests {
             usage,
             Usage {
                 input_tokens: 100,
-                output_tokens: 20
+                output_tokens: 20,
+                cost_usd: 0.0
             }
         );
     }
@@ -1225,7 +1228,8 @@ mod tests {
             usage,
             Usage {
                 input_tokens: 50,
-                output_tokens: 7
+                output_tokens: 7,
+                cost_usd: 0.0
             }
         );
     }

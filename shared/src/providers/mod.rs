@@ -167,11 +167,10 @@ mod assembly {
                 Arc::new(Guard::sharing(limits, limit.clone())),
             )),
         };
-        let embedder: Arc<dyn Embedder> = Arc::new(CachedEmbedder::new(
-            guarded_embedder,
-            cache.clone(),
-            settings.cache_ttl_secs,
-        ));
+        let embedder: Arc<dyn Embedder> = Arc::new(
+            CachedEmbedder::new(guarded_embedder, cache.clone(), settings.cache_ttl_secs)
+                .with_prices(settings.model_prices.clone()),
+        );
         let raw_model = match (llm.provider, e.provider) {
             // The offline answerer borrows a real embedder's sense of meaning when there is one.
             (Provider::Lexical, Provider::Lexical) => chat_model(settings)?,
@@ -196,7 +195,8 @@ mod assembly {
         };
         let model: Arc<dyn ChatModel> = Arc::new(
             CachedModel::new(guarded_model, cache, settings.cache_ttl_secs)
-                .with_reply_shape(crate::models::reply_shape(settings)),
+                .with_reply_shape(crate::models::reply_shape(settings))
+                .with_prices(settings.model_prices.clone()),
         );
         Ok((model, embedder))
     }

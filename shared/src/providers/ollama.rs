@@ -22,6 +22,7 @@ fn usage(reply: &Value) -> Usage {
     Usage {
         input_tokens: reply["prompt_eval_count"].as_u64().unwrap_or(0),
         output_tokens: reply["eval_count"].as_u64().unwrap_or(0),
+        cost_usd: 0.0,
     }
 }
 
@@ -254,6 +255,7 @@ impl OllamaEmbedder {
             Usage {
                 input_tokens: reply["prompt_eval_count"].as_u64().unwrap_or(0),
                 output_tokens: 0,
+                cost_usd: 0.0,
             },
         ))
     }

@@ -276,6 +276,7 @@ impl OpenAiChat {
         let usage = Usage {
             input_tokens: reply["usage"]["prompt_tokens"].as_u64().unwrap_or(0),
             output_tokens: reply["usage"]["completion_tokens"].as_u64().unwrap_or(0),
+            cost_usd: 0.0,
         };
         Ok((content, usage))
     }
@@ -338,6 +339,7 @@ impl ChatModel for OpenAiChat {
                 usage = Usage {
                     input_tokens: u["prompt_tokens"].as_u64().unwrap_or(0),
                     output_tokens: u["completion_tokens"].as_u64().unwrap_or(0),
+                    cost_usd: 0.0,
                 };
             }
             Ok(None)
@@ -455,6 +457,7 @@ impl OpenAiEmbedder {
         let usage = Usage {
             input_tokens: reply["usage"]["prompt_tokens"].as_u64().unwrap_or(0),
             output_tokens: 0,
+            cost_usd: 0.0,
         };
         Ok((vectors, usage))
     }
