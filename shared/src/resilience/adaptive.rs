@@ -8,7 +8,8 @@
 //!   the limit doubles every round trip) until the first back-off, then 1/limit (one more per
 //!   round trip);
 //! - **back-off**: a 429, 5xx or timeout multiplies the limit by 0.8; latency rising above twice
-//!   its baseline (the provider queues our calls) by the ratio, between 0.5 and 0.9. Only calls
+//!   its baseline and by more than 50 ms (the provider queues our calls; a few milliseconds
+//!   more on a fast endpoint is our own busy process) by the ratio, between 0.5 and 0.9. Only calls
 //!   started after the last back-off can cause another, so one burst of 429s counts once;
 //! - **bounds**: never below 1 nor above the ceiling (`LLM_MAX_CONCURRENCY`), never more in
 //!   flight than the provider's `x-ratelimit-remaining-requests`, and no call starts before a
@@ -44,8 +45,12 @@ impl CallKind {
 /// Where the limit starts: low enough for one local model, and slow start reaches 32 in three
 /// round trips.
 pub const INITIAL_LIMIT: usize = 4;
-/// Latency above this multiple of its baseline means the provider queues our calls.
+/// Latency above this multiple of its baseline means the provider queues our calls…
 const LATENCY_TOLERANCE: f64 = 2.0;
+/// …when it is also this much above it (seconds): a call answered in 1 ms and then in 4 ms
+/// says our own process was busy, not that the provider queues (a fast local server or a
+/// cache-like endpoint would otherwise hold the limit at its floor).
+const LATENCY_SLACK: f64 = 0.05;
 const OVERLOAD_BACKOFF: f64 = 0.8;
 /// Weight of a new sample in the recent latency (about the last five calls).
 const RECENT_WEIGHT: f64 = 0.2;
@@ -156,7 +161,10 @@ impl Latency {
         }
         self.samples = self.samples.saturating_add(1);
         let ratio = self.recent / self.baseline.max(1e-6);
-        (self.samples > WARM_UP_SAMPLES && ratio > LATENCY_TOLERANCE).then_some(ratio)
+        (self.samples > WARM_UP_SAMPLES
+            && ratio > LATENCY_TOLERANCE
+            && self.recent - self.baseline > LATENCY_SLACK)
+            .then_some(ratio)
     }
 }
 
@@ -493,6 +501,25 @@ mod tests {
         }
         assert!(shrunk < 40, "latency backs off: {shrunk}");
         assert!(!s.slow_start);
+    }
+
+    #[test]
+    fn jitter_of_a_few_milliseconds_on_a_fast_endpoint_is_not_queueing() {
+        let mut s = State::new(64);
+        for _ in 0..4 {
+            round_trip(&mut s, ok(1));
+        }
+        assert_eq!(s.target(Instant::now()), 64);
+        // Our own busy process: 1 ms calls take 4–12 ms for a while.
+        for ms in [4, 8, 12, 12, 12, 12, 12, 12] {
+            round_trip(&mut s, ok(ms));
+        }
+        assert_eq!(s.target(Instant::now()), 64, "no back-off for 11 ms");
+        // A real queue on the same endpoint still counts: 1 ms → 300 ms.
+        for _ in 0..6 {
+            round_trip(&mut s, ok(300));
+        }
+        assert!(s.target(Instant::now()) < 64);
     }
 
     #[test]

@@ -213,6 +213,16 @@ async fn pipeline(pai_bin: &str, scenario: Scenario) -> Value {
     if let Ok(w) = std::env::var("BENCH_WORKERS") {
         env.push(("WORKERS", w));
     }
+    // Allocator experiments reach the server (`MALLOC_ARENA_MAX=2 scripts/bench.sh`).
+    for var in [
+        "MALLOC_ARENA_MAX",
+        "MALLOC_TRIM_THRESHOLD_",
+        "MALLOC_MMAP_THRESHOLD_",
+    ] {
+        if let Ok(v) = std::env::var(var) {
+            env.push((var, v));
+        }
+    }
     let (mut child, base) = pai_tests::spawn_pai_serve(pai_bin, &env);
     let pid = child.id();
     let paperless_before = paperless.requests().len();
@@ -258,6 +268,7 @@ async fn pipeline(pai_bin: &str, scenario: Scenario) -> Value {
     };
     let seconds = started.elapsed().as_secs_f64();
     let rss = peak_rss_mb(pid);
+    let threads = proc_status(pid, "Threads:");
     let limits = concurrency_limits(&http, &base).await;
     let chat_calls = model.chat_requests().len();
     let model_calls = chat_calls + model.embedding_requests().len();
@@ -285,6 +296,7 @@ async fn pipeline(pai_bin: &str, scenario: Scenario) -> Value {
         "paperless_requests_per_document": round(paperless_requests as f64 / documents as f64),
         "paperless_requests": by_kind,
         "serve_peak_rss_mb": round(rss),
+        "serve_threads_at_end": threads,
     });
     if let Some(c) = scenario.capacity
         && c.max_in_flight == 1
@@ -341,16 +353,34 @@ async fn pipeline(pai_bin: &str, scenario: Scenario) -> Value {
 
 /// Throughput at the model's limit and the request economy with Paperless (issue 17): each
 /// scenario in a fresh `pai serve` against fresh fakes.
+/// `BENCH_SCENARIOS=zero_latency,local_one_slot_2s` runs only those (all by default).
 async fn throughput(pai_bin: &str, documents: usize) -> Value {
     let mut full = Scenario::zero_latency(documents);
     full.full = true;
-    json!({
-        "zero_latency": pipeline(pai_bin, full).await,
-        "zero_latency_burst_128": pipeline(pai_bin, Scenario::zero_latency(128)).await,
-        "hosted_0_5s_32_in_flight": pipeline(pai_bin, Scenario::hosted(256, Duration::from_millis(500))).await,
-        "hosted_2s_32_in_flight": pipeline(pai_bin, Scenario::hosted(256, Duration::from_secs(2))).await,
-        "local_one_slot_2s": pipeline(pai_bin, Scenario::local(8, Duration::from_secs(2))).await,
-    })
+    let scenarios = [
+        ("zero_latency", full),
+        ("zero_latency_burst_128", Scenario::zero_latency(128)),
+        (
+            "hosted_0_5s_32_in_flight",
+            Scenario::hosted(256, Duration::from_millis(500)),
+        ),
+        (
+            "hosted_2s_32_in_flight",
+            Scenario::hosted(256, Duration::from_secs(2)),
+        ),
+        (
+            "local_one_slot_2s",
+            Scenario::local(8, Duration::from_secs(2)),
+        ),
+    ];
+    let only = std::env::var("BENCH_SCENARIOS").unwrap_or_default();
+    let mut out = serde_json::Map::new();
+    for (name, scenario) in scenarios {
+        if only.is_empty() || only.split(',').any(|o| o.trim() == name) {
+            out.insert(name.into(), pipeline(pai_bin, scenario).await);
+        }
+    }
+    Value::Object(out)
 }
 
 async fn retrieval(chunks: usize, queries: usize) -> Value {
@@ -725,6 +755,17 @@ async fn lambda_functions(bin_dir: &std::path::Path, runs: usize) -> Value {
         );
     }
     Value::Object(out)
+}
+
+/// A number from `/proc/PID/status` (`Threads:`, `VmRSS:` …).
+fn proc_status(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(f64::NAN)
 }
 
 fn current_rss_mb(pid: u32) -> f64 {
