@@ -182,6 +182,8 @@ struct State {
     /// At most this many in flight, until then (`x-ratelimit-remaining-requests`).
     header_cap: Option<(usize, Instant)>,
     in_flight: usize,
+    /// Of those, calls waiting to retry after push-back (not at the provider now).
+    retrying: usize,
     /// Permits the semaphore holds in total (in flight plus available), i.e. the target the
     /// last adjustment set.
     granted: usize,
@@ -199,6 +201,7 @@ impl State {
             paused_until: None,
             header_cap: None,
             in_flight: 0,
+            retrying: 0,
             granted: INITIAL_LIMIT.min(ceiling),
         }
     }
@@ -266,6 +269,8 @@ pub struct AdaptiveLimit {
     name: String,
     permits: Semaphore,
     state: Mutex<State>,
+    /// Woken when a call ends or the limit moves: retries waiting for room look again.
+    room: tokio::sync::Notify,
 }
 
 /// A call's place under the limit. Dropping it gives the place back; a call that was cancelled
@@ -302,6 +307,7 @@ impl Drop for Slot<'_> {
         s.in_flight -= 1;
         drop(self.permit.take());
         self.limit.adjust(&mut s);
+        self.limit.room.notify_waiters();
     }
 }
 
@@ -313,6 +319,7 @@ impl AdaptiveLimit {
             name: name.into(),
             permits: Semaphore::new(state.granted),
             state: Mutex::new(state),
+            room: tokio::sync::Notify::new(),
         };
         limit.publish(&limit.state.lock().expect("limit state"));
         limit
@@ -364,6 +371,29 @@ impl AdaptiveLimit {
         }
     }
 
+    /// Before a call that holds a place retries after push-back: waits until the calls at
+    /// the provider are fewer than the limit that push-back lowered. A retry holding its
+    /// place would otherwise go out at once whatever the limit says, and a burst of retries
+    /// keeps the provider above its capacity (the next 429s, a call out of attempts). Calls
+    /// waiting here do not count as at the provider, so they cannot all wait on each other.
+    pub async fn wait_for_room(&self) {
+        self.state.lock().expect("limit state").retrying += 1;
+        loop {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut s = self.state.lock().expect("limit state");
+                let at_provider = s.in_flight - s.retrying;
+                if at_provider < s.target(Instant::now()) {
+                    s.retrying -= 1;
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
+
     /// Reports the provider's push-back in the middle of a call (a 429 its client retries).
     pub fn overloaded(&self, started_in: u64) {
         let mut s = self.state.lock().expect("limit state");
@@ -392,6 +422,7 @@ impl AdaptiveLimit {
             let withdrawn = self.permits.forget_permits(s.granted - target);
             s.granted -= withdrawn;
         }
+        self.room.notify_waiters();
         self.publish(s);
     }
 
@@ -586,6 +617,37 @@ mod tests {
         assert_eq!(parse_reset("5x"), None);
         let junk = RateHeaders::parse(|_| Some("-1"));
         assert!(junk.is_empty(), "unparseable values count as absent");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_after_a_429_wait_until_the_lowered_limit_has_room() {
+        let limit = std::sync::Arc::new(AdaptiveLimit::new("test", 8));
+        let slots: Vec<_> =
+            futures::future::join_all((0..4).map(|_| limit.acquire(CallKind::Tag))).await;
+        // All four are refused: one back-off, 4 → 3.
+        limit.overloaded(slots[0].epoch());
+        assert_eq!(limit.current(), 3);
+        // All four wait to retry: three go (the limit), the fourth waits for one to end.
+        let retries: Vec<_> = (0..4)
+            .map(|_| {
+                let l = limit.clone();
+                tokio::spawn(async move { l.wait_for_room().await })
+            })
+            .collect();
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(retries.iter().filter(|r| r.is_finished()).count(), 3);
+        let mut slots = slots.into_iter();
+        slots
+            .next()
+            .unwrap()
+            .finish(Outcome::Success(Duration::ZERO));
+        for r in retries {
+            r.await.unwrap();
+        }
+        drop(slots);
+        assert_eq!(limit.in_flight(), 0);
     }
 
     #[tokio::test(start_paused = true)]
