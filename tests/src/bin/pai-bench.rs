@@ -223,6 +223,12 @@ async fn pipeline(pai_bin: &str, scenario: Scenario) -> Value {
             env.push((var, v));
         }
     }
+    // Any other setting: `BENCH_PAI_LLM_MAX_CONCURRENCY=8` sets `LLM_MAX_CONCURRENCY=8`.
+    for (k, v) in std::env::vars() {
+        if let Some(name) = k.strip_prefix("BENCH_PAI_") {
+            env.push((Box::leak(name.to_string().into_boxed_str()), v));
+        }
+    }
     let (mut child, base) = pai_tests::spawn_pai_serve(pai_bin, &env);
     let pid = child.id();
     let paperless_before = paperless.requests().len();
