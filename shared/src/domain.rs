@@ -276,6 +276,20 @@ pub struct TagTask {
     pub content_hash: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<TraceContext>,
+    /// The Paperless document as the chunk stage read it, so the tag stage decides from that
+    /// reading instead of asking Paperless again a moment later (one request per document
+    /// fewer). Absent from older messages and for uploads; a reading too old is read again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read: Option<DocumentRead>,
+}
+
+/// A Paperless document as one stage read it, without its text (the snapshot under the
+/// task's content hash holds that; a queue message stays small whatever the document's size).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DocumentRead {
+    /// Unix seconds.
+    pub at: i64,
+    pub document: Document,
 }
 
 /// Metadata of a document that vectors carry as filterable fields (names normalised).

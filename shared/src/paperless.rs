@@ -28,6 +28,10 @@ const ACCEPT: &str = "application/json; version=9";
 const PAGE_SIZE: usize = 1000;
 /// Largest response read from Paperless (a document's content can be long, but not this long).
 const MAX_BODY: usize = 64 * 1024 * 1024;
+/// What the pipeline reads of a document…
+const DOCUMENT_FIELDS: &str = "id,title,content,tags,correspondent,document_type,created,owner,custom_fields,storage_path,permissions";
+/// …and of it without its text.
+const METADATA_FIELDS: &str = "id,title,tags,correspondent,document_type,created,owner,custom_fields,storage_path,permissions";
 
 pub struct PaperlessClient {
     http: reqwest::Client,
@@ -297,6 +301,22 @@ impl PaperlessClient {
         }
     }
 
+    /// One document with only `fields`.
+    async fn document_fields(&self, id: u64, fields: &str) -> Result<Document, PaperlessError> {
+        match self
+            .call(
+                Method::GET,
+                &format!("documents/{id}/"),
+                &[("fields", fields.into()), ("full_perms", "true".into())],
+                None,
+            )
+            .await
+        {
+            Err(PaperlessError::NotFound(_)) => Err(self.document_not_found(id).await),
+            other => document_from(other?),
+        }
+    }
+
     async fn all<T: for<'de> Deserialize<'de>>(
         &self,
         path: &str,
@@ -409,19 +429,11 @@ fn document_from(v: Value) -> Result<Document, PaperlessError> {
 #[async_trait]
 impl Paperless for PaperlessClient {
     async fn document(&self, id: u64) -> Result<Document, PaperlessError> {
-        let fields = "id,title,content,tags,correspondent,document_type,created,owner,custom_fields,storage_path,permissions";
-        match self
-            .call(
-                Method::GET,
-                &format!("documents/{id}/"),
-                &[("fields", fields.into()), ("full_perms", "true".into())],
-                None,
-            )
-            .await
-        {
-            Err(PaperlessError::NotFound(_)) => Err(self.document_not_found(id).await),
-            other => document_from(other?),
-        }
+        self.document_fields(id, DOCUMENT_FIELDS).await
+    }
+
+    async fn document_metadata(&self, id: u64) -> Result<Document, PaperlessError> {
+        self.document_fields(id, METADATA_FIELDS).await
     }
 
     async fn taxonomy(&self) -> Result<Taxonomy, PaperlessError> {

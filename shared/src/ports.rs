@@ -448,6 +448,11 @@ impl TokenPermissions {
 #[async_trait]
 pub trait Paperless: Send + Sync {
     async fn document(&self, id: u64) -> Result<Document, PaperlessError>;
+    /// The document without its text (which can be megabytes): for reads that only compare
+    /// or merge metadata, such as the one right before writing.
+    async fn document_metadata(&self, id: u64) -> Result<Document, PaperlessError> {
+        self.document(id).await
+    }
     async fn taxonomy(&self) -> Result<Taxonomy, PaperlessError>;
     /// Creates a tag/correspondent/document type with matching "none"; an existing object of
     /// the same name (created concurrently) is looked up and returned instead.

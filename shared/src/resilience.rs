@@ -75,6 +75,14 @@ pub fn report_overload() {
     });
 }
 
+/// Before the guarded call in progress retries after push-back: waits until its endpoint's
+/// (lowered) limit has room for it. Outside a guard: at once.
+pub async fn wait_for_room() {
+    if let Ok(limit) = CALL.try_with(|c| c.limit.clone()) {
+        limit.wait_for_room().await;
+    }
+}
+
 /// Hands a response's rate-limit headers to the limit of the guarded call in progress.
 pub fn report_rate_headers(headers: &RateHeaders) {
     let _ = CALL.try_with(|c| c.limit.observe_headers(headers));

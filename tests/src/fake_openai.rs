@@ -2,10 +2,15 @@
 //! an HTTP error with optional `Retry-After`, or a delay) or by a default function of the
 //! request, and embeddings that are deterministic bags of hashed words (similar texts get
 //! similar vectors). Every request body is recorded for assertions on its shape.
+//!
+//! Like a real provider it can be slow and limited: a latency per request, a capacity of
+//! calls in flight (per model, as OpenAI limits each model on its own, or for the whole
+//! server, as one local GPU) above which it answers 429 (a hosted API) or queues (Ollama with
+//! one slot), and a per-window request budget announced in OpenAI's `x-ratelimit-*` headers.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -32,6 +37,49 @@ pub enum Reply {
 
 type DefaultReply = Arc<dyn Fn(&Value) -> String + Send + Sync>;
 
+/// What the server does with a call above its capacity.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Overflow {
+    /// 429 at once, as a hosted API at its concurrency limit.
+    Reject,
+    /// Waits for a free slot, as Ollama with one parallel slot.
+    Queue,
+}
+
+/// Calls in flight the server takes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Capacity {
+    pub max_in_flight: usize,
+    pub overflow: Overflow,
+    /// Counted per model (hosted APIs) or for the whole server (one machine).
+    pub per_model: bool,
+}
+
+/// A request budget per window, announced as OpenAI does in `x-ratelimit-*` headers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RequestBudget {
+    pub requests: u64,
+    pub window: Duration,
+}
+
+#[derive(Default)]
+struct Load {
+    in_flight: HashMap<String, usize>,
+    slots: HashMap<String, Arc<tokio::sync::Semaphore>>,
+    peak: usize,
+    rejected: usize,
+    window: Option<(Instant, u64)>,
+}
+
+/// What the server saw of the load.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LoadStats {
+    /// Most calls in flight at once (per capacity group).
+    pub peak_in_flight: usize,
+    /// Calls answered 429 for capacity or budget.
+    pub rejected: usize,
+}
+
 struct Script {
     replies: VecDeque<Reply>,
     default: DefaultReply,
@@ -41,17 +89,130 @@ struct Script {
     /// An outage: every chat and embedding request answers 503 (recorded, as a server
     /// behind a load balancer would be reached).
     down: bool,
+    embedding_latency: Option<Duration>,
+    capacity: Option<Capacity>,
+    budget: Option<RequestBudget>,
 }
 
 #[derive(Clone)]
 struct Ctx {
     key: Option<String>,
     script: Arc<Mutex<Script>>,
+    load: Arc<Mutex<Load>>,
+}
+
+/// A call's place in the server; leaving drops the count.
+struct Admitted {
+    load: Arc<Mutex<Load>>,
+    group: String,
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if let Some(n) = self.load.lock().unwrap().in_flight.get_mut(&self.group) {
+            *n -= 1;
+        }
+    }
+}
+
+/// Admits a call under the capacity and budget, or answers 429 as the provider would.
+async fn admit(ctx: &Ctx, request: &Value) -> Result<(Admitted, Vec<(String, String)>), Response> {
+    let (capacity, budget) = {
+        let s = ctx.script.lock().unwrap();
+        (s.capacity, s.budget)
+    };
+    let mut headers = Vec::new();
+    if let Some(b) = budget {
+        let mut load = ctx.load.lock().unwrap();
+        let now = Instant::now();
+        let (start, used) = match load.window {
+            Some((start, used)) if now.duration_since(start) < b.window => (start, used),
+            _ => (now, 0),
+        };
+        let reset = b.window.saturating_sub(now.duration_since(start));
+        let remaining = b.requests.saturating_sub(used + 1);
+        headers = vec![
+            ("x-ratelimit-limit-requests".into(), b.requests.to_string()),
+            (
+                "x-ratelimit-reset-requests".into(),
+                format!("{}ms", reset.as_millis() + 1),
+            ),
+        ];
+        if used >= b.requests {
+            load.rejected += 1;
+            headers.push(("x-ratelimit-remaining-requests".into(), "0".into()));
+            return Err(too_many(&headers, "Rate limit reached for requests"));
+        }
+        load.window = Some((start, used + 1));
+        headers.push((
+            "x-ratelimit-remaining-requests".into(),
+            remaining.to_string(),
+        ));
+    }
+    let group = match capacity {
+        Some(c) if c.per_model => request["model"].as_str().unwrap_or("").to_string(),
+        _ => String::new(),
+    };
+    let mut slot = None;
+    if let Some(c) = capacity
+        && c.overflow == Overflow::Queue
+    {
+        let sem = ctx
+            .load
+            .lock()
+            .unwrap()
+            .slots
+            .entry(group.clone())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(c.max_in_flight)))
+            .clone();
+        slot = Some(sem.acquire_owned().await.unwrap());
+    }
+    let mut load = ctx.load.lock().unwrap();
+    let current = load.in_flight.get(&group).copied().unwrap_or(0);
+    if let Some(c) = capacity
+        && c.overflow == Overflow::Reject
+        && current >= c.max_in_flight
+    {
+        load.rejected += 1;
+        return Err(too_many(&headers, "Too many concurrent requests"));
+    }
+    load.in_flight.insert(group.clone(), current + 1);
+    load.peak = load.peak.max(current + 1);
+    drop(load);
+    Ok((
+        Admitted {
+            load: ctx.load.clone(),
+            group,
+            _slot: slot,
+        },
+        headers,
+    ))
+}
+
+fn too_many(headers: &[(String, String)], message: &str) -> Response {
+    let mut r = (
+        StatusCode::TOO_MANY_REQUESTS,
+        axum::Json(json!({"error": {"message": message, "type": "requests", "code": "rate_limit_exceeded"}})),
+    )
+        .into_response();
+    with_headers(&mut r, headers);
+    r
+}
+
+fn with_headers(r: &mut Response, headers: &[(String, String)]) {
+    for (k, v) in headers {
+        r.headers_mut().insert(
+            axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
 }
 
 pub struct FakeOpenAi {
     url: String,
     script: Arc<Mutex<Script>>,
+    load: Arc<Mutex<Load>>,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -71,10 +232,15 @@ impl FakeOpenAi {
             embeddings: vec![],
             latency: Duration::ZERO,
             down: false,
+            embedding_latency: None,
+            capacity: None,
+            budget: None,
         }));
+        let load = Arc::new(Mutex::new(Load::default()));
         let ctx = Ctx {
             key: key.map(str::to_string),
             script: script.clone(),
+            load: load.clone(),
         };
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
@@ -90,6 +256,7 @@ impl FakeOpenAi {
         FakeOpenAi {
             url,
             script,
+            load,
             server,
         }
     }
@@ -120,6 +287,29 @@ impl FakeOpenAi {
     /// Starts (`true`) or ends an outage: 503 for every chat and embedding request meanwhile.
     pub fn set_down(&self, down: bool) {
         self.script.lock().unwrap().down = down;
+    }
+
+    /// Latency of embedding requests, apart from chat's.
+    pub fn set_embedding_latency(&self, latency: Duration) {
+        self.script.lock().unwrap().embedding_latency = Some(latency);
+    }
+
+    /// Calls in flight the server takes (chat and embeddings), and what it does above that.
+    pub fn set_capacity(&self, capacity: Capacity) {
+        self.script.lock().unwrap().capacity = Some(capacity);
+    }
+
+    /// Requests per window, announced in `x-ratelimit-*` headers and refused with 429 beyond.
+    pub fn set_request_budget(&self, budget: RequestBudget) {
+        self.script.lock().unwrap().budget = Some(budget);
+    }
+
+    pub fn load_stats(&self) -> LoadStats {
+        let l = self.load.lock().unwrap();
+        LoadStats {
+            peak_in_flight: l.peak,
+            rejected: l.rejected,
+        }
     }
 
     pub fn chat_requests(&self) -> Vec<Value> {
@@ -187,6 +377,10 @@ async fn chat(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> Respon
     if !authorized(&ctx, &headers) {
         return unauthorized();
     }
+    let (_admitted, headers) = match admit(&ctx, &request).await {
+        Ok(a) => a,
+        Err(refused) => return refused,
+    };
     let (next, default, latency) = {
         let mut s = ctx.script.lock().unwrap();
         if s.down {
@@ -195,7 +389,7 @@ async fn chat(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> Respon
         (s.replies.pop_front(), s.default.clone(), s.latency)
     };
     tokio::time::sleep(latency).await;
-    match next {
+    let mut response = match next {
         Some(Reply::Content(c)) => completion(&c, "stop"),
         Some(Reply::Truncated(c)) => completion(&c, "length"),
         Some(Reply::Status(code, retry_after)) => {
@@ -222,7 +416,9 @@ async fn chat(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> Respon
             .into_response(),
         None if request["stream"] == true => streamed(&default(&request)),
         None => completion(&default(&request), "stop"),
-    }
+    };
+    with_headers(&mut response, &headers);
+    response
 }
 
 /// A bag of hashed words: deterministic, and texts sharing words point the same way.
@@ -256,7 +452,11 @@ async fn embeddings(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> 
         if s.down {
             return outage();
         }
-        s.latency
+        s.embedding_latency.unwrap_or(s.latency)
+    };
+    let (_admitted, headers) = match admit(&ctx, &request).await {
+        Ok(a) => a,
+        Err(refused) => return refused,
     };
     tokio::time::sleep(latency).await;
     let inputs: Vec<String> = match &request["input"] {
@@ -280,7 +480,9 @@ async fn embeddings(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> 
         .map(|(i, t)| json!({"object": "embedding", "index": i, "embedding": embedding(t, dims)}))
         .collect();
     let tokens: usize = inputs.iter().map(|t| t.split_whitespace().count()).sum();
-    axum::Json(json!({"object": "list", "data": data, "model": request["model"], "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})).into_response()
+    let mut response = axum::Json(json!({"object": "list", "data": data, "model": request["model"], "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})).into_response();
+    with_headers(&mut response, &headers);
+    response
 }
 
 /// Ollama's `/api/chat`: the same script, in Ollama's shape (NDJSON when streaming).

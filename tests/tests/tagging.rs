@@ -188,6 +188,7 @@ async fn one_writer_per_document_and_a_crash_after_the_patch_keeps_undo() {
         doc_id: doc.clone(),
         content_hash: "0".repeat(64),
         trace: None,
+        read: None,
     };
     let err = shared::pipeline::tag::run(&pai.app.svc, &task)
         .await

@@ -1,6 +1,6 @@
 //! Chunk: fetch a document's text, keep a snapshot keyed by its content hash, split it into
 //! token-sized overlapping chunks, diff them against the last manifest, and hand the new chunks
-//! to the embed queue and the document to the tag queue. Vectors of chunks that vanished are
+//! to the embed queue and the document (as read, without its text) to the tag queue. Vectors of chunks that vanished are
 //! deleted; unchanged chunks are never embedded again.
 
 use std::collections::HashSet;
@@ -8,8 +8,8 @@ use std::collections::HashSet;
 use super::index::{self, save_manifest};
 use super::{PipelineError, Services, set_stage};
 use crate::domain::{
-    ChunkRef, ChunkTask, DocId, DocMeta, Document, EmbedTask, Manifest, Stage, StageStatus,
-    TagTask, Taxonomy,
+    ChunkRef, ChunkTask, DocId, DocMeta, Document, DocumentRead, EmbedTask, Manifest, Stage,
+    StageStatus, TagTask, Taxonomy,
 };
 use crate::ports::{Condition, MAX_VECTORS_PER_CALL};
 use crate::text::{chunk_ranges, fold, sha256_hex};
@@ -66,7 +66,7 @@ async fn exclude(
 
 pub async fn run(svc: &Services, task: &ChunkTask) -> Result<(), PipelineError> {
     let job_id = task.job_id();
-    let (doc_id, text, meta) = match task {
+    let (doc_id, text, meta, read) = match task {
         ChunkTask::Paperless { doc_id, .. } => {
             let paperless = svc
                 .paperless
@@ -77,11 +77,16 @@ pub async fn run(svc: &Services, task: &ChunkTask) -> Result<(), PipelineError> 
             if let Some(tag) = exclude_tag(&doc, &taxonomy, &svc.settings.policy) {
                 return exclude(svc, job_id, &DocId::Paperless(*doc_id), &tag).await;
             }
-            (
-                DocId::Paperless(*doc_id),
-                doc.content.clone(),
-                paperless_meta(&doc, &taxonomy),
-            )
+            let meta = paperless_meta(&doc, &taxonomy);
+            let text = doc.content;
+            let read = DocumentRead {
+                at: super::now(),
+                document: Document {
+                    content: String::new(),
+                    ..doc
+                },
+            };
+            (DocId::Paperless(*doc_id), text, meta, Some(read))
         }
         ChunkTask::Upload {
             blob_key,
@@ -102,6 +107,7 @@ pub async fn run(svc: &Services, task: &ChunkTask) -> Result<(), PipelineError> 
                     title: filename.clone(),
                     ..DocMeta::default()
                 },
+                None,
             )
         }
     };
@@ -236,6 +242,7 @@ pub async fn run(svc: &Services, task: &ChunkTask) -> Result<(), PipelineError> 
         doc_id: doc_id.clone(),
         content_hash,
         trace: crate::telemetry::current(),
+        read,
     };
     svc.queues
         .tag

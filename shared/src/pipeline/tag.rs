@@ -602,9 +602,20 @@ async fn run_leased(svc: &Services, task: &TagTask) -> Result<(), PipelineError>
     let known_here = tagged.is_some();
     let same_guard = tagged.as_ref().is_some_and(|t| t["guard"] == guard);
     let retag_requested = svc.state.get(&retag_key(&task.doc_id)).await?.is_some();
+    let existing: Option<SuggestionRecord> = svc
+        .state
+        .get(&suggestion_key(&task.doc_id))
+        .await?
+        .and_then(|v| serde_json::from_value(v.value).ok());
     let taxonomy = svc.taxonomy().await?;
+    // A pending intent means a PATCH may have landed after the chunk stage's reading: only
+    // Paperless can tell.
+    let pending = existing.as_ref().is_some_and(|r| r.pending);
     let paperless_doc: Option<Document> = match (&task.doc_id, &svc.paperless) {
-        (DocId::Paperless(id), Some(p)) => Some(p.document(*id).await?),
+        (DocId::Paperless(id), Some(p)) => Some(match recent_read(task).filter(|_| !pending) {
+            Some(doc) => doc,
+            None => p.document(*id).await?,
+        }),
         (DocId::Paperless(_), None) => {
             return Err(PipelineError::Fail(
                 "PAPERLESS_URL is not configured".into(),
@@ -628,11 +639,6 @@ async fn run_leased(svc: &Services, task: &TagTask) -> Result<(), PipelineError>
         }
         _ => None,
     };
-    let existing: Option<SuggestionRecord> = svc
-        .state
-        .get(&suggestion_key(&task.doc_id))
-        .await?
-        .and_then(|v| serde_json::from_value(v.value).ok());
     // A recorded intent whose PATCH already shows in Paperless: the worker stopped between the
     // PATCH and its bookkeeping (the processed tag it shows is ours, not a reinstall's).
     let recovering = match (&paperless_doc, &existing) {
@@ -691,6 +697,41 @@ async fn run_leased(svc: &Services, task: &TagTask) -> Result<(), PipelineError>
     tag_leased(svc, task, &guard, paperless_doc, taxonomy, recovered).await
 }
 
+/// How old the chunk stage's reading of a document may be for the tag stage to decide from
+/// it (seconds): behind a longer queue the document is read again.
+const READ_MAX_AGE_SECS: i64 = 60;
+
+/// The chunk stage's reading of this task's document, when it is recent (either way round:
+/// stages on two machines do not share a clock). Its text is not in it.
+fn recent_read(task: &TagTask) -> Option<Document> {
+    let read = task.read.as_ref()?;
+    let for_this = matches!(task.doc_id, DocId::Paperless(id) if id == read.document.id);
+    (for_this && (super::now() - read.at).abs() <= READ_MAX_AGE_SECS).then(|| read.document.clone())
+}
+
+/// The text to tag: the document's when it was read with its text, else the snapshot the
+/// chunk stage kept of this version; a Paperless document whose snapshot is gone (deleted
+/// with the index entry meanwhile) is read again.
+async fn version_text(
+    svc: &Services,
+    task: &TagTask,
+    doc: Option<&Document>,
+) -> Result<String, PipelineError> {
+    if let Some(doc) = doc.filter(|d| !d.content.is_empty()) {
+        return Ok(doc.content.clone());
+    }
+    let snapshot = svc
+        .blobs
+        .get(&snapshot_key(&task.doc_id, &task.content_hash))
+        .await?;
+    match (snapshot, doc, &svc.paperless) {
+        (Some(bytes), _, _) => String::from_utf8(bytes)
+            .map_err(|_| PipelineError::Fail("text snapshot is not UTF-8".into())),
+        (None, Some(doc), Some(paperless)) => Ok(paperless.document(doc.id).await?.content),
+        (None, _, _) => Err(PipelineError::Fail("text snapshot is missing".into())),
+    }
+}
+
 /// Whether every field of `applied` already shows in `doc`: the PATCH of a recorded intent
 /// reached Paperless before the worker stopped.
 fn visible_in(doc: &Document, applied: &DocumentPatch) -> bool {
@@ -743,18 +784,7 @@ async fn tag_leased(
         )
         .await;
     }
-    let text = match &paperless_doc {
-        Some(doc) => doc.content.clone(),
-        None => {
-            let bytes = svc
-                .blobs
-                .get(&snapshot_key(&task.doc_id, &task.content_hash))
-                .await?
-                .ok_or_else(|| PipelineError::Fail("text snapshot is missing".into()))?;
-            String::from_utf8(bytes)
-                .map_err(|_| PipelineError::Fail("text snapshot is not UTF-8".into()))?
-        }
-    };
+    let text = version_text(svc, task, paperless_doc.as_ref()).await?;
     let current_title = paperless_doc
         .as_ref()
         .map(|d| d.title.clone())
@@ -830,7 +860,7 @@ async fn tag_leased(
                 .expect("a Paperless document has Paperless");
             // Read again right before writing: the model took seconds (minutes on Ollama), and
             // what the user changed meanwhile wins.
-            let fresh = paperless.document(doc.id).await?;
+            let fresh = paperless.document_metadata(doc.id).await?;
             let (patch, previous, kept) = if policy.review_mode {
                 let (patch, previous) = review_mark(svc, &fresh, &taxonomy).await?;
                 (patch, previous, Vec::new())

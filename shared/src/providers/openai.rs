@@ -153,6 +153,7 @@ impl Client {
                 if attempt < ATTEMPTS {
                     let backoff = jitter(Duration::from_millis(500 * 2u64.pow(attempt)));
                     tokio::time::sleep(retry_after.unwrap_or(backoff).min(MAX_RETRY_AFTER)).await;
+                    crate::resilience::wait_for_room().await;
                 }
                 continue;
             }

@@ -8,7 +8,8 @@
 //!   the limit doubles every round trip) until the first back-off, then 1/limit (one more per
 //!   round trip);
 //! - **back-off**: a 429, 5xx or timeout multiplies the limit by 0.8; latency rising above twice
-//!   its baseline (the provider queues our calls) by the ratio, between 0.5 and 0.9. Only calls
+//!   its baseline and by more than 50 ms (the provider queues our calls; a few milliseconds
+//!   more on a fast endpoint is our own busy process) by the ratio, between 0.5 and 0.9. Only calls
 //!   started after the last back-off can cause another, so one burst of 429s counts once;
 //! - **bounds**: never below 1 nor above the ceiling (`LLM_MAX_CONCURRENCY`), never more in
 //!   flight than the provider's `x-ratelimit-remaining-requests`, and no call starts before a
@@ -44,8 +45,12 @@ impl CallKind {
 /// Where the limit starts: low enough for one local model, and slow start reaches 32 in three
 /// round trips.
 pub const INITIAL_LIMIT: usize = 4;
-/// Latency above this multiple of its baseline means the provider queues our calls.
+/// Latency above this multiple of its baseline means the provider queues our calls…
 const LATENCY_TOLERANCE: f64 = 2.0;
+/// …when it is also this much above it (seconds): a call answered in 1 ms and then in 4 ms
+/// says our own process was busy, not that the provider queues (a fast local server or a
+/// cache-like endpoint would otherwise hold the limit at its floor).
+const LATENCY_SLACK: f64 = 0.05;
 const OVERLOAD_BACKOFF: f64 = 0.8;
 /// Weight of a new sample in the recent latency (about the last five calls).
 const RECENT_WEIGHT: f64 = 0.2;
@@ -156,7 +161,10 @@ impl Latency {
         }
         self.samples = self.samples.saturating_add(1);
         let ratio = self.recent / self.baseline.max(1e-6);
-        (self.samples > WARM_UP_SAMPLES && ratio > LATENCY_TOLERANCE).then_some(ratio)
+        (self.samples > WARM_UP_SAMPLES
+            && ratio > LATENCY_TOLERANCE
+            && self.recent - self.baseline > LATENCY_SLACK)
+            .then_some(ratio)
     }
 }
 
@@ -174,6 +182,8 @@ struct State {
     /// At most this many in flight, until then (`x-ratelimit-remaining-requests`).
     header_cap: Option<(usize, Instant)>,
     in_flight: usize,
+    /// Of those, calls waiting to retry after push-back (not at the provider now).
+    retrying: usize,
     /// Permits the semaphore holds in total (in flight plus available), i.e. the target the
     /// last adjustment set.
     granted: usize,
@@ -191,6 +201,7 @@ impl State {
             paused_until: None,
             header_cap: None,
             in_flight: 0,
+            retrying: 0,
             granted: INITIAL_LIMIT.min(ceiling),
         }
     }
@@ -258,6 +269,8 @@ pub struct AdaptiveLimit {
     name: String,
     permits: Semaphore,
     state: Mutex<State>,
+    /// Woken when a call ends or the limit moves: retries waiting for room look again.
+    room: tokio::sync::Notify,
 }
 
 /// A call's place under the limit. Dropping it gives the place back; a call that was cancelled
@@ -294,6 +307,7 @@ impl Drop for Slot<'_> {
         s.in_flight -= 1;
         drop(self.permit.take());
         self.limit.adjust(&mut s);
+        self.limit.room.notify_waiters();
     }
 }
 
@@ -305,6 +319,7 @@ impl AdaptiveLimit {
             name: name.into(),
             permits: Semaphore::new(state.granted),
             state: Mutex::new(state),
+            room: tokio::sync::Notify::new(),
         };
         limit.publish(&limit.state.lock().expect("limit state"));
         limit
@@ -356,6 +371,29 @@ impl AdaptiveLimit {
         }
     }
 
+    /// Before a call that holds a place retries after push-back: waits until the calls at
+    /// the provider are fewer than the limit that push-back lowered. A retry holding its
+    /// place would otherwise go out at once whatever the limit says, and a burst of retries
+    /// keeps the provider above its capacity (the next 429s, a call out of attempts). Calls
+    /// waiting here do not count as at the provider, so they cannot all wait on each other.
+    pub async fn wait_for_room(&self) {
+        self.state.lock().expect("limit state").retrying += 1;
+        loop {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut s = self.state.lock().expect("limit state");
+                let at_provider = s.in_flight - s.retrying;
+                if at_provider < s.target(Instant::now()) {
+                    s.retrying -= 1;
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
+
     /// Reports the provider's push-back in the middle of a call (a 429 its client retries).
     pub fn overloaded(&self, started_in: u64) {
         let mut s = self.state.lock().expect("limit state");
@@ -384,6 +422,7 @@ impl AdaptiveLimit {
             let withdrawn = self.permits.forget_permits(s.granted - target);
             s.granted -= withdrawn;
         }
+        self.room.notify_waiters();
         self.publish(s);
     }
 
@@ -496,6 +535,25 @@ mod tests {
     }
 
     #[test]
+    fn jitter_of_a_few_milliseconds_on_a_fast_endpoint_is_not_queueing() {
+        let mut s = State::new(64);
+        for _ in 0..4 {
+            round_trip(&mut s, ok(1));
+        }
+        assert_eq!(s.target(Instant::now()), 64);
+        // Our own busy process: 1 ms calls take 4–12 ms for a while.
+        for ms in [4, 8, 12, 12, 12, 12, 12, 12] {
+            round_trip(&mut s, ok(ms));
+        }
+        assert_eq!(s.target(Instant::now()), 64, "no back-off for 11 ms");
+        // A real queue on the same endpoint still counts: 1 ms → 300 ms.
+        for _ in 0..6 {
+            round_trip(&mut s, ok(300));
+        }
+        assert!(s.target(Instant::now()) < 64);
+    }
+
+    #[test]
     fn headers_cap_the_limit_and_pause_until_the_reset() {
         let now = Instant::now();
         let mut s = State::new(64);
@@ -559,6 +617,37 @@ mod tests {
         assert_eq!(parse_reset("5x"), None);
         let junk = RateHeaders::parse(|_| Some("-1"));
         assert!(junk.is_empty(), "unparseable values count as absent");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_after_a_429_wait_until_the_lowered_limit_has_room() {
+        let limit = std::sync::Arc::new(AdaptiveLimit::new("test", 8));
+        let slots: Vec<_> =
+            futures::future::join_all((0..4).map(|_| limit.acquire(CallKind::Tag))).await;
+        // All four are refused: one back-off, 4 → 3.
+        limit.overloaded(slots[0].epoch());
+        assert_eq!(limit.current(), 3);
+        // All four wait to retry: three go (the limit), the fourth waits for one to end.
+        let retries: Vec<_> = (0..4)
+            .map(|_| {
+                let l = limit.clone();
+                tokio::spawn(async move { l.wait_for_room().await })
+            })
+            .collect();
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(retries.iter().filter(|r| r.is_finished()).count(), 3);
+        let mut slots = slots.into_iter();
+        slots
+            .next()
+            .unwrap()
+            .finish(Outcome::Success(Duration::ZERO));
+        for r in retries {
+            r.await.unwrap();
+        }
+        drop(slots);
+        assert_eq!(limit.in_flight(), 0);
     }
 
     #[tokio::test(start_paused = true)]

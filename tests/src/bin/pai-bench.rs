@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pai_tests::fake_openai::FakeOpenAi;
+use pai_tests::fake_openai::{Capacity, FakeOpenAi, Overflow};
 use pai_tests::fake_paperless::{DocSeed, FakePaperless};
 use serde_json::{Value, json};
 use shared::adapters::local::SqliteVectorIndex;
@@ -84,9 +84,108 @@ async fn start_fakes() -> (FakePaperless, FakeOpenAi, tokio::runtime::Runtime) {
     (paperless, model, rt)
 }
 
-async fn pipeline(pai_bin: &str, documents: usize) -> Value {
+/// One pipeline run: how many documents, and how the fake model behaves.
+#[derive(Clone, Copy)]
+struct Scenario {
+    documents: usize,
+    chat_latency: Duration,
+    embedding_latency: Duration,
+    capacity: Option<Capacity>,
+    /// Also measure the webhook acknowledgement and a second run of the same documents.
+    full: bool,
+}
+
+impl Scenario {
+    fn zero_latency(documents: usize) -> Scenario {
+        Scenario {
+            documents,
+            chat_latency: Duration::ZERO,
+            embedding_latency: Duration::ZERO,
+            capacity: None,
+            full: false,
+        }
+    }
+
+    /// A hosted API answering every call after `latency`, 429 above 32 calls in flight per
+    /// model (OpenAI limits each model on its own).
+    fn hosted(documents: usize, latency: Duration) -> Scenario {
+        Scenario {
+            chat_latency: latency,
+            embedding_latency: latency,
+            capacity: Some(Capacity {
+                max_in_flight: 32,
+                overflow: Overflow::Reject,
+                per_model: true,
+            }),
+            ..Scenario::zero_latency(documents)
+        }
+    }
+
+    /// One local model server (Ollama, one slot): every call takes `latency`, one at a time,
+    /// the others wait in its queue.
+    fn local(documents: usize, latency: Duration) -> Scenario {
+        Scenario {
+            chat_latency: latency,
+            embedding_latency: latency,
+            capacity: Some(Capacity {
+                max_in_flight: 1,
+                overflow: Overflow::Queue,
+                per_model: false,
+            }),
+            ..Scenario::zero_latency(documents)
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self.capacity {
+            None => "openai-compatible fake, zero latency".into(),
+            Some(c) => format!(
+                "openai-compatible fake answering in {} ms, {} call(s) in flight {} ({})",
+                self.chat_latency.as_millis(),
+                c.max_in_flight,
+                if c.per_model {
+                    "per model"
+                } else {
+                    "for the whole server"
+                },
+                match c.overflow {
+                    Overflow::Reject => "429 above",
+                    Overflow::Queue => "queued above",
+                }
+            ),
+        }
+    }
+}
+
+/// The adaptive limits `pai` reports in `/metrics` (`pai_model_concurrency_limit`).
+async fn concurrency_limits(http: &reqwest::Client, base: &str) -> Value {
+    let text = match http.get(format!("{base}/metrics")).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let mut out = serde_json::Map::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("pai_model_concurrency_limit{endpoint=\"")
+            && let Some((endpoint, value)) = rest.split_once("\"} ")
+        {
+            out.insert(
+                endpoint.to_string(),
+                json!(value.trim().parse::<f64>().unwrap_or(f64::NAN)),
+            );
+        }
+    }
+    Value::Object(out)
+}
+
+async fn pipeline(pai_bin: &str, scenario: Scenario) -> Value {
+    let documents = scenario.documents;
     let (paperless, model, fakes_runtime) = start_fakes().await;
     model.set_default(scripted);
+    model.set_latency(scenario.chat_latency);
+    model.set_embedding_latency(scenario.embedding_latency);
+    if let Some(c) = scenario.capacity {
+        model.set_capacity(c);
+    }
     paperless.add_tag("Invoice", "rechnung invoice");
     paperless.add_correspondent("Berger Haustechnik GmbH", "berger");
     paperless.add_document_type("Invoice", "rechnung invoice");
@@ -107,13 +206,32 @@ async fn pipeline(pai_bin: &str, documents: usize) -> Value {
         ("LLM_MODEL", "bench-model".to_string()),
         ("EMBEDDING_MODEL", "bench-embed".to_string()),
         ("EMBEDDING_DIMENSIONS", "256".to_string()),
-        (
-            "WORKERS",
-            std::env::var("BENCH_WORKERS").unwrap_or("8".into()),
-        ),
+        // The burst is the webhooks': no start-up sync pulling the same documents in beside
+        // them (a document both bring in is read twice).
+        ("SYNC_INTERVAL_MINUTES", "0".to_string()),
     ]);
+    if let Ok(w) = std::env::var("BENCH_WORKERS") {
+        env.push(("WORKERS", w));
+    }
+    // Allocator experiments reach the server (`MALLOC_ARENA_MAX=2 scripts/bench.sh`).
+    for var in [
+        "MALLOC_ARENA_MAX",
+        "MALLOC_TRIM_THRESHOLD_",
+        "MALLOC_MMAP_THRESHOLD_",
+    ] {
+        if let Ok(v) = std::env::var(var) {
+            env.push((var, v));
+        }
+    }
+    // Any other setting: `BENCH_PAI_LLM_MAX_CONCURRENCY=8` sets `LLM_MAX_CONCURRENCY=8`.
+    for (k, v) in std::env::vars() {
+        if let Some(name) = k.strip_prefix("BENCH_PAI_") {
+            env.push((Box::leak(name.to_string().into_boxed_str()), v));
+        }
+    }
     let (mut child, base) = pai_tests::spawn_pai_serve(pai_bin, &env);
     let pid = child.id();
+    let paperless_before = paperless.requests().len();
 
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(SENDERS)
@@ -149,62 +267,126 @@ async fn pipeline(pai_bin: &str, documents: usize) -> Value {
     // Done when every document carries the processed tag in Paperless.
     let processed = loop {
         let done = paperless.count_documents_with_tag("ai-processed");
-        if done == documents || started.elapsed() > Duration::from_secs(600) {
+        if done == documents || started.elapsed() > Duration::from_secs(900) {
             break done;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let seconds = started.elapsed().as_secs_f64();
     let rss = peak_rss_mb(pid);
-    let model_calls = model.chat_requests().len() + model.embedding_requests().len();
-    let paperless_requests = paperless.requests().len();
-
-    // The same corpus again (webhooks resent): every answer must come from what is stored.
-    let mut second_jobs = Vec::with_capacity(ids.len());
-    for id in ids.iter() {
-        let r: Value = http
-            .post(format!("{base}/webhooks/paperless"))
-            .header("X-Webhook-Secret", SECRET)
-            .json(&json!({"doc_id": id.to_string()}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        second_jobs.push(r["job_id"].as_str().unwrap().to_string());
+    let threads = proc_status(pid, "Threads:");
+    let limits = concurrency_limits(&http, &base).await;
+    let chat_calls = model.chat_requests().len();
+    let model_calls = chat_calls + model.embedding_requests().len();
+    let load = model.load_stats();
+    let requests = paperless.requests();
+    let mut by_kind = std::collections::BTreeMap::<String, usize>::new();
+    for r in &requests[paperless_before..] {
+        let path = r
+            .path
+            .split('/')
+            .map(|p| if p.parse::<u64>().is_ok() { "{id}" } else { p })
+            .collect::<Vec<_>>()
+            .join("/");
+        *by_kind.entry(format!("{} {path}", r.method)).or_default() += 1;
     }
-    for job in &second_jobs {
-        loop {
-            let j: Value = http
-                .get(format!("{base}/jobs/{job}"))
+    let paperless_requests = requests.len() - paperless_before;
+
+    let mut out = json!({
+        "documents": documents, "processed": processed, "seconds": round(seconds),
+        "documents_per_second": round(processed as f64 / seconds),
+        "model": scenario.describe(), "model_calls": model_calls,
+        "model_calls_per_document": round(model_calls as f64 / documents as f64),
+        "model_429s": load.rejected, "model_peak_in_flight": load.peak_in_flight,
+        "concurrency_limit_at_end": limits,
+        "paperless_requests_per_document": round(paperless_requests as f64 / documents as f64),
+        "paperless_requests": by_kind,
+        "serve_peak_rss_mb": round(rss),
+        "serve_threads_at_end": threads,
+    });
+    if let Some(c) = scenario.capacity
+        && c.max_in_flight == 1
+    {
+        // One call at a time: the best possible is every call back to back.
+        let sequential = model_calls as f64 * scenario.chat_latency.as_secs_f64();
+        out["sequential_seconds"] = json!(round(sequential));
+        out["throughput_vs_sequential"] = json!(round(sequential / seconds));
+    }
+    if scenario.full {
+        out["webhook_ack_ms"] = json!({"p50": round(percentile(&acks, 0.5)), "p99": round(percentile(&acks, 0.99)), "requests": acks.len(), "concurrent_senders": SENDERS});
+        // The same corpus again (webhooks resent): every answer must come from what is stored.
+        let mut second_jobs = Vec::with_capacity(ids.len());
+        for id in ids.iter() {
+            let r: Value = http
+                .post(format!("{base}/webhooks/paperless"))
+                .header("X-Webhook-Secret", SECRET)
+                .json(&json!({"doc_id": id.to_string()}))
                 .send()
                 .await
                 .unwrap()
                 .json()
                 .await
                 .unwrap();
-            if matches!(j["status"].as_str(), Some("done" | "failed")) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            second_jobs.push(r["job_id"].as_str().unwrap().to_string());
         }
+        for job in &second_jobs {
+            loop {
+                let j: Value = http
+                    .get(format!("{base}/jobs/{job}"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                if matches!(j["status"].as_str(), Some("done" | "failed")) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        let second_run_model_calls =
+            model.chat_requests().len() + model.embedding_requests().len() - model_calls;
+        out["second_run"] = json!({"documents": ids.len(), "model_calls": second_run_model_calls});
+        out["serve_peak_rss_mb"] = json!(round(peak_rss_mb(pid)));
     }
-    let second_run_model_calls =
-        model.chat_requests().len() + model.embedding_requests().len() - model_calls;
     let _ = child.kill();
     let _ = child.wait();
     drop((paperless, model));
     fakes_runtime.shutdown_background();
-    json!({
-        "webhook_ack_ms": {"p50": round(percentile(&acks, 0.5)), "p99": round(percentile(&acks, 0.99)), "requests": acks.len(), "concurrent_senders": SENDERS},
-        "pipeline": {"documents": documents, "processed": processed, "seconds": round(seconds), "documents_per_second": round(processed as f64 / seconds),
-                     "model": "openai-compatible fake, zero latency", "model_calls": model_calls,
-                     "model_calls_per_document": round(model_calls as f64 / documents as f64),
-                     "paperless_requests_per_document": round(paperless_requests as f64 / documents as f64)},
-        "serve_peak_rss_mb": round(rss),
-        "second_run": {"documents": ids.len(), "model_calls": second_run_model_calls},
-    })
+    out
+}
+
+/// Throughput at the model's limit and the request economy with Paperless (issue 17): each
+/// scenario in a fresh `pai serve` against fresh fakes.
+/// `BENCH_SCENARIOS=zero_latency,local_one_slot_2s` runs only those (all by default).
+async fn throughput(pai_bin: &str, documents: usize) -> Value {
+    let mut full = Scenario::zero_latency(documents);
+    full.full = true;
+    let scenarios = [
+        ("zero_latency", full),
+        ("zero_latency_burst_128", Scenario::zero_latency(128)),
+        (
+            "hosted_0_5s_32_in_flight",
+            Scenario::hosted(256, Duration::from_millis(500)),
+        ),
+        (
+            "hosted_2s_32_in_flight",
+            Scenario::hosted(256, Duration::from_secs(2)),
+        ),
+        (
+            "local_one_slot_2s",
+            Scenario::local(8, Duration::from_secs(2)),
+        ),
+    ];
+    let only = std::env::var("BENCH_SCENARIOS").unwrap_or_default();
+    let mut out = serde_json::Map::new();
+    for (name, scenario) in scenarios {
+        if only.is_empty() || only.split(',').any(|o| o.trim() == name) {
+            out.insert(name.into(), pipeline(pai_bin, scenario).await);
+        }
+    }
+    Value::Object(out)
 }
 
 async fn retrieval(chunks: usize, queries: usize) -> Value {
@@ -581,6 +763,17 @@ async fn lambda_functions(bin_dir: &std::path::Path, runs: usize) -> Value {
     Value::Object(out)
 }
 
+/// A number from `/proc/PID/status` (`Threads:`, `VmRSS:` …).
+fn proc_status(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(f64::NAN)
+}
+
 fn current_rss_mb(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -589,6 +782,18 @@ fn current_rss_mb(pid: u32) -> f64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse::<f64>().ok())
         .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// What issue 17 asks of the throughput figures.
+fn throughput_targets() -> Value {
+    json!({
+        "zero_latency_documents_per_second_1000": 400,
+        "hosted_0_5s_32_in_flight_documents_per_second": 40,
+        "local_one_slot_throughput_vs_sequential_min": 0.9,
+        "local_one_slot_model_429s": 0,
+        "paperless_requests_per_document_128": 3,
+        "serve_peak_rss_mb": 40,
+    })
 }
 
 #[tokio::main]
@@ -629,13 +834,19 @@ async fn main() {
         );
         return;
     }
-    let mut out = pipeline(&pai_bin, documents).await;
+    if args.get(1).is_some_and(|a| a == "throughput") {
+        let mut out = json!({"throughput": throughput(&pai_bin, documents).await});
+        out["targets"] = throughput_targets();
+        println!("{}", serde_json::to_string_pretty(&out).unwrap());
+        return;
+    }
+    let mut out = json!({"throughput": throughput(&pai_bin, documents).await});
     out["retrieval"] = retrieval(chunks, 200).await;
     out["chat_retrieval"] = chat_retrieval(chunks, 200).await;
     out["chat_quality"] = pai_tests::quality::measure(pai_tests::quality::Embedding::Lexical).await;
     out["tokens_per_tag_call"] = tag_call_tokens();
     out["lambda"] = lambda_functions(&bin_dir, 20).await;
-    out["targets"] = json!({"webhook_ack_p99_ms": 20, "documents_per_second": 100, "serve_peak_rss_mb": 100, "retrieval_p50_ms": 15, "chat_retrieval_p50_ms": 15, "lambda_binary_mb": 8, "lambda_init_ms": 30});
+    out["targets"] = json!({"webhook_ack_p99_ms": 20, "retrieval_p50_ms": 15, "chat_retrieval_p50_ms": 15, "lambda_binary_mb": 8, "lambda_init_ms": 30, "throughput": throughput_targets()});
     out["paperless_ai_measured"] = json!({"webhook_ack_ms_with_0_5s_model": 680, "documents_per_second_zero_latency_model": 26.7, "peak_rss_mb": 141});
     println!("{}", serde_json::to_string_pretty(&out).unwrap());
 }
