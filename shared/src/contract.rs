@@ -118,6 +118,12 @@ pub async fn state_store<S: StateStore>(store: S) {
     let counters = store.counters("job/1").await.unwrap();
     assert_eq!((counters["chunks_embedded"], counters["other"]), (7, -1));
     assert!(store.counters("job/none").await.unwrap().is_empty());
+    store
+        .add_all("job/1", &[("chunks_embedded", 1), ("tokens", 5)])
+        .await
+        .unwrap();
+    let counters = store.counters("job/1").await.unwrap();
+    assert_eq!((counters["chunks_embedded"], counters["tokens"]), (8, 5));
 
     for i in 0..5 {
         store

@@ -98,6 +98,14 @@ pub trait StateStore: Send + Sync {
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
     /// Adds `delta` to a named counter of the item (created at 0) and returns the new value.
     async fn add(&self, key: &str, counter: &str, delta: i64) -> Result<i64, StoreError>;
+    /// Adds several counters of one item at once (one write where the store allows it: a job's
+    /// tokens and cost are three counters of every model call).
+    async fn add_all(&self, key: &str, deltas: &[(&str, i64)]) -> Result<(), StoreError> {
+        for (counter, delta) in deltas {
+            self.add(key, counter, *delta).await?;
+        }
+        Ok(())
+    }
     async fn counters(&self, key: &str) -> Result<BTreeMap<String, i64>, StoreError>;
     /// Items whose key starts with `prefix`, newest key last, at most `limit`, starting after `after`.
     async fn list(

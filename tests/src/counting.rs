@@ -88,6 +88,10 @@ impl StateStore for Counted<dyn StateStore> {
         self.counts.add("dynamodb_write_units", 1);
         self.inner.add(key, counter, delta).await
     }
+    async fn add_all(&self, key: &str, deltas: &[(&str, i64)]) -> Result<(), StoreError> {
+        self.counts.add("dynamodb_write_units", 1);
+        self.inner.add_all(key, deltas).await
+    }
     async fn counters(&self, key: &str) -> Result<BTreeMap<String, i64>, StoreError> {
         self.counts.add("dynamodb_read_units", 1);
         self.inner.counters(key).await

@@ -228,6 +228,11 @@ impl StateStore for ScopedState {
         self.inner.add(key, counter, delta).await
     }
 
+    async fn add_all(&self, key: &str, deltas: &[(&str, i64)]) -> Result<(), StoreError> {
+        self.allow(key, Access::Put)?;
+        self.inner.add_all(key, deltas).await
+    }
+
     async fn counters(&self, key: &str) -> Result<BTreeMap<String, i64>, StoreError> {
         self.allow(key, Access::Get)?;
         self.inner.counters(key).await

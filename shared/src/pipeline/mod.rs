@@ -314,13 +314,17 @@ pub async fn add_job_usage(state: &dyn StateStore, job_id: &str, usage: &crate::
         usage.output_tokens as i64,
         crate::cost::to_nano_usd(usage.cost_usd),
     ];
-    for (counter, delta) in USAGE_COUNTERS.into_iter().zip(deltas) {
-        // A cache hit or a free model adds nothing: no write.
-        if delta != 0
-            && let Err(e) = state.add(&job_key(job_id), counter, delta).await
-        {
-            tracing::warn!(job_id, error = %e, "could not add the model usage to the job");
-        }
+    // One write for the three; a cache hit or a free model adds nothing: no write.
+    let changed: Vec<(&str, i64)> = USAGE_COUNTERS
+        .into_iter()
+        .zip(deltas)
+        .filter(|(_, delta)| *delta != 0)
+        .collect();
+    if changed.is_empty() {
+        return;
+    }
+    if let Err(e) = state.add_all(&job_key(job_id), &changed).await {
+        tracing::warn!(job_id, error = %e, "could not add the model usage to the job");
     }
 }
 

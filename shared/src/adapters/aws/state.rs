@@ -201,6 +201,33 @@ impl StateStore for DynamoState {
             })
     }
 
+    async fn add_all(&self, key: &str, deltas: &[(&str, i64)]) -> Result<(), StoreError> {
+        if deltas.is_empty() {
+            return Ok(());
+        }
+        let mut update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key_of(key)));
+        let mut clauses = Vec::with_capacity(deltas.len());
+        for (i, (counter, delta)) in deltas.iter().enumerate() {
+            clauses.push(format!("#c{i} :d{i}"));
+            update = update
+                .expression_attribute_names(format!("#c{i}"), format!("{COUNTER}{counter}"))
+                .expression_attribute_values(
+                    format!(":d{i}"),
+                    AttributeValue::N(delta.to_string()),
+                );
+        }
+        update
+            .update_expression(format!("ADD {}", clauses.join(", ")))
+            .send()
+            .await
+            .map_err(|e| store_error("DynamoDB UpdateItem ADD", e))?;
+        Ok(())
+    }
+
     async fn counters(&self, key: &str) -> Result<BTreeMap<String, i64>, StoreError> {
         Ok(self
             .read(key)

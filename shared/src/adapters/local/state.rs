@@ -119,6 +119,25 @@ impl StateStore for SqliteStateStore {
             .await
     }
 
+    async fn add_all(&self, key: &str, deltas: &[(&str, i64)]) -> Result<(), StoreError> {
+        let key = key.to_string();
+        let deltas: Vec<(String, i64)> = deltas.iter().map(|(c, d)| (c.to_string(), *d)).collect();
+        self.db
+            .call(move |c| {
+                let mut stmt = c
+                    .prepare_cached(
+                        "INSERT INTO counters (key, name, value) VALUES (?1, ?2, ?3)
+                         ON CONFLICT(key, name) DO UPDATE SET value = value + excluded.value",
+                    )
+                    .map_err(sql)?;
+                for (counter, delta) in &deltas {
+                    stmt.execute(params![key, counter, delta]).map_err(sql)?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
     async fn counters(&self, key: &str) -> Result<BTreeMap<String, i64>, StoreError> {
         let key = key.to_string();
         self.db
