@@ -149,14 +149,49 @@ pub fn best_share(query: &str, texts: &[&str]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// What the index keeps of one chunk's text: its term frequencies and length in terms, and a
+/// digest that tells a re-indexed chunk whose text did not change (a metadata refresh) from
+/// one whose text did. Computed outside the index's lock: it is the expensive part.
+pub struct Terms {
+    frequencies: HashMap<String, u32>,
+    length: u32,
+    digest: u64,
+}
+
+impl Terms {
+    pub fn of(text: &str) -> Terms {
+        let (frequencies, length) = frequencies(text);
+        Terms {
+            frequencies,
+            length,
+            digest: digest(text),
+        }
+    }
+}
+
+/// A 64-bit digest of a chunk's text: equal texts, equal digests; a collision only keeps the
+/// old terms of one chunk until its text changes again.
+pub fn digest(text: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<rustc_hash::FxHasher>::default().hash_one(text)
+}
+
+/// One indexed chunk: its key, length in terms, number of distinct terms (its postings) and
+/// the digest of its text.
+struct Slot {
+    key: String,
+    length: u32,
+    distinct: u32,
+    digest: u64,
+}
+
 /// An inverted index over chunk texts, for BM25 over a whole corpus: each query reads only
 /// the posting lists of its own terms. Removed chunks leave dead postings behind, skipped
 /// while scoring and dropped once they outnumber the live ones.
 #[derive(Default)]
 pub struct Bm25Index {
-    /// Per slot: the chunk's key, length in terms and number of distinct terms (its
-    /// postings), `None` once removed.
-    slots: Vec<Option<(String, u32, u32)>>,
+    /// `None` once removed.
+    slots: Vec<Option<Slot>>,
     slot_of: HashMap<String, u32>,
     postings: HashMap<String, Vec<(u32, u32)>>,
     total_length: u64,
@@ -175,15 +210,32 @@ impl Bm25Index {
 
     /// Indexes (or re-indexes) the chunk `key`.
     pub fn upsert(&mut self, key: &str, text: &str) {
+        self.upsert_terms(key, Terms::of(text));
+    }
+
+    /// Whether the chunk `key` is indexed with a text of this digest (nothing to redo).
+    pub fn holds(&self, key: &str, digest: u64) -> bool {
+        self.slot_of.get(key).is_some_and(|&slot| {
+            self.slots[slot as usize]
+                .as_ref()
+                .is_some_and(|s| s.digest == digest)
+        })
+    }
+
+    /// Indexes (or re-indexes) the chunk `key` with terms computed beforehand.
+    pub fn upsert_terms(&mut self, key: &str, terms: Terms) {
         self.remove(key);
-        let (tf, len) = frequencies(text);
         let slot = self.slots.len() as u32;
-        self.slots
-            .push(Some((key.to_string(), len, tf.len() as u32)));
+        self.slots.push(Some(Slot {
+            key: key.to_string(),
+            length: terms.length,
+            distinct: terms.frequencies.len() as u32,
+            digest: terms.digest,
+        }));
         self.slot_of.insert(key.to_string(), slot);
-        self.total_length += len as u64;
-        self.live_postings += tf.len();
-        for (term, f) in tf {
+        self.total_length += terms.length as u64;
+        self.live_postings += terms.frequencies.len();
+        for (term, f) in terms.frequencies {
             self.postings.entry(term).or_default().push((slot, f));
         }
     }
@@ -192,10 +244,10 @@ impl Bm25Index {
         let Some(slot) = self.slot_of.remove(key) else {
             return;
         };
-        if let Some((_, len, distinct)) = self.slots[slot as usize].take() {
-            self.total_length -= len as u64;
-            self.live_postings -= distinct as usize;
-            self.dead_postings += distinct as usize;
+        if let Some(s) = self.slots[slot as usize].take() {
+            self.total_length -= s.length as u64;
+            self.live_postings -= s.distinct as usize;
+            self.dead_postings += s.distinct as usize;
         }
         if self.dead_postings > self.live_postings.max(1024) {
             self.compact();
@@ -218,7 +270,7 @@ impl Bm25Index {
             debug_assert!(
                 self.slots[*slot as usize]
                     .as_ref()
-                    .is_some_and(|e| &e.0 == key)
+                    .is_some_and(|e| &e.key == key)
             );
         }
         let mut live = 0;
@@ -264,11 +316,11 @@ impl Bm25Index {
                 .collect();
             let idf = idf(n, live.len() as f32);
             for (slot, f) in live {
-                let (key, len, _) = self.slots[*slot as usize].as_ref().expect("live slot");
-                let ok = *allowed.entry(*slot).or_insert_with(|| accept(key));
+                let s = self.slots[*slot as usize].as_ref().expect("live slot");
+                let ok = *allowed.entry(*slot).or_insert_with(|| accept(&s.key));
                 if ok {
                     *scores.entry(*slot).or_insert(0.0) +=
-                        term_score(idf, *f as f32, *len as f32, average);
+                        term_score(idf, *f as f32, s.length as f32, average);
                 }
             }
         }
@@ -278,8 +330,8 @@ impl Bm25Index {
         ranked
             .into_iter()
             .map(|(slot, s)| {
-                let (key, _, _) = self.slots[slot as usize].as_ref().expect("live slot");
-                (key.clone(), s)
+                let entry = self.slots[slot as usize].as_ref().expect("live slot");
+                (entry.key.clone(), s)
             })
             .collect()
     }

@@ -7,6 +7,7 @@
 
 pub mod adapters;
 pub mod auth;
+pub mod cl100k;
 pub mod config;
 #[cfg(feature = "contract")]
 pub mod contract;

@@ -8,7 +8,6 @@ use chrono::NaiveDate;
 use regex::Regex;
 use sha2::{Digest, Sha256};
 use text_splitter::{ChunkConfig, TextSplitter};
-use tiktoken_rs::CoreBPE;
 use unicode_normalization::UnicodeNormalization;
 
 /// Lower-cases and strips accents, so "Müller", "MULLER" and "müller" compare equal, and
@@ -93,15 +92,9 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-fn bpe() -> &'static CoreBPE {
-    static BPE: OnceLock<CoreBPE> = OnceLock::new();
-    // The token files are compiled into tiktoken-rs: no download, cannot fail at run time.
-    BPE.get_or_init(|| tiktoken_rs::cl100k_base().expect("cl100k_base is bundled in tiktoken-rs"))
-}
-
 /// Tokens of `text` in OpenAI's cl100k encoding.
 pub fn count_tokens(text: &str) -> usize {
-    bpe().encode_ordinary(text).len()
+    crate::cl100k::cl100k().count(text)
 }
 
 /// How many tokens a model's own tokenizer makes, per cl100k token, for models whose tokenizer
@@ -129,8 +122,21 @@ pub fn token_factor(model: &str) -> f64 {
 /// `overlap` tokens, cut at the largest semantic unit that fits (paragraph, sentence, word).
 /// Returns byte ranges into `text`.
 pub fn chunk_ranges(text: &str, max_tokens: usize, overlap: usize) -> Vec<(usize, usize)> {
+    let text_end = text.trim_end().len();
+    let start = text_end - text[..text_end].trim_start().len();
+    // Most documents fit in one chunk: one count instead of the splitter's search.
+    if count_tokens(&text[start..text_end]) <= max_tokens {
+        return match start < text_end {
+            true => vec![(start, text_end)],
+            false => Vec::new(),
+        };
+    }
+    split(text, max_tokens, overlap)
+}
+
+fn split(text: &str, max_tokens: usize, overlap: usize) -> Vec<(usize, usize)> {
     let config = ChunkConfig::new(max_tokens)
-        .with_sizer(bpe())
+        .with_sizer(crate::cl100k::cl100k())
         .with_overlap(overlap.min(max_tokens.saturating_sub(1)))
         .expect("overlap below capacity")
         .with_trim(true);
@@ -145,7 +151,7 @@ pub fn chunk_ranges(text: &str, max_tokens: usize, overlap: usize) -> Vec<(usize
 /// boundaries: a token boundary can split a multi-byte character, and decoding such a slice
 /// would lose the whole head or tail.
 pub fn fit_head_tail(text: &str, max_tokens: usize) -> String {
-    let tokens = bpe().encode_ordinary(text);
+    let tokens = crate::cl100k::cl100k().token_lengths(text);
     if tokens.len() <= max_tokens {
         return text.to_string();
     }
@@ -154,7 +160,7 @@ pub fn fit_head_tail(text: &str, max_tokens: usize) -> String {
     let head = budget * 2 / 3;
     let tail = budget - head;
     // Ordinary tokens are a partition of the text's bytes, so byte lengths map back to it.
-    let bytes_of = |t: &[u32]| bpe().decode_bytes(t).map(|b| b.len()).unwrap_or(0);
+    let bytes_of = |t: &[usize]| t.iter().sum::<usize>();
     let mut head_end = bytes_of(&tokens[..head]).min(text.len());
     while !text.is_char_boundary(head_end) {
         head_end -= 1;
@@ -321,6 +327,23 @@ mod tests {
             "consecutive chunks overlap"
         );
         assert_eq!(ranges.last().unwrap().1, text.len());
+    }
+
+    #[test]
+    fn a_text_that_fits_is_the_chunk_the_splitter_would_make() {
+        for text in [
+            "  \n Rechnung Nr. 17\n\nBetrag: 12,50 EUR \n\t",
+            "one line",
+            "",
+            " \n ",
+            "\u{a0}Zürich, le 3 mars\u{3000}",
+        ] {
+            assert_eq!(
+                chunk_ranges(text, 400, 50),
+                split(text, 400, 50),
+                "{text:?}"
+            );
+        }
     }
 
     #[test]

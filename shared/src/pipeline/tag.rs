@@ -1049,6 +1049,8 @@ pub fn prompt_input(
     let limit = (limit as f64 / factor) as usize;
     const TEXT_FLOOR: usize = 256;
     const MARGIN: usize = 32;
+    // Counted once, on the first taxonomy size that leaves room, whatever the cap.
+    let mut text_tokens: Option<usize> = None;
     for cap in [MAX_NAMES_PER_KIND, 75, 40, 20, 10, 0] {
         let mut input = TagInput {
             current_title: current_title.clone(),
@@ -1091,14 +1093,20 @@ pub fn prompt_input(
         let Some(room) = limit.checked_sub(overhead + MARGIN) else {
             continue;
         };
-        if room < TEXT_FLOOR.min(crate::text::count_tokens(text)) && cap > 0 {
+        let text_tokens = *text_tokens.get_or_insert_with(|| crate::text::count_tokens(text));
+        if room < TEXT_FLOOR.min(text_tokens) && cap > 0 {
             continue;
         }
         if room == 0 {
             break;
         }
-        input.content = fit_head_tail(text, room);
-        let used = overhead + crate::text::count_tokens(&input.content);
+        let used = if text_tokens <= room {
+            input.content = text.to_string();
+            overhead + text_tokens
+        } else {
+            input.content = fit_head_tail(text, room);
+            overhead + crate::text::count_tokens(&input.content)
+        };
         let estimate = (used as f64 * factor) as usize + policy.max_output_tokens;
         return Ok((input, estimate));
     }

@@ -31,7 +31,7 @@ impl Cache for SqliteCache {
         let key = key.to_string();
         self.db
             .call(move |c| {
-                c.query_row("SELECT value FROM cache WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)", params![key, now_unix()], |r| r.get(0))
+                c.prepare_cached("SELECT value FROM cache WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)").map_err(sql)?.query_row( params![key, now_unix()], |r| r.get(0))
                     .optional()
                     .map_err(sql)
             })
@@ -47,10 +47,11 @@ impl Cache for SqliteCache {
         let (key, value) = (key.to_string(), value.to_vec());
         self.db
             .call(move |c| {
-                c.execute(
+                c.prepare_cached(
                     "INSERT OR REPLACE INTO cache (key, value, expires_at) VALUES (?1, ?2, ?3)",
-                    params![key, value, expires_at],
                 )
+                .map_err(sql)?
+                .execute(params![key, value, expires_at])
                 .map_err(sql)?;
                 Ok(())
             })

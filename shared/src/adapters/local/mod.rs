@@ -79,6 +79,9 @@ impl Db {
         let mut conn = Connection::open(path).map_err(sql)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(sql)?;
+        // Every adapter's statements are prepared once on this one connection (rusqlite keeps
+        // 16 by default, fewer than the adapters use: the rest would be parsed on every call).
+        conn.set_prepared_statement_cache_capacity(64);
         // Checkpoints (copying the WAL back into the database, with an fsync) run on their own
         // connection and thread, so the writer never stalls behind one.
         conn.execute_batch(
@@ -101,11 +104,15 @@ impl Db {
                         }
                     }
                     let began = conn
-                        .execute_batch("BEGIN IMMEDIATE")
+                        .prepare_cached("BEGIN IMMEDIATE")
+                        .and_then(|mut s| s.execute([]))
                         .map_err(|e| e.to_string());
                     let answers: Vec<_> = group.into_iter().map(|op| op(&mut conn)).collect();
-                    let committed =
-                        began.and_then(|_| conn.execute_batch("COMMIT").map_err(|e| e.to_string()));
+                    let committed = began.and_then(|_| {
+                        conn.prepare_cached("COMMIT")
+                            .and_then(|mut s| s.execute([]).map(|_| ()))
+                            .map_err(|e| e.to_string())
+                    });
                     if committed.is_err() {
                         let _ = conn.execute_batch("ROLLBACK");
                     }

@@ -96,8 +96,7 @@ impl SqliteQueue {
         let n = self
             .db
             .call(move |c| {
-                c.execute(
-                    "UPDATE queue_messages SET visible_at = ?2, receipt = NULL WHERE queue = ?1 AND dead = 0 AND receipt IS NOT NULL AND visible_at > ?2",
+                c.prepare_cached("UPDATE queue_messages SET visible_at = ?2, receipt = NULL WHERE queue = ?1 AND dead = 0 AND receipt IS NOT NULL AND visible_at > ?2").map_err(sql)?.execute(
                     params![name, now],
                 )
                 .map_err(sql)
@@ -200,11 +199,11 @@ impl SqliteQueue {
         let name = self.name.clone();
         self.db
             .call(move |c| {
-                c.query_row(
+                c.prepare_cached(
                     "SELECT COUNT(*) FROM queue_messages WHERE queue = ?1 AND dead = 0",
-                    params![name],
-                    |r| r.get::<_, i64>(0),
                 )
+                .map_err(sql)?
+                .query_row(params![name], |r| r.get::<_, i64>(0))
                 .map_err(sql)
             })
             .await
@@ -266,7 +265,7 @@ impl WorkQueue for SqliteQueue {
                         .map_err(sql)?;
                     for (seq, message_id, body, count) in rows {
                         if count >= max_receives {
-                            tx.execute("UPDATE queue_messages SET dead = 1, receipt = NULL WHERE seq = ?1", params![seq]).map_err(sql)?;
+                            tx.prepare_cached("UPDATE queue_messages SET dead = 1, receipt = NULL WHERE seq = ?1").map_err(sql)?.execute(params![seq]).map_err(sql)?;
                             tracing::warn!(queue = %name, %message_id, receives = count, "message moved to the dead-letter queue");
                             dead.push(Delivery { receipt: dead_receipt(&message_id), message_id, body, receive_count: count });
                             continue;
@@ -275,7 +274,7 @@ impl WorkQueue for SqliteQueue {
                             break;
                         }
                         let receipt = format!("{seq}:{}", uuid::Uuid::now_v7());
-                        tx.execute("UPDATE queue_messages SET receive_count = receive_count + 1, visible_at = ?2, receipt = ?3 WHERE seq = ?1", params![seq, hidden_until, receipt])
+                        tx.prepare_cached("UPDATE queue_messages SET receive_count = receive_count + 1, visible_at = ?2, receipt = ?3 WHERE seq = ?1").map_err(sql)?.execute(params![seq, hidden_until, receipt])
                             .map_err(sql)?;
                         out.push(Delivery { message_id, receipt, body, receive_count: count + 1 });
                     }
@@ -297,11 +296,10 @@ impl WorkQueue for SqliteQueue {
         let receipt = receipt.to_string();
         self.db
             .call(move |c| {
-                c.execute(
-                    "DELETE FROM queue_messages WHERE receipt = ?1 AND dead = 0",
-                    params![receipt],
-                )
-                .map_err(sql)?;
+                c.prepare_cached("DELETE FROM queue_messages WHERE receipt = ?1 AND dead = 0")
+                    .map_err(sql)?
+                    .execute(params![receipt])
+                    .map_err(sql)?;
                 Ok(())
             })
             .await
@@ -340,10 +338,11 @@ impl WorkQueue for SqliteQueue {
         let (name, message_id) = (self.name.clone(), message_id.to_string());
         self.db
             .call(move |c| {
-                c.execute(
+                c.prepare_cached(
                     "DELETE FROM queue_messages WHERE queue = ?1 AND message_id = ?2 AND dead = 1",
-                    params![name, message_id],
                 )
+                .map_err(sql)?
+                .execute(params![name, message_id])
                 .map_err(sql)?;
                 Ok(())
             })

@@ -37,8 +37,7 @@ impl StateStore for SqliteStateStore {
         self.db
             .call(move |c| {
                 let row: Option<(String, i64)> = c
-                    .query_row(
-                        "SELECT value, version FROM state WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
+                    .prepare_cached("SELECT value, version FROM state WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)").map_err(sql)?.query_row(
                         params![key, now_unix()],
                         |r| Ok((r.get(0)?, r.get(1)?)),
                     )
@@ -66,7 +65,7 @@ impl StateStore for SqliteStateStore {
             .call(move |c| {
                 let tx = c.savepoint().map_err(sql)?;
                 let current: Option<u64> = tx
-                    .query_row("SELECT version FROM state WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)", params![key, now_unix()], |r| r.get::<_, i64>(0))
+                    .prepare_cached("SELECT version FROM state WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)").map_err(sql)?.query_row( params![key, now_unix()], |r| r.get::<_, i64>(0))
                     .optional()
                     .map_err(sql)?
                     .map(|v| v as u64);
@@ -78,9 +77,8 @@ impl StateStore for SqliteStateStore {
                     _ => {}
                 }
                 let version = current.unwrap_or(0) + 1;
-                tx.execute(
-                    "INSERT INTO state (key, value, version, expires_at) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT(key) DO UPDATE SET value = excluded.value, version = excluded.version, expires_at = excluded.expires_at",
+                tx.prepare_cached("INSERT INTO state (key, value, version, expires_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT(key) DO UPDATE SET value = excluded.value, version = excluded.version, expires_at = excluded.expires_at").map_err(sql)?.execute(
                     params![key, text, version as i64, expires_at],
                 )
                 .map_err(sql)?;
@@ -95,9 +93,13 @@ impl StateStore for SqliteStateStore {
         self.db
             .call(move |c| {
                 let sp = c.savepoint().map_err(sql)?;
-                sp.execute("DELETE FROM state WHERE key = ?1", params![key])
+                sp.prepare_cached("DELETE FROM state WHERE key = ?1")
+                    .map_err(sql)?
+                    .execute(params![key])
                     .map_err(sql)?;
-                sp.execute("DELETE FROM counters WHERE key = ?1", params![key])
+                sp.prepare_cached("DELETE FROM counters WHERE key = ?1")
+                    .map_err(sql)?
+                    .execute(params![key])
                     .map_err(sql)?;
                 sp.commit().map_err(sql)
             })
@@ -108,9 +110,8 @@ impl StateStore for SqliteStateStore {
         let (key, counter) = (key.to_string(), counter.to_string());
         self.db
             .call(move |c| {
-                c.query_row(
-                    "INSERT INTO counters (key, name, value) VALUES (?1, ?2, ?3)
-                     ON CONFLICT(key, name) DO UPDATE SET value = value + excluded.value RETURNING value",
+                c.prepare_cached("INSERT INTO counters (key, name, value) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(key, name) DO UPDATE SET value = value + excluded.value RETURNING value").map_err(sql)?.query_row(
                     params![key, counter, delta],
                     |r| r.get(0),
                 )

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use super::super::vector_checks as check;
 use super::{Db, sql};
 use crate::filter::Filter;
-use crate::keyword::Bm25Index;
+use crate::keyword::{Bm25Index, Terms, digest};
 use crate::ports::{StoreError, VectorHit, VectorIndex, VectorRecord};
 
 const SCHEMA: &str = "
@@ -43,9 +43,12 @@ impl Memory {
         key: String,
         unit: &[f32],
         metadata: Map<String, Value>,
-        text: &str,
+        terms: Option<Terms>,
     ) {
-        self.keywords.upsert(&key, text);
+        // `None`: the text is the one indexed already (a metadata refresh).
+        if let Some(terms) = terms {
+            self.keywords.upsert_terms(&key, terms);
+        }
         if let Some(&i) = self.position.get(&key) {
             self.vectors[i * dim..(i + 1) * dim].copy_from_slice(unit);
             self.metadata[i] = metadata;
@@ -108,11 +111,9 @@ fn unit(v: &[f32]) -> Result<Vec<f32>, StoreError> {
 /// Reads every vector of index `name` into memory (recording the index if new).
 fn load(conn: &rusqlite::Connection, name: &str, dimension: usize) -> Result<Memory, StoreError> {
     let existing: Option<usize> = conn
-        .query_row(
-            "SELECT dimension FROM vector_indexes WHERE name = ?1",
-            params![name],
-            |r| r.get::<_, i64>(0),
-        )
+        .prepare_cached("SELECT dimension FROM vector_indexes WHERE name = ?1")
+        .map_err(sql)?
+        .query_row(params![name], |r| r.get::<_, i64>(0))
         .optional()
         .map_err(sql)?
         .map(|d| d as usize);
@@ -124,11 +125,10 @@ fn load(conn: &rusqlite::Connection, name: &str, dimension: usize) -> Result<Mem
         }
         Some(_) => {}
         None => {
-            conn.execute(
-                "INSERT INTO vector_indexes (name, dimension) VALUES (?1, ?2)",
-                params![name, dimension as i64],
-            )
-            .map_err(sql)?;
+            conn.prepare_cached("INSERT INTO vector_indexes (name, dimension) VALUES (?1, ?2)")
+                .map_err(sql)?
+                .execute(params![name, dimension as i64])
+                .map_err(sql)?;
         }
     }
     let mut memory = Memory::default();
@@ -150,7 +150,8 @@ fn load(conn: &rusqlite::Connection, name: &str, dimension: usize) -> Result<Mem
             let (key, blob, meta, text) = row.map_err(sql)?;
             let meta: Map<String, Value> = serde_json::from_str(&meta)
                 .map_err(|e| StoreError::Unavailable(format!("corrupt metadata of {key}: {e}")))?;
-            memory.upsert(dimension, key, &from_blob(&blob), meta, &text);
+            let terms = Terms::of(&text);
+            memory.upsert(dimension, key, &from_blob(&blob), meta, Some(terms));
         }
     }
     Ok(memory)
@@ -265,9 +266,28 @@ impl VectorIndex for SqliteVectorIndex {
                 tx.commit().map_err(sql)
             })
             .await?;
+        // Terms are counted outside the lock (searches and other writers go on meanwhile),
+        // and only for texts the keyword index does not hold yet.
+        let unchanged: Vec<bool> = {
+            let memory = self.memory.read().expect("index lock");
+            records
+                .iter()
+                .map(|r| memory.keywords.holds(&r.key, digest(&r.text)))
+                .collect()
+        };
+        let terms: Vec<Option<Terms>> = records
+            .iter()
+            .zip(unchanged)
+            .map(|(r, same)| (!same).then(|| Terms::of(&r.text)))
+            .collect();
         let mut memory = self.memory.write().expect("index lock");
-        for (r, u) in records.into_iter().zip(units) {
-            memory.upsert(self.dimension, r.key, &u, r.metadata, &r.text);
+        for ((r, u), terms) in records.into_iter().zip(units).zip(terms) {
+            // A concurrent put may have changed the text since it was checked (rare): then
+            // the terms are counted here after all.
+            let terms = terms.or_else(|| {
+                (!memory.keywords.holds(&r.key, digest(&r.text))).then(|| Terms::of(&r.text))
+            });
+            memory.upsert(self.dimension, r.key, &u, r.metadata, terms);
         }
         Ok(())
     }
@@ -279,11 +299,10 @@ impl VectorIndex for SqliteVectorIndex {
             .call(move |c| {
                 let tx = c.savepoint().map_err(sql)?;
                 for k in &owned {
-                    tx.execute(
-                        "DELETE FROM vectors WHERE idx = ?1 AND key = ?2",
-                        params![name, k],
-                    )
-                    .map_err(sql)?;
+                    tx.prepare_cached("DELETE FROM vectors WHERE idx = ?1 AND key = ?2")
+                        .map_err(sql)?
+                        .execute(params![name, k])
+                        .map_err(sql)?;
                 }
                 tx.commit().map_err(sql)
             })
