@@ -43,7 +43,11 @@ pub fn is_function_word(w: &str) -> bool {
         "t", "ta", "te", "tes", "toi", "ton", "tu", "un", "une", "vos", "votre", "vous", "y",
         "combien", "quand", "ou", "comment", "fait",
     ];
-    STOP.contains(&w)
+    // Asked for every word of every chunk indexed: a set, not a scan of 300 words.
+    static SET: std::sync::OnceLock<std::collections::HashSet<&'static str>> =
+        std::sync::OnceLock::new();
+    SET.get_or_init(|| STOP.iter().copied().collect())
+        .contains(w)
 }
 
 /// A word reduced to a crude stem shared by its common inflections ("Rechnungen" and

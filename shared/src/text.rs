@@ -122,21 +122,27 @@ pub fn token_factor(model: &str) -> f64 {
 /// `overlap` tokens, cut at the largest semantic unit that fits (paragraph, sentence, word).
 /// Returns byte ranges into `text`.
 pub fn chunk_ranges(text: &str, max_tokens: usize, overlap: usize) -> Vec<(usize, usize)> {
+    let counter = crate::cl100k::PieceCounter::new();
     let text_end = text.trim_end().len();
     let start = text_end - text[..text_end].trim_start().len();
-    // Most documents fit in one chunk: one count instead of the splitter's search.
-    if count_tokens(&text[start..text_end]) <= max_tokens {
+    // Most short documents fit in one chunk: one count instead of the splitter's search.
+    if counter.count(&text[start..text_end]) <= max_tokens {
         return match start < text_end {
             true => vec![(start, text_end)],
             false => Vec::new(),
         };
     }
-    split(text, max_tokens, overlap)
+    split(text, max_tokens, overlap, &counter)
 }
 
-fn split(text: &str, max_tokens: usize, overlap: usize) -> Vec<(usize, usize)> {
+fn split(
+    text: &str,
+    max_tokens: usize,
+    overlap: usize,
+    counter: &crate::cl100k::PieceCounter,
+) -> Vec<(usize, usize)> {
     let config = ChunkConfig::new(max_tokens)
-        .with_sizer(crate::cl100k::cl100k())
+        .with_sizer(counter)
         .with_overlap(overlap.min(max_tokens.saturating_sub(1)))
         .expect("overlap below capacity")
         .with_trim(true);
@@ -338,9 +344,10 @@ mod tests {
             " \n ",
             "\u{a0}Zürich, le 3 mars\u{3000}",
         ] {
+            let counter = crate::cl100k::PieceCounter::new();
             assert_eq!(
                 chunk_ranges(text, 400, 50),
-                split(text, 400, 50),
+                split(text, 400, 50, &counter),
                 "{text:?}"
             );
         }
