@@ -4,15 +4,16 @@
 //! tiktoken-rs keeps the vocabulary three times over (encoder, decoder, sorted list: one heap
 //! allocation per token each) plus 128 clones of its splitting regex, about 24 MiB resident
 //! once loaded — more than the rest of an idle `pai serve`. Counting needs only bytes → rank:
-//! here the 100,256 tokens share one byte arena and one map of slices into it (≈ 3 MiB), built
-//! on first use from the vocabulary file tiktoken publishes (`shared/data/`). A test checks
-//! every count and every cut against tiktoken-rs.
+//! here the 100,256 tokens share one byte arena, found through a hash table of ranks (≈ 1.7 MiB
+//! in all), built on first use from the vocabulary file tiktoken publishes (`shared/data/`).
+//! A test checks every count and every cut against tiktoken-rs.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::hash::BuildHasherDefault;
+use std::hash::{BuildHasher, BuildHasherDefault};
 use std::sync::OnceLock;
 
+use hashbrown::HashTable;
 use regex::Regex;
 use rustc_hash::FxHasher;
 
@@ -27,7 +28,12 @@ const VOCABULARY: &str = include_str!("../data/cl100k_base.tiktoken");
 const PATTERN: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s+$|\s*[\r\n]|\s+";
 
 pub struct Cl100k {
-    ranks: HashMap<&'static [u8], Rank, BuildHasherDefault<FxHasher>>,
+    /// Every token's bytes, back to back in rank order.
+    arena: Box<[u8]>,
+    /// Where token `rank` ends in the arena (it starts where `rank - 1` ends).
+    ends: Box<[u32]>,
+    /// Ranks, found by the hash of their bytes: four bytes a token.
+    table: HashTable<Rank>,
     pieces: Regex,
 }
 
@@ -37,34 +43,48 @@ pub fn cl100k() -> &'static Cl100k {
     ENCODER.get_or_init(|| Cl100k::parse(VOCABULARY).expect("the bundled cl100k vocabulary"))
 }
 
+fn hash(bytes: &[u8]) -> u64 {
+    BuildHasherDefault::<FxHasher>::default().hash_one(bytes)
+}
+
 impl Cl100k {
     fn parse(vocabulary: &str) -> Result<Cl100k, String> {
         use base64::Engine as _;
         let lines = vocabulary.lines().count();
         let mut arena = Vec::with_capacity(lines * 7);
-        let mut spans = Vec::with_capacity(lines);
+        let mut ends = Vec::with_capacity(lines);
         for (n, line) in vocabulary.lines().enumerate() {
             let (token, rank) = line
                 .split_once(' ')
                 .ok_or_else(|| format!("line {}: no rank", n + 1))?;
-            let start = arena.len();
             base64::engine::general_purpose::STANDARD
                 .decode_vec(token, &mut arena)
                 .map_err(|e| format!("line {}: {e}", n + 1))?;
-            let rank: Rank = rank.parse().map_err(|e| format!("line {}: {e}", n + 1))?;
-            spans.push((start, arena.len(), rank));
+            // Ranks are the line numbers in tiktoken's files; the arena relies on it.
+            if rank.parse::<usize>() != Ok(n) {
+                return Err(format!("line {}: rank {rank:?} is not {n}", n + 1));
+            }
+            ends.push(arena.len() as u32);
         }
-        // The arena lives as long as the process (the encoder is a process-wide singleton),
-        // so the map can hold plain slices instead of one allocation per token.
-        let arena: &'static [u8] = Box::leak(arena.into_boxed_slice());
-        let mut ranks = HashMap::with_capacity_and_hasher(spans.len(), Default::default());
-        for (start, end, rank) in spans {
-            ranks.insert(&arena[start..end], rank);
-        }
-        Ok(Cl100k {
-            ranks,
+        let mut encoder = Cl100k {
+            arena: arena.into_boxed_slice(),
+            ends: ends.into_boxed_slice(),
+            table: HashTable::with_capacity(lines),
             pieces: Regex::new(PATTERN).map_err(|e| e.to_string())?,
-        })
+        };
+        for rank in 0..lines as Rank {
+            let bytes = encoder.token(rank);
+            let h = hash(bytes);
+            let Cl100k {
+                table, arena, ends, ..
+            } = &mut encoder;
+            table.insert_unique(h, rank, |&r| hash(token_of(arena, ends, r)));
+        }
+        Ok(encoder)
+    }
+
+    fn token(&self, rank: Rank) -> &[u8] {
+        token_of(&self.arena, &self.ends, rank)
     }
 
     /// The pre-tokenizer's pieces of `text`: tokens never cross them.
@@ -90,7 +110,14 @@ impl Cl100k {
     }
 
     fn rank(&self, bytes: &[u8]) -> Rank {
-        self.ranks.get(bytes).copied().unwrap_or(Rank::MAX)
+        self.table
+            .find(hash(bytes), |&r| self.token(r) == bytes)
+            .copied()
+            .unwrap_or(Rank::MAX)
+    }
+
+    fn is_token(&self, bytes: &[u8]) -> bool {
+        self.rank(bytes) != Rank::MAX
     }
 
     /// Merges the bytes of `piece` pair by pair, lowest rank first (the leftmost of equals),
@@ -132,7 +159,7 @@ impl Cl100k {
         let mut lengths = Vec::new();
         for piece in self.pieces(text) {
             let bytes = piece.as_bytes();
-            if self.ranks.contains_key(bytes) {
+            if self.is_token(bytes) {
                 lengths.push(bytes.len());
             } else {
                 lengths.extend(self.merge(bytes).windows(2).map(|w| w[1] - w[0]));
@@ -144,12 +171,20 @@ impl Cl100k {
     /// How many tokens `text` is.
     pub fn count(&self, text: &str) -> usize {
         self.pieces(text)
-            .map(|piece| match self.ranks.contains_key(piece.as_bytes()) {
+            .map(|piece| match self.is_token(piece.as_bytes()) {
                 true => 1,
                 false => self.merge(piece.as_bytes()).len() - 1,
             })
             .sum()
     }
+}
+
+fn token_of<'a>(arena: &'a [u8], ends: &[u32], rank: Rank) -> &'a [u8] {
+    let start = match rank {
+        0 => 0,
+        r => ends[r as usize - 1] as usize,
+    };
+    &arena[start..ends[rank as usize] as usize]
 }
 
 /// Counts the many overlapping candidates a splitter sizes in one document: each piece the
@@ -173,7 +208,7 @@ impl PieceCounter {
         self.encoder
             .pieces(text)
             .map(|piece| {
-                if self.encoder.ranks.contains_key(piece.as_bytes()) {
+                if self.encoder.is_token(piece.as_bytes()) {
                     return 1;
                 }
                 if let Some(&n) = merged.get(piece) {
@@ -271,7 +306,8 @@ mod tests {
     #[test]
     fn every_token_of_the_vocabulary_is_one_token() {
         let ours = cl100k();
-        assert_eq!(ours.ranks.len(), 100_256);
+        assert_eq!(ours.table.len(), 100_256);
+        assert!((0..100_256).all(|r| ours.rank(ours.token(r)) == r));
         assert_eq!(ours.count(" Conveyor"), 1);
         assert_eq!(ours.rank(b" Conveyor"), 100_255);
     }
@@ -282,5 +318,6 @@ mod tests {
         assert!(error("IQ==").contains("line 1"));
         assert!(error("Ig== 0\n!!! 1").contains("line 2"));
         assert!(error("IQ== x").contains("line 1"));
+        assert!(error("IQ== 1").contains("line 1"));
     }
 }
