@@ -4,9 +4,10 @@
 //! tiktoken-rs keeps the vocabulary three times over (encoder, decoder, sorted list: one heap
 //! allocation per token each) plus 128 clones of its splitting regex, about 24 MiB resident
 //! once loaded — more than the rest of an idle `pai serve`. Counting needs only bytes → rank:
-//! here the 100,256 tokens share one byte arena, found through a hash table of ranks (≈ 1.7 MiB
-//! in all), built on first use from the vocabulary file tiktoken publishes (`shared/data/`).
-//! A test checks every count and every cut against tiktoken-rs.
+//! here the 100,256 tokens are read in place from the binary (their bytes back to back and
+//! where each ends, 1 MiB, made by `build.rs` from the vocabulary file tiktoken publishes in
+//! `shared/data/`), found through a hash table of ranks (0.6 MiB, built on first use). A test
+//! checks every count and every cut against tiktoken-rs.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -19,28 +20,29 @@ use rustc_hash::FxHasher;
 
 type Rank = u32;
 
-/// The vocabulary as tiktoken publishes it: one `base64(token) rank` line per token.
-const VOCABULARY: &str = include_str!("../data/cl100k_base.tiktoken");
-
 /// cl100k's pre-tokenizer without its two look-arounds, which the `regex` crate lacks: the
 /// possessive quantifiers change nothing here (what they keep cannot be matched by what
 /// follows), and `\s+(?!\S)|\s` is matched as `\s+` and then shortened in [`Cl100k::pieces`].
 const PATTERN: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s+$|\s*[\r\n]|\s+";
 
 pub struct Cl100k {
-    /// Every token's bytes, back to back in rank order.
-    arena: Box<[u8]>,
-    /// Where token `rank` ends in the arena (it starts where `rank - 1` ends).
-    ends: Box<[u32]>,
+    /// Every token's bytes, back to back in rank order (built by `build.rs`).
+    tokens: &'static [u8],
+    /// Where token `rank` ends in `tokens`, u32 little-endian (it starts where `rank - 1`
+    /// ends).
+    ends: &'static [u8],
     /// Ranks, found by the hash of their bytes: four bytes a token.
     table: HashTable<Rank>,
     pieces: Regex,
 }
 
-/// The process's encoder, built on first use (≈ 10 ms).
+static TOKENS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cl100k.tokens"));
+static ENDS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cl100k.ends"));
+
+/// The process's encoder, built on first use (a few ms: the hash table).
 pub fn cl100k() -> &'static Cl100k {
     static ENCODER: OnceLock<Cl100k> = OnceLock::new();
-    ENCODER.get_or_init(|| Cl100k::parse(VOCABULARY).expect("the bundled cl100k vocabulary"))
+    ENCODER.get_or_init(|| Cl100k::new(TOKENS, ENDS))
 }
 
 fn hash(bytes: &[u8]) -> u64 {
@@ -48,43 +50,23 @@ fn hash(bytes: &[u8]) -> u64 {
 }
 
 impl Cl100k {
-    fn parse(vocabulary: &str) -> Result<Cl100k, String> {
-        use base64::Engine as _;
-        let lines = vocabulary.lines().count();
-        let mut arena = Vec::with_capacity(lines * 7);
-        let mut ends = Vec::with_capacity(lines);
-        for (n, line) in vocabulary.lines().enumerate() {
-            let (token, rank) = line
-                .split_once(' ')
-                .ok_or_else(|| format!("line {}: no rank", n + 1))?;
-            base64::engine::general_purpose::STANDARD
-                .decode_vec(token, &mut arena)
-                .map_err(|e| format!("line {}: {e}", n + 1))?;
-            // Ranks are the line numbers in tiktoken's files; the arena relies on it.
-            if rank.parse::<usize>() != Ok(n) {
-                return Err(format!("line {}: rank {rank:?} is not {n}", n + 1));
-            }
-            ends.push(arena.len() as u32);
+    fn new(tokens: &'static [u8], ends: &'static [u8]) -> Cl100k {
+        let count = ends.len() / 4;
+        let mut table = HashTable::with_capacity(count);
+        for rank in 0..count as Rank {
+            let bytes = token_of(tokens, ends, rank);
+            table.insert_unique(hash(bytes), rank, |&r| hash(token_of(tokens, ends, r)));
         }
-        let mut encoder = Cl100k {
-            arena: arena.into_boxed_slice(),
-            ends: ends.into_boxed_slice(),
-            table: HashTable::with_capacity(lines),
-            pieces: Regex::new(PATTERN).map_err(|e| e.to_string())?,
-        };
-        for rank in 0..lines as Rank {
-            let bytes = encoder.token(rank);
-            let h = hash(bytes);
-            let Cl100k {
-                table, arena, ends, ..
-            } = &mut encoder;
-            table.insert_unique(h, rank, |&r| hash(token_of(arena, ends, r)));
+        Cl100k {
+            tokens,
+            ends,
+            table,
+            pieces: Regex::new(PATTERN).expect("the cl100k pattern"),
         }
-        Ok(encoder)
     }
 
     fn token(&self, rank: Rank) -> &[u8] {
-        token_of(&self.arena, &self.ends, rank)
+        token_of(self.tokens, self.ends, rank)
     }
 
     /// The pre-tokenizer's pieces of `text`: tokens never cross them.
@@ -179,12 +161,13 @@ impl Cl100k {
     }
 }
 
-fn token_of<'a>(arena: &'a [u8], ends: &[u32], rank: Rank) -> &'a [u8] {
+fn token_of<'a>(tokens: &'a [u8], ends: &[u8], rank: Rank) -> &'a [u8] {
+    let end = |r: usize| u32::from_le_bytes(ends[4 * r..4 * r + 4].try_into().expect("4 bytes"));
     let start = match rank {
         0 => 0,
-        r => ends[r as usize - 1] as usize,
+        r => end(r as usize - 1) as usize,
     };
-    &arena[start..ends[rank as usize] as usize]
+    &tokens[start..end(rank as usize) as usize]
 }
 
 /// Counts the many overlapping candidates a splitter sizes in one document: each piece the
@@ -310,14 +293,5 @@ mod tests {
         assert!((0..100_256).all(|r| ours.rank(ours.token(r)) == r));
         assert_eq!(ours.count(" Conveyor"), 1);
         assert_eq!(ours.rank(b" Conveyor"), 100_255);
-    }
-
-    #[test]
-    fn a_broken_vocabulary_is_an_error() {
-        let error = |vocabulary: &str| Cl100k::parse(vocabulary).err().expect("refused");
-        assert!(error("IQ==").contains("line 1"));
-        assert!(error("Ig== 0\n!!! 1").contains("line 2"));
-        assert!(error("IQ== x").contains("line 1"));
-        assert!(error("IQ== 1").contains("line 1"));
     }
 }
