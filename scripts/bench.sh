@@ -8,11 +8,14 @@
 # and zip, from a per-package `cargo lambda build`; x86_64 binary) and cold start (x86_64).
 # Everything runs on loopback. BENCH_DOCUMENTS and BENCH_CHUNKS change the sizes;
 # `scripts/bench.sh throughput` runs the throughput part alone, `scripts/bench.sh lambda` the
-# Lambda part; BENCH_PROFILE=quick builds without fat LTO (quicker, for development).
+# Lambda part; BENCH_PROFILE=quick builds without fat LTO (quicker, for development; the
+# arm64 sizes keep the release profile unless BENCH_LAMBDA_PROFILE says otherwise).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 profile="${BENCH_PROFILE:-release}"
+# The arm64 sizes are what ships (`sam build`: the release profile) unless this says otherwise.
+lambda_profile="${BENCH_LAMBDA_PROFILE:-release}"
 part="${1:-}"
 cargo build --profile "$profile" -q -p pai -p pai-tests --bin pai --bin pai-bench
 if [ "$part" != "throughput" ]; then
@@ -23,7 +26,7 @@ if [ "$part" != "throughput" ]; then
   export PATH="$PWD/.venv/bin:$PATH"
   for f in ingest chunk embed tag chat sync; do
     cargo build --profile "$profile" -q -p "pai-$f"
-    cargo lambda build --profile "$profile" --arm64 -q -p "pai-$f" --bin "pai-$f"
+    cargo lambda build --profile "$lambda_profile" --arm64 -q -p "pai-$f" --bin "pai-$f"
     python3 -c 'import sys, zipfile
 with zipfile.ZipFile(sys.argv[1] + ".zip", "w", zipfile.ZIP_DEFLATED) as z:
     z.write(sys.argv[1], "bootstrap")' "target/lambda/pai-$f/bootstrap"

@@ -126,6 +126,30 @@ pub fn services(function: Function, sdk: &SdkConfig, env: &Env) -> Result<Servic
     (wire::of(function).build)(sdk, env)
 }
 
+/// The AWS configuration of a function, from what Lambda gives every function: its region and
+/// its role's credentials as environment variables (`AWS_REGION`, `AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`), plus `AWS_ENDPOINT_URL` for an emulator.
+/// Not `aws_config::defaults`: its provider chains (profile files, web identity through STS,
+/// container and instance metadata) never answer on Lambda, and linking them costs every
+/// function the STS client and the IMDS and profile code.
+fn sdk_config(var: impl Fn(&str) -> Option<String>) -> SdkConfig {
+    use aws_config::environment::EnvironmentVariableCredentialsProvider;
+    use aws_sdk_dynamodb::config::SharedCredentialsProvider;
+    let set = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+    let mut config = SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .credentials_provider(SharedCredentialsProvider::new(
+            EnvironmentVariableCredentialsProvider::new(),
+        ));
+    if let Some(region) = set("AWS_REGION").or_else(|| set("AWS_DEFAULT_REGION")) {
+        config = config.region(aws_config::Region::new(region));
+    }
+    if let Some(url) = set("AWS_ENDPOINT_URL") {
+        config = config.endpoint_url(url);
+    }
+    config.build()
+}
+
 /// A cold start: JSON logs (and spans, with an OTLP endpoint), the EMF recorder, the AWS
 /// configuration from the standard chain (region, credentials, `AWS_ENDPOINT_URL`), then
 /// `load_wired`. Errors here fail the init phase with one message naming what is wrong.
@@ -133,9 +157,7 @@ pub async fn start(wiring: Wiring) -> Result<Services, lambda_runtime::Error> {
     let function = wiring.function;
     crate::telemetry::init_lambda_subscriber(function.name());
     emf::install(function);
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .load()
-        .await;
+    let sdk = sdk_config(|name| std::env::var(name).ok());
     load_wired(wiring, &sdk, &mut Env::from_process())
         .await
         .inspect_err(
@@ -214,4 +236,31 @@ fn with_metrics_flush(router: axum::Router) -> axum::Router {
             response
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    #[test]
+    fn the_sdk_config_comes_from_lambdas_variables() {
+        let vars = HashMap::from([
+            ("AWS_REGION", "eu-central-1"),
+            ("AWS_DEFAULT_REGION", "us-east-1"),
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:4566"),
+        ]);
+        let config = sdk_config(|k| vars.get(k).map(|v| v.to_string()));
+        assert_eq!(config.region().map(|r| r.as_ref()), Some("eu-central-1"));
+        assert_eq!(config.endpoint_url(), Some("http://127.0.0.1:4566"));
+        assert!(config.credentials_provider().is_some());
+        let bare = sdk_config(|k| (k == "AWS_ENDPOINT_URL").then(String::new));
+        assert_eq!(bare.region(), None);
+        assert_eq!(
+            bare.endpoint_url(),
+            None,
+            "an empty endpoint is no endpoint"
+        );
+    }
 }
