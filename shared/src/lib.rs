@@ -29,7 +29,7 @@ pub mod pipeline;
 pub mod ports;
 pub mod providers;
 pub mod resilience;
-#[cfg(any(feature = "aws", feature = "bedrock"))]
+#[cfg(any(feature = "aws-s3vectors", feature = "bedrock"))]
 pub mod smithy_json;
 pub mod telemetry;
 pub mod text;

@@ -107,6 +107,30 @@ fn a_missing_resource_names_its_variable() {
     assert!(err.starts_with("CACHE_TABLE:"), "{err}");
 }
 
+/// A function binds the cache table exactly when it has grants on it: its wiring asks for
+/// `CACHE_TABLE` (and fails without it) only then.
+#[test]
+fn only_functions_with_cache_grants_bind_the_cache() {
+    for function in Function::ALL {
+        let mut vars = template_vars(function);
+        vars.remove("CACHE_TABLE");
+        for secret in function.secrets() {
+            vars.insert(secret.to_string(), "a-secret-of-enough-length".into());
+        }
+        let outcome = services(function, &offline_sdk(), &Env::from_map(vars));
+        let wants_cache = matches!(&outcome, Err(e) if e.to_string().starts_with("CACHE_TABLE:"));
+        if !wants_cache && let Err(e) = &outcome {
+            panic!("{} does not start: {e}", function.name());
+        }
+        assert_eq!(
+            wants_cache,
+            !function.cache_grants().is_empty(),
+            "{}",
+            function.name()
+        );
+    }
+}
+
 /// Fail closed: the two functions whose routes anyone can reach refuse to start when their
 /// `API_KEYS` secret is missing (forgotten, or a wrong SecretsPrefix), naming the secret.
 #[tokio::test]

@@ -1,16 +1,16 @@
-//! The embed function: a door from its SQS queue onto `pipeline::handle`, reporting the messages
-//! to retry as partial batch failures.
+//! The embed function: a door from its SQS queue onto the embed stage, reporting the messages to
+//! retry as partial batch failures. Its wiring (`lambda::wire::EMBED`) and the stage are chosen
+//! at compile time: this binary links no other stage and no adapter it does not bind.
 
 use lambda_runtime::{LambdaEvent, service_fn};
-use shared::domain::Stage;
-use shared::lambda::{Function, sqs};
+use shared::lambda::{sqs, wire};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    let svc = shared::lambda::start(Function::Embed).await?;
+    let svc = shared::lambda::start(wire::EMBED).await?;
     let svc = &svc;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {
-        sqs::handle_batch(svc, Stage::Embed, event).await
+        sqs::embed_batch(svc, event).await
     }))
     .await
 }

@@ -2,11 +2,11 @@
 //! the last run (the safety net for missed webhooks) and forgets deleted documents.
 
 use lambda_runtime::service_fn;
-use shared::lambda::Function;
+use shared::lambda::wire;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    let svc = shared::lambda::start(Function::Sync).await?;
+    let svc = shared::lambda::start(wire::SYNC).await?;
     let svc = &svc;
     lambda_runtime::run(service_fn(move |event| async move {
         shared::lambda::sync_on_schedule(svc, event).await

@@ -1,8 +1,13 @@
 //! Adapters: one folder per family of backends behind the `ports`.
 
-#[cfg(feature = "aws")]
+#[cfg(any(
+    feature = "aws-dynamodb",
+    feature = "aws-s3",
+    feature = "aws-sqs",
+    feature = "aws-s3vectors"
+))]
 pub mod aws;
 #[cfg(feature = "local")]
 pub mod local;
-#[cfg(any(feature = "aws", feature = "local"))]
+#[cfg(any(feature = "aws-s3vectors", feature = "local"))]
 mod vector_checks;

@@ -1,31 +1,32 @@
-//! What the six Lambda doors share: which ports each function binds to which AWS resource,
-//! settings from the environment plus secrets from SSM Parameter Store, the SQS batch and
-//! schedule handlers, and metrics as CloudWatch Embedded Metric Format.
+//! What the six Lambda doors share: which ports each function binds to which AWS resource
+//! (`wire`, one wiring per function, compiled from the function crate's features), settings
+//! from the environment plus secrets from SSM Parameter Store, the SQS batch and schedule
+//! handlers, and metrics as CloudWatch Embedded Metric Format.
 //!
-//! A function's `main` only picks its `Function` and the runtime entry point; everything else
+//! A function's `main` only names its wiring and the runtime entry point; everything else
 //! lives here so it is tested once, against moto, with the same code that runs on AWS.
 
 pub mod emf;
 mod env;
 pub mod grants;
 mod secrets;
+#[cfg(any(
+    feature = "stage-chunk",
+    feature = "stage-embed",
+    feature = "stage-tag"
+))]
 pub mod sqs;
 mod unconfigured;
-
-use std::sync::Arc;
+pub mod wire;
 
 use aws_config::SdkConfig;
 
 pub use env::Env;
-use grants::{ScopedCache, ScopedState};
 pub use unconfigured::Unconfigured;
+pub use wire::Wiring;
 
-use crate::adapters::aws::{DynamoCache, DynamoState, S3Blobs, S3VectorIndex, SqsQueue};
-use crate::config::{ApiKeysRule, ConfigError, Required, Secret, Settings};
-use crate::domain::Taxonomy;
-use crate::paperless::PaperlessClient;
-use crate::pipeline::{Queues, Services};
-use crate::ports::{BlobStore, Cache, Paperless, StateStore, VectorIndex, WorkQueue};
+use crate::config::{ApiKeysRule, ConfigError, Required};
+use crate::pipeline::Services;
 
 /// The Lambda functions of the SAM template.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -42,18 +43,6 @@ pub enum Function {
     Chat,
     /// EventBridge schedule: queue what changed in Paperless.
     Sync,
-}
-
-/// Which outside resources a function binds; everything else is `Unconfigured`.
-struct Binds {
-    blobs: bool,
-    cache: bool,
-    chunk_queue: bool,
-    embed_queue: bool,
-    tag_queue: bool,
-    /// Reads the three dead-letter queues (`<STAGE>_DLQ_URL`): sync turns dead letters into
-    /// failed jobs, ingest's retry routes move them back.
-    dead_letters: bool,
 }
 
 impl Function {
@@ -111,23 +100,6 @@ impl Function {
             embedding_key: is(&[Function::Embed, Function::Chat]),
         }
     }
-
-    fn binds(self) -> Binds {
-        let is = |fs: &[Function]| fs.contains(&self);
-        use Function::*;
-        // A consumer binds its own queue too: a transient failure backs off on it
-        // (ChangeMessageVisibility) and a breaker refusal is deferred as a delayed copy.
-        // Ingest and sync bind the embed and tag queues for their dead letters only; the
-        // template lets them send to the chunk queue alone.
-        Binds {
-            blobs: is(&[Ingest, Chunk, Embed, Tag]),
-            cache: is(&[Embed, Tag, Chat]),
-            chunk_queue: is(&[Ingest, Sync, Chunk]),
-            embed_queue: is(&[Ingest, Sync, Chunk, Embed]),
-            tag_queue: is(&[Ingest, Sync, Chunk, Tag]),
-            dead_letters: is(&[Ingest, Sync]),
-        }
-    }
 }
 
 /// Why a cold start could not build the function.
@@ -139,131 +111,54 @@ pub enum StartError {
     Secrets(String),
 }
 
-/// Builds the function's services from `env` (which already holds its secrets): the AWS
-/// adapters for what it binds, `Unconfigured` for the rest, models as `pai` assembles them.
+/// Builds `function`'s services from `env` (which already holds its secrets) through its
+/// wiring: only in a build that has every function's features (the test suite).
+#[cfg(all(
+    feature = "http",
+    feature = "aws-s3",
+    feature = "aws-sqs",
+    feature = "aws-s3vectors",
+    feature = "stage-chunk",
+    feature = "stage-embed",
+    feature = "stage-tag"
+))]
 pub fn services(function: Function, sdk: &SdkConfig, env: &Env) -> Result<Services, StartError> {
-    let lookup = |k: &str| env.get(k);
-    let mut settings = Settings::from_lookup_requiring(&lookup, function.required())?;
-    settings.mark_sources(env.secrets_from_ssm(), crate::config::Source::Ssm);
-    // The web UI the ingest function serves sends chat to the chat function's URL.
-    if function == Function::Ingest {
-        settings.chat_url = env.get("CHAT_URL").filter(|u| !u.trim().is_empty());
+    (wire::of(function).build)(sdk, env)
+}
+
+/// The AWS configuration of a function, from what Lambda gives every function: its region and
+/// its role's credentials as environment variables (`AWS_REGION`, `AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`), plus `AWS_ENDPOINT_URL` for an emulator.
+/// Not `aws_config::defaults`: its provider chains (profile files, web identity through STS,
+/// container and instance metadata) never answer on Lambda, and linking them costs every
+/// function the STS client and the IMDS and profile code.
+fn sdk_config(var: impl Fn(&str) -> Option<String>) -> SdkConfig {
+    use aws_config::environment::EnvironmentVariableCredentialsProvider;
+    use aws_sdk_dynamodb::config::SharedCredentialsProvider;
+    let set = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+    let mut config = SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .credentials_provider(SharedCredentialsProvider::new(
+            EnvironmentVariableCredentialsProvider::new(),
+        ));
+    if let Some(region) = set("AWS_REGION").or_else(|| set("AWS_DEFAULT_REGION")) {
+        config = config.region(aws_config::Region::new(region));
     }
-    let settings = Arc::new(settings);
-    let binds = function.binds();
-    let table = |var: &'static str| env.require(var);
-
-    // Each table only as far as the function's IAM policy lets it (see `grants`).
-    let state: Arc<dyn StateStore> = Arc::new(ScopedState::new(
-        Arc::new(DynamoState::new(
-            aws_sdk_dynamodb::Client::new(sdk),
-            table("STATE_TABLE")?,
-        )),
-        function,
-    ));
-    let cache: Arc<dyn Cache> = if binds.cache {
-        Arc::new(ScopedCache::new(
-            Arc::new(DynamoCache::new(
-                aws_sdk_dynamodb::Client::new(sdk),
-                table("CACHE_TABLE")?,
-            )),
-            function,
-        ))
-    } else {
-        Arc::new(Unconfigured::new("CACHE_TABLE"))
-    };
-    let blobs: Arc<dyn BlobStore> = if binds.blobs {
-        Arc::new(S3Blobs::new(
-            s3_client(sdk),
-            env.require("DOCUMENT_BUCKET")?,
-        ))
-    } else {
-        Arc::new(Unconfigured::new("DOCUMENT_BUCKET"))
-    };
-    let sqs = aws_sdk_sqs::Client::new(sdk);
-    let queue = |bound: bool,
-                 var: &'static str,
-                 dead_var: &'static str|
-     -> Result<Arc<dyn WorkQueue>, StartError> {
-        Ok(if bound {
-            let dead_letters = match binds.dead_letters {
-                true => Some(env.require(dead_var)?),
-                false => None,
-            };
-            Arc::new(SqsQueue::new(sqs.clone(), env.require(var)?, dead_letters))
-        } else {
-            Arc::new(Unconfigured::new(var))
-        })
-    };
-    let queues = Queues {
-        chunk: queue(binds.chunk_queue, "CHUNK_QUEUE_URL", "CHUNK_DLQ_URL")?,
-        embed: queue(binds.embed_queue, "EMBED_QUEUE_URL", "EMBED_DLQ_URL")?,
-        tag: queue(binds.tag_queue, "TAG_QUEUE_URL", "TAG_DLQ_URL")?,
-    };
-
-    let raw_embedder = crate::providers::embedder(&settings)?;
-    let dimension = raw_embedder.dimension();
-    let vectors: Arc<dyn VectorIndex> = Arc::new(S3VectorIndex::new(
-        aws_sdk_s3vectors::Client::new(sdk),
-        env.require("VECTOR_BUCKET")?,
-        env.require("VECTOR_INDEX")?,
-        dimension,
-    ));
-    let (model, embedder) = crate::providers::assemble(&settings, raw_embedder, cache.clone())?;
-
-    // Chat only links to documents: its client holds no token and is never used to call.
-    let paperless: Option<Arc<dyn Paperless>> = match &settings.paperless_url {
-        Some(url) => {
-            let token = settings
-                .paperless_token
-                .clone()
-                .unwrap_or_else(|| Secret::new(""));
-            Some(Arc::new(
-                PaperlessClient::new(url, token, std::time::Duration::from_secs(20))
-                    .map_err(|e| ConfigError {
-                        var: "PAPERLESS_URL",
-                        message: e.to_string(),
-                    })?
-                    .with_owner(settings.paperless_owner)
-                    .with_public_url(settings.paperless_public_url.clone())
-                    .with_needs(crate::paperless::TaxonomyNeeds::of(&settings.policy)),
-            ))
-        }
-        None => None,
-    };
-    Ok(Services::new(
-        settings,
-        blobs,
-        state,
-        cache,
-        queues,
-        vectors,
-        model,
-        embedder,
-        paperless,
-        Taxonomy::default(),
-    ))
+    if let Some(url) = set("AWS_ENDPOINT_URL") {
+        config = config.endpoint_url(url);
+    }
+    config.build()
 }
 
-/// S3 with path-style addressing when the endpoint is overridden (an emulator or a VPC
-/// endpoint has no per-bucket host names).
-fn s3_client(sdk: &SdkConfig) -> aws_sdk_s3::Client {
-    let config = aws_sdk_s3::config::Builder::from(sdk)
-        .force_path_style(sdk.endpoint_url().is_some())
-        .build();
-    aws_sdk_s3::Client::from_conf(config)
-}
-
-/// A cold start: JSON logs (and spans, with an OTLP endpoint), the EMF recorder, the AWS configuration from the standard chain
-/// (region, credentials, `AWS_ENDPOINT_URL`), then `load`. Errors here fail the init phase
-/// with one message naming what is wrong.
-pub async fn start(function: Function) -> Result<Services, lambda_runtime::Error> {
+/// A cold start: JSON logs (and spans, with an OTLP endpoint), the EMF recorder, the AWS
+/// configuration from the standard chain (region, credentials, `AWS_ENDPOINT_URL`), then
+/// `load_wired`. Errors here fail the init phase with one message naming what is wrong.
+pub async fn start(wiring: Wiring) -> Result<Services, lambda_runtime::Error> {
+    let function = wiring.function;
     crate::telemetry::init_lambda_subscriber(function.name());
     emf::install(function);
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .load()
-        .await;
-    load(function, &sdk, &mut Env::from_process())
+    let sdk = sdk_config(|name| std::env::var(name).ok());
+    load_wired(wiring, &sdk, &mut Env::from_process())
         .await
         .inspect_err(
             |e| tracing::error!(error = %e, function = function.name(), "cold start failed"),
@@ -271,18 +166,37 @@ pub async fn start(function: Function) -> Result<Services, lambda_runtime::Error
         .map_err(Into::into)
 }
 
-/// The function's secrets from SSM, added to `env`, then its services.
+/// `function`'s secrets from SSM, added to `env`, then its services (the test suite's door;
+/// a function's binary goes through `start` with its own wiring).
+#[cfg(all(
+    feature = "http",
+    feature = "aws-s3",
+    feature = "aws-sqs",
+    feature = "aws-s3vectors",
+    feature = "stage-chunk",
+    feature = "stage-embed",
+    feature = "stage-tag"
+))]
 pub async fn load(
     function: Function,
     sdk: &SdkConfig,
     env: &mut Env,
 ) -> Result<Services, StartError> {
-    let names = env.secret_names(function);
+    load_wired(wire::of(function), sdk, env).await
+}
+
+/// The wired function's secrets from SSM, added to `env`, then its services.
+pub async fn load_wired(
+    wiring: Wiring,
+    sdk: &SdkConfig,
+    env: &mut Env,
+) -> Result<Services, StartError> {
+    let names = env.secret_names(wiring.function);
     if !names.is_empty() {
         let ssm = aws_sdk_ssm::Client::new(sdk);
         env.add_secrets(secrets::fetch(&ssm, &env.secrets_prefix(), &names).await?);
     }
-    services(function, sdk, env)
+    (wiring.build)(sdk, env)
 }
 
 /// The schedule door: one sync run per event; a failure fails the invocation (EventBridge
@@ -322,4 +236,31 @@ fn with_metrics_flush(router: axum::Router) -> axum::Router {
             response
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    #[test]
+    fn the_sdk_config_comes_from_lambdas_variables() {
+        let vars = HashMap::from([
+            ("AWS_REGION", "eu-central-1"),
+            ("AWS_DEFAULT_REGION", "us-east-1"),
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:4566"),
+        ]);
+        let config = sdk_config(|k| vars.get(k).map(|v| v.to_string()));
+        assert_eq!(config.region().map(|r| r.as_ref()), Some("eu-central-1"));
+        assert_eq!(config.endpoint_url(), Some("http://127.0.0.1:4566"));
+        assert!(config.credentials_provider().is_some());
+        let bare = sdk_config(|k| (k == "AWS_ENDPOINT_URL").then(String::new));
+        assert_eq!(bare.region(), None);
+        assert_eq!(
+            bare.endpoint_url(),
+            None,
+            "an empty endpoint is no endpoint"
+        );
+    }
 }

@@ -1,4 +1,4 @@
-//! The SQS door of the chunk, embed and tag functions: Lambda's counterpart of `pai`'s queue
+//! The SQS doors of the chunk, embed and tag functions, one per stage: Lambda's counterpart of `pai`'s queue
 //! consumers. Each record runs in its own task (a panic fails that message only); a transient
 //! failure gets the back-off of `pipeline::healing` (ChangeMessageVisibility) and is reported
 //! back as a batch item failure so SQS redelivers just that message then (and dead-letters it
@@ -14,7 +14,36 @@ use crate::pipeline::healing::{self, Settlement};
 use crate::pipeline::{PipelineError, Services, handle};
 use crate::ports::{Delivery, WorkQueue};
 
-/// Processes one SQS batch for `stage`, returning the messages to redeliver.
+/// The chunk function's door: its queue's batch, to `pipeline::handle` built with only the
+/// chunk stage.
+#[cfg(feature = "stage-chunk")]
+pub async fn chunk_batch(
+    svc: &Services,
+    event: LambdaEvent<SqsEvent>,
+) -> Result<SqsBatchResponse, lambda_runtime::Error> {
+    handle_batch(svc, Stage::Chunk, event).await
+}
+
+/// The embed function's door.
+#[cfg(feature = "stage-embed")]
+pub async fn embed_batch(
+    svc: &Services,
+    event: LambdaEvent<SqsEvent>,
+) -> Result<SqsBatchResponse, lambda_runtime::Error> {
+    handle_batch(svc, Stage::Embed, event).await
+}
+
+/// The tag function's door.
+#[cfg(feature = "stage-tag")]
+pub async fn tag_batch(
+    svc: &Services,
+    event: LambdaEvent<SqsEvent>,
+) -> Result<SqsBatchResponse, lambda_runtime::Error> {
+    handle_batch(svc, Stage::Tag, event).await
+}
+
+/// Processes one SQS batch for `stage`, returning the messages to redeliver. A build runs only
+/// the stages it has features for (a function: its own, through its door above).
 pub async fn handle_batch(
     svc: &Services,
     stage: Stage,

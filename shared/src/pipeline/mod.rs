@@ -23,6 +23,11 @@ use crate::ports::{
     BlobStore, Cache, ChatModel, Condition, Embedder, ModelError, Paperless, PaperlessError,
     StateStore, StoreError, VectorIndex, WorkQueue,
 };
+#[cfg(any(
+    feature = "stage-chunk",
+    feature = "stage-embed",
+    feature = "stage-tag"
+))]
 use crate::telemetry::{self, JobIds};
 
 /// The three work queues.
@@ -461,6 +466,15 @@ async fn write_stage(
 
 /// Processes one message of a stage's queue. `final_attempt` is set when the queue will
 /// dead-letter the message if this attempt fails, so the job records the failure now.
+#[cfg(any(
+    feature = "stage-chunk",
+    feature = "stage-embed",
+    feature = "stage-tag"
+))]
+#[cfg_attr(
+    not(any(feature = "stage-chunk", feature = "stage-embed")),
+    allow(unreachable_code)
+)]
 pub async fn handle(
     svc: &Services,
     stage: Stage,
@@ -470,7 +484,8 @@ pub async fn handle(
     use tracing::Instrument;
     let malformed =
         |e: serde_json::Error| PipelineError::Fail(format!("malformed {stage:?} message: {e}"));
-    let (job_id, result, span) = match stage {
+    let (job_id, result, span): (String, Result<(), PipelineError>, tracing::Span) = match stage {
+        #[cfg(feature = "stage-chunk")]
         Stage::Chunk => {
             // Uploads that went straight to S3 arrive as S3 event notifications on this queue.
             if let Some(objects) = ingest::parse_s3_notification(body) {
@@ -502,6 +517,7 @@ pub async fn handle(
                 span,
             )
         }
+        #[cfg(feature = "stage-embed")]
         Stage::Embed => {
             let t: crate::domain::EmbedTask = serde_json::from_str(body).map_err(malformed)?;
             let span = tracing::info_span!("embed", job_id = %t.job_id, doc_id = %t.doc_id, chunks = t.chunks.len(), otel.status_code = tracing::field::Empty);
@@ -510,6 +526,7 @@ pub async fn handle(
             let result = embed::run(svc, &t).instrument(span.clone()).await;
             (t.job_id.clone(), result, span)
         }
+        #[cfg(feature = "stage-tag")]
         Stage::Tag => {
             let t: crate::domain::TagTask = serde_json::from_str(body).map_err(malformed)?;
             let span = tracing::info_span!("tag", job_id = %t.job_id, doc_id = %t.doc_id, otel.status_code = tracing::field::Empty);
@@ -530,6 +547,16 @@ pub async fn handle(
             .await;
             return result;
         }
+        #[cfg(not(all(
+            feature = "stage-chunk",
+            feature = "stage-embed",
+            feature = "stage-tag"
+        )))]
+        _ => {
+            return Err(PipelineError::Fail(format!(
+                "this build does not run the {stage:?} stage"
+            )));
+        }
     };
     mark_error(&span, &result);
     record_failure(svc, stage, &job_id, &result, final_attempt, None)
@@ -539,6 +566,11 @@ pub async fn handle(
 }
 
 /// A stage that failed (not one deferred by a breaker) shows as an error in its trace.
+#[cfg(any(
+    feature = "stage-chunk",
+    feature = "stage-embed",
+    feature = "stage-tag"
+))]
 fn mark_error(span: &tracing::Span, result: &Result<(), PipelineError>) {
     if matches!(result, Err(e) if !matches!(e, PipelineError::Deferred { .. })) {
         span.record("otel.status_code", "ERROR");
@@ -546,6 +578,7 @@ fn mark_error(span: &tracing::Span, result: &Result<(), PipelineError>) {
 }
 
 /// An upload that arrived in the blob store: checked against its job, then chunked.
+#[cfg(feature = "stage-chunk")]
 async fn uploaded(
     svc: &Services,
     object: &ingest::ArrivedObject,
@@ -624,6 +657,11 @@ fn job_age_secs(job: &Job) -> f64 {
 
 /// Counts a failed step and, when it will not be retried, records why on the job.
 /// `content_hash` is the text a failed tag stage worked on.
+#[cfg(any(
+    feature = "stage-chunk",
+    feature = "stage-embed",
+    feature = "stage-tag"
+))]
 async fn record_failure(
     svc: &Services,
     stage: Stage,

@@ -1,23 +1,38 @@
 //! The AWS adapters behind the storage ports: S3 (blobs), DynamoDB (state and cache), SQS (work
 //! queues) and S3 Vectors (vector index). The Lambdas build one SDK client per service per cold
 //! start and hand it to these constructors; nothing outside this folder names an SDK type, and
-//! every SDK failure leaves here as a `StoreError` (see `store_error`).
+//! every SDK failure leaves here as a `StoreError` (see `store_error`). Each adapter is behind
+//! its backend's feature (`aws-s3`, `aws-dynamodb`, `aws-sqs`, `aws-s3vectors`), so a function
+//! that does not bind a resource cannot name its adapter.
 
+#[cfg(feature = "aws-s3")]
 mod blob;
+#[cfg(feature = "aws-dynamodb")]
 mod cache;
+#[cfg(feature = "aws-sqs")]
 mod queue;
+#[cfg(feature = "aws-dynamodb")]
 mod state;
+#[cfg(feature = "aws-s3vectors")]
 mod vectors;
 
+#[cfg(feature = "aws-s3")]
 pub use blob::S3Blobs;
+#[cfg(feature = "aws-dynamodb")]
 pub use cache::DynamoCache;
+#[cfg(feature = "aws-sqs")]
 pub use queue::SqsQueue;
+#[cfg(feature = "aws-dynamodb")]
 pub use state::DynamoState;
+#[cfg(feature = "aws-s3vectors")]
 pub use vectors::S3VectorIndex;
 
-// Every SDK crate re-exports the same smithy `SdkError` (with the same HTTP response type), so
-// one helper serves all of them.
-use aws_sdk_s3::error::SdkError;
+// Every SDK crate re-exports this one smithy `SdkError` (with the same HTTP response type), so
+// one helper serves all of them, whichever SDK crates a build links.
+type SdkError<E> = aws_smithy_runtime_api::client::result::SdkError<
+    E,
+    aws_smithy_runtime_api::client::orchestrator::HttpResponse,
+>;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
@@ -88,11 +103,12 @@ where
 }
 
 /// Now, in Unix seconds: what expiry attributes are compared with.
+#[cfg(feature = "aws-dynamodb")]
 pub(crate) fn now_unix() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "aws-s3"))]
 mod tests {
     use super::*;
     use aws_sdk_s3::config::http::HttpResponse;
