@@ -1,3 +1,6 @@
+//! Two things the crate's sources need from the build: the cl100k vocabulary in a form read in
+//! place, and which Lambda wirings the enabled features allow.
+//!
 //! Turns tiktoken's cl100k vocabulary (`data/cl100k_base.tiktoken`: one `base64 rank` line per
 //! token) into the form `src/cl100k.rs` reads in place: every token's bytes back to back in
 //! rank order, and where each ends (u32, little-endian). Read in place, the vocabulary costs
@@ -6,6 +9,54 @@
 use std::io::Write;
 
 fn main() {
+    wiring_cfgs();
+    vocabulary();
+}
+
+/// Which backends and stages each Lambda's wiring (`src/lambda/wire.rs`) needs: one table, so
+/// the wirings say `#[cfg(wire_tag)]` instead of repeating feature lists, and `every_wiring`
+/// marks the build with all of them (the test suite), where a function is picked at run time.
+fn wiring_cfgs() {
+    const WIRINGS: &[(&str, &[&str])] = &[
+        (
+            "wire_ingest",
+            &["http", "aws-s3", "aws-sqs", "aws-s3vectors"],
+        ),
+        (
+            "wire_chunk",
+            &["stage-chunk", "aws-s3", "aws-sqs", "aws-s3vectors"],
+        ),
+        (
+            "wire_embed",
+            &["stage-embed", "aws-s3", "aws-sqs", "aws-s3vectors"],
+        ),
+        (
+            "wire_tag",
+            &["stage-tag", "aws-s3", "aws-sqs", "aws-s3vectors"],
+        ),
+        ("wire_chat", &["http", "aws-s3vectors"]),
+        ("wire_sync", &["aws-sqs", "aws-s3vectors"]),
+    ];
+    let enabled = |feature: &str| {
+        let var = format!("CARGO_FEATURE_{}", feature.to_uppercase().replace('-', "_"));
+        std::env::var_os(var).is_some()
+    };
+    let mut every = true;
+    for (cfg, features) in WIRINGS {
+        println!("cargo::rustc-check-cfg=cfg({cfg})");
+        if features.iter().all(|f| enabled(f)) {
+            println!("cargo::rustc-cfg={cfg}");
+        } else {
+            every = false;
+        }
+    }
+    println!("cargo::rustc-check-cfg=cfg(every_wiring)");
+    if every {
+        println!("cargo::rustc-cfg=every_wiring");
+    }
+}
+
+fn vocabulary() {
     let source = "data/cl100k_base.tiktoken";
     println!("cargo::rerun-if-changed={source}");
     let text = std::fs::read_to_string(source).expect("the cl100k vocabulary");

@@ -153,11 +153,16 @@ impl Cl100k {
     /// How many tokens `text` is.
     pub fn count(&self, text: &str) -> usize {
         self.pieces(text)
-            .map(|piece| match self.is_token(piece.as_bytes()) {
-                true => 1,
-                false => self.merge(piece.as_bytes()).len() - 1,
-            })
+            .map(|piece| self.piece_tokens(piece))
             .sum()
+    }
+
+    /// How many tokens one piece of the pre-tokenizer is.
+    fn piece_tokens(&self, piece: &str) -> usize {
+        match self.is_token(piece.as_bytes()) {
+            true => 1,
+            false => self.merge(piece.as_bytes()).len() - 1,
+        }
     }
 }
 
@@ -191,6 +196,7 @@ impl PieceCounter {
         self.encoder
             .pieces(text)
             .map(|piece| {
+                // Most pieces are one token: asked of the vocabulary before the memo.
                 if self.encoder.is_token(piece.as_bytes()) {
                     return 1;
                 }

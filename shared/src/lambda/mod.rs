@@ -10,11 +10,7 @@ pub mod emf;
 mod env;
 pub mod grants;
 mod secrets;
-#[cfg(any(
-    feature = "stage-chunk",
-    feature = "stage-embed",
-    feature = "stage-tag"
-))]
+#[cfg(feature = "stage")]
 pub mod sqs;
 mod unconfigured;
 pub mod wire;
@@ -113,15 +109,7 @@ pub enum StartError {
 
 /// Builds `function`'s services from `env` (which already holds its secrets) through its
 /// wiring: only in a build that has every function's features (the test suite).
-#[cfg(all(
-    feature = "http",
-    feature = "aws-s3",
-    feature = "aws-sqs",
-    feature = "aws-s3vectors",
-    feature = "stage-chunk",
-    feature = "stage-embed",
-    feature = "stage-tag"
-))]
+#[cfg(every_wiring)]
 pub fn services(function: Function, sdk: &SdkConfig, env: &Env) -> Result<Services, StartError> {
     (wire::of(function).build)(sdk, env)
 }
@@ -168,15 +156,7 @@ pub async fn start(wiring: Wiring) -> Result<Services, lambda_runtime::Error> {
 
 /// `function`'s secrets from SSM, added to `env`, then its services (the test suite's door;
 /// a function's binary goes through `start` with its own wiring).
-#[cfg(all(
-    feature = "http",
-    feature = "aws-s3",
-    feature = "aws-sqs",
-    feature = "aws-s3vectors",
-    feature = "stage-chunk",
-    feature = "stage-embed",
-    feature = "stage-tag"
-))]
+#[cfg(every_wiring)]
 pub async fn load(
     function: Function,
     sdk: &SdkConfig,

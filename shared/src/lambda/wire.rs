@@ -15,18 +15,7 @@
 //! | sync | ✓ | – | – | chunk; dead letters | ✓ | ✓ | – |
 
 // A function's build compiles only its own wiring, which uses a subset of the helpers.
-#![cfg_attr(
-    not(all(
-        feature = "http",
-        feature = "aws-s3",
-        feature = "aws-sqs",
-        feature = "aws-s3vectors",
-        feature = "stage-chunk",
-        feature = "stage-embed",
-        feature = "stage-tag"
-    )),
-    allow(dead_code)
-)]
+#![cfg_attr(not(every_wiring), allow(dead_code))]
 
 use std::sync::Arc;
 
@@ -49,52 +38,32 @@ pub struct Wiring {
     pub build: fn(&SdkConfig, &Env) -> Result<Services, StartError>,
 }
 
-#[cfg(all(
-    feature = "http",
-    feature = "aws-s3",
-    feature = "aws-sqs",
-    feature = "aws-s3vectors"
-))]
+#[cfg(wire_ingest)]
 pub const INGEST: Wiring = Wiring {
     function: Function::Ingest,
     build: ingest,
 };
-#[cfg(all(
-    feature = "stage-chunk",
-    feature = "aws-s3",
-    feature = "aws-sqs",
-    feature = "aws-s3vectors"
-))]
+#[cfg(wire_chunk)]
 pub const CHUNK: Wiring = Wiring {
     function: Function::Chunk,
     build: chunk,
 };
-#[cfg(all(
-    feature = "stage-embed",
-    feature = "aws-s3",
-    feature = "aws-sqs",
-    feature = "aws-s3vectors"
-))]
+#[cfg(wire_embed)]
 pub const EMBED: Wiring = Wiring {
     function: Function::Embed,
     build: embed,
 };
-#[cfg(all(
-    feature = "stage-tag",
-    feature = "aws-s3",
-    feature = "aws-sqs",
-    feature = "aws-s3vectors"
-))]
+#[cfg(wire_tag)]
 pub const TAG: Wiring = Wiring {
     function: Function::Tag,
     build: tag,
 };
-#[cfg(all(feature = "http", feature = "aws-s3vectors"))]
+#[cfg(wire_chat)]
 pub const CHAT: Wiring = Wiring {
     function: Function::Chat,
     build: chat,
 };
-#[cfg(all(feature = "aws-sqs", feature = "aws-s3vectors"))]
+#[cfg(wire_sync)]
 pub const SYNC: Wiring = Wiring {
     function: Function::Sync,
     build: sync,
@@ -102,15 +71,7 @@ pub const SYNC: Wiring = Wiring {
 
 /// Every function's wiring, by name: only in a build with all their features (the test suite);
 /// a function's own binary names its wiring constant instead.
-#[cfg(all(
-    feature = "http",
-    feature = "aws-s3",
-    feature = "aws-sqs",
-    feature = "aws-s3vectors",
-    feature = "stage-chunk",
-    feature = "stage-embed",
-    feature = "stage-tag"
-))]
+#[cfg(every_wiring)]
 pub fn of(function: Function) -> Wiring {
     match function {
         Function::Ingest => INGEST,
@@ -124,12 +85,7 @@ pub fn of(function: Function) -> Wiring {
 
 /// The HTTP API: uploads to S3, new jobs to the chunk queue, dead letters of all three queues
 /// for its retry routes.
-#[cfg(all(
-    feature = "http",
-    feature = "aws-s3",
-    feature = "aws-sqs",
-    feature = "aws-s3vectors"
-))]
+#[cfg(wire_ingest)]
 fn ingest(sdk: &SdkConfig, env: &Env) -> Result<Services, StartError> {
     let f = Function::Ingest;
     let mut settings = settings(f, env)?;
@@ -144,12 +100,7 @@ fn ingest(sdk: &SdkConfig, env: &Env) -> Result<Services, StartError> {
 }
 
 /// Reads or fetches a document and chunks it: sends to all three queues (its own for back-off).
-#[cfg(all(
-    feature = "stage-chunk",
-    feature = "aws-s3",
-    feature = "aws-sqs",
-    feature = "aws-s3vectors"
-))]
+#[cfg(wire_chunk)]
 fn chunk(sdk: &SdkConfig, env: &Env) -> Result<Services, StartError> {
     let f = Function::Chunk;
     let settings = Arc::new(settings(f, env)?);
@@ -161,12 +112,7 @@ fn chunk(sdk: &SdkConfig, env: &Env) -> Result<Services, StartError> {
 }
 
 /// Embeds chunks: no Paperless, only its own queue.
-#[cfg(all(
-    feature = "stage-embed",
-    feature = "aws-s3",
-    feature = "aws-sqs",
-    feature = "aws-s3vectors"
-))]
+#[cfg(wire_embed)]
 fn embed(sdk: &SdkConfig, env: &Env) -> Result<Services, StartError> {
     let f = Function::Embed;
     let settings = Arc::new(settings(f, env)?);
@@ -178,12 +124,7 @@ fn embed(sdk: &SdkConfig, env: &Env) -> Result<Services, StartError> {
 }
 
 /// Suggests and writes back metadata: only its own queue.
-#[cfg(all(
-    feature = "stage-tag",
-    feature = "aws-s3",
-    feature = "aws-sqs",
-    feature = "aws-s3vectors"
-))]
+#[cfg(wire_tag)]
 fn tag(sdk: &SdkConfig, env: &Env) -> Result<Services, StartError> {
     let f = Function::Tag;
     let settings = Arc::new(settings(f, env)?);
@@ -195,7 +136,7 @@ fn tag(sdk: &SdkConfig, env: &Env) -> Result<Services, StartError> {
 }
 
 /// Answers questions: no queue, no bucket; its Paperless client only links to documents.
-#[cfg(all(feature = "http", feature = "aws-s3vectors"))]
+#[cfg(wire_chat)]
 fn chat(sdk: &SdkConfig, env: &Env) -> Result<Services, StartError> {
     let f = Function::Chat;
     let settings = Arc::new(settings(f, env)?);
@@ -207,7 +148,7 @@ fn chat(sdk: &SdkConfig, env: &Env) -> Result<Services, StartError> {
 }
 
 /// Queues what changed in Paperless: no bucket; reads the dead letters.
-#[cfg(all(feature = "aws-sqs", feature = "aws-s3vectors"))]
+#[cfg(wire_sync)]
 fn sync(sdk: &SdkConfig, env: &Env) -> Result<Services, StartError> {
     let f = Function::Sync;
     let settings = Arc::new(settings(f, env)?);

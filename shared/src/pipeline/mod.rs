@@ -23,11 +23,7 @@ use crate::ports::{
     BlobStore, Cache, ChatModel, Condition, Embedder, ModelError, Paperless, PaperlessError,
     StateStore, StoreError, VectorIndex, WorkQueue,
 };
-#[cfg(any(
-    feature = "stage-chunk",
-    feature = "stage-embed",
-    feature = "stage-tag"
-))]
+#[cfg(feature = "stage")]
 use crate::telemetry::{self, JobIds};
 
 /// The three work queues.
@@ -466,11 +462,7 @@ async fn write_stage(
 
 /// Processes one message of a stage's queue. `final_attempt` is set when the queue will
 /// dead-letter the message if this attempt fails, so the job records the failure now.
-#[cfg(any(
-    feature = "stage-chunk",
-    feature = "stage-embed",
-    feature = "stage-tag"
-))]
+#[cfg(feature = "stage")]
 #[cfg_attr(
     not(any(feature = "stage-chunk", feature = "stage-embed")),
     allow(unreachable_code)
@@ -566,11 +558,7 @@ pub async fn handle(
 }
 
 /// A stage that failed (not one deferred by a breaker) shows as an error in its trace.
-#[cfg(any(
-    feature = "stage-chunk",
-    feature = "stage-embed",
-    feature = "stage-tag"
-))]
+#[cfg(feature = "stage")]
 fn mark_error(span: &tracing::Span, result: &Result<(), PipelineError>) {
     if matches!(result, Err(e) if !matches!(e, PipelineError::Deferred { .. })) {
         span.record("otel.status_code", "ERROR");
@@ -657,11 +645,7 @@ fn job_age_secs(job: &Job) -> f64 {
 
 /// Counts a failed step and, when it will not be retried, records why on the job.
 /// `content_hash` is the text a failed tag stage worked on.
-#[cfg(any(
-    feature = "stage-chunk",
-    feature = "stage-embed",
-    feature = "stage-tag"
-))]
+#[cfg(feature = "stage")]
 async fn record_failure(
     svc: &Services,
     stage: Stage,

@@ -1049,8 +1049,8 @@ pub fn prompt_input(
     let limit = (limit as f64 / factor) as usize;
     const TEXT_FLOOR: usize = 256;
     const MARGIN: usize = 32;
-    // Counted once, on the first taxonomy size that leaves room, whatever the cap.
-    let mut text_tokens: Option<usize> = None;
+    // Counted once, whatever the taxonomy's size.
+    let text_tokens = crate::text::count_tokens(text);
     for cap in [MAX_NAMES_PER_KIND, 75, 40, 20, 10, 0] {
         let mut input = TagInput {
             current_title: current_title.clone(),
@@ -1093,7 +1093,6 @@ pub fn prompt_input(
         let Some(room) = limit.checked_sub(overhead + MARGIN) else {
             continue;
         };
-        let text_tokens = *text_tokens.get_or_insert_with(|| crate::text::count_tokens(text));
         if room < TEXT_FLOOR.min(text_tokens) && cap > 0 {
             continue;
         }
