@@ -69,7 +69,7 @@ fn tagged_key(doc_id: &DocId) -> String {
 fn slice(
     taxonomy: &Taxonomy,
     kind: ObjectKind,
-    content_words: &BTreeSet<String>,
+    content_words: &std::cell::LazyCell<BTreeSet<String>, impl FnOnce() -> BTreeSet<String>>,
     cap: usize,
 ) -> Vec<String> {
     let mut objects: Vec<_> = taxonomy.objects(kind).iter().collect();
@@ -473,7 +473,8 @@ pub async fn plan_retag(
             plan.excluded.push(id);
             continue;
         }
-        let (_, estimate) = prompt_input(svc, &taxonomy, doc.title.clone(), &doc.content, today)?;
+        let (_, estimate) =
+            prompt_input(svc, &taxonomy, doc.title.clone(), &doc.content, None, today)?;
         plan.estimated_tokens += estimate as u64;
         plan.documents.push(id);
     }
@@ -711,14 +712,15 @@ fn recent_read(task: &TagTask) -> Option<Document> {
 
 /// The text to tag: the document's when it was read with its text, else the snapshot the
 /// chunk stage kept of this version; a Paperless document whose snapshot is gone (deleted
-/// with the index entry meanwhile) is read again.
+/// with the index entry meanwhile) is read again. With it, its token count when the chunk
+/// stage's count is of this very text (the snapshot of the task's version).
 async fn version_text(
     svc: &Services,
     task: &TagTask,
     doc: Option<&Document>,
-) -> Result<String, PipelineError> {
+) -> Result<(String, Option<usize>), PipelineError> {
     if let Some(doc) = doc.filter(|d| !d.content.is_empty()) {
-        return Ok(doc.content.clone());
+        return Ok((doc.content.clone(), None));
     }
     let snapshot = svc
         .blobs
@@ -726,8 +728,9 @@ async fn version_text(
         .await?;
     match (snapshot, doc, &svc.paperless) {
         (Some(bytes), _, _) => String::from_utf8(bytes)
+            .map(|text| (text, task.text_tokens))
             .map_err(|_| PipelineError::Fail("text snapshot is not UTF-8".into())),
-        (None, Some(doc), Some(paperless)) => Ok(paperless.document(doc.id).await?.content),
+        (None, Some(doc), Some(paperless)) => Ok((paperless.document(doc.id).await?.content, None)),
         (None, _, _) => Err(PipelineError::Fail("text snapshot is missing".into())),
     }
 }
@@ -784,7 +787,7 @@ async fn tag_leased(
         )
         .await;
     }
-    let text = version_text(svc, task, paperless_doc.as_ref()).await?;
+    let (text, text_tokens) = version_text(svc, task, paperless_doc.as_ref()).await?;
     let current_title = paperless_doc
         .as_ref()
         .map(|d| d.title.clone())
@@ -795,7 +798,7 @@ async fn tag_leased(
         let svc = svc.clone();
         let taxonomy = taxonomy.clone();
         tokio::task::spawn_blocking(move || {
-            prompt_input(&svc, &taxonomy, current_title, &text, today)
+            prompt_input(&svc, &taxonomy, current_title, &text, text_tokens, today)
         })
         .await
         .map_err(|e| PipelineError::Retry(format!("budgeting task failed: {e}")))??
@@ -1032,12 +1035,16 @@ pub fn prompt_input(
     taxonomy: &Taxonomy,
     current_title: String,
     text: &str,
+    text_tokens: Option<usize>,
     today: NaiveDate,
 ) -> Result<(TagInput, usize), PipelineError> {
     let settings = &svc.settings;
     let policy = &settings.policy;
     let control = control_tags(settings);
-    let content_words: BTreeSet<String> = crate::text::words(text).into_iter().collect();
+    // Only a taxonomy larger than a prompt's share needs the document's words.
+    let content_words = std::cell::LazyCell::new(|| -> BTreeSet<String> {
+        crate::text::words(text).into_iter().collect()
+    });
     let mut limit = policy.max_input_tokens;
     if settings.llm.provider == crate::config::Provider::Ollama {
         limit =
@@ -1049,8 +1056,8 @@ pub fn prompt_input(
     let limit = (limit as f64 / factor) as usize;
     const TEXT_FLOOR: usize = 256;
     const MARGIN: usize = 32;
-    // Counted once, whatever the taxonomy's size.
-    let text_tokens = crate::text::count_tokens(text);
+    // Counted once (by the chunk stage, when it is this text), whatever the taxonomy's size.
+    let text_tokens = text_tokens.unwrap_or_else(|| crate::text::count_tokens(text));
     for cap in [MAX_NAMES_PER_KIND, 75, 40, 20, 10, 0] {
         let mut input = TagInput {
             current_title: current_title.clone(),
