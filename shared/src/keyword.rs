@@ -7,8 +7,6 @@
 
 use std::collections::HashMap;
 
-use crate::text::words;
-
 /// BM25's usual constants: term-frequency saturation and length normalisation.
 const K1: f32 = 1.2;
 const B: f32 = 0.75;
@@ -53,6 +51,10 @@ pub fn is_function_word(w: &str) -> bool {
 /// A word reduced to a crude stem shared by its common inflections ("Rechnungen" and
 /// "Rechnung", "invoices" and "invoice", "factures" and "facture").
 pub fn stem(w: &str) -> String {
+    stemmed(w).into_owned()
+}
+
+fn stemmed(w: &str) -> std::borrow::Cow<'_, str> {
     let mut s = w;
     for suffix in ["ungen", "ies", "en", "es", "s", "e", "n"] {
         if s.len() > suffix.len() + 3 && s.ends_with(suffix) {
@@ -60,29 +62,46 @@ pub fn stem(w: &str) -> String {
             break;
         }
     }
-    if w.ends_with("ungen") {
-        return format!("{s}ung");
+    match w.ends_with("ungen") {
+        true => format!("{s}ung").into(),
+        false => s.into(),
     }
-    s.to_string()
+}
+
+/// Each term of a text, in order: stemmed words that are not function words. The text is
+/// folded once and its words are borrowed from it, not allocated one by one.
+fn each_term(text: &str, mut term: impl FnMut(&str)) {
+    let folded = crate::text::fold(text);
+    for w in folded.split(|c: char| !c.is_alphanumeric()) {
+        if !w.is_empty()
+            && !is_function_word(w)
+            && (w.len() > 1 || w.chars().all(|c| c.is_ascii_digit()))
+        {
+            term(&stemmed(w));
+        }
+    }
 }
 
 /// The terms of a text, in order: stemmed words that are not function words.
 pub fn terms(text: &str) -> Vec<String> {
-    words(text)
-        .into_iter()
-        .filter(|w| !is_function_word(w) && (w.len() > 1 || w.chars().all(|c| c.is_ascii_digit())))
-        .map(|w| stem(&w))
-        .collect()
+    let mut out = Vec::new();
+    each_term(text, |t| out.push(t.to_string()));
+    out
 }
 
 /// Term frequencies of a text and its length in terms.
 fn frequencies(text: &str) -> (HashMap<String, u32>, u32) {
-    let ts = terms(text);
-    let len = ts.len() as u32;
-    let mut tf = HashMap::new();
-    for t in ts {
-        *tf.entry(t).or_insert(0) += 1;
-    }
+    let mut tf: HashMap<String, u32> = HashMap::new();
+    let mut len = 0;
+    each_term(text, |t| {
+        len += 1;
+        match tf.get_mut(t) {
+            Some(n) => *n += 1,
+            None => {
+                tf.insert(t.to_string(), 1);
+            }
+        }
+    });
     (tf, len)
 }
 

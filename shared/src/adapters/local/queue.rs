@@ -226,14 +226,15 @@ impl WorkQueue for SqliteQueue {
         let (name, bodies, now) = (self.name.clone(), bodies.to_vec(), (self.clock)());
         self.db
             .call(move |c| {
-                let tx = c.savepoint().map_err(sql)?;
-                {
-                    let mut stmt = tx.prepare_cached("INSERT INTO queue_messages (queue, message_id, body, visible_at) VALUES (?1, ?2, ?3, ?4)").map_err(sql)?;
-                    for body in &bodies {
-                        stmt.execute(params![name, uuid::Uuid::now_v7().to_string(), body, now]).map_err(sql)?;
+                super::in_savepoint(c, |tx| {
+                    {
+                        let mut stmt = tx.prepare_cached("INSERT INTO queue_messages (queue, message_id, body, visible_at) VALUES (?1, ?2, ?3, ?4)").map_err(sql)?;
+                        for body in &bodies {
+                            stmt.execute(params![name, uuid::Uuid::now_v7().to_string(), body, now]).map_err(sql)?;
+                        }
                     }
-                }
-                tx.commit().map_err(sql)
+                    Ok(())
+                })
             })
             .await?;
         self.ready.notify_waiters();
@@ -251,36 +252,36 @@ impl WorkQueue for SqliteQueue {
         let hidden_until = now + visibility.as_millis() as i64;
         let (out, dead) = self.db
             .call(move |c| {
-                let tx = c.savepoint().map_err(sql)?;
-                let mut out = Vec::new();
-                let mut dead = Vec::new();
-                {
-                    let mut pick = tx
-                        .prepare_cached("SELECT seq, message_id, body, receive_count FROM queue_messages WHERE queue = ?1 AND dead = 0 AND visible_at <= ?2 ORDER BY seq LIMIT ?3")
-                        .map_err(sql)?;
-                    let rows: Vec<(i64, String, String, u32)> = pick
-                        .query_map(params![name, now, (max * 2) as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-                        .map_err(sql)?
-                        .collect::<Result<_, _>>()
-                        .map_err(sql)?;
-                    for (seq, message_id, body, count) in rows {
-                        if count >= max_receives {
-                            tx.prepare_cached("UPDATE queue_messages SET dead = 1, receipt = NULL WHERE seq = ?1").map_err(sql)?.execute(params![seq]).map_err(sql)?;
-                            tracing::warn!(queue = %name, %message_id, receives = count, "message moved to the dead-letter queue");
-                            dead.push(Delivery { receipt: dead_receipt(&message_id), message_id, body, receive_count: count });
-                            continue;
-                        }
-                        if out.len() == max {
-                            break;
-                        }
-                        let receipt = format!("{seq}:{}", uuid::Uuid::now_v7());
-                        tx.prepare_cached("UPDATE queue_messages SET receive_count = receive_count + 1, visible_at = ?2, receipt = ?3 WHERE seq = ?1").map_err(sql)?.execute(params![seq, hidden_until, receipt])
+                super::in_savepoint(c, |tx| {
+                    let mut out = Vec::new();
+                    let mut dead = Vec::new();
+                    {
+                        let mut pick = tx
+                            .prepare_cached("SELECT seq, message_id, body, receive_count FROM queue_messages WHERE queue = ?1 AND dead = 0 AND visible_at <= ?2 ORDER BY seq LIMIT ?3")
                             .map_err(sql)?;
-                        out.push(Delivery { message_id, receipt, body, receive_count: count + 1 });
+                        let rows: Vec<(i64, String, String, u32)> = pick
+                            .query_map(params![name, now, (max * 2) as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                            .map_err(sql)?
+                            .collect::<Result<_, _>>()
+                            .map_err(sql)?;
+                        for (seq, message_id, body, count) in rows {
+                            if count >= max_receives {
+                                tx.prepare_cached("UPDATE queue_messages SET dead = 1, receipt = NULL WHERE seq = ?1").map_err(sql)?.execute(params![seq]).map_err(sql)?;
+                                tracing::warn!(queue = %name, %message_id, receives = count, "message moved to the dead-letter queue");
+                                dead.push(Delivery { receipt: dead_receipt(&message_id), message_id, body, receive_count: count });
+                                continue;
+                            }
+                            if out.len() == max {
+                                break;
+                            }
+                            let receipt = format!("{seq}:{}", uuid::Uuid::now_v7());
+                            tx.prepare_cached("UPDATE queue_messages SET receive_count = receive_count + 1, visible_at = ?2, receipt = ?3 WHERE seq = ?1").map_err(sql)?.execute(params![seq, hidden_until, receipt])
+                                .map_err(sql)?;
+                            out.push(Delivery { message_id, receipt, body, receive_count: count + 1 });
+                        }
                     }
-                }
-                tx.commit().map_err(sql)?;
-                Ok((out, dead))
+                    Ok((out, dead))
+                })
             })
             .await?;
         if !dead.is_empty() {

@@ -63,27 +63,27 @@ impl StateStore for SqliteStateStore {
         let text = value.to_string();
         self.db
             .call(move |c| {
-                let tx = c.savepoint().map_err(sql)?;
-                let current: Option<u64> = tx
-                    .prepare_cached("SELECT version FROM state WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)").map_err(sql)?.query_row( params![key, now_unix()], |r| r.get::<_, i64>(0))
-                    .optional()
-                    .map_err(sql)?
-                    .map(|v| v as u64);
-                match (condition, current) {
-                    (Condition::Absent, Some(_)) => return Err(StoreError::Conflict(format!("{key} exists"))),
-                    (Condition::Version(want), found) if found != Some(want) => {
-                        return Err(StoreError::Conflict(format!("{key} is at version {found:?}, not {want}")));
+                super::in_savepoint(c, |tx| {
+                    let current: Option<u64> = tx
+                        .prepare_cached("SELECT version FROM state WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)").map_err(sql)?.query_row( params![key, now_unix()], |r| r.get::<_, i64>(0))
+                        .optional()
+                        .map_err(sql)?
+                        .map(|v| v as u64);
+                    match (condition, current) {
+                        (Condition::Absent, Some(_)) => return Err(StoreError::Conflict(format!("{key} exists"))),
+                        (Condition::Version(want), found) if found != Some(want) => {
+                            return Err(StoreError::Conflict(format!("{key} is at version {found:?}, not {want}")));
+                        }
+                        _ => {}
                     }
-                    _ => {}
-                }
-                let version = current.unwrap_or(0) + 1;
-                tx.prepare_cached("INSERT INTO state (key, value, version, expires_at) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT(key) DO UPDATE SET value = excluded.value, version = excluded.version, expires_at = excluded.expires_at").map_err(sql)?.execute(
-                    params![key, text, version as i64, expires_at],
-                )
-                .map_err(sql)?;
-                tx.commit().map_err(sql)?;
-                Ok(version)
+                    let version = current.unwrap_or(0) + 1;
+                    tx.prepare_cached("INSERT INTO state (key, value, version, expires_at) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT(key) DO UPDATE SET value = excluded.value, version = excluded.version, expires_at = excluded.expires_at").map_err(sql)?.execute(
+                        params![key, text, version as i64, expires_at],
+                    )
+                    .map_err(sql)?;
+                    Ok(version)
+                })
             })
             .await
     }
@@ -92,16 +92,17 @@ impl StateStore for SqliteStateStore {
         let key = key.to_string();
         self.db
             .call(move |c| {
-                let sp = c.savepoint().map_err(sql)?;
-                sp.prepare_cached("DELETE FROM state WHERE key = ?1")
-                    .map_err(sql)?
-                    .execute(params![key])
-                    .map_err(sql)?;
-                sp.prepare_cached("DELETE FROM counters WHERE key = ?1")
-                    .map_err(sql)?
-                    .execute(params![key])
-                    .map_err(sql)?;
-                sp.commit().map_err(sql)
+                super::in_savepoint(c, |sp| {
+                    sp.prepare_cached("DELETE FROM state WHERE key = ?1")
+                        .map_err(sql)?
+                        .execute(params![key])
+                        .map_err(sql)?;
+                    sp.prepare_cached("DELETE FROM counters WHERE key = ?1")
+                        .map_err(sql)?
+                        .execute(params![key])
+                        .map_err(sql)?;
+                    Ok(())
+                })
             })
             .await
     }

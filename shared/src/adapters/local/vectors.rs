@@ -256,14 +256,15 @@ impl VectorIndex for SqliteVectorIndex {
             .collect();
         self.db
             .call(move |c| {
-                let tx = c.savepoint().map_err(sql)?;
-                {
-                    let mut stmt = tx.prepare_cached("INSERT OR REPLACE INTO vectors (idx, key, vector, metadata, text, title) VALUES (?1, ?2, ?3, ?4, ?5, ?6)").map_err(sql)?;
-                    for (key, blob, meta, text, title) in &rows {
-                        stmt.execute(params![name, key, blob, meta, text, title]).map_err(sql)?;
+                super::in_savepoint(c, |tx| {
+                    {
+                        let mut stmt = tx.prepare_cached("INSERT OR REPLACE INTO vectors (idx, key, vector, metadata, text, title) VALUES (?1, ?2, ?3, ?4, ?5, ?6)").map_err(sql)?;
+                        for (key, blob, meta, text, title) in &rows {
+                            stmt.execute(params![name, key, blob, meta, text, title]).map_err(sql)?;
+                        }
                     }
-                }
-                tx.commit().map_err(sql)
+                    Ok(())
+                })
             })
             .await?;
         // Terms are counted outside the lock (searches and other writers go on meanwhile),
@@ -297,14 +298,15 @@ impl VectorIndex for SqliteVectorIndex {
         let (name, owned) = (self.name.clone(), keys.to_vec());
         self.db
             .call(move |c| {
-                let tx = c.savepoint().map_err(sql)?;
-                for k in &owned {
-                    tx.prepare_cached("DELETE FROM vectors WHERE idx = ?1 AND key = ?2")
-                        .map_err(sql)?
-                        .execute(params![name, k])
-                        .map_err(sql)?;
-                }
-                tx.commit().map_err(sql)
+                super::in_savepoint(c, |tx| {
+                    for k in &owned {
+                        tx.prepare_cached("DELETE FROM vectors WHERE idx = ?1 AND key = ?2")
+                            .map_err(sql)?
+                            .execute(params![name, k])
+                            .map_err(sql)?;
+                    }
+                    Ok(())
+                })
             })
             .await?;
         let mut memory = self.memory.write().expect("index lock");
