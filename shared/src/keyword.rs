@@ -7,6 +7,10 @@
 
 use std::collections::HashMap;
 
+/// Term counts of one chunk or question: bounded by its length, so a fast unkeyed hash is safe
+/// even for hostile text (the corpus-wide maps keep std's keyed one).
+type TermCounts = HashMap<String, u32, std::hash::BuildHasherDefault<rustc_hash::FxHasher>>;
+
 /// BM25's usual constants: term-frequency saturation and length normalisation.
 const K1: f32 = 1.2;
 const B: f32 = 0.75;
@@ -42,7 +46,7 @@ pub fn is_function_word(w: &str) -> bool {
         "combien", "quand", "ou", "comment", "fait",
     ];
     // Asked for every word of every chunk indexed: a set, not a scan of 300 words.
-    static SET: std::sync::OnceLock<std::collections::HashSet<&'static str>> =
+    static SET: std::sync::OnceLock<rustc_hash::FxHashSet<&'static str>> =
         std::sync::OnceLock::new();
     SET.get_or_init(|| STOP.iter().copied().collect())
         .contains(w)
@@ -90,8 +94,8 @@ pub fn terms(text: &str) -> Vec<String> {
 }
 
 /// Term frequencies of a text and its length in terms.
-fn frequencies(text: &str) -> (HashMap<String, u32>, u32) {
-    let mut tf: HashMap<String, u32> = HashMap::new();
+fn frequencies(text: &str) -> (TermCounts, u32) {
+    let mut tf = TermCounts::default();
     let mut len = 0;
     each_term(text, |t| {
         len += 1;
@@ -119,7 +123,7 @@ pub fn score_texts(query: &str, texts: &[&str]) -> Vec<f32> {
     let mut q = terms(query);
     q.sort();
     q.dedup();
-    let docs: Vec<(HashMap<String, u32>, u32)> = texts.iter().map(|t| frequencies(t)).collect();
+    let docs: Vec<(TermCounts, u32)> = texts.iter().map(|t| frequencies(t)).collect();
     let n = docs.len().max(1) as f32;
     let average = docs.iter().map(|d| d.1 as f32).sum::<f32>() / n;
     let idfs: Vec<f32> = q
@@ -150,7 +154,7 @@ pub fn best_share(query: &str, texts: &[&str]) -> f32 {
     let mut q = terms(query);
     q.sort();
     q.dedup();
-    let docs: Vec<HashMap<String, u32>> = texts.iter().map(|t| frequencies(t).0).collect();
+    let docs: Vec<TermCounts> = texts.iter().map(|t| frequencies(t).0).collect();
     let n = docs.len().max(1) as f32;
     let idfs: Vec<f32> = q
         .iter()
@@ -176,7 +180,7 @@ pub fn best_share(query: &str, texts: &[&str]) -> f32 {
 /// digest that tells a re-indexed chunk whose text did not change (a metadata refresh) from
 /// one whose text did. Computed outside the index's lock: it is the expensive part.
 pub struct Terms {
-    frequencies: HashMap<String, u32>,
+    frequencies: TermCounts,
     length: u32,
     digest: u64,
 }
