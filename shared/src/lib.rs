@@ -7,6 +7,7 @@
 
 pub mod adapters;
 pub mod auth;
+#[cfg(feature = "tokens")]
 pub mod cl100k;
 pub mod config;
 #[cfg(feature = "contract")]

@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 use chrono::NaiveDate;
 use regex::Regex;
 use sha2::{Digest, Sha256};
+#[cfg(feature = "splitter")]
 use text_splitter::{ChunkConfig, TextSplitter};
 use unicode_normalization::UnicodeNormalization;
 
@@ -93,6 +94,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// Tokens of `text` in OpenAI's cl100k encoding.
+#[cfg(feature = "tokens")]
 pub fn count_tokens(text: &str) -> usize {
     crate::cl100k::cl100k().count(text)
 }
@@ -121,6 +123,7 @@ pub fn token_factor(model: &str) -> f64 {
 /// Splits `text` into chunks of at most `max_tokens` tokens, consecutive chunks sharing up to
 /// `overlap` tokens, cut at the largest semantic unit that fits (paragraph, sentence, word).
 /// Returns byte ranges into `text`.
+#[cfg(feature = "splitter")]
 pub fn chunk_ranges(text: &str, max_tokens: usize, overlap: usize) -> Vec<(usize, usize)> {
     let counter = crate::cl100k::PieceCounter::new();
     let text_end = text.trim_end().len();
@@ -135,6 +138,7 @@ pub fn chunk_ranges(text: &str, max_tokens: usize, overlap: usize) -> Vec<(usize
     split(text, max_tokens, overlap, &counter)
 }
 
+#[cfg(feature = "splitter")]
 fn split(
     text: &str,
     max_tokens: usize,
@@ -156,6 +160,7 @@ fn split(
 /// totals usually are) and marking the cut. The cut is made in the text itself, at character
 /// boundaries: a token boundary can split a multi-byte character, and decoding such a slice
 /// would lose the whole head or tail.
+#[cfg(feature = "tokens")]
 pub fn fit_head_tail(text: &str, max_tokens: usize) -> String {
     let tokens = crate::cl100k::cl100k().token_lengths(text);
     if tokens.len() <= max_tokens {

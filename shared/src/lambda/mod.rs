@@ -202,7 +202,7 @@ pub fn http_router(svc: Services) -> axum::Router {
 }
 
 /// What the chat door's public function URL serves: `POST /chat` and `/health` only.
-#[cfg(feature = "lambda-http")]
+#[cfg(all(feature = "lambda-http", feature = "chat"))]
 pub fn chat_router(svc: Services) -> axum::Router {
     let state = crate::http::ApiState::new(svc, String::new(), None);
     with_metrics_flush(crate::http::chat_router(state))

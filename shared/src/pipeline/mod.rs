@@ -5,6 +5,7 @@
 //! Lambda doors and `pai`'s workers call with a message body.
 
 pub mod access;
+#[cfg(feature = "chat")]
 pub mod chat;
 pub mod chunk;
 pub mod embed;

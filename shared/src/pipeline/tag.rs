@@ -19,7 +19,9 @@ use crate::domain::{
     Suggestion, TagInput, TagTask, Taxonomy,
 };
 use crate::ports::{Condition, Paperless, StoreError};
-use crate::text::{calendar_date, fit_head_tail, fold, plausible_date};
+#[cfg(feature = "tokens")]
+use crate::text::fit_head_tail;
+use crate::text::{calendar_date, fold, plausible_date};
 
 /// At most this many names of one kind go into a prompt; the rest of a large taxonomy is
 /// represented by the names most relevant to the document and the most used.
@@ -424,6 +426,7 @@ pub struct RetagPlan {
 
 /// Resolves a selection to documents and estimates the tokens their re-run spends (the same
 /// prompt budgeting the tag stage uses).
+#[cfg(feature = "tokens")]
 pub async fn plan_retag(
     svc: &Services,
     selection: &RetagSelection,
@@ -577,6 +580,7 @@ fn tag_id(taxonomy: &Taxonomy, name: Option<&str>) -> Option<u64> {
 
 /// Tags one document version. Everything, from the loop guard's verdict on, happens holding
 /// the document's lease: a duplicate that waited for it reads what the first run wrote.
+#[cfg(feature = "stage-tag")]
 pub async fn run(svc: &Services, task: &TagTask) -> Result<(), PipelineError> {
     let version = acquire_lease(svc, task).await?;
     let result = holding_lease(svc, task, version, run_leased(svc, task)).await;
@@ -584,6 +588,7 @@ pub async fn run(svc: &Services, task: &TagTask) -> Result<(), PipelineError> {
     result
 }
 
+#[cfg(feature = "stage-tag")]
 async fn run_leased(svc: &Services, task: &TagTask) -> Result<(), PipelineError> {
     let policy = &svc.settings.policy;
     let guard = json!({"content_hash": task.content_hash, "policy": policy.fingerprint(), "model": svc.model.name()});
@@ -758,6 +763,7 @@ fn visible_in(doc: &Document, applied: &DocumentPatch) -> bool {
 }
 
 /// The tagging proper, holding the document's lease.
+#[cfg(feature = "stage-tag")]
 async fn tag_leased(
     svc: &Services,
     task: &TagTask,
@@ -1027,6 +1033,7 @@ async fn finish(
 /// (instructions, taxonomy slice, document text) fits `MAX_INPUT_TOKENS` and, on Ollama, the
 /// context (`OLLAMA_NUM_CTX`) less the reply; a large taxonomy gives up names before the
 /// document gives up text below a floor.
+#[cfg(feature = "tokens")]
 pub fn prompt_input(
     svc: &Services,
     taxonomy: &Taxonomy,
@@ -1121,6 +1128,7 @@ pub fn prompt_input(
 }
 
 /// Tokens of the tagging prompt without the document: instructions, taxonomy and schema.
+#[cfg(feature = "tokens")]
 fn prompt_tokens(input: &TagInput, system_prompt: Option<&str>) -> usize {
     let messages = crate::providers::llm::tag_messages(input, system_prompt);
     let schema = crate::providers::llm::tag_schema(input);

@@ -34,7 +34,6 @@ use crate::config::ConfigError;
 use crate::domain::{Answer, AnswerInput, Suggestion, TagInput};
 use crate::ports::{ChatModel, EmbedKind, Embedder, ModelError, TokenSink, Usage};
 use crate::smithy_json::{to_document, to_json};
-use crate::text::{count_tokens, fit_head_tail, token_factor};
 
 /// Claude Haiku 4.5 through the global cross-region inference profile: reachable from every
 /// commercial region without naming one (the bare model id needs a profile). For data that must
@@ -408,6 +407,27 @@ impl BedrockChat {
         }
     }
 
+    /// The pipeline fits the document to the budget in cl100k tokens; this model's tokenizer
+    /// makes more of the same text, so the budget shrinks by the family's estimated factor.
+    #[cfg(feature = "tokens")]
+    fn fitted<'a>(&self, input: &'a TagInput) -> Cow<'a, TagInput> {
+        let factor = crate::text::token_factor(&self.model);
+        if factor <= 1.0 {
+            return Cow::Borrowed(input);
+        }
+        let budget = (self.max_input_tokens as f64 / factor) as usize;
+        let mut fitted = input.clone();
+        fitted.content = crate::text::fit_head_tail(&input.content, budget);
+        Cow::Owned(fitted)
+    }
+
+    /// A build without the tokenizer has no tag use case (it needs `tokens`), so no prompt
+    /// budgeted in cl100k tokens comes here to be fitted again.
+    #[cfg(not(feature = "tokens"))]
+    fn fitted<'a>(&self, input: &'a TagInput) -> Cow<'a, TagInput> {
+        Cow::Borrowed(input)
+    }
+
     fn inference(&self) -> InferenceConfiguration {
         InferenceConfiguration::builder()
             .max_tokens(self.max_output_tokens.min(i32::MAX as usize) as i32)
@@ -470,17 +490,7 @@ impl ChatModel for BedrockChat {
     }
 
     async fn suggest(&self, input: &TagInput) -> Result<(Suggestion, Usage), ModelError> {
-        // The pipeline fits the document to the budget in cl100k tokens; this model's tokenizer
-        // makes more of the same text, so the budget shrinks by the family's estimated factor.
-        let factor = token_factor(&self.model);
-        let input = if factor > 1.0 {
-            let budget = (self.max_input_tokens as f64 / factor) as usize;
-            let mut fitted = input.clone();
-            fitted.content = fit_head_tail(&input.content, budget);
-            Cow::Owned(fitted)
-        } else {
-            Cow::Borrowed(input)
-        };
+        let input = self.fitted(input);
         suggest_with_repair(
             &input,
             self.system_prompt.as_deref(),
@@ -720,9 +730,20 @@ impl BedrockEmbedder {
         // Bedrock's Cohere replies carry no token count: estimated, for metrics and budgets.
         let tokens = reply["meta"]["billed_units"]["input_tokens"]
             .as_u64()
-            .unwrap_or_else(|| texts.iter().map(|t| count_tokens(t) as u64).sum());
+            .unwrap_or_else(|| estimated_tokens(texts));
         Ok((vectors, tokens))
     }
+}
+
+/// Tokens of texts whose reply does not count them: in cl100k tokens where the tokenizer is
+/// linked; else (the embed function, which links no vocabulary for an estimate) a quarter of
+/// the bytes, about what cl100k makes of prose.
+fn estimated_tokens(texts: &[String]) -> u64 {
+    #[cfg(feature = "tokens")]
+    let count = |t: &str| crate::text::count_tokens(t);
+    #[cfg(not(feature = "tokens"))]
+    let count = |t: &str| t.len().div_ceil(4);
+    texts.iter().map(|t| count(t) as u64).sum()
 }
 
 #[async_trait]
@@ -812,6 +833,7 @@ mod tests {
     use super::*;
     use crate::domain::{DocId, Field, Passage, Taxonomy};
     use crate::providers::llm::tag_schema;
+    use crate::text::{count_tokens, fit_head_tail};
 
     /// A client answering from `rules`, without retries (a retried throttle would just wait).
     fn client(rules: &[&Rule], mode: RuleMode) -> Client {
