@@ -1153,8 +1153,10 @@ async fn aws_request_counts_price_out_per_document() {
         let cache: Arc<dyn Cache> = Counted::<dyn Cache>::new(svc.cache.clone(), &counts);
         svc.cache = cache.clone();
         // The models keep their own handle on the cache: built again over the counted one.
-        let raw = shared::providers::embedder(&svc.settings).unwrap();
-        let (model, embedder) = shared::providers::assemble(&svc.settings, raw, cache).unwrap();
+        let aws = shared::providers::AwsConfig::DefaultChain;
+        let raw = shared::providers::embedder(&svc.settings, &aws).unwrap();
+        let (model, embedder) =
+            shared::providers::assemble(&svc.settings, raw, cache, &aws).unwrap();
         (svc.model, svc.embedder) = (model, embedder);
         let q = &mut svc.queues;
         q.chunk = Counted::<dyn WorkQueue>::new(q.chunk.clone(), &counts);

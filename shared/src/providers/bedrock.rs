@@ -6,14 +6,14 @@
 //! Cohere Embed (up to 96 texts per call).
 //!
 //! The SDK client is built on first use, so building a provider stays synchronous like the
-//! other providers'; tests hand in a ready client instead.
+//! other providers', from the configuration the caller names ([`AwsConfig`]: a Lambda's own, or
+//! `pai`'s default chains); tests hand in a ready client instead.
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_config::BehaviorVersion;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_bedrockruntime::Client;
 use aws_sdk_bedrockruntime::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
@@ -29,6 +29,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
+use super::AwsConfig;
 use super::llm::{Message, answer_messages, cited, standalone_with, suggest_with_repair};
 use crate::config::ConfigError;
 use crate::domain::{Answer, AnswerInput, Suggestion, TagInput};
@@ -47,18 +48,20 @@ const TITAN_CONCURRENCY: usize = 8;
 /// Cohere Embed takes at most this many texts per call.
 const COHERE_BATCH: usize = 96;
 
-/// The SDK client, built from the default AWS configuration (environment, profile, container or
-/// instance role) on first use; `endpoint` (LLM_BASE_URL / EMBEDDING_BASE_URL) overrides the
-/// Bedrock endpoint, for VPC endpoints and tests.
+/// The SDK client, built on first use from `aws` (region and credentials); `endpoint`
+/// (LLM_BASE_URL / EMBEDDING_BASE_URL) overrides the Bedrock endpoint, for VPC endpoints and
+/// tests.
 struct LazyClient {
+    aws: Option<AwsConfig>,
     endpoint: Option<String>,
     timeout: Duration,
     client: OnceCell<Client>,
 }
 
 impl LazyClient {
-    fn new(endpoint: Option<&str>, timeout: Duration) -> LazyClient {
+    fn new(aws: &AwsConfig, endpoint: Option<&str>, timeout: Duration) -> LazyClient {
         LazyClient {
+            aws: Some(aws.clone()),
             endpoint: endpoint.map(str::to_string),
             timeout,
             client: OnceCell::new(),
@@ -67,6 +70,7 @@ impl LazyClient {
 
     fn ready(client: Client) -> LazyClient {
         LazyClient {
+            aws: None,
             endpoint: None,
             timeout: Duration::ZERO,
             client: OnceCell::from(client),
@@ -80,12 +84,29 @@ impl LazyClient {
                     .connect_timeout(Duration::from_secs(5))
                     .operation_attempt_timeout(self.timeout)
                     .build();
-                let mut loader =
-                    aws_config::defaults(BehaviorVersion::latest()).timeout_config(timeouts);
-                if let Some(url) = &self.endpoint {
-                    loader = loader.endpoint_url(url);
-                }
-                let conf = loader.load().await;
+                let conf = match self
+                    .aws
+                    .as_ref()
+                    .expect("a client that is not ready has a configuration")
+                {
+                    AwsConfig::Given(sdk) => {
+                        let mut conf = sdk.to_builder().timeout_config(timeouts);
+                        if let Some(url) = &self.endpoint {
+                            conf = conf.endpoint_url(url);
+                        }
+                        conf.build()
+                    }
+                    #[cfg(feature = "local")]
+                    AwsConfig::DefaultChain => {
+                        let mut loader =
+                            aws_config::defaults(aws_config::BehaviorVersion::latest())
+                                .timeout_config(timeouts);
+                        if let Some(url) = &self.endpoint {
+                            loader = loader.endpoint_url(url);
+                        }
+                        loader.load().await
+                    }
+                };
                 if conf.region().is_none() {
                     return Err(ModelError::Refused(
                         "bedrock: no AWS region is configured: set AWS_REGION".into(),
@@ -356,6 +377,7 @@ impl BedrockChat {
     /// `endpoint` (LLM_BASE_URL) overrides the Bedrock endpoint; `model` defaults to
     /// [`DEFAULT_CHAT_MODEL`]. `max_input_tokens` is the document budget in cl100k tokens.
     pub fn new(
+        aws: &AwsConfig,
         endpoint: Option<&str>,
         model: Option<&str>,
         max_input_tokens: usize,
@@ -363,7 +385,7 @@ impl BedrockChat {
         system_prompt: Option<String>,
     ) -> BedrockChat {
         Self::build(
-            LazyClient::new(endpoint, Duration::from_secs(120)),
+            LazyClient::new(aws, endpoint, Duration::from_secs(120)),
             model,
             max_input_tokens,
             max_output_tokens,
@@ -595,12 +617,13 @@ impl BedrockEmbedder {
     /// `endpoint` (EMBEDDING_BASE_URL) overrides the Bedrock endpoint; `model` defaults to
     /// [`DEFAULT_EMBEDDING_MODEL`]; `dimensions` must be one the model produces.
     pub fn new(
+        aws: &AwsConfig,
         endpoint: Option<&str>,
         model: Option<&str>,
         dimensions: Option<usize>,
     ) -> Result<BedrockEmbedder, ConfigError> {
         Self::build(
-            LazyClient::new(endpoint, Duration::from_secs(60)),
+            LazyClient::new(aws, endpoint, Duration::from_secs(60)),
             model,
             dimensions,
         )
@@ -1429,9 +1452,36 @@ mod tests {
         assert!(e.embed(&["x".into()]).await.unwrap_err().is_transient());
     }
 
+    #[tokio::test]
+    async fn a_given_configuration_is_used_instead_of_the_default_chains() {
+        let sdk = |region: Option<&str>| {
+            let mut b = aws_config::SdkConfig::builder()
+                .behavior_version(aws_config::BehaviorVersion::latest());
+            if let Some(r) = region {
+                b = b.region(aws_config::Region::new(r.to_string()));
+            }
+            AwsConfig::Given(Box::new(b.build()))
+        };
+        let lazy = LazyClient::new(
+            &sdk(Some("eu-south-2")),
+            Some("http://127.0.0.1:9"),
+            Duration::from_secs(7),
+        );
+        let client = lazy.get().await.unwrap();
+        assert_eq!(
+            client.config().region().map(|r| r.as_ref()),
+            Some("eu-south-2")
+        );
+        // Without a region in it, none is looked for elsewhere (profile files, IMDS).
+        let lazy = LazyClient::new(&sdk(None), None, Duration::from_secs(7));
+        assert!(matches!(lazy.get().await, Err(ModelError::Refused(_))));
+    }
+
     #[test]
     fn embedding_dimensions_are_checked_at_build() {
-        let make = |model: Option<&str>, dims| BedrockEmbedder::new(None, model, dims);
+        let make = |model: Option<&str>, dims| {
+            BedrockEmbedder::new(&AwsConfig::DefaultChain, None, model, dims)
+        };
         assert_eq!(make(None, None).unwrap().dimension(), 1024);
         assert_eq!(make(None, Some(256)).unwrap().dimension(), 256);
         let err = make(None, Some(300)).err().unwrap();
@@ -1460,17 +1510,19 @@ mod tests {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         let settings = crate::config::Settings::from_map(&env).unwrap();
-        let model = crate::providers::chat_model(&settings).unwrap();
+        let model = crate::providers::chat_model(&settings, &AwsConfig::DefaultChain).unwrap();
         assert_eq!(
             model.name(),
             "bedrock/eu.anthropic.claude-haiku-4-5-20251001-v1:0"
         );
-        let embedder = crate::providers::embedder(&settings).unwrap();
+        let embedder = crate::providers::embedder(&settings, &AwsConfig::DefaultChain).unwrap();
         assert_eq!(embedder.space(), "bedrock/amazon.titan-embed-text-v2:0/512");
         let mut env = env;
         env.insert("EMBEDDING_DIMENSIONS".into(), "768".into());
         let settings = crate::config::Settings::from_map(&env).unwrap();
-        let err = crate::providers::embedder(&settings).err().unwrap();
+        let err = crate::providers::embedder(&settings, &AwsConfig::DefaultChain)
+            .err()
+            .unwrap();
         assert_eq!(err.var, "EMBEDDING_DIMENSIONS");
     }
 }
