@@ -164,9 +164,7 @@ struct Session {
     caller: Option<String>,
 }
 
-fn session_key(id: &str) -> String {
-    format!("session/{id}")
-}
+use crate::state_keys::session_key;
 
 fn refusal(question: &str) -> &'static str {
     match detect_language(question) {

@@ -129,15 +129,14 @@ pub async fn dead_lettered(
     Ok(())
 }
 
-/// Where jobs that failed for a transient reason wait for sync to run them again.
-const TRANSIENT_PREFIX: &str = "failed-transient/";
+use crate::state_keys::{FAILED_TRANSIENT_PREFIX as TRANSIENT_PREFIX, failed_transient_key};
 
 /// Records that a job failed for a reason that may heal (an outage outlasted its receives, or
 /// its message was dead-lettered), so sync runs it again.
 pub async fn failed_transiently(svc: &Services, job_id: &str) -> Result<(), PipelineError> {
     svc.state
         .put(
-            &format!("{TRANSIENT_PREFIX}{job_id}"),
+            &failed_transient_key(job_id),
             &serde_json::json!({"at": super::now()}),
             crate::ports::Condition::None,
             None,
@@ -362,7 +361,10 @@ pub async fn retry_failed(svc: &Services) -> Result<Vec<String>, PipelineError> 
     let mut failed = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        let page = svc.state.list("job/", after.as_deref(), 500).await?;
+        let page = svc
+            .state
+            .list(crate::state_keys::JOBS, after.as_deref(), 500)
+            .await?;
         for (_, v) in &page {
             if let Ok(job) = serde_json::from_value::<Job>(v.clone())
                 && job.status() == JobStatus::Failed

@@ -290,9 +290,7 @@ pub(crate) fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-pub fn job_key(job_id: &str) -> String {
-    format!("job/{job_id}")
-}
+pub use crate::state_keys::job_key;
 
 /// Reads a job.
 pub async fn load_job(state: &dyn StateStore, job_id: &str) -> Result<Option<Job>, PipelineError> {

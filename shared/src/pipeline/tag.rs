@@ -58,13 +58,8 @@ pub struct SuggestionRecord {
     pub kept_by_user: Vec<String>,
 }
 
-pub fn suggestion_key(doc_id: &DocId) -> String {
-    format!("suggestion/{doc_id}")
-}
-
-fn tagged_key(doc_id: &DocId) -> String {
-    format!("tagged/{doc_id}")
-}
+pub use crate::state_keys::{FAILED_MARK_PREFIX, retag_key, suggestion_key};
+use crate::state_keys::{failed_key, failed_mark_key, tag_lease_key as lease_key, tagged_key};
 
 /// The names of one kind to show the model: all of a small taxonomy; for a large one, those
 /// the document mentions first, then the most used.
@@ -341,20 +336,6 @@ pub fn implausible_name(name: &str) -> Option<String> {
         return Some("has no letters or digits".into());
     }
     None
-}
-
-fn lease_key(doc_id: &DocId) -> String {
-    format!("lease/tag/{doc_id}")
-}
-
-/// Set by `POST /documents/{id}/retag` and `pai retag`: the next tagging of the document runs
-/// whatever the loop guard says.
-pub fn retag_key(doc_id: &DocId) -> String {
-    format!("retag/{doc_id}")
-}
-
-fn failed_key(doc_id: &DocId) -> String {
-    format!("failed/{doc_id}")
 }
 
 /// Forgets that tagging failed on the document's current text: a retry is a person (or sync,
@@ -809,7 +790,7 @@ async fn tag_leased(
     // The day's tagging budget, reserved before the call (atomically: concurrent workers
     // cannot all pass a check and then overspend together), settled after it.
     let cap = svc.settings.llm_daily_tokens;
-    let usage_key = format!("usage/tagging/{today}");
+    let usage_key = crate::state_keys::tagging_usage_key(today);
     let reserved = if cap > 0 {
         let reserve = estimate as i64;
         let used = svc.state.add(&usage_key, "tokens", reserve).await?;
@@ -1355,10 +1336,6 @@ async fn plan(
     Ok((patch, previous, kept))
 }
 
-/// Where a failed tag that could not be written waits for sync to write it (Paperless was
-/// down when the job failed, which is often why it failed).
-pub const FAILED_MARK_PREFIX: &str = "failed-mark/";
-
 /// Marks a Paperless document with the failed tag. When the tag stage failed on a known text
 /// (`content_hash`), the failure is remembered under the loop guard first: the PATCH fires
 /// "Document Updated", and that webhook must not buy a second full attempt at the same text
@@ -1370,12 +1347,7 @@ pub async fn mark_failed(svc: &Services, job_id: &str, content_hash: Option<&str
         let pending = json!({"content_hash": content_hash, "reason": reason});
         if let Err(e) = svc
             .state
-            .put(
-                &format!("{FAILED_MARK_PREFIX}{job_id}"),
-                &pending,
-                Condition::None,
-                None,
-            )
+            .put(&failed_mark_key(job_id), &pending, Condition::None, None)
             .await
         {
             tracing::warn!(job_id, error = %e, "could not keep the failed tag for sync either");
