@@ -9,6 +9,7 @@ pub mod review;
 pub mod status;
 mod ui;
 
+#[cfg(feature = "chat")]
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
+#[cfg(feature = "chat")]
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};

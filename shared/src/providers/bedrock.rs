@@ -366,6 +366,8 @@ pub struct BedrockChat {
     client: LazyClient,
     model: String,
     name: String,
+    /// Read only where documents are fitted again (`fitted`, with `tokens`).
+    #[cfg_attr(not(feature = "tokens"), allow(dead_code))]
     max_input_tokens: usize,
     max_output_tokens: usize,
     system_prompt: Option<String>,
