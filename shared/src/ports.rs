@@ -176,11 +176,20 @@ pub struct Delivery {
 }
 
 /// The work queues (chunk, embed, tag) with SQS semantics: at-least-once delivery, visibility
-/// timeout, receive count, and dead letters after too many receives.
+/// timeout, receive count, and dead letters after too many receives. Three ports, as the
+/// callers need them: a stage that hands work on only sends ([`QueueSender`]); a worker
+/// consumes ([`QueueConsumer`]: `pai`'s workers, and a Lambda door for back-off on the message
+/// it holds); retry routes and sync read the dead letters ([`DeadLetters`]). An adapter
+/// provides all three ([`WorkQueue`]).
 #[async_trait]
-pub trait WorkQueue: Send + Sync {
+pub trait QueueSender: Send + Sync {
     /// Sends the bodies in order; callers may pass any number (adapters batch by 10).
     async fn send(&self, bodies: &[String]) -> Result<(), StoreError>;
+}
+
+/// Taking work from a queue: receive, acknowledge, hand back.
+#[async_trait]
+pub trait QueueConsumer: Send + Sync {
     /// Up to `max` (≤ 10) visible messages, hidden for `visibility` once received.
     async fn receive(&self, max: usize, visibility: Duration) -> Result<Vec<Delivery>, StoreError>;
     /// Acknowledges a message; a stale receipt (the message was redelivered since) is ignored.
@@ -194,12 +203,22 @@ pub trait WorkQueue: Send + Sync {
     async fn defer(&self, message: &Delivery, delay: Duration) -> Result<(), StoreError> {
         self.release(&message.receipt, delay).await
     }
+}
+
+/// A queue's dead letters: the messages received too often.
+#[async_trait]
+pub trait DeadLetters: Send + Sync {
     /// Messages moved to the dead-letter queue, oldest first, each with a receipt that
     /// `delete_dead_letter` takes (not `delete`).
     async fn dead_letters(&self, limit: usize) -> Result<Vec<Delivery>, StoreError>;
     /// Removes one dead letter (its job is being re-run, or was recorded as failed).
     async fn delete_dead_letter(&self, receipt: &str) -> Result<(), StoreError>;
 }
+
+/// A whole work queue, as each adapter (SQS, the embedded queue) provides it.
+pub trait WorkQueue: QueueSender + QueueConsumer + DeadLetters {}
+
+impl<Q: QueueSender + QueueConsumer + DeadLetters + ?Sized> WorkQueue for Q {}
 
 /// Largest top-k a vector query may ask for (S3 Vectors' limit, kept by every adapter).
 pub const MAX_TOP_K: usize = 100;
