@@ -471,9 +471,12 @@ impl TokenPermissions {
     }
 }
 
-/// The document system: Paperless-ngx's REST API.
+/// The document system, Paperless-ngx's REST API, as two ports: reading documents and the
+/// taxonomy ([`PaperlessReader`]: chunk, chat and its per-user views, sync) and writing
+/// metadata back ([`PaperlessWriter`]: only tagging and its review). The client provides both
+/// ([`Paperless`]).
 #[async_trait]
-pub trait Paperless: Send + Sync {
+pub trait PaperlessReader: Send + Sync {
     async fn document(&self, id: u64) -> Result<Document, PaperlessError>;
     /// The document without its text (which can be megabytes): for reads that only compare
     /// or merge metadata, such as the one right before writing.
@@ -481,10 +484,6 @@ pub trait Paperless: Send + Sync {
         self.document(id).await
     }
     async fn taxonomy(&self) -> Result<Taxonomy, PaperlessError>;
-    /// Creates a tag/correspondent/document type with matching "none"; an existing object of
-    /// the same name (created concurrently) is looked up and returned instead.
-    async fn create(&self, kind: ObjectKind, name: &str) -> Result<TaxonomyObject, PaperlessError>;
-    async fn patch(&self, id: u64, patch: &DocumentPatch) -> Result<(), PaperlessError>;
     /// One page (from 1) of documents matching `query`, oldest modification first, and
     /// whether more pages follow.
     async fn list(
@@ -504,12 +503,29 @@ pub trait Paperless: Send + Sync {
     async fn permissions(&self) -> Result<Option<TokenPermissions>, PaperlessError> {
         Ok(None)
     }
-    /// The same Paperless as another user's token sees it (per-user chat); `None` when this
-    /// client cannot act for someone else.
-    fn for_user(&self, _token: crate::config::Secret) -> Option<std::sync::Arc<dyn Paperless>> {
+    /// The same Paperless as another user's token sees it, for reading only (per-user chat);
+    /// `None` when this client cannot act for someone else.
+    fn for_user(
+        &self,
+        _token: crate::config::Secret,
+    ) -> Option<std::sync::Arc<dyn PaperlessReader>> {
         None
     }
 }
+
+/// Writing to Paperless-ngx: new taxonomy objects and document metadata.
+#[async_trait]
+pub trait PaperlessWriter: Send + Sync {
+    /// Creates a tag/correspondent/document type with matching "none"; an existing object of
+    /// the same name (created concurrently) is looked up and returned instead.
+    async fn create(&self, kind: ObjectKind, name: &str) -> Result<TaxonomyObject, PaperlessError>;
+    async fn patch(&self, id: u64, patch: &DocumentPatch) -> Result<(), PaperlessError>;
+}
+
+/// The whole client: both ports.
+pub trait Paperless: PaperlessReader + PaperlessWriter {}
+
+impl<P: PaperlessReader + PaperlessWriter + ?Sized> Paperless for P {}
 
 /// The Paperless user a token belongs to, and what it may do globally (object permissions
 /// on single documents come on top).

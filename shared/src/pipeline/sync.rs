@@ -40,7 +40,7 @@ pub struct SyncReport {
 }
 
 async fn all_pages(
-    paperless: &dyn crate::ports::Paperless,
+    paperless: &dyn crate::ports::PaperlessReader,
     query: &DocumentQuery,
     mut each: impl FnMut(crate::ports::DocumentSummary),
 ) -> Result<(), PipelineError> {
