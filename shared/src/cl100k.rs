@@ -218,6 +218,7 @@ impl Default for PieceCounter {
 }
 
 /// Chunks sized in cl100k tokens.
+#[cfg(feature = "splitter")]
 impl text_splitter::ChunkSizer for &PieceCounter {
     fn size(&self, chunk: &str) -> usize {
         self.count(chunk)

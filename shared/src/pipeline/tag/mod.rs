@@ -71,4 +71,4 @@ pub struct SuggestionRecord {
 
 pub use crate::state_keys::{FAILED_MARK_PREFIX, retag_key, suggestion_key};
 
-use crate::state_keys::{failed_key, failed_mark_key, tagged_key};
+use crate::state_keys::{failed_key, failed_mark_key};

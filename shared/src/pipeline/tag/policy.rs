@@ -7,7 +7,9 @@ use std::collections::BTreeSet;
 use chrono::NaiveDate;
 use serde_json::json;
 
-use crate::domain::{Document, Field, ObjectKind, Suggestion, TagInput, Taxonomy};
+#[cfg(feature = "tokens")]
+use crate::domain::{Document, Taxonomy};
+use crate::domain::{Field, ObjectKind, Suggestion, TagInput};
 use crate::text::{calendar_date, fold, plausible_date};
 
 /// Validates the model's suggestion against the policy and the taxonomy: drops what it may

@@ -16,7 +16,7 @@ use crate::ports::{Condition, StoreError};
 use crate::text::fold;
 
 use super::*;
-use crate::state_keys::tag_lease_key as lease_key;
+use crate::state_keys::{tag_lease_key as lease_key, tagged_key};
 
 /// How long one worker holds a document without renewing it: longer than any model call with
 /// its retries, short enough that a crashed worker's document is picked up again the same hour.
