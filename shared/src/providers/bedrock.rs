@@ -30,10 +30,10 @@ use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
 use super::AwsConfig;
-use super::llm::{Message, answer_messages, cited, standalone_with, suggest_with_repair};
+use super::llm::{Completion, Message, answer_messages, cited};
 use crate::config::ConfigError;
-use crate::domain::{Answer, AnswerInput, Suggestion, TagInput};
-use crate::ports::{ChatModel, EmbedKind, Embedder, ModelError, TokenSink, Usage};
+use crate::domain::{Answer, AnswerInput, TagInput};
+use crate::ports::{EmbedKind, Embedder, ModelError, TokenSink, Usage};
 use crate::smithy_json::{to_document, to_json};
 
 /// Claude Haiku 4.5 through the global cross-region inference profile: reachable from every
@@ -466,9 +466,20 @@ impl BedrockChat {
     {
         model_error(err, &self.model, "LLM_MODEL")
     }
+}
+
+#[async_trait]
+impl Completion for BedrockChat {
+    fn model_name(&self) -> &str {
+        &self.name
+    }
+
+    fn system_prompt(&self) -> Option<&str> {
+        self.system_prompt.as_deref()
+    }
 
     /// One Converse call; with a schema, the reply is the forced tool's input as JSON text.
-    async fn complete(
+    async fn completion(
         &self,
         messages: &[Message],
         schema: Option<&Value>,
@@ -505,30 +516,12 @@ impl BedrockChat {
             }
         }
     }
-}
 
-#[async_trait]
-impl ChatModel for BedrockChat {
-    fn name(&self) -> &str {
-        &self.name
+    fn tag_input<'a>(&self, input: &'a TagInput) -> Cow<'a, TagInput> {
+        self.fitted(input)
     }
 
-    async fn suggest(&self, input: &TagInput) -> Result<(Suggestion, Usage), ModelError> {
-        let input = self.fitted(input);
-        suggest_with_repair(
-            &input,
-            self.system_prompt.as_deref(),
-            |messages, schema| async move { self.complete(&messages, Some(&schema)).await },
-        )
-        .await
-    }
-
-    async fn answer(&self, input: &AnswerInput) -> Result<(Answer, Usage), ModelError> {
-        let (text, usage) = self.complete(&answer_messages(input), None).await?;
-        Ok((cited(&text, input.passages.len()), usage))
-    }
-
-    async fn answer_streaming(
+    async fn stream_answer(
         &self,
         input: &AnswerInput,
         tokens: &TokenSink,
@@ -551,17 +544,6 @@ impl ChatModel for BedrockChat {
             }
         }
         answer.finish(input.passages.len())
-    }
-
-    async fn standalone(
-        &self,
-        history: &[(String, String)],
-        question: &str,
-    ) -> Result<(String, Usage), ModelError> {
-        standalone_with(history, question, |messages| async move {
-            self.complete(&messages, None).await
-        })
-        .await
     }
 }
 
@@ -857,6 +839,7 @@ mod tests {
 
     use super::*;
     use crate::domain::{DocId, Field, Passage, Taxonomy};
+    use crate::ports::ChatModel;
     use crate::providers::llm::tag_schema;
     use crate::text::{count_tokens, fit_head_tail};
 
