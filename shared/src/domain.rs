@@ -274,6 +274,10 @@ pub struct TagTask {
     pub job_id: String,
     pub doc_id: DocId,
     pub content_hash: String,
+    /// cl100k tokens of that version's text, counted by the chunk stage, so the tag stage
+    /// budgets its prompt without tokenizing the same text again. Absent from older messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_tokens: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<TraceContext>,
     /// The Paperless document as the chunk stage read it, so the tag stage decides from that

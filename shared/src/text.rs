@@ -15,16 +15,36 @@ use unicode_normalization::UnicodeNormalization;
 /// "ß" folds to "ss".
 pub fn fold(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
-    for c in s.nfkd() {
-        if unicode_normalization::char::is_combining_mark(c) {
-            continue;
+    // ASCII is its own decomposition and never reorders with its neighbours (every ASCII
+    // character is a starter), so runs of it are only lower-cased: most of a document's text.
+    let mut rest = s;
+    while !rest.is_empty() {
+        let ascii = rest.bytes().take_while(u8::is_ascii).count();
+        out.extend(
+            rest[..ascii]
+                .bytes()
+                .map(|b| b.to_ascii_lowercase() as char),
+        );
+        rest = &rest[ascii..];
+        let other = rest
+            .char_indices()
+            .find(|(_, c)| c.is_ascii())
+            .map_or(rest.len(), |(i, _)| i);
+        for c in rest[..other].nfkd() {
+            if unicode_normalization::char::is_combining_mark(c) {
+                continue;
+            }
+            match c {
+                'ß' => out.push_str("ss"),
+                c => out.extend(c.to_lowercase()),
+            }
         }
-        match c {
-            'ß' => out.push_str("ss"),
-            c => out.extend(c.to_lowercase()),
-        }
+        rest = &rest[other..];
     }
-    out.trim().to_string()
+    match out.trim() {
+        t if t.len() == out.len() => out,
+        t => t.to_string(),
+    }
 }
 
 /// Folded words: runs of letters and digits.
@@ -120,22 +140,35 @@ pub fn token_factor(model: &str) -> f64 {
     }
 }
 
+/// A text cut into token-bounded chunks, and how many tokens the whole text is (which the tag
+/// stage needs too, for the same text: counted once here).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunks {
+    /// Byte ranges of the chunks in the text.
+    pub ranges: Vec<(usize, usize)>,
+    /// cl100k tokens of the whole text.
+    pub text_tokens: usize,
+}
+
 /// Splits `text` into chunks of at most `max_tokens` tokens, consecutive chunks sharing up to
 /// `overlap` tokens, cut at the largest semantic unit that fits (paragraph, sentence, word).
 /// Returns byte ranges into `text`.
 #[cfg(feature = "splitter")]
-pub fn chunk_ranges(text: &str, max_tokens: usize, overlap: usize) -> Vec<(usize, usize)> {
-    let counter = crate::cl100k::PieceCounter::new();
+pub fn chunk_ranges(text: &str, max_tokens: usize, overlap: usize) -> Chunks {
+    let tokens = crate::cl100k::TextTokens::new(text);
     let text_end = text.trim_end().len();
     let start = text_end - text[..text_end].trim_start().len();
-    // Most short documents fit in one chunk: one count instead of the splitter's search.
-    if counter.count(&text[start..text_end]) <= max_tokens {
-        return match start < text_end {
-            true => vec![(start, text_end)],
-            false => Vec::new(),
-        };
+    let text_tokens = tokens.total();
+    // Most short documents fit in one chunk: no splitter search.
+    let ranges = match tokens.count(start, text_end) <= max_tokens {
+        true if start < text_end => vec![(start, text_end)],
+        true => Vec::new(),
+        false => split(text, max_tokens, overlap, &tokens),
+    };
+    Chunks {
+        ranges,
+        text_tokens,
     }
-    split(text, max_tokens, overlap, &counter)
 }
 
 #[cfg(feature = "splitter")]
@@ -143,10 +176,10 @@ fn split(
     text: &str,
     max_tokens: usize,
     overlap: usize,
-    counter: &crate::cl100k::PieceCounter,
+    tokens: &crate::cl100k::TextTokens,
 ) -> Vec<(usize, usize)> {
     let config = ChunkConfig::new(max_tokens)
-        .with_sizer(counter)
+        .with_sizer(tokens)
         .with_overlap(overlap.min(max_tokens.saturating_sub(1)))
         .expect("overlap below capacity")
         .with_trim(true);
@@ -162,8 +195,10 @@ fn split(
 /// would lose the whole head or tail.
 #[cfg(feature = "tokens")]
 pub fn fit_head_tail(text: &str, max_tokens: usize) -> String {
-    let tokens = crate::cl100k::cl100k().token_lengths(text);
-    if tokens.len() <= max_tokens {
+    let encoder = crate::cl100k::cl100k();
+    // Only the head and the tail are tokenized: a long document is most of its text cut away.
+    let head_tokens = encoder.first_token_lengths(text, max_tokens);
+    if head_tokens.len() <= max_tokens {
         return text.to_string();
     }
     let marker = "\n[…]\n";
@@ -172,11 +207,25 @@ pub fn fit_head_tail(text: &str, max_tokens: usize) -> String {
     let tail = budget - head;
     // Ordinary tokens are a partition of the text's bytes, so byte lengths map back to it.
     let bytes_of = |t: &[usize]| t.iter().sum::<usize>();
-    let mut head_end = bytes_of(&tokens[..head]).min(text.len());
+    let mut head_end = bytes_of(&head_tokens[..head]).min(text.len());
     while !text.is_char_boundary(head_end) {
         head_end -= 1;
     }
-    let mut tail_start = text.len() - bytes_of(&tokens[tokens.len() - tail..]).min(text.len());
+    // The tail from a window at the end, widened until it holds the tail and a few tokens
+    // more: a window's first pieces may be cut apart from the whole text's, its last ones not.
+    let mut window = (tail * 8).max(64);
+    let tail_bytes = loop {
+        let mut from = text.len().saturating_sub(window).max(head_end);
+        while !text.is_char_boundary(from) {
+            from += 1;
+        }
+        let tokens = encoder.token_lengths(&text[from..]);
+        if tokens.len() >= tail + 8 || from == head_end {
+            break bytes_of(&tokens[tokens.len().saturating_sub(tail)..]);
+        }
+        window *= 4;
+    };
+    let mut tail_start = text.len() - tail_bytes.min(text.len());
     while !text.is_char_boundary(tail_start) {
         tail_start += 1;
     }
@@ -328,7 +377,9 @@ mod tests {
             .map(|i| format!("Sentence number {i} talks about invoices."))
             .collect::<Vec<_>>()
             .join(" ");
-        let ranges = chunk_ranges(&text, 64, 16);
+        let chunks = chunk_ranges(&text, 64, 16);
+        assert_eq!(chunks.text_tokens, count_tokens(&text));
+        let ranges = chunks.ranges;
         assert!(ranges.len() > 10);
         for (s, e) in &ranges {
             assert!(count_tokens(&text[*s..*e]) <= 64);
@@ -349,12 +400,127 @@ mod tests {
             " \n ",
             "\u{a0}Zürich, le 3 mars\u{3000}",
         ] {
-            let counter = crate::cl100k::PieceCounter::new();
+            let tokens = crate::cl100k::TextTokens::new(text);
             assert_eq!(
-                chunk_ranges(text, 400, 50),
-                split(text, 400, 50, &counter),
+                chunk_ranges(text, 400, 50).ranges,
+                split(text, 400, 50, &tokens),
                 "{text:?}"
             );
+        }
+    }
+
+    /// The splitter asked of counting every candidate afresh.
+    struct AloneCounter;
+    impl text_splitter::ChunkSizer for AloneCounter {
+        fn size(&self, chunk: &str) -> usize {
+            count_tokens(chunk)
+        }
+    }
+
+    #[test]
+    fn one_tokenization_cuts_the_chunks_that_counting_each_candidate_cut() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../cli/samples/documents");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            let mut end = text.len().min(20_000);
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            let text = &text[..end];
+            for (max, overlap) in [(64, 16), (400, 50)] {
+                let alone = TextSplitter::new(
+                    ChunkConfig::new(max)
+                        .with_sizer(AloneCounter)
+                        .with_overlap(overlap)
+                        .unwrap()
+                        .with_trim(true),
+                )
+                .chunk_indices(text)
+                .map(|(start, chunk)| (start, start + chunk.len()))
+                .collect::<Vec<_>>();
+                let tokens = crate::cl100k::TextTokens::new(text);
+                assert_eq!(split(text, max, overlap, &tokens), alone);
+                checked += alone.len();
+            }
+        }
+        assert!(checked > 300, "{checked}");
+    }
+
+    /// What fitting was when the whole text was tokenized: the head and tail of its tokens.
+    fn fit_by_whole_tokenization(text: &str, max_tokens: usize) -> String {
+        let tokens = crate::cl100k::cl100k().token_lengths(text);
+        if tokens.len() <= max_tokens {
+            return text.to_string();
+        }
+        let budget = max_tokens.saturating_sub(4);
+        let (head, tail) = (budget * 2 / 3, budget - budget * 2 / 3);
+        let mut head_end: usize = tokens[..head].iter().sum();
+        while !text.is_char_boundary(head_end) {
+            head_end -= 1;
+        }
+        let mut tail_start = text.len() - tokens[tokens.len() - tail..].iter().sum::<usize>();
+        while !text.is_char_boundary(tail_start) {
+            tail_start += 1;
+        }
+        format!(
+            "{}\n[…]\n{}",
+            &text[..head_end],
+            &text[tail_start.max(head_end)..]
+        )
+    }
+
+    #[test]
+    fn fitting_tokenizes_head_and_tail_only_and_cuts_where_the_whole_text_would() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../cli/samples/documents");
+        let mut fitted = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            for budget in [40, 150, 700, 3000] {
+                let ours = fit_head_tail(&text, budget);
+                assert_eq!(
+                    ours,
+                    fit_by_whole_tokenization(&text, budget),
+                    "budget {budget}"
+                );
+                fitted += usize::from(ours != text);
+            }
+        }
+        assert!(fitted > 60, "{fitted}");
+    }
+
+    /// Folding as it was: the whole text decomposed at once.
+    fn fold_whole(s: &str) -> String {
+        let mut out = String::new();
+        for c in s.nfkd() {
+            if unicode_normalization::char::is_combining_mark(c) {
+                continue;
+            }
+            match c {
+                'ß' => out.push_str("ss"),
+                c => out.extend(c.to_lowercase()),
+            }
+        }
+        out.trim().to_string()
+    }
+
+    #[test]
+    fn folding_ascii_runs_apart_changes_nothing() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../cli/samples/documents");
+        let mut texts: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+            .collect();
+        texts.extend(
+            [
+                " Straße ÄÖÜ äöü Ångström ﬁ ﬃ ① ㎏ Ǆ İstanbul ΣΑΣ e\u{301}\u{323}x a\u{300}",
+                "\u{301}leading mark, cœur naïve, Zürich  ",
+                "日本語 한국어 ＦＵＬＬＷＩＤＴＨ Ⅻ",
+            ]
+            .map(String::from),
+        );
+        for text in &texts {
+            assert_eq!(fold(text), fold_whole(text), "{text:?}");
         }
     }
 

@@ -187,6 +187,7 @@ async fn one_writer_per_document_and_a_crash_after_the_patch_keeps_undo() {
         job_id: "this-job".into(),
         doc_id: doc.clone(),
         content_hash: "0".repeat(64),
+        text_tokens: None,
         trace: None,
         read: None,
     };

@@ -133,9 +133,11 @@ pub async fn run(svc: &Services, task: &ChunkTask) -> Result<(), PipelineError> 
 
     // Tokenising is CPU work: off the async threads, so requests are not kept waiting.
     let (max, overlap) = (svc.settings.chunk_tokens, svc.settings.chunk_overlap);
-    let chunks = tokio::task::spawn_blocking(move || {
+    let (chunks, text_tokens) = tokio::task::spawn_blocking(move || {
         let mut seen = HashSet::new();
-        let chunks: Vec<ChunkRef> = chunk_ranges(&text, max, overlap)
+        let cut = chunk_ranges(&text, max, overlap);
+        let chunks: Vec<ChunkRef> = cut
+            .ranges
             .into_iter()
             .map(|(start, end)| ChunkRef {
                 start,
@@ -144,7 +146,7 @@ pub async fn run(svc: &Services, task: &ChunkTask) -> Result<(), PipelineError> 
             })
             .filter(|c| seen.insert(c.hash.clone()))
             .collect();
-        chunks
+        (chunks, cut.text_tokens)
     })
     .await
     .map_err(|e| PipelineError::Retry(format!("chunking task failed: {e}")))?;
@@ -249,6 +251,7 @@ pub async fn run(svc: &Services, task: &ChunkTask) -> Result<(), PipelineError> 
         job_id: job_id.to_string(),
         doc_id: doc_id.clone(),
         content_hash,
+        text_tokens: Some(text_tokens),
         trace: crate::telemetry::current(),
         read,
     };

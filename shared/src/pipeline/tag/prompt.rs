@@ -21,12 +21,16 @@ pub fn prompt_input(
     taxonomy: &Taxonomy,
     current_title: String,
     text: &str,
+    text_tokens: Option<usize>,
     today: NaiveDate,
 ) -> Result<(TagInput, usize), PipelineError> {
     let settings = &svc.settings;
     let policy = &settings.policy;
     let control = control_tags(settings);
-    let content_words: BTreeSet<String> = crate::text::words(text).into_iter().collect();
+    // Only a taxonomy larger than a prompt's share needs the document's words.
+    let content_words = std::cell::LazyCell::new(|| -> BTreeSet<String> {
+        crate::text::words(text).into_iter().collect()
+    });
     let mut limit = policy.max_input_tokens;
     if settings.llm.provider == crate::config::Provider::Ollama {
         limit =
@@ -38,8 +42,8 @@ pub fn prompt_input(
     let limit = (limit as f64 / factor) as usize;
     const TEXT_FLOOR: usize = 256;
     const MARGIN: usize = 32;
-    // Counted once, whatever the taxonomy's size.
-    let text_tokens = crate::text::count_tokens(text);
+    // Counted once (by the chunk stage, when it is this text), whatever the taxonomy's size.
+    let text_tokens = text_tokens.unwrap_or_else(|| crate::text::count_tokens(text));
     for cap in [MAX_NAMES_PER_KIND, 75, 40, 20, 10, 0] {
         let mut input = TagInput {
             current_title: current_title.clone(),
@@ -125,7 +129,7 @@ pub(super) fn prompt_tokens(input: &TagInput, system_prompt: Option<&str>) -> us
 pub(super) fn slice(
     taxonomy: &Taxonomy,
     kind: ObjectKind,
-    content_words: &BTreeSet<String>,
+    content_words: &std::cell::LazyCell<BTreeSet<String>, impl FnOnce() -> BTreeSet<String>>,
     cap: usize,
 ) -> Vec<String> {
     let mut objects: Vec<_> = taxonomy.objects(kind).iter().collect();

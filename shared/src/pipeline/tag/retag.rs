@@ -116,7 +116,8 @@ pub async fn plan_retag(
             plan.excluded.push(id);
             continue;
         }
-        let (_, estimate) = prompt_input(svc, &taxonomy, doc.title.clone(), &doc.content, today)?;
+        let (_, estimate) =
+            prompt_input(svc, &taxonomy, doc.title.clone(), &doc.content, None, today)?;
         plan.estimated_tokens += estimate as u64;
         plan.documents.push(id);
     }

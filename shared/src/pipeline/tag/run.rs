@@ -260,14 +260,15 @@ pub(super) fn recent_read(task: &TagTask) -> Option<Document> {
 
 /// The text to tag: the document's when it was read with its text, else the snapshot the
 /// chunk stage kept of this version; a Paperless document whose snapshot is gone (deleted
-/// with the index entry meanwhile) is read again.
+/// with the index entry meanwhile) is read again. With it, its token count when the chunk
+/// stage's count is of this very text (the snapshot of the task's version).
 pub(super) async fn version_text(
     svc: &Services,
     task: &TagTask,
     doc: Option<&Document>,
-) -> Result<String, PipelineError> {
+) -> Result<(String, Option<usize>), PipelineError> {
     if let Some(doc) = doc.filter(|d| !d.content.is_empty()) {
-        return Ok(doc.content.clone());
+        return Ok((doc.content.clone(), None));
     }
     let snapshot = svc
         .blobs
@@ -275,8 +276,9 @@ pub(super) async fn version_text(
         .await?;
     match (snapshot, doc, &svc.paperless) {
         (Some(bytes), _, _) => String::from_utf8(bytes)
+            .map(|text| (text, task.text_tokens))
             .map_err(|_| PipelineError::Fail("text snapshot is not UTF-8".into())),
-        (None, Some(doc), Some(paperless)) => Ok(paperless.document(doc.id).await?.content),
+        (None, Some(doc), Some(paperless)) => Ok((paperless.document(doc.id).await?.content, None)),
         (None, _, _) => Err(PipelineError::Fail("text snapshot is missing".into())),
     }
 }
@@ -333,7 +335,7 @@ pub(super) async fn tag_leased(
         )
         .await;
     }
-    let text = version_text(svc, task, paperless_doc.as_ref()).await?;
+    let (text, text_tokens) = version_text(svc, task, paperless_doc.as_ref()).await?;
     let current_title = paperless_doc
         .as_ref()
         .map(|d| d.title.clone())
@@ -344,7 +346,7 @@ pub(super) async fn tag_leased(
         let svc = svc.clone();
         let taxonomy = taxonomy.clone();
         tokio::task::spawn_blocking(move || {
-            prompt_input(&svc, &taxonomy, current_title, &text, today)
+            prompt_input(&svc, &taxonomy, current_title, &text, text_tokens, today)
         })
         .await
         .map_err(|e| PipelineError::Retry(format!("budgeting task failed: {e}")))??
