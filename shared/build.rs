@@ -1,5 +1,5 @@
 //! Two things the crate's sources need from the build: the cl100k vocabulary in a form read in
-//! place, and which Lambda wirings the enabled features allow.
+//! place (with feature `tokens` only), and which Lambda wirings the enabled features allow.
 //!
 //! Turns tiktoken's cl100k vocabulary (`data/cl100k_base.tiktoken`: one `base64 rank` line per
 //! token) into the form `src/cl100k.rs` reads in place: every token's bytes back to back in
@@ -10,12 +10,22 @@ use std::io::Write;
 
 fn main() {
     wiring_cfgs();
-    vocabulary();
+    println!("cargo::rerun-if-changed=build.rs");
+    if enabled("tokens") {
+        vocabulary();
+    }
 }
 
-/// Which backends and stages each Lambda's wiring (`src/lambda/wire.rs`) needs: one table, so
-/// the wirings say `#[cfg(wire_tag)]` instead of repeating feature lists, and `every_wiring`
-/// marks the build with all of them (the test suite), where a function is picked at run time.
+/// Whether the crate is built with `feature`.
+fn enabled(feature: &str) -> bool {
+    let var = format!("CARGO_FEATURE_{}", feature.to_uppercase().replace('-', "_"));
+    std::env::var_os(var).is_some()
+}
+
+/// Which backends, data and stages each Lambda's wiring (`src/lambda/wire.rs`) needs: one
+/// table, so the wirings say `#[cfg(wire_tag)]` instead of repeating feature lists, and
+/// `every_wiring` marks the build with all of them (the test suite), where a function is picked
+/// at run time. The function crates enable the same lists (`tests/tests/lambda_features.rs`).
 fn wiring_cfgs() {
     const WIRINGS: &[(&str, &[&str])] = &[
         (
@@ -24,7 +34,14 @@ fn wiring_cfgs() {
         ),
         (
             "wire_chunk",
-            &["stage-chunk", "aws-s3", "aws-sqs", "aws-s3vectors"],
+            &[
+                "stage-chunk",
+                "tokens",
+                "splitter",
+                "aws-s3",
+                "aws-sqs",
+                "aws-s3vectors",
+            ],
         ),
         (
             "wire_embed",
@@ -32,15 +49,11 @@ fn wiring_cfgs() {
         ),
         (
             "wire_tag",
-            &["stage-tag", "aws-s3", "aws-sqs", "aws-s3vectors"],
+            &["stage-tag", "tokens", "aws-s3", "aws-sqs", "aws-s3vectors"],
         ),
-        ("wire_chat", &["http", "aws-s3vectors"]),
+        ("wire_chat", &["http", "chat", "tokens", "aws-s3vectors"]),
         ("wire_sync", &["aws-sqs", "aws-s3vectors"]),
     ];
-    let enabled = |feature: &str| {
-        let var = format!("CARGO_FEATURE_{}", feature.to_uppercase().replace('-', "_"));
-        std::env::var_os(var).is_some()
-    };
     let mut every = true;
     for (cfg, features) in WIRINGS {
         println!("cargo::rustc-check-cfg=cfg({cfg})");

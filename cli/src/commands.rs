@@ -382,7 +382,11 @@ pub async fn jobs(limit: usize) -> Result<()> {
     let mut all = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        let page = app.svc.state.list("job/", after.as_deref(), 500).await?;
+        let page = app
+            .svc
+            .state
+            .list(shared::state_keys::JOBS, after.as_deref(), 500)
+            .await?;
         let Some((last, _)) = page.last() else { break };
         after = Some(last.clone());
         all.extend(page);

@@ -322,6 +322,7 @@ impl<'t> TextTokens<'t> {
 }
 
 /// Chunks sized in cl100k tokens: the splitter's candidates are slices of the text.
+#[cfg(feature = "splitter")]
 impl text_splitter::ChunkSizer for &TextTokens<'_> {
     fn size(&self, chunk: &str) -> usize {
         let start = (chunk.as_ptr() as usize).wrapping_sub(self.text.as_ptr() as usize);

@@ -9,7 +9,8 @@ use serde_json::{Map, Value, json};
 
 use crate::filter::Filter;
 use crate::ports::{
-    BlobStore, Cache, Condition, StateStore, StoreError, VectorIndex, VectorRecord, WorkQueue,
+    BlobStore, Cache, Condition, DeadLetters, QueueConsumer, QueueSender, StateStore, StoreError,
+    VectorIndex, VectorRecord, WorkQueue,
 };
 
 pub async fn blob_store<B: BlobStore>(store: B) {
@@ -326,8 +327,17 @@ pub async fn cache<C: Cache>(cache: C) {
 }
 
 /// `make(max_receives)` returns an empty queue that dead-letters after that many receives.
+/// Every queue port's suite, each on a fresh queue of the adapter.
 pub async fn work_queue<Q: WorkQueue>(make: impl Fn(u32) -> Q) {
-    let q = make(3);
+    queue_delivery(&make(3)).await;
+    dead_letters(&make(3)).await;
+    queue_release(&make(5)).await;
+    queue_deferral(&make(2)).await;
+}
+
+/// [`QueueSender`] with [`QueueConsumer`]: every message sent is delivered, once while it is
+/// invisible, in batches of 1 to 10, and acknowledged by its receipt.
+pub async fn queue_delivery<Q: QueueSender + QueueConsumer>(q: &Q) {
     assert!(
         q.receive(10, Duration::from_secs(30))
             .await
@@ -357,7 +367,12 @@ pub async fn work_queue<Q: WorkQueue>(make: impl Fn(u32) -> Q) {
         q.receive(0, Duration::ZERO).await.is_err() && q.receive(11, Duration::ZERO).await.is_err(),
         "batch size 1..=10"
     );
+}
 
+/// [`DeadLetters`], on a queue that dead-letters after 3 receives: a message never deleted is
+/// delivered again with a growing count, then moves to the dead letters, which are removed by
+/// their own receipts.
+pub async fn dead_letters<Q: QueueSender + QueueConsumer + DeadLetters>(q: &Q) {
     // Not deleted: delivered again, with a growing receive count, then dead-lettered.
     q.send(&["poison".to_string()]).await.unwrap();
     for expected in 1..=3 {
@@ -381,9 +396,11 @@ pub async fn work_queue<Q: WorkQueue>(make: impl Fn(u32) -> Q) {
         "a dead letter is removed by its receipt"
     );
     q.delete_dead_letter(&dead[0].receipt).await.unwrap();
+}
 
+/// [`QueueConsumer::release`], on a queue that dead-letters after 5 receives.
+pub async fn queue_release<Q: QueueSender + QueueConsumer>(q: &Q) {
     // Release makes a message visible again; a stale receipt deletes nothing.
-    let q = make(5);
     q.send(&["retry".to_string()]).await.unwrap();
     let first = q
         .receive(1, Duration::from_secs(600))
@@ -410,9 +427,11 @@ pub async fn work_queue<Q: WorkQueue>(make: impl Fn(u32) -> Q) {
     assert_eq!(third.len(), 1, "a stale receipt did not delete the message");
     q.delete(&third[0].receipt).await.unwrap();
     assert!(q.receive(10, Duration::ZERO).await.unwrap().is_empty());
+}
 
+/// [`QueueConsumer::defer`], on a queue that dead-letters after 2 receives.
+pub async fn queue_deferral<Q: QueueSender + QueueConsumer>(q: &Q) {
     // Deferring hands a message back for later without spending one of its receives.
-    let q = make(2);
     q.send(&["deferred".to_string()]).await.unwrap();
     for _ in 0..4 {
         let d = q.receive(1, Duration::from_secs(600)).await.unwrap();

@@ -83,7 +83,9 @@ impl LocalApp {
         };
         let (chunk, embed, tag) = (queue("chunk")?, queue("embed")?, queue("tag")?);
         let cache: Arc<dyn Cache> = Arc::new(stores.cache);
-        let raw_embedder = crate::providers::embedder(&settings)?;
+        // `pai` may run with any of the SDK's credential sources (profile, SSO, a role).
+        let aws = crate::providers::AwsConfig::DefaultChain;
+        let raw_embedder = crate::providers::embedder(&settings, &aws)?;
         let index_name: String = raw_embedder
             .space()
             .chars()
@@ -97,7 +99,8 @@ impl LocalApp {
             .collect();
         let vectors = SqliteVectorIndex::new(&stores.db, &index_name, raw_embedder.dimension())
             .map_err(store)?;
-        let (model, embedder) = crate::providers::assemble(&settings, raw_embedder, cache.clone())?;
+        let (model, embedder) =
+            crate::providers::assemble(&settings, raw_embedder, cache.clone(), &aws)?;
         let paperless: Option<Arc<dyn Paperless>> =
             match (&settings.paperless_url, &settings.paperless_token) {
                 (Some(url), Some(token)) => Some(Arc::new(

@@ -7,6 +7,7 @@
 
 pub mod adapters;
 pub mod auth;
+#[cfg(feature = "tokens")]
 pub mod cl100k;
 pub mod config;
 #[cfg(feature = "contract")]
@@ -31,6 +32,7 @@ pub mod providers;
 pub mod resilience;
 #[cfg(any(feature = "aws-s3vectors", feature = "bedrock"))]
 pub mod smithy_json;
+pub mod state_keys;
 pub mod telemetry;
 pub mod text;
 #[cfg(feature = "local")]

@@ -21,7 +21,8 @@ use crate::domain::{
     Taxonomy, TaxonomyObject,
 };
 use crate::ports::{
-    DocumentQuery, DocumentSummary, Paperless, PaperlessError, TokenPermissions, TokenUser,
+    DocumentQuery, DocumentSummary, PaperlessError, PaperlessReader, PaperlessWriter,
+    TokenPermissions, TokenUser,
 };
 
 const ACCEPT: &str = "application/json; version=9";
@@ -427,7 +428,7 @@ fn document_from(v: Value) -> Result<Document, PaperlessError> {
 }
 
 #[async_trait]
-impl Paperless for PaperlessClient {
+impl PaperlessReader for PaperlessClient {
     async fn document(&self, id: u64) -> Result<Document, PaperlessError> {
         self.document_fields(id, DOCUMENT_FIELDS).await
     }
@@ -497,6 +498,86 @@ impl Paperless for PaperlessClient {
         })
     }
 
+    async fn list(
+        &self,
+        query: &DocumentQuery,
+        page: u32,
+    ) -> Result<(Vec<DocumentSummary>, bool), PaperlessError> {
+        let mut q: Vec<(&str, String)> = vec![
+            ("page", page.max(1).to_string()),
+            ("page_size", "100".into()),
+            ("ordering", "modified".into()),
+            ("fields", "id,modified".into()),
+        ];
+        if let Some(after) = &query.modified_after {
+            q.push(("modified__gt", after.clone()));
+        }
+        if let Some(tag) = query.tag {
+            q.push(("tags__id__all", tag.to_string()));
+        }
+        if let Some(ids) = &query.ids {
+            q.push((
+                "id__in",
+                ids.iter().map(u64::to_string).collect::<Vec<_>>().join(","),
+            ));
+        }
+        let v = self.call(Method::GET, "documents/", &q, None).await?;
+        let page: Page<DocumentSummary> = serde_json::from_value(v)
+            .map_err(|e| PaperlessError::Rejected(format!("unexpected document list: {e}")))?;
+        Ok((page.results, page.next.is_some()))
+    }
+
+    fn document_url(&self, id: u64) -> String {
+        let base = self.public_base.as_deref().unwrap_or(&self.base);
+        format!("{base}/documents/{id}/details")
+    }
+
+    async fn token_user(&self) -> Result<TokenUser, PaperlessError> {
+        self.user_cached().await
+    }
+
+    fn for_user(&self, token: Secret) -> Option<Arc<dyn PaperlessReader>> {
+        Some(Arc::new(PaperlessClient {
+            http: self.http.clone(),
+            base: self.base.clone(),
+            token,
+            owner: None,
+            public_base: self.public_base.clone(),
+            needs: self.needs,
+            warned: Default::default(),
+            user: Default::default(),
+        }))
+    }
+
+    async fn permissions(&self) -> Result<Option<TokenPermissions>, PaperlessError> {
+        #[derive(Deserialize, Default)]
+        struct User {
+            #[serde(default)]
+            username: String,
+            #[serde(default)]
+            is_superuser: bool,
+        }
+        #[derive(Deserialize)]
+        struct UiSettings {
+            #[serde(default)]
+            user: User,
+            #[serde(default)]
+            permissions: Vec<String>,
+        }
+        let v = self.call(Method::GET, "ui_settings/", &[], None).await?;
+        let s: UiSettings = serde_json::from_value(v).map_err(|e| {
+            PaperlessError::Rejected(format!("GET ui_settings/: unexpected answer: {e}"))
+        })?;
+        Ok(Some(TokenPermissions {
+            username: s.user.username,
+            is_superuser: s.user.is_superuser,
+            permissions: s.permissions.into_iter().collect(),
+        }))
+    }
+}
+
+#[async_trait]
+impl PaperlessWriter for PaperlessClient {
     async fn create(&self, kind: ObjectKind, name: &str) -> Result<TaxonomyObject, PaperlessError> {
         let path = format!("{}/", endpoint(kind));
         match self
@@ -543,82 +624,5 @@ impl Paperless for PaperlessClient {
             ))),
             other => other.map(|_| ()),
         }
-    }
-
-    async fn list(
-        &self,
-        query: &DocumentQuery,
-        page: u32,
-    ) -> Result<(Vec<DocumentSummary>, bool), PaperlessError> {
-        let mut q: Vec<(&str, String)> = vec![
-            ("page", page.max(1).to_string()),
-            ("page_size", "100".into()),
-            ("ordering", "modified".into()),
-            ("fields", "id,modified".into()),
-        ];
-        if let Some(after) = &query.modified_after {
-            q.push(("modified__gt", after.clone()));
-        }
-        if let Some(tag) = query.tag {
-            q.push(("tags__id__all", tag.to_string()));
-        }
-        if let Some(ids) = &query.ids {
-            q.push((
-                "id__in",
-                ids.iter().map(u64::to_string).collect::<Vec<_>>().join(","),
-            ));
-        }
-        let v = self.call(Method::GET, "documents/", &q, None).await?;
-        let page: Page<DocumentSummary> = serde_json::from_value(v)
-            .map_err(|e| PaperlessError::Rejected(format!("unexpected document list: {e}")))?;
-        Ok((page.results, page.next.is_some()))
-    }
-
-    fn document_url(&self, id: u64) -> String {
-        let base = self.public_base.as_deref().unwrap_or(&self.base);
-        format!("{base}/documents/{id}/details")
-    }
-
-    async fn token_user(&self) -> Result<TokenUser, PaperlessError> {
-        self.user_cached().await
-    }
-
-    fn for_user(&self, token: Secret) -> Option<Arc<dyn Paperless>> {
-        Some(Arc::new(PaperlessClient {
-            http: self.http.clone(),
-            base: self.base.clone(),
-            token,
-            owner: None,
-            public_base: self.public_base.clone(),
-            needs: self.needs,
-            warned: Default::default(),
-            user: Default::default(),
-        }))
-    }
-
-    async fn permissions(&self) -> Result<Option<TokenPermissions>, PaperlessError> {
-        #[derive(Deserialize, Default)]
-        struct User {
-            #[serde(default)]
-            username: String,
-            #[serde(default)]
-            is_superuser: bool,
-        }
-        #[derive(Deserialize)]
-        struct UiSettings {
-            #[serde(default)]
-            user: User,
-            #[serde(default)]
-            permissions: Vec<String>,
-        }
-        let v = self.call(Method::GET, "ui_settings/", &[], None).await?;
-        let s: UiSettings = serde_json::from_value(v).map_err(|e| {
-            PaperlessError::Rejected(format!("GET ui_settings/: unexpected answer: {e}"))
-        })?;
-        Ok(Some(TokenPermissions {
-            username: s.user.username,
-            is_superuser: s.user.is_superuser,
-            permissions: s.permissions.into_iter().collect(),
-        }))
     }
 }

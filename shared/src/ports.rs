@@ -176,11 +176,20 @@ pub struct Delivery {
 }
 
 /// The work queues (chunk, embed, tag) with SQS semantics: at-least-once delivery, visibility
-/// timeout, receive count, and dead letters after too many receives.
+/// timeout, receive count, and dead letters after too many receives. Three ports, as the
+/// callers need them: a stage that hands work on only sends ([`QueueSender`]); a worker
+/// consumes ([`QueueConsumer`]: `pai`'s workers, and a Lambda door for back-off on the message
+/// it holds); retry routes and sync read the dead letters ([`DeadLetters`]). An adapter
+/// provides all three ([`WorkQueue`]).
 #[async_trait]
-pub trait WorkQueue: Send + Sync {
+pub trait QueueSender: Send + Sync {
     /// Sends the bodies in order; callers may pass any number (adapters batch by 10).
     async fn send(&self, bodies: &[String]) -> Result<(), StoreError>;
+}
+
+/// Taking work from a queue: receive, acknowledge, hand back.
+#[async_trait]
+pub trait QueueConsumer: Send + Sync {
     /// Up to `max` (≤ 10) visible messages, hidden for `visibility` once received.
     async fn receive(&self, max: usize, visibility: Duration) -> Result<Vec<Delivery>, StoreError>;
     /// Acknowledges a message; a stale receipt (the message was redelivered since) is ignored.
@@ -194,12 +203,22 @@ pub trait WorkQueue: Send + Sync {
     async fn defer(&self, message: &Delivery, delay: Duration) -> Result<(), StoreError> {
         self.release(&message.receipt, delay).await
     }
+}
+
+/// A queue's dead letters: the messages received too often.
+#[async_trait]
+pub trait DeadLetters: Send + Sync {
     /// Messages moved to the dead-letter queue, oldest first, each with a receipt that
     /// `delete_dead_letter` takes (not `delete`).
     async fn dead_letters(&self, limit: usize) -> Result<Vec<Delivery>, StoreError>;
     /// Removes one dead letter (its job is being re-run, or was recorded as failed).
     async fn delete_dead_letter(&self, receipt: &str) -> Result<(), StoreError>;
 }
+
+/// A whole work queue, as each adapter (SQS, the embedded queue) provides it.
+pub trait WorkQueue: QueueSender + QueueConsumer + DeadLetters {}
+
+impl<Q: QueueSender + QueueConsumer + DeadLetters + ?Sized> WorkQueue for Q {}
 
 /// Largest top-k a vector query may ask for (S3 Vectors' limit, kept by every adapter).
 pub const MAX_TOP_K: usize = 100;
@@ -452,9 +471,12 @@ impl TokenPermissions {
     }
 }
 
-/// The document system: Paperless-ngx's REST API.
+/// The document system, Paperless-ngx's REST API, as two ports: reading documents and the
+/// taxonomy ([`PaperlessReader`]: chunk, chat and its per-user views, sync) and writing
+/// metadata back ([`PaperlessWriter`]: only tagging and its review). The client provides both
+/// ([`Paperless`]).
 #[async_trait]
-pub trait Paperless: Send + Sync {
+pub trait PaperlessReader: Send + Sync {
     async fn document(&self, id: u64) -> Result<Document, PaperlessError>;
     /// The document without its text (which can be megabytes): for reads that only compare
     /// or merge metadata, such as the one right before writing.
@@ -462,10 +484,6 @@ pub trait Paperless: Send + Sync {
         self.document(id).await
     }
     async fn taxonomy(&self) -> Result<Taxonomy, PaperlessError>;
-    /// Creates a tag/correspondent/document type with matching "none"; an existing object of
-    /// the same name (created concurrently) is looked up and returned instead.
-    async fn create(&self, kind: ObjectKind, name: &str) -> Result<TaxonomyObject, PaperlessError>;
-    async fn patch(&self, id: u64, patch: &DocumentPatch) -> Result<(), PaperlessError>;
     /// One page (from 1) of documents matching `query`, oldest modification first, and
     /// whether more pages follow.
     async fn list(
@@ -485,12 +503,29 @@ pub trait Paperless: Send + Sync {
     async fn permissions(&self) -> Result<Option<TokenPermissions>, PaperlessError> {
         Ok(None)
     }
-    /// The same Paperless as another user's token sees it (per-user chat); `None` when this
-    /// client cannot act for someone else.
-    fn for_user(&self, _token: crate::config::Secret) -> Option<std::sync::Arc<dyn Paperless>> {
+    /// The same Paperless as another user's token sees it, for reading only (per-user chat);
+    /// `None` when this client cannot act for someone else.
+    fn for_user(
+        &self,
+        _token: crate::config::Secret,
+    ) -> Option<std::sync::Arc<dyn PaperlessReader>> {
         None
     }
 }
+
+/// Writing to Paperless-ngx: new taxonomy objects and document metadata.
+#[async_trait]
+pub trait PaperlessWriter: Send + Sync {
+    /// Creates a tag/correspondent/document type with matching "none"; an existing object of
+    /// the same name (created concurrently) is looked up and returned instead.
+    async fn create(&self, kind: ObjectKind, name: &str) -> Result<TaxonomyObject, PaperlessError>;
+    async fn patch(&self, id: u64, patch: &DocumentPatch) -> Result<(), PaperlessError>;
+}
+
+/// The whole client: both ports.
+pub trait Paperless: PaperlessReader + PaperlessWriter {}
+
+impl<P: PaperlessReader + PaperlessWriter + ?Sized> Paperless for P {}
 
 /// The Paperless user a token belongs to, and what it may do globally (object permissions
 /// on single documents come on top).

@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 use chrono::NaiveDate;
 use regex::Regex;
 use sha2::{Digest, Sha256};
+#[cfg(feature = "splitter")]
 use text_splitter::{ChunkConfig, TextSplitter};
 use unicode_normalization::UnicodeNormalization;
 
@@ -113,6 +114,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// Tokens of `text` in OpenAI's cl100k encoding.
+#[cfg(feature = "tokens")]
 pub fn count_tokens(text: &str) -> usize {
     crate::cl100k::cl100k().count(text)
 }
@@ -151,6 +153,7 @@ pub struct Chunks {
 /// Splits `text` into chunks of at most `max_tokens` tokens, consecutive chunks sharing up to
 /// `overlap` tokens, cut at the largest semantic unit that fits (paragraph, sentence, word).
 /// Returns byte ranges into `text`.
+#[cfg(feature = "splitter")]
 pub fn chunk_ranges(text: &str, max_tokens: usize, overlap: usize) -> Chunks {
     let tokens = crate::cl100k::TextTokens::new(text);
     let text_end = text.trim_end().len();
@@ -168,6 +171,7 @@ pub fn chunk_ranges(text: &str, max_tokens: usize, overlap: usize) -> Chunks {
     }
 }
 
+#[cfg(feature = "splitter")]
 fn split(
     text: &str,
     max_tokens: usize,
@@ -189,6 +193,7 @@ fn split(
 /// totals usually are) and marking the cut. The cut is made in the text itself, at character
 /// boundaries: a token boundary can split a multi-byte character, and decoding such a slice
 /// would lose the whole head or tail.
+#[cfg(feature = "tokens")]
 pub fn fit_head_tail(text: &str, max_tokens: usize) -> String {
     let encoder = crate::cl100k::cl100k();
     // Only the head and the tail are tokenized: a long document is most of its text cut away.

@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use crate::adapters::local::SqliteQueue;
 use crate::domain::Stage;
 use crate::pipeline::{PipelineError, Services, handle, healing};
-use crate::ports::{Delivery, WorkQueue};
+use crate::ports::{Delivery, QueueConsumer};
 
 /// How long a received message stays hidden: far longer than any step takes.
 pub const VISIBILITY: Duration = Duration::from_secs(300);

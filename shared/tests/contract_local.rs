@@ -81,7 +81,9 @@ async fn vector_index() {
 #[tokio::test]
 async fn embedded_stores_survive_a_restart() {
     use serde_json::json;
-    use shared::ports::{Condition, StateStore, VectorIndex, VectorRecord, WorkQueue};
+    use shared::ports::{
+        Condition, QueueConsumer, QueueSender, StateStore, VectorIndex, VectorRecord,
+    };
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("pai.db");
     {

@@ -16,8 +16,8 @@ use async_trait::async_trait;
 use serde_json::Value;
 use shared::filter::Filter;
 use shared::ports::{
-    BlobStore, Cache, Condition, Delivery, StateStore, StoreError, UploadTarget, VectorHit,
-    VectorIndex, VectorRecord, Versioned, WorkQueue,
+    BlobStore, Cache, Condition, DeadLetters, Delivery, QueueConsumer, QueueSender, StateStore,
+    StoreError, UploadTarget, VectorHit, VectorIndex, VectorRecord, Versioned, WorkQueue,
 };
 
 /// Totals by name (`dynamodb_read_units`, `s3_put_requests`, `s3_vectors_put_bytes`…).
@@ -222,7 +222,7 @@ impl VectorIndex for Counted<dyn VectorIndex> {
 }
 
 #[async_trait]
-impl WorkQueue for Counted<dyn WorkQueue> {
+impl QueueSender for Counted<dyn WorkQueue> {
     async fn send(&self, bodies: &[String]) -> Result<(), StoreError> {
         if !bodies.is_empty() {
             self.counts
@@ -231,21 +231,33 @@ impl WorkQueue for Counted<dyn WorkQueue> {
         }
         self.inner.send(bodies).await
     }
+}
+
+#[async_trait]
+impl QueueConsumer for Counted<dyn WorkQueue> {
     async fn receive(&self, max: usize, visibility: Duration) -> Result<Vec<Delivery>, StoreError> {
         self.inner.receive(max, visibility).await
     }
+
     async fn delete(&self, receipt: &str) -> Result<(), StoreError> {
         self.inner.delete(receipt).await
     }
+
     async fn release(&self, receipt: &str, delay: Duration) -> Result<(), StoreError> {
         self.inner.release(receipt, delay).await
     }
+
     async fn defer(&self, message: &Delivery, delay: Duration) -> Result<(), StoreError> {
         self.inner.defer(message, delay).await
     }
+}
+
+#[async_trait]
+impl DeadLetters for Counted<dyn WorkQueue> {
     async fn dead_letters(&self, limit: usize) -> Result<Vec<Delivery>, StoreError> {
         self.inner.dead_letters(limit).await
     }
+
     async fn delete_dead_letter(&self, receipt: &str) -> Result<(), StoreError> {
         self.inner.delete_dead_letter(receipt).await
     }

@@ -12,7 +12,8 @@ use serde_json::{Map, Value, json};
 use shared::adapters::aws::{DynamoCache, DynamoState, S3Blobs, S3VectorIndex, SqsQueue};
 use shared::contract;
 use shared::ports::{
-    BlobStore, Cache, Condition, StateStore, StoreError, VectorIndex, VectorRecord, WorkQueue,
+    BlobStore, Cache, Condition, DeadLetters, QueueConsumer, QueueSender, StateStore, StoreError,
+    VectorIndex, VectorRecord,
 };
 
 async fn bucket(moto: &MotoServer) -> S3Blobs {

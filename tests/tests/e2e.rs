@@ -1044,7 +1044,7 @@ async fn storage_path_is_chosen_from_existing_ones_and_created_objects_have_the_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_document_deleted_mid_process_fails_its_job_cleanly() {
-    use shared::ports::WorkQueue;
+    use shared::ports::QueueConsumer;
     let pai = Pai::start(&[]).await;
     let id = seeded(&pai).await;
     let job = pai.webhook_job(&json!({"doc_id": id}).to_string()).await;
@@ -1131,7 +1131,7 @@ async fn aws_request_counts_price_out_per_document() {
 
     use pai_tests::counting::{Counted, Counts};
     use shared::domain::{JobOrigin, Stage};
-    use shared::ports::{BlobStore, Cache, StateStore, VectorIndex, WorkQueue};
+    use shared::ports::{BlobStore, Cache, QueueConsumer, StateStore, VectorIndex, WorkQueue};
 
     // Model latencies the fakes do not have, added to each stage's measured handling time:
     // Titan Text Embeddings for one batch, Claude Haiku 4.5 for one tagging reply.
@@ -1153,8 +1153,10 @@ async fn aws_request_counts_price_out_per_document() {
         let cache: Arc<dyn Cache> = Counted::<dyn Cache>::new(svc.cache.clone(), &counts);
         svc.cache = cache.clone();
         // The models keep their own handle on the cache: built again over the counted one.
-        let raw = shared::providers::embedder(&svc.settings).unwrap();
-        let (model, embedder) = shared::providers::assemble(&svc.settings, raw, cache).unwrap();
+        let aws = shared::providers::AwsConfig::DefaultChain;
+        let raw = shared::providers::embedder(&svc.settings, &aws).unwrap();
+        let (model, embedder) =
+            shared::providers::assemble(&svc.settings, raw, cache, &aws).unwrap();
         (svc.model, svc.embedder) = (model, embedder);
         let q = &mut svc.queues;
         q.chunk = Counted::<dyn WorkQueue>::new(q.chunk.clone(), &counts);

@@ -14,7 +14,7 @@ use common::Pai;
 use pai_tests::fake_paperless::DocSeed;
 use serde_json::{Value, json};
 use shared::domain::{DocId, Stage};
-use shared::ports::WorkQueue;
+use shared::ports::{DeadLetters, QueueConsumer};
 
 const INVOICE: &str = "Berger Haustechnik GmbH\nRechnung Nr. 2025-031\nDatum: 14.03.2025\n\nReparatur des Heizkessels (boiler repair), Austausch der Umwälzpumpe.\nGesamtbetrag: EUR 1.250,00\nZahlbar bis 28.03.2025.";
 const LETTER: &str = "Stadtwerke Musterstadt\nJahresabrechnung Strom 2025\nVerbrauch 3.200 kWh, Nachzahlung EUR 212,40 (electricity bill).";

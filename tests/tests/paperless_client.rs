@@ -8,7 +8,7 @@ use pai_tests::fake_paperless::{DocSeed, FakePaperless};
 use shared::config::Secret;
 use shared::domain::{DocumentPatch, ObjectKind};
 use shared::paperless::PaperlessClient;
-use shared::ports::{Paperless, PaperlessError};
+use shared::ports::{PaperlessError, PaperlessReader, PaperlessWriter};
 
 const TOKEN: &str = "client-test-token";
 

@@ -584,7 +584,7 @@ async fn undo_does_not_re_arm_the_trigger_tag() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_delivery_of_a_running_tag_message_waits() {
     use shared::domain::Stage;
-    use shared::ports::WorkQueue;
+    use shared::ports::QueueConsumer;
     use std::time::Duration;
     let pai = Pai::start(&[]).await;
     let id = seed(&pai.paperless);

@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::pipeline::PipelineError;
+#[cfg(feature = "chat")]
 use crate::pipeline::chat::ChatError;
 use crate::pipeline::ingest::IngestError;
 
@@ -105,6 +106,7 @@ impl From<crate::pipeline::tag::ReviewError> for ApiError {
     }
 }
 
+#[cfg(feature = "chat")]
 impl From<ChatError> for ApiError {
     fn from(e: ChatError) -> Self {
         match e {

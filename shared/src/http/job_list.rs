@@ -114,7 +114,7 @@ pub async fn list_jobs(
         };
         let items = svc
             .state
-            .list_newest("job/", before.as_deref(), want)
+            .list_newest(crate::state_keys::JOBS, before.as_deref(), want)
             .await?;
         let exhausted = items.len() < want;
         for (key, value) in items {
@@ -140,7 +140,8 @@ pub async fn list_jobs(
             });
         }
         if full || scanned >= SCAN_WINDOW {
-            let next_cursor = before.map(|k| k.trim_start_matches("job/").to_string());
+            let next_cursor =
+                before.map(|k| k.trim_start_matches(crate::state_keys::JOBS).to_string());
             return Ok(JobPage {
                 jobs,
                 next_cursor,

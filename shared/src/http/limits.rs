@@ -41,7 +41,7 @@ impl RateLimiter {
 }
 
 fn usage_key(key_id: &str) -> String {
-    format!("usage/{key_id}/{}", chrono::Utc::now().date_naive())
+    crate::state_keys::chat_usage_key(key_id, chrono::Utc::now().date_naive())
 }
 
 /// Model tokens `key_id` has used today.

@@ -9,6 +9,7 @@ pub mod review;
 pub mod status;
 mod ui;
 
+#[cfg(feature = "chat")]
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
+#[cfg(feature = "chat")]
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -27,6 +29,7 @@ pub use error::ApiError;
 use crate::auth::{ApiKeys, constant_time_eq};
 use crate::config::{Keyless, Secret};
 use crate::domain::{DocId, JobOrigin};
+#[cfg(feature = "chat")]
 use crate::pipeline::chat::{ChatRequest, Viewer, ask_as, validate};
 use crate::pipeline::ingest::{self, MAX_WEBHOOK_BYTES};
 use crate::pipeline::tag::{self, SuggestionRecord, suggestion_key};
@@ -67,7 +70,7 @@ impl ApiState {
 }
 
 pub fn router(state: ApiState) -> Router {
-    Router::new()
+    let router = Router::new()
         // A new route needs its HttpApi event in template.yaml too (tests/tests/template.rs).
         .route("/health", get(health))
         .route("/metrics", get(metrics_page))
@@ -82,8 +85,12 @@ pub fn router(state: ApiState) -> Router {
         .route("/documents/{doc_id}/approve", post(approve))
         .route("/documents/{doc_id}/suggestions/undo", post(undo))
         .route("/documents/{doc_id}/undo", post(undo))
-        .route("/documents/{doc_id}/retag", post(retag))
-        .route("/chat", post(chat))
+        .route("/documents/{doc_id}/retag", post(retag));
+    // Without the chat use case (the ingest function: API Gateway sends chat to the chat
+    // function's URL) there is no `/chat` here.
+    #[cfg(feature = "chat")]
+    let router = router.route("/chat", post(chat));
+    router
         .merge(ui::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::extract::DefaultBodyLimit::disable())
@@ -92,6 +99,7 @@ pub fn router(state: ApiState) -> Router {
 
 /// Only `POST /chat` and `/health`: what the chat Lambda's public function URL serves (the
 /// other routes belong to the ingest function, whose resources and secrets chat does not have).
+#[cfg(feature = "chat")]
 pub fn chat_router(state: ApiState) -> Router {
     Router::new()
         .route("/health", get(health))
@@ -447,6 +455,7 @@ async fn retag(
 
 /// Who asks: a Paperless user by their own token (`Authorization: Token …`, as Paperless's
 /// API takes it), checked with Paperless; otherwise an API key, as for every route.
+#[cfg(feature = "chat")]
 async fn chat_viewer(state: &ApiState, headers: &HeaderMap) -> Result<Viewer, ApiError> {
     let token = headers
         .get(header::AUTHORIZATION)
@@ -475,6 +484,7 @@ async fn chat_viewer(state: &ApiState, headers: &HeaderMap) -> Result<Viewer, Ap
     }
 }
 
+#[cfg(feature = "chat")]
 async fn chat(
     State(state): State<ApiState>,
     headers: HeaderMap,

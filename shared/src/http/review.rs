@@ -172,7 +172,7 @@ pub async fn review_page(
         let want = (SCAN_WINDOW - scanned).min(200);
         let items = svc
             .state
-            .list("suggestion/", after.as_deref(), want)
+            .list(crate::state_keys::SUGGESTIONS, after.as_deref(), want)
             .await?;
         more = items.len() == want;
         for (key, value) in items {
@@ -227,7 +227,10 @@ pub async fn review_page(
         })
         .collect();
     let next = if more {
-        after.map(|k| k.trim_start_matches("suggestion/").to_string())
+        after.map(|k| {
+            k.trim_start_matches(crate::state_keys::SUGGESTIONS)
+                .to_string()
+        })
     } else {
         None
     };

@@ -329,7 +329,7 @@ async fn tokens_today(state: &ApiState) -> Result<(i64, i64), crate::ports::Stor
     let store = state.svc.state.as_ref();
     let today = chrono::Utc::now().date_naive();
     let tagging = store
-        .counters(&format!("usage/tagging/{today}"))
+        .counters(&crate::state_keys::tagging_usage_key(today))
         .await?
         .get("tokens")
         .copied()
@@ -362,7 +362,7 @@ pub(super) async fn status(
     // Outcomes of the most recent jobs: one bounded read, the same on SQLite and DynamoDB.
     let recent = svc
         .state
-        .list_newest("job/", None, SCAN_WINDOW)
+        .list_newest(crate::state_keys::JOBS, None, SCAN_WINDOW)
         .await
         .map_err(crate::pipeline::PipelineError::from)?;
     let mut classes: BTreeMap<&str, usize> =

@@ -119,7 +119,8 @@ pub fn services(function: Function, sdk: &SdkConfig, env: &Env) -> Result<Servic
 /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`), plus `AWS_ENDPOINT_URL` for an emulator.
 /// Not `aws_config::defaults`: its provider chains (profile files, web identity through STS,
 /// container and instance metadata) never answer on Lambda, and linking them costs every
-/// function the STS client and the IMDS and profile code.
+/// function the STS client and the IMDS and profile code. Bedrock's client is built from this
+/// configuration too (`providers::AwsConfig::Given`); only `pai` loads the default chains.
 fn sdk_config(var: impl Fn(&str) -> Option<String>) -> SdkConfig {
     use aws_config::environment::EnvironmentVariableCredentialsProvider;
     use aws_sdk_dynamodb::config::SharedCredentialsProvider;
@@ -202,7 +203,7 @@ pub fn http_router(svc: Services) -> axum::Router {
 }
 
 /// What the chat door's public function URL serves: `POST /chat` and `/health` only.
-#[cfg(feature = "lambda-http")]
+#[cfg(all(feature = "lambda-http", feature = "chat"))]
 pub fn chat_router(svc: Services) -> axum::Router {
     let state = crate::http::ApiState::new(svc, String::new(), None);
     with_metrics_flush(crate::http::chat_router(state))

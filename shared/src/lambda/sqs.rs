@@ -12,7 +12,7 @@ use lambda_runtime::LambdaEvent;
 use crate::domain::Stage;
 use crate::pipeline::healing::{self, Settlement};
 use crate::pipeline::{PipelineError, Services, handle};
-use crate::ports::{Delivery, WorkQueue};
+use crate::ports::{Delivery, QueueConsumer};
 
 /// The chunk function's door: its queue's batch, to `pipeline::handle` built with only the
 /// chunk stage.
@@ -60,7 +60,8 @@ async fn process(
     records: Vec<SqsMessage>,
 ) -> Result<SqsBatchResponse, lambda_runtime::Error> {
     let max_receives = svc.settings.max_receives;
-    let own: &dyn WorkQueue = match stage {
+    // Its own queue only: back-off and deferral of the messages this invocation holds.
+    let own: &dyn QueueConsumer = match stage {
         Stage::Chunk => svc.queues.chunk.as_ref(),
         Stage::Embed => svc.queues.embed.as_ref(),
         Stage::Tag => svc.queues.tag.as_ref(),

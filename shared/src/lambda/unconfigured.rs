@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::ports::{BlobStore, Cache, Delivery, StoreError, WorkQueue};
+use crate::ports::{
+    BlobStore, Cache, DeadLetters, Delivery, QueueConsumer, QueueSender, StoreError,
+};
 
 pub struct Unconfigured {
     variable: &'static str,
@@ -49,22 +51,33 @@ impl Cache for Unconfigured {
 }
 
 #[async_trait]
-impl WorkQueue for Unconfigured {
+impl QueueSender for Unconfigured {
     async fn send(&self, _: &[String]) -> Result<(), StoreError> {
         self.fail()
     }
+}
+
+#[async_trait]
+impl QueueConsumer for Unconfigured {
     async fn receive(&self, _: usize, _: Duration) -> Result<Vec<Delivery>, StoreError> {
         self.fail()
     }
+
     async fn delete(&self, _: &str) -> Result<(), StoreError> {
         self.fail()
     }
+
     async fn release(&self, _: &str, _: Duration) -> Result<(), StoreError> {
         self.fail()
     }
+}
+
+#[async_trait]
+impl DeadLetters for Unconfigured {
     async fn dead_letters(&self, _: usize) -> Result<Vec<Delivery>, StoreError> {
         self.fail()
     }
+
     async fn delete_dead_letter(&self, _: &str) -> Result<(), StoreError> {
         self.fail()
     }
@@ -77,7 +90,7 @@ mod tests {
     #[tokio::test]
     async fn every_use_names_the_missing_variable() {
         let u = Unconfigured::new("TAG_QUEUE_URL");
-        let e = WorkQueue::send(&u, &["x".into()]).await.unwrap_err();
+        let e = QueueSender::send(&u, &["x".into()]).await.unwrap_err();
         assert!(
             matches!(&e, StoreError::Invalid(m) if m.contains("TAG_QUEUE_URL")),
             "{e}"

@@ -312,7 +312,9 @@ fn finish(
     queues: Queues,
     with_paperless: bool,
 ) -> Result<Services, StartError> {
-    let raw_embedder = crate::providers::embedder(&settings)?;
+    // Bedrock from the same configuration as the other clients: Lambda's variables.
+    let aws = crate::providers::AwsConfig::Given(Box::new(sdk.clone()));
+    let raw_embedder = crate::providers::embedder(&settings, &aws)?;
     let dimension = raw_embedder.dimension();
     let vectors: Arc<dyn VectorIndex> = Arc::new(crate::adapters::aws::S3VectorIndex::new(
         aws_sdk_s3vectors::Client::new(sdk),
@@ -320,7 +322,8 @@ fn finish(
         env.require("VECTOR_INDEX")?,
         dimension,
     ));
-    let (model, embedder) = crate::providers::assemble(&settings, raw_embedder, cache.clone())?;
+    let (model, embedder) =
+        crate::providers::assemble(&settings, raw_embedder, cache.clone(), &aws)?;
     let paperless = match with_paperless {
         true => paperless(&settings)?,
         false => None,

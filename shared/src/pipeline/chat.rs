@@ -19,7 +19,7 @@ use super::{PipelineError, Services};
 use crate::domain::{AnswerInput, DocId, Passage};
 use crate::filter::Filter;
 use crate::keyword;
-use crate::ports::{Condition, Paperless, TokenSink, TokenUser, Usage, VectorRecord};
+use crate::ports::{Condition, PaperlessReader, TokenSink, TokenUser, Usage, VectorRecord};
 use crate::text::{count_tokens, detect_language, fold};
 
 pub const MAX_QUESTION_CHARS: usize = 2000;
@@ -164,9 +164,7 @@ struct Session {
     caller: Option<String>,
 }
 
-fn session_key(id: &str) -> String {
-    format!("session/{id}")
-}
+use crate::state_keys::session_key;
 
 fn refusal(question: &str) -> &'static str {
     match detect_language(question) {
@@ -465,7 +463,7 @@ pub enum Viewer {
     /// A Paperless user asking with their own token: only what Paperless lets them view.
     User {
         user: TokenUser,
-        paperless: Arc<dyn Paperless>,
+        paperless: Arc<dyn PaperlessReader>,
     },
 }
 

@@ -3,6 +3,10 @@
 //! to the embed queue and the document (as read, without its text) to the tag queue. Vectors of chunks that vanished are
 //! deleted; unchanged chunks are never embedded again.
 
+// The stage itself (`run`) is compiled with `stage-chunk` only (it splits text: `splitter`);
+// without it, what only the stage imports is unused.
+#![cfg_attr(not(feature = "stage-chunk"), allow(unused_imports))]
+
 use std::collections::HashSet;
 
 use super::index::{self, save_manifest};
@@ -12,7 +16,9 @@ use crate::domain::{
     StageStatus, TagTask, Taxonomy,
 };
 use crate::ports::{Condition, MAX_VECTORS_PER_CALL};
-use crate::text::{chunk_ranges, fold, sha256_hex};
+#[cfg(feature = "splitter")]
+use crate::text::chunk_ranges;
+use crate::text::{fold, sha256_hex};
 
 pub use super::index::{load_manifest, manifest_key, paperless_meta, snapshot_key};
 
@@ -35,6 +41,7 @@ pub fn exclude_tag(
 }
 
 /// An excluded document: whatever the index holds of it goes, and no stage runs.
+#[cfg(feature = "stage-chunk")]
 async fn exclude(
     svc: &Services,
     job_id: &str,
@@ -64,6 +71,7 @@ async fn exclude(
     Ok(())
 }
 
+#[cfg(feature = "stage-chunk")]
 pub async fn run(svc: &Services, task: &ChunkTask) -> Result<(), PipelineError> {
     let job_id = task.job_id();
     let (doc_id, text, meta, read) = match task {

@@ -13,7 +13,7 @@ use super::{PipelineError, Services, ingest, load_job, set_stage, update_job};
 use crate::domain::{
     ChunkTask, DocId, EmbedTask, Job, JobStatus, Stage, StageState, StageStatus, TagTask,
 };
-use crate::ports::{Delivery, StoreError, WorkQueue};
+use crate::ports::{DeadLetters, Delivery, QueueConsumer, StoreError};
 
 /// Delay after the first transient failure.
 pub const FIRST_RETRY: Duration = Duration::from_secs(30);
@@ -53,7 +53,7 @@ pub fn settle(outcome: &Result<(), PipelineError>, receive_count: u32) -> Settle
 
 /// Applies a settlement to a received message.
 pub async fn apply(
-    queue: &dyn WorkQueue,
+    queue: &dyn QueueConsumer,
     message: &Delivery,
     settlement: Settlement,
 ) -> Result<(), StoreError> {
@@ -129,15 +129,14 @@ pub async fn dead_lettered(
     Ok(())
 }
 
-/// Where jobs that failed for a transient reason wait for sync to run them again.
-const TRANSIENT_PREFIX: &str = "failed-transient/";
+use crate::state_keys::{FAILED_TRANSIENT_PREFIX as TRANSIENT_PREFIX, failed_transient_key};
 
 /// Records that a job failed for a reason that may heal (an outage outlasted its receives, or
 /// its message was dead-lettered), so sync runs it again.
 pub async fn failed_transiently(svc: &Services, job_id: &str) -> Result<(), PipelineError> {
     svc.state
         .put(
-            &format!("{TRANSIENT_PREFIX}{job_id}"),
+            &failed_transient_key(job_id),
             &serde_json::json!({"at": super::now()}),
             crate::ports::Condition::None,
             None,
@@ -190,7 +189,7 @@ pub async fn retry_transient_failures(svc: &Services) -> Result<Vec<String>, Pip
 
 /// A queue's dead letters; none for a queue this process does not bind (a Lambda reads only
 /// the queues its template gives it).
-async fn dead_of(queue: &dyn WorkQueue) -> Result<Vec<Delivery>, StoreError> {
+async fn dead_of(queue: &dyn DeadLetters) -> Result<Vec<Delivery>, StoreError> {
     match queue.dead_letters(1000).await {
         Err(StoreError::Invalid(_)) => Ok(Vec::new()),
         other => other,
@@ -202,7 +201,7 @@ async fn dead_of(queue: &dyn WorkQueue) -> Result<Vec<Delivery>, StoreError> {
 pub async fn note_dead_letters(
     svc: &Services,
     stage: Stage,
-    queue: &dyn WorkQueue,
+    queue: &dyn DeadLetters,
 ) -> Result<usize, PipelineError> {
     let dead = dead_of(queue).await?;
     for d in &dead {
@@ -254,8 +253,8 @@ fn chunk_task(job: &Job) -> Result<ChunkTask, RetryError> {
     }
 }
 
-/// The queues with their stages.
-fn queues(svc: &Services) -> [(Stage, &dyn WorkQueue); 3] {
+/// The queues' dead letters, with their stages.
+fn queues(svc: &Services) -> [(Stage, &dyn DeadLetters); 3] {
     [
         (Stage::Chunk, svc.queues.chunk.as_ref()),
         (Stage::Embed, svc.queues.embed.as_ref()),
@@ -362,7 +361,10 @@ pub async fn retry_failed(svc: &Services) -> Result<Vec<String>, PipelineError> 
     let mut failed = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        let page = svc.state.list("job/", after.as_deref(), 500).await?;
+        let page = svc
+            .state
+            .list(crate::state_keys::JOBS, after.as_deref(), 500)
+            .await?;
         for (_, v) in &page {
             if let Ok(job) = serde_json::from_value::<Job>(v.clone())
                 && job.status() == JobStatus::Failed

@@ -24,17 +24,11 @@ pub const INLINE_CHUNKS: usize = 600;
 /// Chunks per page: ~100 bytes each, so a page stays far below DynamoDB's item limit.
 pub const PAGE_CHUNKS: usize = 1_000;
 
-pub fn manifest_key(doc_id: &DocId) -> String {
-    format!("manifest/{doc_id}")
-}
+pub use crate::state_keys::{manifest_key, marker_prefix};
+use crate::state_keys::{manifest_page_key, marker_key};
 
 pub fn snapshot_key(doc_id: &DocId, content_hash: &str) -> String {
     format!("text/{doc_id}/{content_hash}.txt")
-}
-
-/// Pages of a manifest's chunk lists; not under `manifest/`, so listing manifests skips them.
-fn page_key(doc_id: &DocId, pages: &str, n: usize) -> String {
-    format!("manifest-page/{doc_id}/{pages}/{n}")
 }
 
 /// The document's tag names, folded (what filters and the tag policy compare).
@@ -123,7 +117,7 @@ pub async fn resolve_in(
         let mut all: Vec<(bool, ChunkRef)> = Vec::new();
         for n in 0..count {
             let page = state
-                .get(&page_key(&doc_id, &id, n))
+                .get(&manifest_page_key(&doc_id, &id, n))
                 .await?
                 // Replaced by a newer version between reading the item and its pages.
                 .ok_or_else(|| {
@@ -203,7 +197,7 @@ pub async fn save_manifest_in(
         for (n, page) in pages.iter().enumerate() {
             state
                 .put(
-                    &page_key(&manifest.doc_id, &id, n),
+                    &manifest_page_key(&manifest.doc_id, &id, n),
                     &json!(page),
                     Condition::None,
                     None,
@@ -234,7 +228,9 @@ pub async fn save_manifest_in(
         && written_pages.as_ref().is_none_or(|(new, _)| *new != old)
     {
         for n in 0..count {
-            let _ = state.delete(&page_key(&manifest.doc_id, &old, n)).await;
+            let _ = state
+                .delete(&manifest_page_key(&manifest.doc_id, &old, n))
+                .await;
         }
     }
     Ok(version)
@@ -258,7 +254,7 @@ pub async fn forget(svc: &Services, manifest: &Manifest) -> Result<(), PipelineE
     if let Some((id, count)) = pages {
         for n in 0..count {
             svc.state
-                .delete(&page_key(&manifest.doc_id, &id, n))
+                .delete(&manifest_page_key(&manifest.doc_id, &id, n))
                 .await?;
         }
     }
@@ -293,14 +289,6 @@ pub async fn missing(
         .collect())
 }
 
-/// The prefix of the markers of the embed batches a job wrote in one attempt (`None`: all).
-pub fn marker_prefix(job_id: &str, attempt: Option<u32>) -> String {
-    match attempt {
-        Some(a) => format!("embedded/{job_id}/{a}/"),
-        None => format!("embedded/{job_id}/"),
-    }
-}
-
 /// Records that a batch's vectors are in the index (written only after them), with the chunks
 /// whose embedding was all zeros: a cosine index cannot hold those, so they are indexed as
 /// nothing. Returns whether this is the first record of the batch.
@@ -311,11 +299,7 @@ pub async fn record_batch(
     chunks: &[ChunkRef],
     empty: &[String],
 ) -> Result<bool, PipelineError> {
-    let marker = format!(
-        "{}{}",
-        marker_prefix(job_id, Some(attempt)),
-        chunks.first().map(|c| c.hash.as_str()).unwrap_or("none")
-    );
+    let marker = marker_key(job_id, attempt, chunks.first().map(|c| c.hash.as_str()));
     match svc
         .state
         .put(

@@ -5,6 +5,7 @@
 //! Lambda doors and `pai`'s workers call with a message body.
 
 pub mod access;
+#[cfg(feature = "chat")]
 pub mod chat;
 pub mod chunk;
 pub mod embed;
@@ -289,9 +290,7 @@ pub(crate) fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-pub fn job_key(job_id: &str) -> String {
-    format!("job/{job_id}")
-}
+pub use crate::state_keys::job_key;
 
 /// Reads a job.
 pub async fn load_job(state: &dyn StateStore, job_id: &str) -> Result<Option<Job>, PipelineError> {

@@ -15,7 +15,7 @@ use super::{PipelineError, Services, healing, index};
 use crate::domain::{JobOrigin, JobStatus, Manifest, ObjectKind, Stage};
 use crate::ports::{Condition, DocumentQuery};
 
-const CURSOR_KEY: &str = "sync/cursor";
+use crate::state_keys::{MANIFESTS, SYNC_CURSOR as CURSOR_KEY, SYNC_DELETION_CURSOR};
 /// Known documents checked for deletion per run.
 const DELETION_WINDOW: usize = 500;
 
@@ -40,7 +40,7 @@ pub struct SyncReport {
 }
 
 async fn all_pages(
-    paperless: &dyn crate::ports::Paperless,
+    paperless: &dyn crate::ports::PaperlessReader,
     query: &DocumentQuery,
     mut each: impl FnMut(crate::ports::DocumentSummary),
 ) -> Result<(), PipelineError> {
@@ -105,7 +105,7 @@ async fn sync_once(svc: &Services) -> Result<SyncReport, PipelineError> {
         // A document still carrying the trigger tag after its run (excluded, or a run that
         // could not remove it) is queued once per version, not by every sync.
         for d in triggered {
-            let key = format!("sync/trigger/{}", d.id);
+            let key = crate::state_keys::sync_trigger_key(d.id);
             let seen = state.get(&key).await?;
             if seen.is_some_and(|v| v.value["modified"].as_str() == d.modified.as_deref()) {
                 continue;
@@ -182,16 +182,16 @@ async fn check_window(
     let paperless = svc.paperless.clone().expect("checked by run");
     let state = svc.state.as_ref();
     let after = state
-        .get("sync/deletion_cursor")
+        .get(SYNC_DELETION_CURSOR)
         .await?
         .and_then(|v| v.value.as_str().map(str::to_string));
     let mut window = state
-        .list("manifest/", after.as_deref(), DELETION_WINDOW)
+        .list(MANIFESTS, after.as_deref(), DELETION_WINDOW)
         .await?;
     // Wrap around: a library smaller than the window is checked whole on every run.
     if window.len() < DELETION_WINDOW && after.is_some() {
         let head = state
-            .list("manifest/", None, DELETION_WINDOW - window.len())
+            .list(MANIFESTS, None, DELETION_WINDOW - window.len())
             .await?;
         let end = after.clone().unwrap_or_default();
         window.extend(head.into_iter().filter(|(k, _)| *k <= end));
@@ -227,7 +227,9 @@ async fn check_window(
             let id = m.doc_id.paperless_id().expect("filtered");
             if !existing.contains(&id) {
                 index::forget(svc, m).await?;
-                state.delete(&format!("tagged/{}", m.doc_id)).await?;
+                state
+                    .delete(&crate::state_keys::tagged_key(&m.doc_id))
+                    .await?;
                 tracing::info!(doc_id = %m.doc_id, "document deleted in Paperless: removed from the index");
                 removed += 1;
                 continue;
@@ -245,7 +247,7 @@ async fn check_window(
     }
     if let Some(k) = next {
         state
-            .put("sync/deletion_cursor", &json!(k), Condition::None, None)
+            .put(SYNC_DELETION_CURSOR, &json!(k), Condition::None, None)
             .await?;
     }
     Ok((removed, requeued))

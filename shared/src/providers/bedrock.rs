@@ -6,14 +6,14 @@
 //! Cohere Embed (up to 96 texts per call).
 //!
 //! The SDK client is built on first use, so building a provider stays synchronous like the
-//! other providers'; tests hand in a ready client instead.
+//! other providers', from the configuration the caller names ([`AwsConfig`]: a Lambda's own, or
+//! `pai`'s default chains); tests hand in a ready client instead.
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_config::BehaviorVersion;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_bedrockruntime::Client;
 use aws_sdk_bedrockruntime::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
@@ -29,12 +29,12 @@ use futures::{StreamExt, TryStreamExt};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
-use super::llm::{Message, answer_messages, cited, standalone_with, suggest_with_repair};
+use super::AwsConfig;
+use super::llm::{Completion, Message, answer_messages, cited};
 use crate::config::ConfigError;
-use crate::domain::{Answer, AnswerInput, Suggestion, TagInput};
-use crate::ports::{ChatModel, EmbedKind, Embedder, ModelError, TokenSink, Usage};
+use crate::domain::{Answer, AnswerInput, TagInput};
+use crate::ports::{EmbedKind, Embedder, ModelError, TokenSink, Usage};
 use crate::smithy_json::{to_document, to_json};
-use crate::text::{count_tokens, fit_head_tail, token_factor};
 
 /// Claude Haiku 4.5 through the global cross-region inference profile: reachable from every
 /// commercial region without naming one (the bare model id needs a profile). For data that must
@@ -48,18 +48,20 @@ const TITAN_CONCURRENCY: usize = 8;
 /// Cohere Embed takes at most this many texts per call.
 const COHERE_BATCH: usize = 96;
 
-/// The SDK client, built from the default AWS configuration (environment, profile, container or
-/// instance role) on first use; `endpoint` (LLM_BASE_URL / EMBEDDING_BASE_URL) overrides the
-/// Bedrock endpoint, for VPC endpoints and tests.
+/// The SDK client, built on first use from `aws` (region and credentials); `endpoint`
+/// (LLM_BASE_URL / EMBEDDING_BASE_URL) overrides the Bedrock endpoint, for VPC endpoints and
+/// tests.
 struct LazyClient {
+    aws: Option<AwsConfig>,
     endpoint: Option<String>,
     timeout: Duration,
     client: OnceCell<Client>,
 }
 
 impl LazyClient {
-    fn new(endpoint: Option<&str>, timeout: Duration) -> LazyClient {
+    fn new(aws: &AwsConfig, endpoint: Option<&str>, timeout: Duration) -> LazyClient {
         LazyClient {
+            aws: Some(aws.clone()),
             endpoint: endpoint.map(str::to_string),
             timeout,
             client: OnceCell::new(),
@@ -68,6 +70,7 @@ impl LazyClient {
 
     fn ready(client: Client) -> LazyClient {
         LazyClient {
+            aws: None,
             endpoint: None,
             timeout: Duration::ZERO,
             client: OnceCell::from(client),
@@ -81,12 +84,29 @@ impl LazyClient {
                     .connect_timeout(Duration::from_secs(5))
                     .operation_attempt_timeout(self.timeout)
                     .build();
-                let mut loader =
-                    aws_config::defaults(BehaviorVersion::latest()).timeout_config(timeouts);
-                if let Some(url) = &self.endpoint {
-                    loader = loader.endpoint_url(url);
-                }
-                let conf = loader.load().await;
+                let conf = match self
+                    .aws
+                    .as_ref()
+                    .expect("a client that is not ready has a configuration")
+                {
+                    AwsConfig::Given(sdk) => {
+                        let mut conf = sdk.to_builder().timeout_config(timeouts);
+                        if let Some(url) = &self.endpoint {
+                            conf = conf.endpoint_url(url);
+                        }
+                        conf.build()
+                    }
+                    #[cfg(feature = "local")]
+                    AwsConfig::DefaultChain => {
+                        let mut loader =
+                            aws_config::defaults(aws_config::BehaviorVersion::latest())
+                                .timeout_config(timeouts);
+                        if let Some(url) = &self.endpoint {
+                            loader = loader.endpoint_url(url);
+                        }
+                        loader.load().await
+                    }
+                };
                 if conf.region().is_none() {
                     return Err(ModelError::Refused(
                         "bedrock: no AWS region is configured: set AWS_REGION".into(),
@@ -346,6 +366,8 @@ pub struct BedrockChat {
     client: LazyClient,
     model: String,
     name: String,
+    /// Read only where documents are fitted again (`fitted`, with `tokens`).
+    #[cfg_attr(not(feature = "tokens"), allow(dead_code))]
     max_input_tokens: usize,
     max_output_tokens: usize,
     system_prompt: Option<String>,
@@ -357,6 +379,7 @@ impl BedrockChat {
     /// `endpoint` (LLM_BASE_URL) overrides the Bedrock endpoint; `model` defaults to
     /// [`DEFAULT_CHAT_MODEL`]. `max_input_tokens` is the document budget in cl100k tokens.
     pub fn new(
+        aws: &AwsConfig,
         endpoint: Option<&str>,
         model: Option<&str>,
         max_input_tokens: usize,
@@ -364,7 +387,7 @@ impl BedrockChat {
         system_prompt: Option<String>,
     ) -> BedrockChat {
         Self::build(
-            LazyClient::new(endpoint, Duration::from_secs(120)),
+            LazyClient::new(aws, endpoint, Duration::from_secs(120)),
             model,
             max_input_tokens,
             max_output_tokens,
@@ -408,6 +431,27 @@ impl BedrockChat {
         }
     }
 
+    /// The pipeline fits the document to the budget in cl100k tokens; this model's tokenizer
+    /// makes more of the same text, so the budget shrinks by the family's estimated factor.
+    #[cfg(feature = "tokens")]
+    fn fitted<'a>(&self, input: &'a TagInput) -> Cow<'a, TagInput> {
+        let factor = crate::text::token_factor(&self.model);
+        if factor <= 1.0 {
+            return Cow::Borrowed(input);
+        }
+        let budget = (self.max_input_tokens as f64 / factor) as usize;
+        let mut fitted = input.clone();
+        fitted.content = crate::text::fit_head_tail(&input.content, budget);
+        Cow::Owned(fitted)
+    }
+
+    /// A build without the tokenizer has no tag use case (it needs `tokens`), so no prompt
+    /// budgeted in cl100k tokens comes here to be fitted again.
+    #[cfg(not(feature = "tokens"))]
+    fn fitted<'a>(&self, input: &'a TagInput) -> Cow<'a, TagInput> {
+        Cow::Borrowed(input)
+    }
+
     fn inference(&self) -> InferenceConfiguration {
         InferenceConfiguration::builder()
             .max_tokens(self.max_output_tokens.min(i32::MAX as usize) as i32)
@@ -422,9 +466,20 @@ impl BedrockChat {
     {
         model_error(err, &self.model, "LLM_MODEL")
     }
+}
+
+#[async_trait]
+impl Completion for BedrockChat {
+    fn model_name(&self) -> &str {
+        &self.name
+    }
+
+    fn system_prompt(&self) -> Option<&str> {
+        self.system_prompt.as_deref()
+    }
 
     /// One Converse call; with a schema, the reply is the forced tool's input as JSON text.
-    async fn complete(
+    async fn completion(
         &self,
         messages: &[Message],
         schema: Option<&Value>,
@@ -461,40 +516,12 @@ impl BedrockChat {
             }
         }
     }
-}
 
-#[async_trait]
-impl ChatModel for BedrockChat {
-    fn name(&self) -> &str {
-        &self.name
+    fn tag_input<'a>(&self, input: &'a TagInput) -> Cow<'a, TagInput> {
+        self.fitted(input)
     }
 
-    async fn suggest(&self, input: &TagInput) -> Result<(Suggestion, Usage), ModelError> {
-        // The pipeline fits the document to the budget in cl100k tokens; this model's tokenizer
-        // makes more of the same text, so the budget shrinks by the family's estimated factor.
-        let factor = token_factor(&self.model);
-        let input = if factor > 1.0 {
-            let budget = (self.max_input_tokens as f64 / factor) as usize;
-            let mut fitted = input.clone();
-            fitted.content = fit_head_tail(&input.content, budget);
-            Cow::Owned(fitted)
-        } else {
-            Cow::Borrowed(input)
-        };
-        suggest_with_repair(
-            &input,
-            self.system_prompt.as_deref(),
-            |messages, schema| async move { self.complete(&messages, Some(&schema)).await },
-        )
-        .await
-    }
-
-    async fn answer(&self, input: &AnswerInput) -> Result<(Answer, Usage), ModelError> {
-        let (text, usage) = self.complete(&answer_messages(input), None).await?;
-        Ok((cited(&text, input.passages.len()), usage))
-    }
-
-    async fn answer_streaming(
+    async fn stream_answer(
         &self,
         input: &AnswerInput,
         tokens: &TokenSink,
@@ -517,17 +544,6 @@ impl ChatModel for BedrockChat {
             }
         }
         answer.finish(input.passages.len())
-    }
-
-    async fn standalone(
-        &self,
-        history: &[(String, String)],
-        question: &str,
-    ) -> Result<(String, Usage), ModelError> {
-        standalone_with(history, question, |messages| async move {
-            self.complete(&messages, None).await
-        })
-        .await
     }
 }
 
@@ -585,12 +601,13 @@ impl BedrockEmbedder {
     /// `endpoint` (EMBEDDING_BASE_URL) overrides the Bedrock endpoint; `model` defaults to
     /// [`DEFAULT_EMBEDDING_MODEL`]; `dimensions` must be one the model produces.
     pub fn new(
+        aws: &AwsConfig,
         endpoint: Option<&str>,
         model: Option<&str>,
         dimensions: Option<usize>,
     ) -> Result<BedrockEmbedder, ConfigError> {
         Self::build(
-            LazyClient::new(endpoint, Duration::from_secs(60)),
+            LazyClient::new(aws, endpoint, Duration::from_secs(60)),
             model,
             dimensions,
         )
@@ -720,9 +737,20 @@ impl BedrockEmbedder {
         // Bedrock's Cohere replies carry no token count: estimated, for metrics and budgets.
         let tokens = reply["meta"]["billed_units"]["input_tokens"]
             .as_u64()
-            .unwrap_or_else(|| texts.iter().map(|t| count_tokens(t) as u64).sum());
+            .unwrap_or_else(|| estimated_tokens(texts));
         Ok((vectors, tokens))
     }
+}
+
+/// Tokens of texts whose reply does not count them: in cl100k tokens where the tokenizer is
+/// linked; else (the embed function, which links no vocabulary for an estimate) a quarter of
+/// the bytes, about what cl100k makes of prose.
+fn estimated_tokens(texts: &[String]) -> u64 {
+    #[cfg(feature = "tokens")]
+    let count = |t: &str| crate::text::count_tokens(t);
+    #[cfg(not(feature = "tokens"))]
+    let count = |t: &str| t.len().div_ceil(4);
+    texts.iter().map(|t| count(t) as u64).sum()
 }
 
 #[async_trait]
@@ -811,7 +839,9 @@ mod tests {
 
     use super::*;
     use crate::domain::{DocId, Field, Passage, Taxonomy};
+    use crate::ports::ChatModel;
     use crate::providers::llm::tag_schema;
+    use crate::text::{count_tokens, fit_head_tail};
 
     /// A client answering from `rules`, without retries (a retried throttle would just wait).
     fn client(rules: &[&Rule], mode: RuleMode) -> Client {
@@ -1407,9 +1437,36 @@ mod tests {
         assert!(e.embed(&["x".into()]).await.unwrap_err().is_transient());
     }
 
+    #[tokio::test]
+    async fn a_given_configuration_is_used_instead_of_the_default_chains() {
+        let sdk = |region: Option<&str>| {
+            let mut b = aws_config::SdkConfig::builder()
+                .behavior_version(aws_config::BehaviorVersion::latest());
+            if let Some(r) = region {
+                b = b.region(aws_config::Region::new(r.to_string()));
+            }
+            AwsConfig::Given(Box::new(b.build()))
+        };
+        let lazy = LazyClient::new(
+            &sdk(Some("eu-south-2")),
+            Some("http://127.0.0.1:9"),
+            Duration::from_secs(7),
+        );
+        let client = lazy.get().await.unwrap();
+        assert_eq!(
+            client.config().region().map(|r| r.as_ref()),
+            Some("eu-south-2")
+        );
+        // Without a region in it, none is looked for elsewhere (profile files, IMDS).
+        let lazy = LazyClient::new(&sdk(None), None, Duration::from_secs(7));
+        assert!(matches!(lazy.get().await, Err(ModelError::Refused(_))));
+    }
+
     #[test]
     fn embedding_dimensions_are_checked_at_build() {
-        let make = |model: Option<&str>, dims| BedrockEmbedder::new(None, model, dims);
+        let make = |model: Option<&str>, dims| {
+            BedrockEmbedder::new(&AwsConfig::DefaultChain, None, model, dims)
+        };
         assert_eq!(make(None, None).unwrap().dimension(), 1024);
         assert_eq!(make(None, Some(256)).unwrap().dimension(), 256);
         let err = make(None, Some(300)).err().unwrap();
@@ -1438,17 +1495,19 @@ mod tests {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         let settings = crate::config::Settings::from_map(&env).unwrap();
-        let model = crate::providers::chat_model(&settings).unwrap();
+        let model = crate::providers::chat_model(&settings, &AwsConfig::DefaultChain).unwrap();
         assert_eq!(
             model.name(),
             "bedrock/eu.anthropic.claude-haiku-4-5-20251001-v1:0"
         );
-        let embedder = crate::providers::embedder(&settings).unwrap();
+        let embedder = crate::providers::embedder(&settings, &AwsConfig::DefaultChain).unwrap();
         assert_eq!(embedder.space(), "bedrock/amazon.titan-embed-text-v2:0/512");
         let mut env = env;
         env.insert("EMBEDDING_DIMENSIONS".into(), "768".into());
         let settings = crate::config::Settings::from_map(&env).unwrap();
-        let err = crate::providers::embedder(&settings).err().unwrap();
+        let err = crate::providers::embedder(&settings, &AwsConfig::DefaultChain)
+            .err()
+            .unwrap();
         assert_eq!(err.var, "EMBEDDING_DIMENSIONS");
     }
 }

@@ -1,11 +1,84 @@
 //! What every LLM provider shares: the tagging prompt (document text fenced and marked as
 //! untrusted data), the JSON schema of the reply (names restricted to the allow-list by enum
 //! where the policy says so), the reply's validation, and the answer prompt with numbered
-//! passages. Providers only translate these to their wire format.
+//! passages. Providers only translate these to their wire format: each implements
+//! [`Completion`], and the chat model the use cases see (tagging with one repair, cited
+//! answers, standalone rewrites) is written once, here, for all of them.
 
+use std::borrow::Cow;
+
+use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
 use crate::domain::{Answer, AnswerInput, Field, Suggestion, TagInput};
+use crate::ports::{ChatModel, ModelError, TokenSink, Usage};
+
+/// What an LLM provider implements: one completion of the messages (with `schema`, a reply in
+/// that JSON schema) and an answer streamed in its own wire format.
+#[async_trait]
+pub trait Completion: Send + Sync {
+    /// `provider/model`, the chat model's name.
+    fn model_name(&self) -> &str;
+    /// The operator's tagging instructions (`SYSTEM_PROMPT`), if any.
+    fn system_prompt(&self) -> Option<&str>;
+    async fn completion(
+        &self,
+        messages: &[Message],
+        schema: Option<&Value>,
+    ) -> Result<(String, Usage), ModelError>;
+    /// `ChatModel::answer_streaming`: pieces to `tokens` as they arrive, then the cited answer.
+    async fn stream_answer(
+        &self,
+        input: &AnswerInput,
+        tokens: &TokenSink,
+    ) -> Result<(Answer, Usage), ModelError>;
+    /// The tagging input as this model is to see it (Bedrock fits the document again for
+    /// tokenizers that make more of a text than cl100k).
+    fn tag_input<'a>(&self, input: &'a TagInput) -> Cow<'a, TagInput> {
+        Cow::Borrowed(input)
+    }
+}
+
+#[async_trait]
+impl<C: Completion> ChatModel for C {
+    fn name(&self) -> &str {
+        self.model_name()
+    }
+
+    async fn suggest(&self, input: &TagInput) -> Result<(Suggestion, Usage), ModelError> {
+        let input = self.tag_input(input);
+        suggest_with_repair(
+            &input,
+            self.system_prompt(),
+            |messages, schema| async move { self.completion(&messages, Some(&schema)).await },
+        )
+        .await
+    }
+
+    async fn answer(&self, input: &AnswerInput) -> Result<(Answer, Usage), ModelError> {
+        let (text, usage) = self.completion(&answer_messages(input), None).await?;
+        Ok((cited(&text, input.passages.len()), usage))
+    }
+
+    async fn answer_streaming(
+        &self,
+        input: &AnswerInput,
+        tokens: &TokenSink,
+    ) -> Result<(Answer, Usage), ModelError> {
+        self.stream_answer(input, tokens).await
+    }
+
+    async fn standalone(
+        &self,
+        history: &[(String, String)],
+        question: &str,
+    ) -> Result<(String, Usage), ModelError> {
+        standalone_with(history, question, |messages| async move {
+            self.completion(&messages, None).await
+        })
+        .await
+    }
+}
 
 /// A chat message.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]

@@ -10,6 +10,20 @@ pub mod ollama;
 #[cfg(feature = "clients")]
 pub mod openai;
 
+/// Where a provider on AWS (Bedrock) takes its region and credentials from.
+#[derive(Clone)]
+pub enum AwsConfig {
+    /// A configuration the caller built: a Lambda's, from the variables Lambda sets
+    /// (`lambda::sdk_config`), so a function links none of the provider chains that never
+    /// answer there.
+    #[cfg(feature = "bedrock")]
+    Given(Box<aws_config::SdkConfig>),
+    /// The SDK's default provider chains (environment, profile files and SSO, container or
+    /// instance role), loaded on first use: `pai`, which may run with any of them.
+    #[cfg(feature = "local")]
+    DefaultChain,
+}
+
 #[cfg(feature = "clients")]
 mod assembly {
     //! Which provider serves, from the settings, and the layers every deployment puts around
@@ -22,6 +36,7 @@ mod assembly {
     use crate::ports::{Cache, ChatModel, Embedder};
     use crate::resilience::{AdaptiveLimit, Guard, GuardedEmbedder, GuardedModel};
 
+    use super::AwsConfig;
     use super::lexical::{DEFAULT_DIMENSION, LexicalEmbedder, LexicalModel};
     use super::marking::Marking;
     use super::ollama::{OllamaChat, OllamaEmbedder};
@@ -37,8 +52,12 @@ mod assembly {
         }
     }
 
-    /// The chat model the settings name.
-    pub fn chat_model(settings: &Settings) -> Result<Arc<dyn ChatModel>, ConfigError> {
+    /// The chat model the settings name (on Bedrock, configured from `aws`).
+    #[cfg_attr(not(feature = "bedrock"), allow(unused_variables))]
+    pub fn chat_model(
+        settings: &Settings,
+        aws: &AwsConfig,
+    ) -> Result<Arc<dyn ChatModel>, ConfigError> {
         let llm = &settings.llm;
         Ok(match llm.provider {
             Provider::Lexical => Arc::new(LexicalModel::default()),
@@ -64,6 +83,7 @@ mod assembly {
             ),
             #[cfg(feature = "bedrock")]
             Provider::Bedrock => Arc::new(super::bedrock::BedrockChat::new(
+                aws,
                 llm.base_url.as_deref(),
                 llm.model.as_deref(),
                 settings.policy.max_input_tokens,
@@ -85,8 +105,12 @@ mod assembly {
         )
     }
 
-    /// The embedder the settings name.
-    pub fn embedder(settings: &Settings) -> Result<Arc<dyn Embedder>, ConfigError> {
+    /// The embedder the settings name (on Bedrock, configured from `aws`).
+    #[cfg_attr(not(feature = "bedrock"), allow(unused_variables))]
+    pub fn embedder(
+        settings: &Settings,
+        aws: &AwsConfig,
+    ) -> Result<Arc<dyn Embedder>, ConfigError> {
         let e = &settings.embedding;
         Ok(match e.provider {
             Provider::Lexical => Arc::new(LexicalEmbedder::new(
@@ -117,6 +141,7 @@ mod assembly {
             }
             #[cfg(feature = "bedrock")]
             Provider::Bedrock => Arc::new(super::bedrock::BedrockEmbedder::new(
+                aws,
                 e.base_url.as_deref(),
                 e.model.as_deref(),
                 e.dimensions,
@@ -145,11 +170,12 @@ mod assembly {
     /// a hit never waits for a place. Tagging, chat answers and rewrites share the chat
     /// model's limit; embeddings (indexing and questions) the embedder's, which is the same
     /// one when both are on one endpoint. `raw_embedder` is passed in because the caller also
-    /// needs its space first.
+    /// needs its space first; `aws` configures a Bedrock chat model.
     pub fn assemble(
         settings: &Settings,
         raw_embedder: Arc<dyn Embedder>,
         cache: Arc<dyn Cache>,
+        aws: &AwsConfig,
     ) -> Result<Models, ConfigError> {
         let limits = settings.model_limits;
         let (e, llm) = (&settings.embedding, &settings.llm);
@@ -173,9 +199,9 @@ mod assembly {
         );
         let raw_model = match (llm.provider, e.provider) {
             // The offline answerer borrows a real embedder's sense of meaning when there is one.
-            (Provider::Lexical, Provider::Lexical) => chat_model(settings)?,
+            (Provider::Lexical, Provider::Lexical) => chat_model(settings, aws)?,
             (Provider::Lexical, _) => Arc::new(LexicalModel::with_embedder(embedder.clone())),
-            _ => chat_model(settings)?,
+            _ => chat_model(settings, aws)?,
         };
         let guarded_model: Arc<dyn ChatModel> = match llm.provider {
             Provider::Lexical => raw_model,

@@ -8,11 +8,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
-use super::llm::{Message, answer_messages, cited, standalone_with, suggest_with_repair};
+use super::llm::{Completion, Message, answer_messages, cited};
 use super::marking::Marking;
 use super::openai::{Client, known_dimensions, read_lines};
-use crate::domain::{Answer, AnswerInput, Suggestion, TagInput};
-use crate::ports::{ChatModel, EmbedKind, Embedder, ModelError, TokenSink, Usage};
+use crate::domain::{Answer, AnswerInput};
+use crate::ports::{EmbedKind, Embedder, ModelError, TokenSink, Usage};
 
 pub const DEFAULT_BASE_URL: &str = "http://localhost:11434";
 pub const DEFAULT_CHAT_MODEL: &str = "qwen2.5:7b";
@@ -70,8 +70,19 @@ impl OllamaChat {
         }
         body
     }
+}
 
-    async fn complete(
+#[async_trait]
+impl Completion for OllamaChat {
+    fn model_name(&self) -> &str {
+        &self.name
+    }
+
+    fn system_prompt(&self) -> Option<&str> {
+        self.system_prompt.as_deref()
+    }
+
+    async fn completion(
         &self,
         messages: &[Message],
         format: Option<&Value>,
@@ -90,29 +101,8 @@ impl OllamaChat {
             .ok_or_else(|| ModelError::InvalidReply("the reply has no message content".into()))?;
         Ok((content.to_string(), usage(&reply)))
     }
-}
 
-#[async_trait]
-impl ChatModel for OllamaChat {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    async fn suggest(&self, input: &TagInput) -> Result<(Suggestion, Usage), ModelError> {
-        suggest_with_repair(
-            input,
-            self.system_prompt.as_deref(),
-            |messages, schema| async move { self.complete(&messages, Some(&schema)).await },
-        )
-        .await
-    }
-
-    async fn answer(&self, input: &AnswerInput) -> Result<(Answer, Usage), ModelError> {
-        let (text, usage) = self.complete(&answer_messages(input), None).await?;
-        Ok((cited(&text, input.passages.len()), usage))
-    }
-
-    async fn answer_streaming(
+    async fn stream_answer(
         &self,
         input: &AnswerInput,
         tokens: &TokenSink,
@@ -142,17 +132,6 @@ impl ChatModel for OllamaChat {
                 ));
             }
             Ok(Some((cited(&text, input.passages.len()), usage(&event))))
-        })
-        .await
-    }
-
-    async fn standalone(
-        &self,
-        history: &[(String, String)],
-        question: &str,
-    ) -> Result<(String, Usage), ModelError> {
-        standalone_with(history, question, |messages| async move {
-            self.complete(&messages, None).await
         })
         .await
     }

@@ -8,11 +8,11 @@ use async_trait::async_trait;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use super::llm::{Message, answer_messages, cited, standalone_with, suggest_with_repair};
+use super::llm::{Completion, Message, answer_messages, cited};
 use super::marking::Marking;
 use crate::config::Secret;
-use crate::domain::{Answer, AnswerInput, Suggestion, TagInput};
-use crate::ports::{ChatModel, EmbedKind, Embedder, ModelError, TokenSink, Usage};
+use crate::domain::{Answer, AnswerInput};
+use crate::ports::{EmbedKind, Embedder, ModelError, TokenSink, Usage};
 
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 pub const DEFAULT_CHAT_MODEL: &str = "gpt-4o-mini";
@@ -233,8 +233,19 @@ impl OpenAiChat {
             json_mode_only: Default::default(),
         })
     }
+}
 
-    async fn complete(
+#[async_trait]
+impl Completion for OpenAiChat {
+    fn model_name(&self) -> &str {
+        &self.name
+    }
+
+    fn system_prompt(&self) -> Option<&str> {
+        self.system_prompt.as_deref()
+    }
+
+    async fn completion(
         &self,
         messages: &[Message],
         schema: Option<&Value>,
@@ -281,29 +292,8 @@ impl OpenAiChat {
         };
         Ok((content, usage))
     }
-}
 
-#[async_trait]
-impl ChatModel for OpenAiChat {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    async fn suggest(&self, input: &TagInput) -> Result<(Suggestion, Usage), ModelError> {
-        suggest_with_repair(
-            input,
-            self.system_prompt.as_deref(),
-            |messages, schema| async move { self.complete(&messages, Some(&schema)).await },
-        )
-        .await
-    }
-
-    async fn answer(&self, input: &AnswerInput) -> Result<(Answer, Usage), ModelError> {
-        let (text, usage) = self.complete(&answer_messages(input), None).await?;
-        Ok((cited(&text, input.passages.len()), usage))
-    }
-
-    async fn answer_streaming(
+    async fn stream_answer(
         &self,
         input: &AnswerInput,
         tokens: &TokenSink,
@@ -344,17 +334,6 @@ impl ChatModel for OpenAiChat {
                 };
             }
             Ok(None)
-        })
-        .await
-    }
-
-    async fn standalone(
-        &self,
-        history: &[(String, String)],
-        question: &str,
-    ) -> Result<(String, Usage), ModelError> {
-        standalone_with(history, question, |messages| async move {
-            self.complete(&messages, None).await
         })
         .await
     }

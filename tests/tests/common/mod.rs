@@ -15,7 +15,7 @@ use shared::config::Settings;
 use shared::domain::Stage;
 use shared::embedded::LocalApp;
 use shared::http::{ApiState, router};
-use shared::ports::WorkQueue;
+use shared::ports::QueueConsumer;
 use tokio::sync::watch;
 
 pub const TOKEN: &str = "paperless-test-token";

@@ -14,7 +14,7 @@ use aws_sdk_sqs::types::{
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 use super::store_error;
-use crate::ports::{Delivery, StoreError, WorkQueue};
+use crate::ports::{DeadLetters, Delivery, QueueConsumer, QueueSender, StoreError};
 
 /// SQS's limits: messages per batch call, bytes per message and per batch.
 const MAX_BATCH: usize = 10;
@@ -210,7 +210,7 @@ fn receipt_gone<E: ProvideErrorMetadata>(e: &E) -> bool {
 }
 
 #[async_trait]
-impl WorkQueue for SqsQueue {
+impl QueueSender for SqsQueue {
     async fn send(&self, bodies: &[String]) -> Result<(), StoreError> {
         if let Some(b) = bodies.iter().find(|b| b.len() > MAX_BYTES) {
             return Err(StoreError::Invalid(format!(
@@ -235,7 +235,10 @@ impl WorkQueue for SqsQueue {
         }
         Ok(())
     }
+}
 
+#[async_trait]
+impl QueueConsumer for SqsQueue {
     async fn receive(&self, max: usize, visibility: Duration) -> Result<Vec<Delivery>, StoreError> {
         if !(1..=MAX_BATCH).contains(&max) {
             return Err(StoreError::Invalid(format!(
@@ -311,7 +314,10 @@ impl WorkQueue for SqsQueue {
             .map_err(|e| store_error("SQS SendMessage", e))?;
         self.delete(&message.receipt).await
     }
+}
 
+#[async_trait]
+impl DeadLetters for SqsQueue {
     async fn delete_dead_letter(&self, receipt: &str) -> Result<(), StoreError> {
         let Some(url) = self.dead_letter_url.as_deref() else {
             return Err(StoreError::Invalid(

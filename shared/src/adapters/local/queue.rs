@@ -12,7 +12,7 @@ use rusqlite::params;
 use tokio::sync::Notify;
 
 use super::{Db, sql};
-use crate::ports::{Delivery, StoreError, WorkQueue};
+use crate::ports::{DeadLetters, Delivery, QueueConsumer, QueueSender, StoreError};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS queue_messages (
@@ -224,7 +224,7 @@ impl SqliteQueue {
 }
 
 #[async_trait]
-impl WorkQueue for SqliteQueue {
+impl QueueSender for SqliteQueue {
     async fn send(&self, bodies: &[String]) -> Result<(), StoreError> {
         if bodies.is_empty() {
             return Ok(());
@@ -253,7 +253,10 @@ impl WorkQueue for SqliteQueue {
         self.ready.notify_one();
         Ok(())
     }
+}
 
+#[async_trait]
+impl QueueConsumer for SqliteQueue {
     async fn receive(&self, max: usize, visibility: Duration) -> Result<Vec<Delivery>, StoreError> {
         if !(1..=10).contains(&max) {
             return Err(StoreError::Invalid(format!(
@@ -329,7 +332,10 @@ impl WorkQueue for SqliteQueue {
     async fn defer(&self, message: &Delivery, delay: Duration) -> Result<(), StoreError> {
         self.hide(&message.receipt, delay, true).await
     }
+}
 
+#[async_trait]
+impl DeadLetters for SqliteQueue {
     async fn dead_letters(&self, limit: usize) -> Result<Vec<Delivery>, StoreError> {
         let name = self.name.clone();
         self.db
