@@ -16,7 +16,9 @@ pub enum AwsConfig {
     /// A configuration the caller built: a Lambda's, from the variables Lambda sets
     /// (`lambda::sdk_config`), so a function links none of the provider chains that never
     /// answer there.
-    #[cfg(feature = "bedrock")]
+    /// (A Lambda wiring builds it whether or not Bedrock is linked: only Bedrock reads it.)
+    #[cfg(any(feature = "bedrock", feature = "lambda"))]
+    #[cfg_attr(not(feature = "bedrock"), allow(dead_code))]
     Given(Box<aws_config::SdkConfig>),
     /// The SDK's default provider chains (environment, profile files and SSO, container or
     /// instance role), loaded on first use: `pai`, which may run with any of them.
