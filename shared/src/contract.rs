@@ -30,6 +30,21 @@ pub async fn blob_store<B: BlobStore>(store: B) {
         Some(&b"two, longer"[..]),
         "put replaces"
     );
+    store
+        .put_recoverable("a/c/d.txt", b"a copy that can be made again")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get("a/c/d.txt").await.unwrap().as_deref(),
+        Some(&b"a copy that can be made again"[..]),
+        "a recoverable put reads back like any other"
+    );
+    store.put_recoverable("a/b.txt", b"three").await.unwrap();
+    assert_eq!(
+        store.get("a/b.txt").await.unwrap().as_deref(),
+        Some(&b"three"[..]),
+        "and replaces like any other"
+    );
     let big = vec![7u8; 3 * 1024 * 1024];
     store.put("big.bin", &big).await.unwrap();
     assert_eq!(

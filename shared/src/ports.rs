@@ -35,6 +35,12 @@ pub enum StoreError {
 pub trait BlobStore: Send + Sync {
     /// Writes the whole object atomically: a reader sees the old bytes or the new, never a part.
     async fn put(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError>;
+    /// Like `put`, for a copy its readers verify and can fetch again (a document's text,
+    /// keyed by its hash): as atomic, but a store may leave it to the system to reach the disk
+    /// rather than force it there now, so a power cut can take it away. `put` by default.
+    async fn put_recoverable(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        self.put(key, bytes).await
+    }
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
     /// Whether clients send uploads straight to the store (`upload_url` answers) rather than

@@ -127,9 +127,7 @@ pub async fn run(svc: &Services, task: &ChunkTask) -> Result<(), PipelineError> 
         ));
     }
     let content_hash = sha256_hex(text.as_bytes());
-    svc.blobs
-        .put(&snapshot_key(&doc_id, &content_hash), text.as_bytes())
-        .await?;
+    super::index::keep_snapshot(svc.blobs.as_ref(), &doc_id, &content_hash, &text).await?;
 
     // Tokenising is CPU work: off the async threads, so requests are not kept waiting.
     let (max, overlap) = (svc.settings.chunk_tokens, svc.settings.chunk_overlap);

@@ -31,6 +31,39 @@ pub fn snapshot_key(doc_id: &DocId, content_hash: &str) -> String {
     format!("text/{doc_id}/{content_hash}.txt")
 }
 
+/// Keeps the text of a document's version for the stages after chunk. A Paperless document's
+/// text can be read again, so its snapshot need not be forced to disk (`put_recoverable`):
+/// [`read_snapshot`] checks it against its hash. An upload's text exists nowhere else.
+pub async fn keep_snapshot(
+    blobs: &dyn crate::ports::BlobStore,
+    doc_id: &DocId,
+    content_hash: &str,
+    text: &str,
+) -> Result<(), crate::ports::StoreError> {
+    let key = snapshot_key(doc_id, content_hash);
+    match doc_id {
+        DocId::Paperless(_) => blobs.put_recoverable(&key, text.as_bytes()).await,
+        DocId::Upload(_) => blobs.put(&key, text.as_bytes()).await,
+    }
+}
+
+/// The text snapshot of a version, if it is there whole: one a power cut cut short, or that is
+/// otherwise not the text its hash names, is no snapshot.
+pub async fn read_snapshot(
+    blobs: &dyn crate::ports::BlobStore,
+    doc_id: &DocId,
+    content_hash: &str,
+) -> Result<Option<String>, crate::ports::StoreError> {
+    let Some(bytes) = blobs.get(&snapshot_key(doc_id, content_hash)).await? else {
+        return Ok(None);
+    };
+    if crate::text::sha256_hex(&bytes) != content_hash {
+        tracing::warn!(%doc_id, "text snapshot does not match its hash: read again");
+        return Ok(None);
+    }
+    Ok(String::from_utf8(bytes).ok())
+}
+
 /// The document's tag names, folded (what filters and the tag policy compare).
 pub fn tag_names(doc: &Document, taxonomy: &Taxonomy) -> Vec<String> {
     doc.tags
@@ -423,6 +456,35 @@ pub async fn update_meta(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_snapshot_cut_short_or_altered_is_no_snapshot() {
+        use crate::ports::BlobStore;
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = crate::adapters::local::FileBlobStore::open(dir.path()).unwrap();
+        let doc = DocId::Paperless(7);
+        let text = "Rechnung Nr. 17 über 12,50 EUR";
+        let hash = crate::text::sha256_hex(text.as_bytes());
+        keep_snapshot(&blobs, &doc, &hash, text).await.unwrap();
+        assert_eq!(
+            read_snapshot(&blobs, &doc, &hash).await.unwrap().as_deref(),
+            Some(text)
+        );
+        // What a power cut leaves of a file the system had not written yet: nothing, or a part.
+        for torn in ["", "Rechnung Nr. 17"] {
+            blobs
+                .put(&snapshot_key(&doc, &hash), torn.as_bytes())
+                .await
+                .unwrap();
+            assert_eq!(read_snapshot(&blobs, &doc, &hash).await.unwrap(), None);
+        }
+        assert_eq!(
+            read_snapshot(&blobs, &DocId::Paperless(8), &hash)
+                .await
+                .unwrap(),
+            None
+        );
+    }
 
     #[test]
     fn created_dates_become_numbers() {

@@ -33,13 +33,10 @@ impl FileBlobStore {
     }
 }
 
-fn io(e: std::io::Error) -> StoreError {
-    StoreError::Unavailable(format!("blob store: {e}"))
-}
-
-#[async_trait]
-impl BlobStore for FileBlobStore {
-    async fn put(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+impl FileBlobStore {
+    /// Writes a temporary file and renames it into place (readers never see a part),
+    /// forcing the bytes to disk first when `sync`.
+    async fn write(&self, key: &str, bytes: &[u8], sync: bool) -> Result<(), StoreError> {
         let path = self.path(key)?;
         let bytes = bytes.to_vec();
         tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
@@ -53,12 +50,29 @@ impl BlobStore for FileBlobStore {
             ));
             let mut file = std::fs::File::create(&tmp).map_err(io)?;
             file.write_all(&bytes)
-                .and_then(|_| file.sync_data())
+                .and_then(|_| if sync { file.sync_data() } else { Ok(()) })
                 .map_err(io)?;
             std::fs::rename(&tmp, &path).map_err(io)
         })
         .await
         .map_err(|e| StoreError::Unavailable(e.to_string()))?
+    }
+}
+
+fn io(e: std::io::Error) -> StoreError {
+    StoreError::Unavailable(format!("blob store: {e}"))
+}
+
+#[async_trait]
+impl BlobStore for FileBlobStore {
+    async fn put(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        self.write(key, bytes, true).await
+    }
+
+    /// Without `fdatasync`: a tenth of `pai`'s CPU and most of the chunk stage's wait in the
+    /// 1,000-document bench went to syncing each document's text snapshot.
+    async fn put_recoverable(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        self.write(key, bytes, false).await
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {

@@ -88,6 +88,27 @@ pub(super) async fn sync_index_meta(
         .map(|_| ())
 }
 
+/// Stores a reviewed record at the version it was read at (a concurrent review conflicts),
+/// then makes the index's metadata what Paperless shows after the write.
+async fn save_and_sync(
+    svc: &Services,
+    doc_id: &DocId,
+    (id, paperless): (u64, &Arc<dyn Paperless>),
+    record: &SuggestionRecord,
+    version: u64,
+) -> Result<(), ReviewError> {
+    svc.state
+        .put(
+            &suggestion_key(doc_id),
+            &serde_json::to_value(record).expect("record serialises"),
+            Condition::Version(version),
+            None,
+        )
+        .await?;
+    sync_index_meta(svc, doc_id, &paperless.document(id).await?).await?;
+    Ok(())
+}
+
 /// Applies a stored suggestion (review mode), with the reviewer's edits, by read-merge-write.
 pub async fn approve(
     svc: &Services,
@@ -154,15 +175,7 @@ pub async fn approve(
     record.review = false;
     record.undone_at = None;
     record.undone = None;
-    svc.state
-        .put(
-            &suggestion_key(doc_id),
-            &serde_json::to_value(&record).expect("record serialises"),
-            Condition::Version(version),
-            None,
-        )
-        .await?;
-    sync_index_meta(svc, doc_id, &paperless.document(id).await?).await?;
+    save_and_sync(svc, doc_id, (id, &paperless), &record, version).await?;
     Ok(record)
 }
 
@@ -290,14 +303,6 @@ pub async fn undo(svc: &Services, doc_id: &DocId) -> Result<SuggestionRecord, Re
     record.undone_at = Some(crate::pipeline::now());
     record.undone = Some(applied);
     record.kept_by_user = kept;
-    svc.state
-        .put(
-            &suggestion_key(doc_id),
-            &serde_json::to_value(&record).expect("record serialises"),
-            Condition::Version(version),
-            None,
-        )
-        .await?;
-    sync_index_meta(svc, doc_id, &paperless.document(id).await?).await?;
+    save_and_sync(svc, doc_id, (id, &paperless), &record, version).await?;
     Ok(record)
 }

@@ -10,7 +10,8 @@ use crate::domain::{
     DocId, DocMeta, Document, DocumentPatch, Manifest, ObjectKind, Stage, StageStatus, TagTask,
     Taxonomy,
 };
-use crate::pipeline::chunk::{load_manifest, snapshot_key};
+use crate::pipeline::chunk::load_manifest;
+use crate::pipeline::index::read_snapshot;
 use crate::pipeline::{PipelineError, Services, set_stage};
 use crate::ports::{Condition, StoreError};
 use crate::text::fold;
@@ -270,14 +271,9 @@ pub(super) async fn version_text(
     if let Some(doc) = doc.filter(|d| !d.content.is_empty()) {
         return Ok((doc.content.clone(), None));
     }
-    let snapshot = svc
-        .blobs
-        .get(&snapshot_key(&task.doc_id, &task.content_hash))
-        .await?;
+    let snapshot = read_snapshot(svc.blobs.as_ref(), &task.doc_id, &task.content_hash).await?;
     match (snapshot, doc, &svc.paperless) {
-        (Some(bytes), _, _) => String::from_utf8(bytes)
-            .map(|text| (text, task.text_tokens))
-            .map_err(|_| PipelineError::Fail("text snapshot is not UTF-8".into())),
+        (Some(text), _, _) => Ok((text, task.text_tokens)),
         (None, Some(doc), Some(paperless)) => Ok((paperless.document(doc.id).await?.content, None)),
         (None, _, _) => Err(PipelineError::Fail("text snapshot is missing".into())),
     }
