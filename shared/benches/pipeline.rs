@@ -101,7 +101,7 @@ fn text(c: &mut Criterion) {
     });
     let doc = synthetic_text(9, 3000);
     c.bench_function("chunk a 3000-word document (400/60 tokens)", |b| {
-        b.iter(|| shared::text::chunk_ranges(&doc, 400, 60))
+        b.iter(|| shared::text::chunk_text(&doc, 400, 60))
     });
 }
 

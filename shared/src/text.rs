@@ -154,7 +154,7 @@ pub struct Chunks {
 /// `overlap` tokens, cut at the largest semantic unit that fits (paragraph, sentence, word).
 /// Returns byte ranges into `text`.
 #[cfg(feature = "splitter")]
-pub fn chunk_ranges(text: &str, max_tokens: usize, overlap: usize) -> Chunks {
+pub fn chunk_text(text: &str, max_tokens: usize, overlap: usize) -> Chunks {
     let tokens = crate::cl100k::TextTokens::new(text);
     let text_end = text.trim_end().len();
     let start = text_end - text[..text_end].trim_start().len();
@@ -377,7 +377,7 @@ mod tests {
             .map(|i| format!("Sentence number {i} talks about invoices."))
             .collect::<Vec<_>>()
             .join(" ");
-        let chunks = chunk_ranges(&text, 64, 16);
+        let chunks = chunk_text(&text, 64, 16);
         assert_eq!(chunks.text_tokens, count_tokens(&text));
         let ranges = chunks.ranges;
         assert!(ranges.len() > 10);
@@ -402,7 +402,7 @@ mod tests {
         ] {
             let tokens = crate::cl100k::TextTokens::new(text);
             assert_eq!(
-                chunk_ranges(text, 400, 50).ranges,
+                chunk_text(text, 400, 50).ranges,
                 split(text, 400, 50, &tokens),
                 "{text:?}"
             );

@@ -17,7 +17,7 @@ use crate::domain::{
 };
 use crate::ports::{Condition, MAX_VECTORS_PER_CALL};
 #[cfg(feature = "splitter")]
-use crate::text::chunk_ranges;
+use crate::text::chunk_text;
 use crate::text::{fold, sha256_hex};
 
 pub use super::index::{load_manifest, manifest_key, paperless_meta, snapshot_key};
@@ -133,7 +133,7 @@ pub async fn run(svc: &Services, task: &ChunkTask) -> Result<(), PipelineError> 
     let (max, overlap) = (svc.settings.chunk_tokens, svc.settings.chunk_overlap);
     let (chunks, text_tokens) = tokio::task::spawn_blocking(move || {
         let mut seen = HashSet::new();
-        let cut = chunk_ranges(&text, max, overlap);
+        let cut = chunk_text(&text, max, overlap);
         let chunks: Vec<ChunkRef> = cut
             .ranges
             .into_iter()
