@@ -2,12 +2,12 @@
 
 use anyhow::Result;
 use shared::domain::{Job, JobStatus, StageStatus};
-use shared::pipeline::Services;
+use shared::pipeline::Core;
 use shared::pipeline::chat::ChatResponse;
 use shared::pipeline::tag::{SuggestionRecord, suggestion_key};
 
 /// One block per job: the document and what was suggested for it (or why it failed).
-pub async fn print_jobs(svc: &Services, jobs: &[Job]) -> Result<()> {
+pub async fn print_jobs(svc: &Core, jobs: &[Job]) -> Result<()> {
     for job in jobs {
         let name = job.filename.clone().unwrap_or_else(|| {
             job.doc_id

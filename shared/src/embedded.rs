@@ -12,12 +12,14 @@ use crate::adapters::local::{LocalStores, SqliteQueue, SqliteVectorIndex};
 use crate::config::{ConfigError, Settings};
 use crate::domain::{Stage, Taxonomy};
 use crate::paperless::PaperlessClient;
-use crate::pipeline::{Queues, Services};
+use crate::pipeline::{Core, Queues, Services};
 use crate::ports::{Cache, Paperless};
 
 /// The embedded application: services plus the local queues its workers consume.
 pub struct LocalApp {
     pub svc: Services,
+    /// The model cache the models were assembled with (`DATA_DIR`'s SQLite).
+    pub cache: Arc<dyn Cache>,
     pub chunk: Arc<SqliteQueue>,
     pub embed: Arc<SqliteQueue>,
     pub tag: Arc<SqliteQueue>,
@@ -118,20 +120,22 @@ impl LocalApp {
             embed: embed.clone(),
             tag: tag.clone(),
         };
-        let svc = Services::new(
+        let svc = Core::new(
             settings,
-            Arc::new(stores.blobs),
             Arc::new(stores.state),
-            cache,
-            queues,
             Arc::new(vectors),
             model,
             embedder,
             paperless,
             taxonomy,
+        )
+        .with(
+            Arc::new(stores.blobs) as Arc<dyn crate::ports::BlobStore>,
+            queues,
         );
         Ok(LocalApp {
             svc,
+            cache,
             chunk,
             embed,
             tag,
@@ -249,7 +253,7 @@ pub async fn ingest_bytes(
 
 /// Waits until every job is done or failed, calling `progress(finished, total)` as they end.
 pub async fn wait_for_jobs(
-    svc: &Services,
+    svc: &Core,
     job_ids: &[String],
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Vec<crate::domain::Job>, crate::pipeline::PipelineError> {

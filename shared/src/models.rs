@@ -100,6 +100,20 @@ fn cache_event(cache: &'static str, hit: bool) {
     }
 }
 
+/// The cache of a function that keeps none (ingest, chunk and sync have no cache table: their
+/// rare model calls, such as ingest's status checks, are not worth one): every read misses.
+pub struct NoCache;
+
+#[async_trait]
+impl Cache for NoCache {
+    async fn get(&self, _: &str) -> Result<Option<Vec<u8>>, crate::ports::StoreError> {
+        Ok(None)
+    }
+    async fn put(&self, _: &str, _: &[u8], _: Option<i64>) -> Result<(), crate::ports::StoreError> {
+        Ok(())
+    }
+}
+
 /// An embedder with the embedding cache in front: only the misses of a batch reach the
 /// provider, in one call.
 pub struct CachedEmbedder {

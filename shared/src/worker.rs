@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 
 use crate::adapters::local::SqliteQueue;
 use crate::domain::Stage;
-use crate::pipeline::{PipelineError, Services, handle, healing};
+use crate::pipeline::{Core, PipelineError, Services, handle, healing};
 use crate::ports::{Delivery, QueueConsumer};
 
 /// How long a received message stays hidden: far longer than any step takes.
@@ -56,7 +56,7 @@ pub async fn process(
 }
 
 /// Fails the jobs of the messages the queue has dead-lettered since the last call.
-pub async fn note_dead_lettered(svc: &Services, queue: &SqliteQueue, stage: Stage) {
+pub async fn note_dead_lettered(svc: &Core, queue: &SqliteQueue, stage: Stage) {
     for d in queue.take_dead_lettered() {
         if let Err(e) = healing::dead_lettered(svc, stage, &d.body, d.receive_count).await {
             tracing::error!(queue = queue.name(), error = %e, "could not fail the job of a dead letter");

@@ -1146,12 +1146,13 @@ async fn aws_request_counts_price_out_per_document() {
     .await;
     let counts = Counts::default();
     {
-        let svc = &mut pai.app.svc;
+        let app = &mut pai.app;
+        let svc = &mut app.svc;
         svc.state = Counted::<dyn StateStore>::new(svc.state.clone(), &counts);
         svc.blobs = Counted::<dyn BlobStore>::new(svc.blobs.clone(), &counts);
         svc.vectors = Counted::<dyn VectorIndex>::new(svc.vectors.clone(), &counts);
-        let cache: Arc<dyn Cache> = Counted::<dyn Cache>::new(svc.cache.clone(), &counts);
-        svc.cache = cache.clone();
+        let cache: Arc<dyn Cache> = Counted::<dyn Cache>::new(app.cache.clone(), &counts);
+        app.cache = cache.clone();
         // The models keep their own handle on the cache: built again over the counted one.
         let aws = shared::providers::AwsConfig::DefaultChain;
         let raw = shared::providers::embedder(&svc.settings, &aws).unwrap();

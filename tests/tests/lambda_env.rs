@@ -169,7 +169,7 @@ async fn chat_starts_without_keys_only_under_iam_auth() {
     let svc = load(Function::Chat, &sdk, &mut Env::from_map(vars.clone()))
         .await
         .expect("chat starts under IAM auth");
-    assert_eq!(svc.settings.keyless, shared::config::Keyless::Iam);
+    assert_eq!(svc.core().settings.keyless, shared::config::Keyless::Iam);
     vars.insert("API_AUTH".into(), "iam-please".into());
     let err = load(Function::Chat, &sdk, &mut Env::from_map(vars))
         .await

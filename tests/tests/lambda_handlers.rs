@@ -16,9 +16,8 @@ use pai_tests::aws_stack::Stack;
 use pai_tests::fake_paperless::{DocSeed, FakePaperless};
 use pai_tests::moto::{MotoServer, unique};
 use serde_json::{Value, json};
-use shared::domain::Stage;
-use shared::lambda::{Env, Function, load, sqs};
-use shared::pipeline::Services;
+use shared::lambda::wire::Wired;
+use shared::lambda::{Env, Function, load};
 
 const TOKEN: &str = "paperless-token-for-lambda-tests";
 /// The values the sample events carry.
@@ -73,7 +72,7 @@ impl World {
         }
     }
 
-    async fn function(&self, function: Function) -> Services {
+    async fn function(&self, function: Function) -> Wired {
         let sdk = self.moto.sdk_config().await;
         match load(function, &sdk, &mut Env::from_map(self.env.clone())).await {
             Ok(svc) => svc,
@@ -133,15 +132,17 @@ fn sqs_event(file: &str, messages: &[(String, String, u32)]) -> SqsEvent {
     event
 }
 
-async fn run_batch(svc: &Services, stage: Stage, event: SqsEvent) -> SqsBatchResponse {
-    sqs::handle_batch(svc, stage, LambdaEvent::new(event, Context::default()))
+/// An SQS batch through the function's door.
+async fn run_batch(function: &Wired, event: SqsEvent) -> SqsBatchResponse {
+    function
+        .sqs_batch(LambdaEvent::new(event, Context::default()))
         .await
         .expect("batch handled")
 }
 
 /// An HTTP event file through the ingest door's router: status and JSON body.
-async fn http(svc: &Services, event: &str) -> (u16, Value) {
-    call(shared::lambda::http_router(svc.clone()), event).await
+async fn http(ingest: &Wired, event: &str) -> (u16, Value) {
+    call(ingest.router(), event).await
 }
 
 /// An HTTP event file through a router: status and JSON body.
@@ -155,7 +156,7 @@ async fn call(router: axum::Router, event: &str) -> (u16, Value) {
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
-async fn job(ingest: &Services, job_id: &str) -> Value {
+async fn job(ingest: &Wired, job_id: &str) -> Value {
     let event =
         event_file("ingest-job.json").replace("00000000-0000-7000-8000-000000000000", job_id);
     let (status, body) = http(ingest, &event).await;
@@ -180,19 +181,19 @@ async fn a_paperless_webhook_flows_through_ingest_chunk_embed_and_tag() {
     let chunk = world.function(Function::Chunk).await;
     let messages = world.receive("CHUNK_QUEUE_URL").await;
     assert_eq!(messages.len(), 1, "one chunk message per webhook");
-    let failures = run_batch(&chunk, Stage::Chunk, sqs_event("chunk-sqs.json", &messages)).await;
+    let failures = run_batch(&chunk, sqs_event("chunk-sqs.json", &messages)).await;
     assert!(failures.batch_item_failures.is_empty());
 
     let embed = world.function(Function::Embed).await;
     let messages = world.receive("EMBED_QUEUE_URL").await;
     assert!(!messages.is_empty(), "chunk sent embedding work");
-    let failures = run_batch(&embed, Stage::Embed, sqs_event("embed-sqs.json", &messages)).await;
+    let failures = run_batch(&embed, sqs_event("embed-sqs.json", &messages)).await;
     assert!(failures.batch_item_failures.is_empty());
 
     let tag = world.function(Function::Tag).await;
     let messages = world.receive("TAG_QUEUE_URL").await;
     assert_eq!(messages.len(), 1, "chunk sent one tagging message");
-    let failures = run_batch(&tag, Stage::Tag, sqs_event("tag-sqs.json", &messages)).await;
+    let failures = run_batch(&tag, sqs_event("tag-sqs.json", &messages)).await;
     assert!(failures.batch_item_failures.is_empty());
 
     let job = job(&ingest, &job_id).await;
@@ -243,7 +244,7 @@ async fn an_upload_goes_straight_to_s3_and_arrives_as_a_notification() {
     notification["Records"][0]["s3"]["object"]["key"] = Value::from(key);
     event.records[0].body = Some(notification.to_string());
     let chunk = world.function(Function::Chunk).await;
-    let failures = run_batch(&chunk, Stage::Chunk, event).await;
+    let failures = run_batch(&chunk, event).await;
     assert!(failures.batch_item_failures.is_empty());
 
     let job = job(&ingest, job_id).await;
@@ -254,15 +255,15 @@ async fn an_upload_goes_straight_to_s3_and_arrives_as_a_notification() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_for_unknown_jobs_are_acknowledged_not_retried() {
     let world = World::new().await;
-    for (function, stage, file) in [
-        (Function::Chunk, Stage::Chunk, "chunk-sqs.json"),
-        (Function::Embed, Stage::Embed, "embed-sqs.json"),
-        (Function::Tag, Stage::Tag, "tag-sqs.json"),
+    for (function, file) in [
+        (Function::Chunk, "chunk-sqs.json"),
+        (Function::Embed, "embed-sqs.json"),
+        (Function::Tag, "tag-sqs.json"),
     ] {
         let svc = world.function(function).await;
         let event: SqsEvent = serde_json::from_str(&event_file(file)).expect("SQS event");
         let records = event.records.len();
-        let response = run_batch(&svc, stage, event).await;
+        let response = run_batch(&svc, event).await;
         assert!(
             response.batch_item_failures.is_empty(),
             "{file}: {records} records for jobs that do not exist fail for good, they do not \
@@ -290,7 +291,7 @@ async fn a_batch_reports_only_the_messages_to_retry() {
             ("drop-me".into(), "{not json".into(), 1),
         ],
     );
-    let response = run_batch(&chunk, Stage::Chunk, event).await;
+    let response = run_batch(&chunk, event).await;
     let ids: Vec<_> = response
         .batch_item_failures
         .iter()
@@ -306,7 +307,7 @@ async fn the_schedule_queues_what_changed_in_paperless() {
     let event: CloudWatchEvent =
         serde_json::from_str(&event_file("sync-schedule.json")).expect("schedule event");
     let report =
-        shared::lambda::sync_on_schedule(&sync, LambdaEvent::new(event, Context::default()))
+        shared::lambda::sync_on_schedule(sync.sync(), LambdaEvent::new(event, Context::default()))
             .await
             .expect("sync runs");
     assert_eq!(report["queued"], 1, "{report}");
@@ -317,7 +318,7 @@ async fn the_schedule_queues_what_changed_in_paperless() {
 async fn chat_checks_its_api_key_and_fails_clearly_without_a_vector_query() {
     let world = World::new().await;
     let chat = world.function(Function::Chat).await;
-    let router = || shared::lambda::chat_router(chat.clone());
+    let router = || chat.router();
     let wrong = event_file("chat-url.json").replace(API_KEY, "not-the-key-0123456789");
     let (status, body) = call(router(), &wrong).await;
     assert_eq!(status, 401, "{body}");
@@ -353,7 +354,7 @@ fn api_event(method: &str, path: &str, body: &str) -> String {
 
 impl World {
     /// A webhook for `doc` through the ingest function: the job id.
-    async fn webhook(&self, ingest: &Services, doc: u64) -> String {
+    async fn webhook(&self, ingest: &Wired, doc: u64) -> String {
         let event = event_file("ingest-webhook.json")
             .replace(r#"\"doc_id\":\"1\""#, &format!(r#"\"doc_id\":\"{doc}\""#))
             .replace("/documents/1/", &format!("/documents/{doc}/"));
@@ -408,20 +409,10 @@ impl World {
 
     /// Runs what waits on the chunk, embed and tag queues through their functions, in order.
     async fn run_queues(&self) {
-        for (function, stage, var, file) in [
-            (
-                Function::Chunk,
-                Stage::Chunk,
-                "CHUNK_QUEUE_URL",
-                "chunk-sqs.json",
-            ),
-            (
-                Function::Embed,
-                Stage::Embed,
-                "EMBED_QUEUE_URL",
-                "embed-sqs.json",
-            ),
-            (Function::Tag, Stage::Tag, "TAG_QUEUE_URL", "tag-sqs.json"),
+        for (function, var, file) in [
+            (Function::Chunk, "CHUNK_QUEUE_URL", "chunk-sqs.json"),
+            (Function::Embed, "EMBED_QUEUE_URL", "embed-sqs.json"),
+            (Function::Tag, "TAG_QUEUE_URL", "tag-sqs.json"),
         ] {
             let svc = self.function(function).await;
             loop {
@@ -432,7 +423,7 @@ impl World {
                 // One at a time: two jobs of one document in a batch would meet at its lease.
                 for message in messages {
                     let event = sqs_event(file, std::slice::from_ref(&message));
-                    let failures = run_batch(&svc, stage, event).await;
+                    let failures = run_batch(&svc, event).await;
                     assert!(
                         failures.batch_item_failures.is_empty(),
                         "{var}: {message:?}"
@@ -477,7 +468,7 @@ async fn dead_letters_on_aws_are_run_again_by_the_retry_route_and_by_sync() {
     let sync = world.function(Function::Sync).await;
     let schedule: CloudWatchEvent =
         serde_json::from_str(&event_file("sync-schedule.json")).expect("schedule event");
-    shared::lambda::sync_on_schedule(&sync, LambdaEvent::new(schedule, Context::default()))
+    shared::lambda::sync_on_schedule(sync.sync(), LambdaEvent::new(schedule, Context::default()))
         .await
         .expect("sync runs");
     assert_eq!(
@@ -533,10 +524,10 @@ async fn every_route_and_stage_stays_within_its_function_s_grants() {
     let retag_job = retag["job_id"].as_str().expect("job id").to_string();
     let chunk = world.function(Function::Chunk).await;
     let messages = world.receive("CHUNK_QUEUE_URL").await;
-    run_batch(&chunk, Stage::Chunk, sqs_event("chunk-sqs.json", &messages)).await;
+    run_batch(&chunk, sqs_event("chunk-sqs.json", &messages)).await;
     let embed = world.function(Function::Embed).await;
     let messages = world.receive("EMBED_QUEUE_URL").await;
-    run_batch(&embed, Stage::Embed, sqs_event("embed-sqs.json", &messages)).await;
+    run_batch(&embed, sqs_event("embed-sqs.json", &messages)).await;
     world.paperless.fail_next(100, 503);
     let tag = world.function(Function::Tag).await;
     let last_receive: Vec<_> = world
@@ -546,7 +537,7 @@ async fn every_route_and_stage_stays_within_its_function_s_grants() {
         .map(|(id, body, _)| (id, body, 8))
         .collect();
     assert_eq!(last_receive.len(), 1, "the re-tag reached tagging");
-    run_batch(&tag, Stage::Tag, sqs_event("tag-sqs.json", &last_receive)).await;
+    run_batch(&tag, sqs_event("tag-sqs.json", &last_receive)).await;
     assert_eq!(job(&ingest, &retag_job).await["status"], "failed");
 
     // Paperless is back: sync writes the kept failed tag; the retry runs the job again.
@@ -557,7 +548,7 @@ async fn every_route_and_stage_stays_within_its_function_s_grants() {
             serde_json::from_str(&event_file("sync-schedule.json")).expect("schedule event");
         LambdaEvent::new(event, Context::default())
     };
-    let report = shared::lambda::sync_on_schedule(&sync, schedule())
+    let report = shared::lambda::sync_on_schedule(sync.sync(), schedule())
         .await
         .expect("sync runs");
     // Run again (the outage may heal), so its kept failed tag is dropped, not written.
@@ -570,7 +561,7 @@ async fn every_route_and_stage_stays_within_its_function_s_grants() {
     // Deleted in Paperless: the next sync forgets the document.
     assert_eq!(job(&ingest, &retag_job).await["status"], "done");
     world.paperless.delete_document(doc);
-    let report = shared::lambda::sync_on_schedule(&sync, schedule())
+    let report = shared::lambda::sync_on_schedule(sync.sync(), schedule())
         .await
         .expect("sync runs");
     assert_eq!(report["removed"], 1, "{report}");

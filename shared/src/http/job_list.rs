@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::{ApiError, ApiState, authorize};
 use crate::domain::{DocId, Job, JobStatus, Stage, StageStatus};
-use crate::pipeline::{PipelineError, Services, job_key};
+use crate::pipeline::{Core, PipelineError, job_key};
 
 /// Most jobs read to answer one filtered request.
 pub const SCAN_WINDOW: usize = 1000;
@@ -97,7 +97,7 @@ pub struct JobPage {
 
 /// Jobs older than `cursor` (a job id), newest first, of `class` if given.
 pub async fn list_jobs(
-    svc: &Services,
+    svc: &Core,
     class: Option<JobClass>,
     cursor: Option<&str>,
     limit: usize,
@@ -153,7 +153,7 @@ pub async fn list_jobs(
 
 /// A job as a list row: what `GET /jobs/{id}` shows (no counters), its class, and the
 /// document's link in Paperless.
-pub fn job_row(svc: &Services, job: &Job) -> Value {
+pub fn job_row(svc: &Core, job: &Job) -> Value {
     let mut v = serde_json::to_value(job).expect("job serialises");
     let obj = v.as_object_mut().expect("object");
     obj.remove("upload_token");

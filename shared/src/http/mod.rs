@@ -33,7 +33,7 @@ use crate::domain::{DocId, JobOrigin};
 use crate::pipeline::chat::{ChatRequest, Viewer, ask_as, validate};
 use crate::pipeline::ingest::{self, MAX_WEBHOOK_BYTES};
 use crate::pipeline::tag::{self, SuggestionRecord, suggestion_key};
-use crate::pipeline::{Services, load_job};
+use crate::pipeline::{Blobs, Core, Queues, Services, load_job};
 
 /// How long an upload URL stays valid.
 pub const UPLOAD_TTL_SECS: i64 = 3600;
@@ -42,9 +42,11 @@ const MAX_JSON_BYTES: usize = 64 * 1024;
 /// Renders the metrics page (installed by the process that owns the recorder).
 pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
 
+/// What every route's handler gets: the services (of `pai` or the function serving the route:
+/// the chat function's have no bucket and no queue), keys, and the shared limits.
 #[derive(Clone)]
-pub struct ApiState {
-    pub svc: Services,
+pub struct ApiState<B = Blobs, Q = Queues> {
+    pub svc: Services<B, Q>,
     pub api_keys: ApiKeys,
     pub webhook_secret: Option<Secret>,
     /// Base URL of this server as clients reach it (for upload links).
@@ -53,8 +55,8 @@ pub struct ApiState {
     pub rate_limiter: Arc<limits::RateLimiter>,
 }
 
-impl ApiState {
-    pub fn new(svc: Services, public_url: String, metrics: Option<MetricsRender>) -> ApiState {
+impl<B, Q> ApiState<B, Q> {
+    pub fn new(svc: Services<B, Q>, public_url: String, metrics: Option<MetricsRender>) -> Self {
         let api_keys = ApiKeys::new(svc.settings.api_keys.iter().map(Secret::expose));
         let webhook_secret = svc.settings.webhook_secret.clone();
         let per_minute = svc.settings.chat_requests_per_minute;
@@ -89,7 +91,7 @@ pub fn router(state: ApiState) -> Router {
     // Without the chat use case (the ingest function: API Gateway sends chat to the chat
     // function's URL) there is no `/chat` here.
     #[cfg(feature = "chat")]
-    let router = router.route("/chat", post(chat));
+    let router = router.route("/chat", post(chat::<Blobs, Queues>));
     router
         .merge(ui::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
@@ -100,10 +102,14 @@ pub fn router(state: ApiState) -> Router {
 /// Only `POST /chat` and `/health`: what the chat Lambda's public function URL serves (the
 /// other routes belong to the ingest function, whose resources and secrets chat does not have).
 #[cfg(feature = "chat")]
-pub fn chat_router(state: ApiState) -> Router {
+pub fn chat_router<B, Q>(state: ApiState<B, Q>) -> Router
+where
+    B: Clone + Send + Sync + 'static,
+    Q: Clone + Send + Sync + 'static,
+{
     Router::new()
         .route("/health", get(health))
-        .route("/chat", post(chat))
+        .route("/chat", post(chat::<B, Q>))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
@@ -112,7 +118,7 @@ pub fn chat_router(state: ApiState) -> Router {
 /// Checks `Authorization: Bearer <key>`; returns who is calling (a key's id). Without
 /// configured keys it answers only where that was chosen (`pai` on loopback, IAM auth on the
 /// chat function URL): anything else fails closed.
-fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<String, ApiError> {
+fn authorize<B, Q>(state: &ApiState<B, Q>, headers: &HeaderMap) -> Result<String, ApiError> {
     if state.api_keys.is_empty() {
         return match state.svc.settings.keyless {
             Keyless::Loopback => Ok("local".into()),
@@ -306,7 +312,7 @@ async fn receive_upload(
 }
 
 /// A job as `GET /jobs/{id}` shows it: status, stages, counts; never the upload secret.
-pub async fn job_view(svc: &Services, job_id: &str) -> Result<Option<Value>, ApiError> {
+pub async fn job_view(svc: &Core, job_id: &str) -> Result<Option<Value>, ApiError> {
     let Some(job) = load_job(svc.state.as_ref(), job_id).await? else {
         return Ok(None);
     };
@@ -456,7 +462,10 @@ async fn retag(
 /// Who asks: a Paperless user by their own token (`Authorization: Token …`, as Paperless's
 /// API takes it), checked with Paperless; otherwise an API key, as for every route.
 #[cfg(feature = "chat")]
-async fn chat_viewer(state: &ApiState, headers: &HeaderMap) -> Result<Viewer, ApiError> {
+async fn chat_viewer<B, Q>(
+    state: &ApiState<B, Q>,
+    headers: &HeaderMap,
+) -> Result<Viewer, ApiError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -485,11 +494,15 @@ async fn chat_viewer(state: &ApiState, headers: &HeaderMap) -> Result<Viewer, Ap
 }
 
 #[cfg(feature = "chat")]
-async fn chat(
-    State(state): State<ApiState>,
+async fn chat<B, Q>(
+    State(state): State<ApiState<B, Q>>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Response, ApiError> {
+) -> Result<Response, ApiError>
+where
+    B: Clone + Send + Sync + 'static,
+    Q: Clone + Send + Sync + 'static,
+{
     let viewer = chat_viewer(&state, &headers).await?;
     let caller = viewer.caller();
     let req: ChatRequest = parse_json(&read_body(body, MAX_JSON_BYTES).await?)?;

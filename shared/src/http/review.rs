@@ -18,7 +18,7 @@ use super::{ApiError, ApiState, authorize};
 use crate::config::FieldMode;
 use crate::domain::{DocId, Document, Field, ObjectKind, Taxonomy};
 use crate::pipeline::tag::SuggestionRecord;
-use crate::pipeline::{PipelineError, Services};
+use crate::pipeline::{Core, PipelineError};
 
 /// Most suggestions read to answer one request.
 pub const SCAN_WINDOW: usize = 1000;
@@ -93,7 +93,7 @@ fn name(taxonomy: &Taxonomy, kind: ObjectKind, id: Option<u64>) -> Value {
 
 /// The card of one record, given the document as Paperless shows it now.
 pub fn card(
-    svc: &Services,
+    svc: &Core,
     record: &SuggestionRecord,
     current: Result<Option<&Document>, String>,
     taxonomy: &Taxonomy,
@@ -159,7 +159,7 @@ pub fn card(
 
 /// A page of cards after `cursor` (a document id) and where the next page starts.
 pub async fn review_page(
-    svc: &Services,
+    svc: &Core,
     state: ReviewState,
     cursor: Option<&DocId>,
     limit: usize,
@@ -252,7 +252,7 @@ pub(super) struct ReviewQuery {
 }
 
 /// The card of one document, if it has a suggestion.
-pub async fn one_card(svc: &Services, doc: &DocId) -> Result<Option<ReviewCard>, PipelineError> {
+pub async fn one_card(svc: &Core, doc: &DocId) -> Result<Option<ReviewCard>, PipelineError> {
     let Some(v) = svc
         .state
         .get(&crate::pipeline::tag::suggestion_key(doc))

@@ -17,7 +17,7 @@ use super::job_list::{JobClass, SCAN_WINDOW};
 use super::{ApiError, ApiState, authorize};
 use crate::config::{FieldMode, Provider, Secret, Settings, Source};
 use crate::domain::{AnswerInput, DocId, Field, ObjectKind, Passage};
-use crate::pipeline::Services;
+use crate::pipeline::Core;
 
 /// One variable as the Status page shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -429,7 +429,7 @@ where
     }
 }
 
-async fn check_paperless(svc: &Services) -> (Option<bool>, String) {
+async fn check_paperless(svc: &Core) -> (Option<bool>, String) {
     let Some(p) = &svc.paperless else {
         return (
             None,
@@ -476,7 +476,7 @@ async fn check_paperless(svc: &Services) -> (Option<bool>, String) {
 const ELSEWHERE: &str =
     "not used by this function: the tag and chat functions call it (see their logs and alarms)";
 
-async fn check_model(svc: &Services) -> (Option<bool>, String) {
+async fn check_model(svc: &Core) -> (Option<bool>, String) {
     if !svc.settings.required.llm_key {
         return (None, ELSEWHERE.into());
     }
@@ -510,7 +510,7 @@ async fn check_model(svc: &Services) -> (Option<bool>, String) {
     }
 }
 
-async fn check_embeddings(svc: &Services) -> (Option<bool>, String) {
+async fn check_embeddings(svc: &Core) -> (Option<bool>, String) {
     if !svc.settings.required.embedding_key {
         return (None, ELSEWHERE.replace("tag and chat", "embed and chat"));
     }
@@ -537,7 +537,7 @@ async fn check_embeddings(svc: &Services) -> (Option<bool>, String) {
     }
 }
 
-async fn check_store(svc: &Services) -> (Option<bool>, String) {
+async fn check_store(svc: &Core) -> (Option<bool>, String) {
     match svc.state.get("status/probe").await {
         Ok(_) => (Some(true), "state store readable".into()),
         Err(e) => (Some(false), e.to_string()),
@@ -545,7 +545,7 @@ async fn check_store(svc: &Services) -> (Option<bool>, String) {
 }
 
 /// Every check, run at once.
-pub async fn run_checks(svc: &Services) -> Vec<Check> {
+pub async fn run_checks(svc: &Core) -> Vec<Check> {
     let (paperless, model, embeddings, store) = tokio::join!(
         timed("paperless", check_paperless(svc)),
         timed("model", check_model(svc)),

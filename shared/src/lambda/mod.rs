@@ -12,17 +12,15 @@ pub mod grants;
 mod secrets;
 #[cfg(feature = "stage")]
 pub mod sqs;
-mod unconfigured;
 pub mod wire;
 
 use aws_config::SdkConfig;
 
 pub use env::Env;
-pub use unconfigured::Unconfigured;
 pub use wire::Wiring;
 
 use crate::config::{ApiKeysRule, ConfigError, Required};
-use crate::pipeline::Services;
+use crate::pipeline::{BlobSlot, Queues, Services};
 
 /// The Lambda functions of the SAM template.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -110,8 +108,8 @@ pub enum StartError {
 /// Builds `function`'s services from `env` (which already holds its secrets) through its
 /// wiring: only in a build that has every function's features (the test suite).
 #[cfg(every_wiring)]
-pub fn services(function: Function, sdk: &SdkConfig, env: &Env) -> Result<Services, StartError> {
-    (wire::of(function).build)(sdk, env)
+pub fn services(function: Function, sdk: &SdkConfig, env: &Env) -> Result<wire::Wired, StartError> {
+    wire::build(function, sdk, env)
 }
 
 /// The AWS configuration of a function, from what Lambda gives every function: its region and
@@ -141,14 +139,16 @@ fn sdk_config(var: impl Fn(&str) -> Option<String>) -> SdkConfig {
 
 /// A cold start: JSON logs (and spans, with an OTLP endpoint), the EMF recorder, the AWS
 /// configuration from the standard chain (region, credentials, `AWS_ENDPOINT_URL`), then
-/// `load_wired`. Errors here fail the init phase with one message naming what is wrong.
-pub async fn start(wiring: Wiring) -> Result<Services, lambda_runtime::Error> {
+/// its secrets and wiring. Errors here fail the init phase with one message naming what is wrong.
+pub async fn start<S>(wiring: Wiring<S>) -> Result<S, lambda_runtime::Error> {
     let function = wiring.function;
     crate::telemetry::init_lambda_subscriber(function.name());
     emf::install(function);
     let sdk = sdk_config(|name| std::env::var(name).ok());
-    load_wired(wiring, &sdk, &mut Env::from_process())
+    let mut env = Env::from_process();
+    add_secrets(function, &sdk, &mut env)
         .await
+        .and_then(|()| (wiring.build)(&sdk, &env))
         .inspect_err(
             |e| tracing::error!(error = %e, function = function.name(), "cold start failed"),
         )
@@ -162,28 +162,25 @@ pub async fn load(
     function: Function,
     sdk: &SdkConfig,
     env: &mut Env,
-) -> Result<Services, StartError> {
-    load_wired(wire::of(function), sdk, env).await
+) -> Result<wire::Wired, StartError> {
+    add_secrets(function, sdk, env).await?;
+    wire::build(function, sdk, env)
 }
 
-/// The wired function's secrets from SSM, added to `env`, then its services.
-pub async fn load_wired(
-    wiring: Wiring,
-    sdk: &SdkConfig,
-    env: &mut Env,
-) -> Result<Services, StartError> {
-    let names = env.secret_names(wiring.function);
+/// The function's secrets from SSM, added to `env`.
+async fn add_secrets(function: Function, sdk: &SdkConfig, env: &mut Env) -> Result<(), StartError> {
+    let names = env.secret_names(function);
     if !names.is_empty() {
         let ssm = aws_sdk_ssm::Client::new(sdk);
         env.add_secrets(secrets::fetch(&ssm, &env.secrets_prefix(), &names).await?);
     }
-    (wiring.build)(sdk, env)
+    Ok(())
 }
 
 /// The schedule door: one sync run per event; a failure fails the invocation (EventBridge
 /// retries it) after its metrics are written.
-pub async fn sync_on_schedule(
-    svc: &Services,
+pub async fn sync_on_schedule<B: BlobSlot>(
+    svc: &Services<B, Queues>,
     _event: lambda_runtime::LambdaEvent<
         aws_lambda_events::event::cloudwatch_events::CloudWatchEvent,
     >,
@@ -204,7 +201,7 @@ pub fn http_router(svc: Services) -> axum::Router {
 
 /// What the chat door's public function URL serves: `POST /chat` and `/health` only.
 #[cfg(all(feature = "lambda-http", feature = "chat"))]
-pub fn chat_router(svc: Services) -> axum::Router {
+pub fn chat_router(svc: wire::ChatServices) -> axum::Router {
     let state = crate::http::ApiState::new(svc, String::new(), None);
     with_metrics_flush(crate::http::chat_router(state))
 }

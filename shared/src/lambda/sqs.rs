@@ -6,66 +6,117 @@
 //! copy, so no receive is spent); a permanent failure is recorded on its job and
 //! acknowledged, because retrying cannot help.
 
+use std::future::Future;
+
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use lambda_runtime::LambdaEvent;
 
 use crate::domain::Stage;
 use crate::pipeline::healing::{self, Settlement};
-use crate::pipeline::{PipelineError, Services, handle};
-use crate::ports::{Delivery, QueueConsumer};
+#[cfg(any(feature = "stage-embed", feature = "stage-tag"))]
+use crate::pipeline::{Blobs, OwnQueue};
+use crate::pipeline::{PipelineError, Services, StageQueue};
+use crate::ports::Delivery;
 
-/// The chunk function's door: its queue's batch, to `pipeline::handle` built with only the
-/// chunk stage.
+/// The chunk function's door: its queue's batch, to the chunk stage.
 #[cfg(feature = "stage-chunk")]
 pub async fn chunk_batch(
     svc: &Services,
     event: LambdaEvent<SqsEvent>,
 ) -> Result<SqsBatchResponse, lambda_runtime::Error> {
-    handle_batch(svc, Stage::Chunk, event).await
+    let run = |svc: Services, body: String, last| async move {
+        crate::pipeline::handle_chunk(&svc, &body, last).await
+    };
+    batch(svc, Stage::Chunk, event, run).await
 }
 
 /// The embed function's door.
 #[cfg(feature = "stage-embed")]
 pub async fn embed_batch(
-    svc: &Services,
+    svc: &Services<Blobs, OwnQueue>,
     event: LambdaEvent<SqsEvent>,
 ) -> Result<SqsBatchResponse, lambda_runtime::Error> {
-    handle_batch(svc, Stage::Embed, event).await
+    let run = |svc: Services<Blobs, OwnQueue>, body: String, last| async move {
+        crate::pipeline::handle_embed(&svc, &body, last).await
+    };
+    batch(svc, Stage::Embed, event, run).await
 }
 
 /// The tag function's door.
 #[cfg(feature = "stage-tag")]
 pub async fn tag_batch(
-    svc: &Services,
+    svc: &Services<Blobs, OwnQueue>,
     event: LambdaEvent<SqsEvent>,
 ) -> Result<SqsBatchResponse, lambda_runtime::Error> {
-    handle_batch(svc, Stage::Tag, event).await
+    let run = |svc: Services<Blobs, OwnQueue>, body: String, last| async move {
+        crate::pipeline::handle_tag(&svc, &body, last).await
+    };
+    batch(svc, Stage::Tag, event, run).await
 }
 
-/// Processes one SQS batch for `stage`, returning the messages to redeliver. A build runs only
-/// the stages it has features for (a function: its own, through its door above).
+/// One SQS batch of `stage` for services that run every stage (`pai`'s, in tests that drive
+/// the Lambda door with them).
+#[cfg(all(
+    feature = "stage-chunk",
+    feature = "stage-embed",
+    feature = "stage-tag"
+))]
 pub async fn handle_batch(
     svc: &Services,
     stage: Stage,
     event: LambdaEvent<SqsEvent>,
 ) -> Result<SqsBatchResponse, lambda_runtime::Error> {
-    let response = process(svc, stage, event.payload.records).await;
+    match stage {
+        Stage::Chunk => chunk_batch(svc, event).await,
+        Stage::Embed => {
+            let run = |svc: Services, body: String, last| async move {
+                crate::pipeline::handle_embed(&svc, &body, last).await
+            };
+            batch(svc, stage, event, run).await
+        }
+        Stage::Tag => {
+            let run = |svc: Services, body: String, last| async move {
+                crate::pipeline::handle_tag(&svc, &body, last).await
+            };
+            batch(svc, stage, event, run).await
+        }
+    }
+}
+
+/// Processes one SQS batch of `stage` with `run` (the stage's entry point), returning the
+/// messages to redeliver. Back-off and deferral go to the stage's own queue (`svc.queues`).
+async fn batch<B, Q, F, Fut>(
+    svc: &Services<B, Q>,
+    stage: Stage,
+    event: LambdaEvent<SqsEvent>,
+    run: F,
+) -> Result<SqsBatchResponse, lambda_runtime::Error>
+where
+    B: Clone + Send + Sync + 'static,
+    Q: StageQueue + Clone + Send + Sync + 'static,
+    F: Fn(Services<B, Q>, String, bool) -> Fut,
+    Fut: Future<Output = Result<(), PipelineError>> + Send + 'static,
+{
+    let response = process(svc, stage, event.payload.records, run).await;
     super::emf::flush();
     response
 }
 
-async fn process(
-    svc: &Services,
+async fn process<B, Q, F, Fut>(
+    svc: &Services<B, Q>,
     stage: Stage,
     records: Vec<SqsMessage>,
-) -> Result<SqsBatchResponse, lambda_runtime::Error> {
+    run: F,
+) -> Result<SqsBatchResponse, lambda_runtime::Error>
+where
+    B: Clone + Send + Sync + 'static,
+    Q: StageQueue + Clone + Send + Sync + 'static,
+    F: Fn(Services<B, Q>, String, bool) -> Fut,
+    Fut: Future<Output = Result<(), PipelineError>> + Send + 'static,
+{
     let max_receives = svc.settings.max_receives;
     // Its own queue only: back-off and deferral of the messages this invocation holds.
-    let own: &dyn QueueConsumer = match stage {
-        Stage::Chunk => svc.queues.chunk.as_ref(),
-        Stage::Embed => svc.queues.embed.as_ref(),
-        Stage::Tag => svc.queues.tag.as_ref(),
-    };
+    let own = svc.queues.consumer(stage);
     let running: Vec<_> = records
         .into_iter()
         .map(|record| {
@@ -81,11 +132,7 @@ async fn process(
                 body: record.body.clone().unwrap_or_default(),
                 receive_count: receives,
             };
-            let body = message.body.clone();
-            let work =
-                tokio::spawn(
-                    async move { handle(&svc, stage, &body, receives >= max_receives).await },
-                );
+            let work = tokio::spawn(run(svc, message.body.clone(), receives >= max_receives));
             (record.message_id, message, work)
         })
         .collect();

@@ -2,15 +2,15 @@
 //! exactly the adapters it binds. A wiring is compiled only when its function crate enables the
 //! backends it names (`aws-s3`, `aws-sqs`, `aws-s3vectors`, the stage), so a function cannot
 //! build an adapter it has no feature for, and a per-package build links no SDK crate it does
-//! not use. What a function does not bind is `Unconfigured` in `Services` (failing loudly,
-//! naming the variable): those slots hold no client and link no SDK code.
+//! not use. What a function does not bind is no slot at all: its services' type says `Unbound`
+//! there (`pipeline::Services`), so code that would use it does not compile for the function.
 //!
 //! | function | state | cache | blobs | queues (send) | vectors | Paperless | stage |
 //! |---|---|---|---|---|---|---|---|
 //! | ingest | ✓ | – | S3 | chunk; dead letters | ✓ | ✓ | – |
 //! | chunk | ✓ | – | S3 | chunk, embed, tag | ✓ | ✓ | chunk |
-//! | embed | ✓ | ✓ | S3 | embed | ✓ | – | embed |
-//! | tag | ✓ | ✓ | S3 | tag | ✓ | ✓ | tag |
+//! | embed | ✓ | ✓ | S3 | – (consumes embed) | ✓ | – | embed |
+//! | tag | ✓ | ✓ | S3 | – (consumes tag) | ✓ | ✓ | tag |
 //! | chat | ✓ | ✓ | – | – | ✓ | links only | – |
 //! | sync | ✓ | – | – | chunk; dead letters | ✓ | ✓ | – |
 
@@ -22,65 +22,133 @@ use std::sync::Arc;
 use aws_config::SdkConfig;
 
 use super::grants::{ScopedCache, ScopedState};
-use super::{Env, Function, StartError, Unconfigured};
+use super::{Env, Function, StartError};
 use crate::adapters::aws::{DynamoCache, DynamoState};
 use crate::config::{ConfigError, Secret, Settings};
 use crate::domain::Taxonomy;
 use crate::paperless::PaperlessClient;
-use crate::pipeline::{Queues, Services};
-use crate::ports::{BlobStore, Cache, Paperless, StateStore, VectorIndex};
+use crate::pipeline::{Blobs, Core, OwnQueue, Queues, Services, Unbound};
+use crate::ports::{Cache, Paperless, StateStore, VectorIndex};
 
 /// A function's wiring: which function it is (its name, secrets and required settings) and
-/// how its services are built from the SDK configuration and its environment.
-#[derive(Clone, Copy)]
-pub struct Wiring {
+/// how its services (`S`: their type names the slots it binds) are built from the SDK
+/// configuration and its environment.
+pub struct Wiring<S> {
     pub function: Function,
-    pub build: fn(&SdkConfig, &Env) -> Result<Services, StartError>,
+    pub build: fn(&SdkConfig, &Env) -> Result<S, StartError>,
 }
 
+impl<S> Clone for Wiring<S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<S> Copy for Wiring<S> {}
+
+/// The services of the embed and tag functions: the bucket and their own queue.
+pub type StageServices = Services<Blobs, OwnQueue>;
+/// The services of the chat function: no bucket, no queue.
+pub type ChatServices = Services<Unbound, Unbound>;
+/// The services of the sync function: the queues (chunk to send to, dead letters), no bucket.
+pub type SyncServices = Services<Unbound, Queues>;
+
 #[cfg(wire_ingest)]
-pub const INGEST: Wiring = Wiring {
+pub const INGEST: Wiring<Services> = Wiring {
     function: Function::Ingest,
     build: ingest,
 };
 #[cfg(wire_chunk)]
-pub const CHUNK: Wiring = Wiring {
+pub const CHUNK: Wiring<Services> = Wiring {
     function: Function::Chunk,
     build: chunk,
 };
 #[cfg(wire_embed)]
-pub const EMBED: Wiring = Wiring {
+pub const EMBED: Wiring<StageServices> = Wiring {
     function: Function::Embed,
     build: embed,
 };
 #[cfg(wire_tag)]
-pub const TAG: Wiring = Wiring {
+pub const TAG: Wiring<StageServices> = Wiring {
     function: Function::Tag,
     build: tag,
 };
 #[cfg(wire_chat)]
-pub const CHAT: Wiring = Wiring {
+pub const CHAT: Wiring<ChatServices> = Wiring {
     function: Function::Chat,
     build: chat,
 };
 #[cfg(wire_sync)]
-pub const SYNC: Wiring = Wiring {
+pub const SYNC: Wiring<SyncServices> = Wiring {
     function: Function::Sync,
     build: sync,
 };
 
-/// Every function's wiring, by name: only in a build with all their features (the test suite);
-/// a function's own binary names its wiring constant instead.
+/// A function's services, whichever it is: what the test suite (a build with every function's
+/// features) loads by name; a function's own binary names its wiring constant instead.
 #[cfg(every_wiring)]
-pub fn of(function: Function) -> Wiring {
-    match function {
-        Function::Ingest => INGEST,
-        Function::Chunk => CHUNK,
-        Function::Embed => EMBED,
-        Function::Tag => TAG,
-        Function::Chat => CHAT,
-        Function::Sync => SYNC,
+pub enum Wired {
+    Ingest(Services),
+    Chunk(Services),
+    Embed(StageServices),
+    Tag(StageServices),
+    Chat(ChatServices),
+    Sync(SyncServices),
+}
+
+#[cfg(every_wiring)]
+impl Wired {
+    /// An SQS batch through the door of a queue-driven function (chunk, embed, tag).
+    pub async fn sqs_batch(
+        &self,
+        event: lambda_runtime::LambdaEvent<aws_lambda_events::event::sqs::SqsEvent>,
+    ) -> Result<aws_lambda_events::event::sqs::SqsBatchResponse, lambda_runtime::Error> {
+        match self {
+            Wired::Chunk(s) => super::sqs::chunk_batch(s, event).await,
+            Wired::Embed(s) => super::sqs::embed_batch(s, event).await,
+            Wired::Tag(s) => super::sqs::tag_batch(s, event).await,
+            _ => Err("this function has no SQS door".into()),
+        }
     }
+
+    /// The HTTP door of the ingest or chat function.
+    pub fn router(&self) -> axum::Router {
+        match self {
+            Wired::Ingest(s) => super::http_router(s.clone()),
+            Wired::Chat(s) => super::chat_router(s.clone()),
+            _ => panic!("this function has no HTTP door"),
+        }
+    }
+
+    /// The sync function's services (its schedule door is `lambda::sync_on_schedule`).
+    pub fn sync(&self) -> &SyncServices {
+        match self {
+            Wired::Sync(s) => s,
+            _ => panic!("not the sync function"),
+        }
+    }
+
+    /// What every function has.
+    pub fn core(&self) -> &Core {
+        match self {
+            Wired::Ingest(s) | Wired::Chunk(s) => s,
+            Wired::Embed(s) | Wired::Tag(s) => s,
+            Wired::Chat(s) => s,
+            Wired::Sync(s) => s,
+        }
+    }
+}
+
+/// Builds `function`'s services through its wiring, after `prepare` (its secrets) ran.
+#[cfg(every_wiring)]
+pub(super) fn build(function: Function, sdk: &SdkConfig, env: &Env) -> Result<Wired, StartError> {
+    Ok(match function {
+        Function::Ingest => Wired::Ingest((INGEST.build)(sdk, env)?),
+        Function::Chunk => Wired::Chunk((CHUNK.build)(sdk, env)?),
+        Function::Embed => Wired::Embed((EMBED.build)(sdk, env)?),
+        Function::Tag => Wired::Tag((TAG.build)(sdk, env)?),
+        Function::Chat => Wired::Chat((CHAT.build)(sdk, env)?),
+        Function::Sync => Wired::Sync((SYNC.build)(sdk, env)?),
+    })
 }
 
 /// The HTTP API: uploads to S3, new jobs to the chunk queue, dead letters of all three queues
@@ -92,11 +160,8 @@ fn ingest(sdk: &SdkConfig, env: &Env) -> Result<Services, StartError> {
     // The web UI the ingest function serves sends chat to the chat function's URL.
     settings.chat_url = env.get("CHAT_URL").filter(|u| !u.trim().is_empty());
     let settings = Arc::new(settings);
-    let state = state(f, sdk, env)?;
-    let cache = unbound_cache();
-    let blobs = s3::blobs(sdk, env)?;
-    let queues = sqs::queues(sdk, env, sqs::Bind::ALL, true)?;
-    finish(sdk, env, settings, state, cache, blobs, queues, true)
+    let core = core(sdk, env, settings, state(f, sdk, env)?, None, true)?;
+    Ok(core.with(s3::blobs(sdk, env)?, sqs::queues(sdk, env, true)?))
 }
 
 /// Reads or fetches a document and chunks it: sends to all three queues (its own for back-off).
@@ -104,59 +169,47 @@ fn ingest(sdk: &SdkConfig, env: &Env) -> Result<Services, StartError> {
 fn chunk(sdk: &SdkConfig, env: &Env) -> Result<Services, StartError> {
     let f = Function::Chunk;
     let settings = Arc::new(settings(f, env)?);
-    let state = state(f, sdk, env)?;
-    let cache = unbound_cache();
-    let blobs = s3::blobs(sdk, env)?;
-    let queues = sqs::queues(sdk, env, sqs::Bind::ALL, false)?;
-    finish(sdk, env, settings, state, cache, blobs, queues, true)
+    let core = core(sdk, env, settings, state(f, sdk, env)?, None, true)?;
+    Ok(core.with(s3::blobs(sdk, env)?, sqs::queues(sdk, env, false)?))
 }
 
 /// Embeds chunks: no Paperless, only its own queue.
 #[cfg(wire_embed)]
-fn embed(sdk: &SdkConfig, env: &Env) -> Result<Services, StartError> {
+fn embed(sdk: &SdkConfig, env: &Env) -> Result<StageServices, StartError> {
     let f = Function::Embed;
     let settings = Arc::new(settings(f, env)?);
-    let state = state(f, sdk, env)?;
     let cache = cache(f, sdk, env)?;
-    let blobs = s3::blobs(sdk, env)?;
-    let queues = sqs::queues(sdk, env, sqs::Bind::EMBED, false)?;
-    finish(sdk, env, settings, state, cache, blobs, queues, false)
+    let core = core(sdk, env, settings, state(f, sdk, env)?, Some(cache), false)?;
+    Ok(core.with(s3::blobs(sdk, env)?, sqs::own(sdk, env, "EMBED_QUEUE_URL")?))
 }
 
 /// Suggests and writes back metadata: only its own queue.
 #[cfg(wire_tag)]
-fn tag(sdk: &SdkConfig, env: &Env) -> Result<Services, StartError> {
+fn tag(sdk: &SdkConfig, env: &Env) -> Result<StageServices, StartError> {
     let f = Function::Tag;
     let settings = Arc::new(settings(f, env)?);
-    let state = state(f, sdk, env)?;
     let cache = cache(f, sdk, env)?;
-    let blobs = s3::blobs(sdk, env)?;
-    let queues = sqs::queues(sdk, env, sqs::Bind::TAG, false)?;
-    finish(sdk, env, settings, state, cache, blobs, queues, true)
+    let core = core(sdk, env, settings, state(f, sdk, env)?, Some(cache), true)?;
+    Ok(core.with(s3::blobs(sdk, env)?, sqs::own(sdk, env, "TAG_QUEUE_URL")?))
 }
 
 /// Answers questions: no queue, no bucket; its Paperless client only links to documents.
 #[cfg(wire_chat)]
-fn chat(sdk: &SdkConfig, env: &Env) -> Result<Services, StartError> {
+fn chat(sdk: &SdkConfig, env: &Env) -> Result<ChatServices, StartError> {
     let f = Function::Chat;
     let settings = Arc::new(settings(f, env)?);
-    let state = state(f, sdk, env)?;
     let cache = cache(f, sdk, env)?;
-    let blobs = unbound_blobs();
-    let queues = unbound_queues();
-    finish(sdk, env, settings, state, cache, blobs, queues, true)
+    let core = core(sdk, env, settings, state(f, sdk, env)?, Some(cache), true)?;
+    Ok(core.with(Unbound, Unbound))
 }
 
 /// Queues what changed in Paperless: no bucket; reads the dead letters.
 #[cfg(wire_sync)]
-fn sync(sdk: &SdkConfig, env: &Env) -> Result<Services, StartError> {
+fn sync(sdk: &SdkConfig, env: &Env) -> Result<SyncServices, StartError> {
     let f = Function::Sync;
     let settings = Arc::new(settings(f, env)?);
-    let state = state(f, sdk, env)?;
-    let cache = unbound_cache();
-    let blobs = unbound_blobs();
-    let queues = sqs::queues(sdk, env, sqs::Bind::ALL, true)?;
-    finish(sdk, env, settings, state, cache, blobs, queues, true)
+    let core = core(sdk, env, settings, state(f, sdk, env)?, None, true)?;
+    Ok(core.with(Unbound, sqs::queues(sdk, env, true)?))
 }
 
 /// The settings with what this function requires, and which came from SSM.
@@ -193,29 +246,13 @@ fn cache(function: Function, sdk: &SdkConfig, env: &Env) -> Result<Arc<dyn Cache
     )))
 }
 
-fn unbound_cache() -> Arc<dyn Cache> {
-    Arc::new(Unconfigured::new("CACHE_TABLE"))
-}
-
-fn unbound_blobs() -> Arc<dyn BlobStore> {
-    Arc::new(Unconfigured::new("DOCUMENT_BUCKET"))
-}
-
-fn unbound_queues() -> Queues {
-    Queues {
-        chunk: Arc::new(Unconfigured::new("CHUNK_QUEUE_URL")),
-        embed: Arc::new(Unconfigured::new("EMBED_QUEUE_URL")),
-        tag: Arc::new(Unconfigured::new("TAG_QUEUE_URL")),
-    }
-}
-
 #[cfg(feature = "aws-s3")]
 mod s3 {
     use super::*;
     use crate::adapters::aws::S3Blobs;
 
     /// The document bucket.
-    pub fn blobs(sdk: &SdkConfig, env: &Env) -> Result<Arc<dyn BlobStore>, StartError> {
+    pub fn blobs(sdk: &SdkConfig, env: &Env) -> Result<Blobs, StartError> {
         Ok(Arc::new(S3Blobs::new(
             client(sdk),
             env.require("DOCUMENT_BUCKET")?,
@@ -238,80 +275,52 @@ mod sqs {
     use crate::adapters::aws::SqsQueue;
     use crate::ports::WorkQueue;
 
-    /// Which of the three queues a function binds. A consumer binds its own queue too: a
-    /// transient failure backs off on it (ChangeMessageVisibility) and a breaker refusal is
-    /// deferred as a delayed copy. Ingest and sync bind the embed and tag queues for their
-    /// dead letters only; the template lets them send to the chunk queue alone.
-    #[derive(Clone, Copy)]
-    pub struct Bind {
-        chunk: bool,
-        embed: bool,
-        tag: bool,
-    }
-
-    impl Bind {
-        pub const ALL: Bind = Bind {
-            chunk: true,
-            embed: true,
-            tag: true,
-        };
-        pub const EMBED: Bind = Bind {
-            chunk: false,
-            embed: true,
-            tag: false,
-        };
-        pub const TAG: Bind = Bind {
-            chunk: false,
-            embed: false,
-            tag: true,
-        };
-    }
-
-    /// The queues `bind` names, with their dead-letter queues when `dead_letters` (ingest's
-    /// retry routes, sync turning dead letters into failed jobs).
-    pub fn queues(
-        sdk: &SdkConfig,
-        env: &Env,
-        bind: Bind,
-        dead_letters: bool,
-    ) -> Result<Queues, StartError> {
+    /// The three queues (ingest and sync send to chunk's; chunk to all three, its own for
+    /// back-off), with their dead-letter queues when `dead_letters` (ingest's retry routes,
+    /// sync turning dead letters into failed jobs). The template lets ingest and sync send to
+    /// the chunk queue alone.
+    pub fn queues(sdk: &SdkConfig, env: &Env, dead_letters: bool) -> Result<Queues, StartError> {
         let sqs = aws_sdk_sqs::Client::new(sdk);
-        let queue = |bound: bool,
-                     var: &'static str,
-                     dead_var: &'static str|
-         -> Result<Arc<dyn WorkQueue>, StartError> {
-            Ok(if bound {
+        let queue =
+            |var: &'static str, dead_var: &'static str| -> Result<Arc<dyn WorkQueue>, StartError> {
                 let dead = match dead_letters {
                     true => Some(env.require(dead_var)?),
                     false => None,
                 };
-                Arc::new(SqsQueue::new(sqs.clone(), env.require(var)?, dead))
-            } else {
-                Arc::new(Unconfigured::new(var))
-            })
-        };
+                Ok(Arc::new(SqsQueue::new(
+                    sqs.clone(),
+                    env.require(var)?,
+                    dead,
+                )))
+            };
         Ok(Queues {
-            chunk: queue(bind.chunk, "CHUNK_QUEUE_URL", "CHUNK_DLQ_URL")?,
-            embed: queue(bind.embed, "EMBED_QUEUE_URL", "EMBED_DLQ_URL")?,
-            tag: queue(bind.tag, "TAG_QUEUE_URL", "TAG_DLQ_URL")?,
+            chunk: queue("CHUNK_QUEUE_URL", "CHUNK_DLQ_URL")?,
+            embed: queue("EMBED_QUEUE_URL", "EMBED_DLQ_URL")?,
+            tag: queue("TAG_QUEUE_URL", "TAG_DLQ_URL")?,
         })
+    }
+
+    /// The queue the embed or tag function consumes (`var` names it): a transient failure
+    /// backs off on it (ChangeMessageVisibility) and a breaker refusal is deferred as a
+    /// delayed copy.
+    pub fn own(sdk: &SdkConfig, env: &Env, var: &'static str) -> Result<OwnQueue, StartError> {
+        let queue = SqsQueue::new(aws_sdk_sqs::Client::new(sdk), env.require(var)?, None);
+        Ok(OwnQueue(Arc::new(queue)))
     }
 }
 
-/// The vector index, the models (as `pai` assembles them) and, when `with_paperless`, the
-/// Paperless client; then the services.
+/// What every function has: its settings and state, the vector index, the models (as `pai`
+/// assembles them, in front of `cache` where the function has the cache table) and, when
+/// `with_paperless`, the Paperless client.
 #[cfg(feature = "aws-s3vectors")]
-#[allow(clippy::too_many_arguments)]
-fn finish(
+fn core(
     sdk: &SdkConfig,
     env: &Env,
     settings: Arc<Settings>,
     state: Arc<dyn StateStore>,
-    cache: Arc<dyn Cache>,
-    blobs: Arc<dyn BlobStore>,
-    queues: Queues,
+    cache: Option<Arc<dyn Cache>>,
     with_paperless: bool,
-) -> Result<Services, StartError> {
+) -> Result<Core, StartError> {
     // Bedrock from the same configuration as the other clients: Lambda's variables.
     let aws = crate::providers::AwsConfig::Given(Box::new(sdk.clone()));
     let raw_embedder = crate::providers::embedder(&settings, &aws)?;
@@ -322,18 +331,15 @@ fn finish(
         env.require("VECTOR_INDEX")?,
         dimension,
     ));
-    let (model, embedder) =
-        crate::providers::assemble(&settings, raw_embedder, cache.clone(), &aws)?;
+    let cache = cache.unwrap_or_else(|| Arc::new(crate::models::NoCache));
+    let (model, embedder) = crate::providers::assemble(&settings, raw_embedder, cache, &aws)?;
     let paperless = match with_paperless {
         true => paperless(&settings)?,
         false => None,
     };
-    Ok(Services::new(
+    Ok(Core::new(
         settings,
-        blobs,
         state,
-        cache,
-        queues,
         vectors,
         model,
         embedder,

@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use super::{PipelineError, Services};
+use super::{Core, PipelineError};
 use crate::config::{FieldMode, Settings};
 use crate::domain::{Field, ObjectKind};
 use crate::ports::TokenUser;
@@ -165,7 +165,7 @@ pub fn report(user: TokenUser, settings: &Settings) -> AccessReport {
 }
 
 /// Asks Paperless who the token is and checks it against the policy.
-pub async fn check(svc: &Services) -> Result<AccessReport, PipelineError> {
+pub async fn check(svc: &Core) -> Result<AccessReport, PipelineError> {
     let paperless = svc
         .paperless
         .as_ref()

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::embed::created_number;
-use super::{PipelineError, Services};
+use super::{Core, PipelineError};
 use crate::domain::{AnswerInput, DocId, Passage};
 use crate::filter::Filter;
 use crate::keyword;
@@ -269,7 +269,7 @@ fn median(mut xs: Vec<f32>) -> f32 {
 /// matches (where the index has one), both after the filter, fused by reciprocal rank so
 /// neither side's scale can drown the other.
 pub async fn rank(
-    svc: &Services,
+    svc: &Core,
     query: &str,
     filter: Option<&Filter>,
 ) -> Result<Retrieval, PipelineError> {
@@ -397,7 +397,7 @@ fn weigh(candidates: &[Candidate], keyword_share: f32) -> Evidence {
 /// document, or filters) is never refused: the user has said where the answer is, and a
 /// question's words need not be the document's.
 pub async fn retrieve(
-    svc: &Services,
+    svc: &Core,
     query: &str,
     filter: Option<&Filter>,
 ) -> Result<Vec<Passage>, PipelineError> {
@@ -406,7 +406,7 @@ pub async fn retrieve(
 
 /// `retrieve`, with what embedding the question cost.
 pub async fn retrieve_costed(
-    svc: &Services,
+    svc: &Core,
     query: &str,
     filter: Option<&Filter>,
 ) -> Result<(Vec<Passage>, Usage), PipelineError> {
@@ -536,7 +536,7 @@ impl Viewer {
 
 /// Answers a question from the archive for a keyless local caller (see `ask_as`).
 pub async fn ask(
-    svc: &Services,
+    svc: &Core,
     req: &ChatRequest,
     tokens: Option<&TokenSink>,
 ) -> Result<ChatResponse, ChatError> {
@@ -550,7 +550,7 @@ pub async fn ask(
 /// answer's text is also sent there piece by piece as the model produces it (the final
 /// response carries the citations).
 pub async fn ask_as(
-    svc: &Services,
+    svc: &Core,
     req: &ChatRequest,
     tokens: Option<&TokenSink>,
     viewer: &Viewer,
@@ -562,7 +562,7 @@ pub async fn ask_as(
 }
 
 async fn answer_as(
-    svc: &Services,
+    svc: &Core,
     req: &ChatRequest,
     tokens: Option<&TokenSink>,
     viewer: &Viewer,

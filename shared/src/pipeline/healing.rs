@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use super::{PipelineError, Services, ingest, load_job, set_stage, update_job};
+use super::{Core, PipelineError, Queues, Services, ingest, load_job, set_stage, update_job};
 use crate::domain::{
     ChunkTask, DocId, EmbedTask, Job, JobStatus, Stage, StageState, StageStatus, TagTask,
 };
@@ -89,7 +89,7 @@ pub fn job_of(stage: Stage, body: &str) -> Option<String> {
 /// reason, unless the stage already finished (the message was handled but its deletion lost)
 /// or already failed. Idempotent, so every dead letter may be noted any number of times.
 pub async fn dead_lettered(
-    svc: &Services,
+    svc: &Core,
     stage: Stage,
     body: &str,
     receives: u32,
@@ -133,7 +133,7 @@ use crate::state_keys::{FAILED_TRANSIENT_PREFIX as TRANSIENT_PREFIX, failed_tran
 
 /// Records that a job failed for a reason that may heal (an outage outlasted its receives, or
 /// its message was dead-lettered), so sync runs it again.
-pub async fn failed_transiently(svc: &Services, job_id: &str) -> Result<(), PipelineError> {
+pub async fn failed_transiently(svc: &Core, job_id: &str) -> Result<(), PipelineError> {
     svc.state
         .put(
             &failed_transient_key(job_id),
@@ -152,7 +152,9 @@ pub const AUTOMATIC_RUNS: u32 = 3;
 
 /// Sync's part: runs again every job recorded by `failed_transiently` (at most
 /// `AUTOMATIC_RUNS` times each). Returns their ids.
-pub async fn retry_transient_failures(svc: &Services) -> Result<Vec<String>, PipelineError> {
+pub async fn retry_transient_failures<B>(
+    svc: &Services<B, Queues>,
+) -> Result<Vec<String>, PipelineError> {
     // One pass over what is recorded now; a job failing again meanwhile waits for the next run.
     let pending: Vec<String> = super::list_all(svc.state.as_ref(), TRANSIENT_PREFIX)
         .await?
@@ -199,7 +201,7 @@ async fn dead_of(queue: &dyn DeadLetters) -> Result<Vec<Delivery>, StoreError> {
 /// Notes every dead letter of a queue (see `dead_lettered`); returns how many there are.
 /// `pai` runs it when its workers start, sync runs it on AWS.
 pub async fn note_dead_letters(
-    svc: &Services,
+    svc: &Core,
     stage: Stage,
     queue: &dyn DeadLetters,
 ) -> Result<usize, PipelineError> {
@@ -254,7 +256,7 @@ fn chunk_task(job: &Job) -> Result<ChunkTask, RetryError> {
 }
 
 /// The queues' dead letters, with their stages.
-fn queues(svc: &Services) -> [(Stage, &dyn DeadLetters); 3] {
+fn queues<B>(svc: &Services<B, Queues>) -> [(Stage, &dyn DeadLetters); 3] {
     [
         (Stage::Chunk, svc.queues.chunk.as_ref()),
         (Stage::Embed, svc.queues.embed.as_ref()),
@@ -266,7 +268,7 @@ fn queues(svc: &Services) -> [(Stage, &dyn DeadLetters); 3] {
 /// same id (its dead letters removed first, so they cannot fail it again). Chunking compares
 /// the document with the index, so only what is missing is embedded, and tagging's loop guard
 /// keeps a document already tagged from being billed twice.
-pub async fn retry_job(svc: &Services, job_id: &str) -> Result<Job, RetryError> {
+pub async fn retry_job<B>(svc: &Services<B, Queues>, job_id: &str) -> Result<Job, RetryError> {
     use tracing::Instrument;
     // The re-run continues the trace of the job's first run.
     let trace = match crate::telemetry::active() {
@@ -284,7 +286,7 @@ pub async fn retry_job(svc: &Services, job_id: &str) -> Result<Job, RetryError> 
     run_again(svc, job_id).instrument(span).await
 }
 
-async fn run_again(svc: &Services, job_id: &str) -> Result<Job, RetryError> {
+async fn run_again<B>(svc: &Services<B, Queues>, job_id: &str) -> Result<Job, RetryError> {
     // A message that died without reaching its handler may not be noted yet.
     for (stage, queue) in queues(svc) {
         for d in dead_of(queue).await? {
@@ -354,7 +356,7 @@ async fn run_again(svc: &Services, job_id: &str) -> Result<Job, RetryError> {
 
 /// `POST /jobs/retry-failed`, `pai retry --all`: re-runs every failed job (dead letters are
 /// noted first, so a job whose message died unseen is included). Returns the jobs re-run.
-pub async fn retry_failed(svc: &Services) -> Result<Vec<String>, PipelineError> {
+pub async fn retry_failed<B>(svc: &Services<B, Queues>) -> Result<Vec<String>, PipelineError> {
     for (stage, queue) in queues(svc) {
         note_dead_letters(svc, stage, queue).await?;
     }

@@ -12,7 +12,7 @@ use std::collections::HashSet;
 
 use serde_json::{Map, Value, json};
 
-use super::{PipelineError, Services};
+use super::{Blobs, Core, PipelineError, Services};
 use crate::domain::{ChunkRef, DocId, DocMeta, Document, Manifest, ObjectKind, Taxonomy};
 use crate::ports::{Condition, MAX_VECTORS_PER_CALL, StateStore, StoreError};
 use crate::text::{fold, sha256_hex};
@@ -130,7 +130,7 @@ fn corrupt(doc_id: &DocId, e: impl std::fmt::Display) -> PipelineError {
 }
 
 /// A manifest as stored: the item, with its chunk lists inline or in pages.
-pub async fn resolve(svc: &Services, value: Value) -> Result<Manifest, PipelineError> {
+pub async fn resolve(svc: &Core, value: Value) -> Result<Manifest, PipelineError> {
     resolve_in(svc.state.as_ref(), value).await
 }
 
@@ -170,7 +170,7 @@ pub async fn resolve_in(
 }
 
 pub async fn load_manifest(
-    svc: &Services,
+    svc: &Core,
     doc_id: &DocId,
 ) -> Result<Option<(Manifest, u64)>, PipelineError> {
     load_manifest_in(svc.state.as_ref(), doc_id).await
@@ -196,7 +196,7 @@ fn pages_of(value: &Value) -> Option<(String, usize)> {
 /// then the item naming them (so a reader never finds an item whose pages are missing). Pages
 /// are named by their content: rewriting the same chunk lists (a metadata change) reuses them.
 pub async fn save_manifest(
-    svc: &Services,
+    svc: &Core,
     manifest: &Manifest,
     condition: Condition,
 ) -> Result<u64, PipelineError> {
@@ -269,9 +269,19 @@ pub async fn save_manifest_in(
     Ok(version)
 }
 
-/// Removes a document from the index: its vectors, manifest (and pages) and snapshot. Used
-/// when it is deleted in Paperless or gains an exclude tag.
-pub async fn forget(svc: &Services, manifest: &Manifest) -> Result<(), PipelineError> {
+/// Removes a document from the index: its vectors, manifest (and pages) and text snapshot.
+/// Used when it gains an exclude tag.
+pub async fn forget<Q: Sync>(
+    svc: &Services<Blobs, Q>,
+    manifest: &Manifest,
+) -> Result<(), PipelineError> {
+    forget_index(svc, manifest).await?;
+    forget_snapshot(svc.blobs.as_ref(), manifest).await;
+    Ok(())
+}
+
+/// Removes a document's vectors and manifest (and pages): what the index holds of it.
+pub async fn forget_index(svc: &Core, manifest: &Manifest) -> Result<(), PipelineError> {
     let keys: Vec<String> = manifest
         .chunks
         .iter()
@@ -291,16 +301,21 @@ pub async fn forget(svc: &Services, manifest: &Manifest) -> Result<(), PipelineE
                 .await?;
         }
     }
-    let _ = svc
-        .blobs
-        .delete(&snapshot_key(&manifest.doc_id, &manifest.content_hash))
-        .await;
     Ok(())
+}
+
+/// Deletes the text snapshot of the manifest's version. Best effort: an orphaned snapshot is
+/// text nothing reads again.
+pub async fn forget_snapshot(blobs: &dyn crate::ports::BlobStore, manifest: &Manifest) {
+    let key = snapshot_key(&manifest.doc_id, &manifest.content_hash);
+    if let Err(e) = blobs.delete(&key).await {
+        tracing::warn!(doc_id = %manifest.doc_id, error = %e, "text snapshot not deleted");
+    }
 }
 
 /// The chunks of `chunks` whose vector is not in the index.
 pub async fn missing(
-    svc: &Services,
+    svc: &Core,
     doc_id: &DocId,
     chunks: &[ChunkRef],
 ) -> Result<Vec<ChunkRef>, PipelineError> {
@@ -326,7 +341,7 @@ pub async fn missing(
 /// whose embedding was all zeros: a cosine index cannot hold those, so they are indexed as
 /// nothing. Returns whether this is the first record of the batch.
 pub async fn record_batch(
-    svc: &Services,
+    svc: &Core,
     job_id: &str,
     attempt: u32,
     chunks: &[ChunkRef],
@@ -350,10 +365,7 @@ pub async fn record_batch(
 }
 
 /// The chunks the markers under `prefix` cover, and the hashes of those with no vector.
-pub async fn markers(
-    svc: &Services,
-    prefix: &str,
-) -> Result<(usize, HashSet<String>), PipelineError> {
+pub async fn markers(svc: &Core, prefix: &str) -> Result<(usize, HashSet<String>), PipelineError> {
     let (mut total, mut empty) = (0, HashSet::new());
     let mut after: Option<String> = None;
     loop {
@@ -378,7 +390,7 @@ pub async fn markers(
 /// The chunks of a manifest that are not indexed: no vector, and not known (from the batch
 /// markers of `jobs`) to have an empty embedding.
 pub async fn unindexed(
-    svc: &Services,
+    svc: &Core,
     manifest: &Manifest,
     jobs: &[&str],
 ) -> Result<Vec<ChunkRef>, PipelineError> {
@@ -397,10 +409,7 @@ pub async fn unindexed(
 }
 
 /// Rewrites the metadata of a document's vectors without re-embedding them.
-pub async fn refresh_vector_metadata(
-    svc: &Services,
-    manifest: &Manifest,
-) -> Result<(), PipelineError> {
+pub async fn refresh_vector_metadata(svc: &Core, manifest: &Manifest) -> Result<(), PipelineError> {
     let metadata = vector_metadata(&manifest.doc_id, &manifest.meta);
     let keys: Vec<String> = manifest
         .chunks
@@ -426,11 +435,7 @@ pub async fn refresh_vector_metadata(
 /// Makes the index's metadata of a document `meta` (what Paperless shows now, or what tagging
 /// wrote), without re-embedding: the manifest first, then its vectors. Returns whether
 /// anything changed.
-pub async fn update_meta(
-    svc: &Services,
-    doc_id: &DocId,
-    meta: DocMeta,
-) -> Result<bool, PipelineError> {
+pub async fn update_meta(svc: &Core, doc_id: &DocId, meta: DocMeta) -> Result<bool, PipelineError> {
     for _ in 0..10 {
         let Some((mut manifest, version)) = load_manifest(svc, doc_id).await? else {
             return Ok(false);

@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use super::{PipelineError, Services, job_key, now};
+use super::{PipelineError, Queues, Services, job_key, now};
 use crate::domain::{ChunkTask, DocId, Job, JobOrigin};
 use crate::ports::Condition;
 use crate::telemetry::JobIds;
@@ -116,8 +116,8 @@ fn new_job_id() -> String {
 
 /// Writes a new job and sends its chunk message; undoes the job if the send fails. The job's
 /// trace starts here: the job and its chunk message carry its context.
-async fn start(
-    svc: &Services,
+async fn start<B>(
+    svc: &Services<B, Queues>,
     mut job: Job,
     mut task: Option<ChunkTask>,
 ) -> Result<Job, PipelineError> {
@@ -136,8 +136,8 @@ async fn start(
     .await
 }
 
-async fn write_and_send(
-    svc: &Services,
+async fn write_and_send<B>(
+    svc: &Services<B, Queues>,
     job: Job,
     task: Option<ChunkTask>,
 ) -> Result<Job, PipelineError> {
@@ -161,8 +161,8 @@ async fn write_and_send(
 }
 
 /// A Paperless document to (re)process: one job, one chunk message.
-pub async fn paperless_document(
-    svc: &Services,
+pub async fn paperless_document<B>(
+    svc: &Services<B, Queues>,
     doc_id: u64,
     origin: JobOrigin,
 ) -> Result<Job, PipelineError> {

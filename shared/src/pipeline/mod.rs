@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use crate::config::Settings;
 use crate::domain::{Document, Job, ObjectKind, Stage, StageState, StageStatus, Taxonomy};
 use crate::ports::{
-    BlobStore, Cache, ChatModel, Condition, Embedder, ModelError, Paperless, PaperlessError,
-    StateStore, StoreError, VectorIndex, WorkQueue,
+    BlobStore, ChatModel, Condition, Embedder, ModelError, Paperless, PaperlessError,
+    QueueConsumer, StateStore, StoreError, VectorIndex, WorkQueue,
 };
 #[cfg(feature = "stage")]
 use crate::telemetry::{self, JobIds};
@@ -35,14 +35,67 @@ pub struct Queues {
     pub tag: Arc<dyn WorkQueue>,
 }
 
-/// Everything a use case may touch, built once per process (per cold start on Lambda).
+/// The blob store, in the `blobs` slot of the functions that bind one.
+pub type Blobs = Arc<dyn BlobStore>;
+
+/// A slot of `Services` whose resource the function does not bind (chat: no bucket and no
+/// queue; sync: no bucket; embed and tag send to no queue). It implements no port, so code
+/// that would use the resource does not compile for that function.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Unbound;
+
+/// A `blobs` slot, bound or not, for work that only tidies up: sync deletes the text snapshot
+/// of a document deleted in Paperless where it has the bucket (`pai`); the sync function has
+/// none, so there the snapshot stays (nothing reads it again).
+pub trait BlobSlot: Send + Sync {
+    fn store(&self) -> Option<&dyn BlobStore>;
+}
+
+impl BlobSlot for Blobs {
+    fn store(&self) -> Option<&dyn BlobStore> {
+        Some(self.as_ref())
+    }
+}
+
+impl BlobSlot for Unbound {
+    fn store(&self) -> Option<&dyn BlobStore> {
+        None
+    }
+}
+
+/// The one queue a queue-driven function consumes, and sends nothing to: its messages' back-off
+/// and deferral (the embed and tag functions).
 #[derive(Clone)]
-pub struct Services {
+pub struct OwnQueue(pub Arc<dyn QueueConsumer>);
+
+/// The queue a stage's messages come from, to back them off or defer them on.
+pub trait StageQueue {
+    fn consumer(&self, stage: Stage) -> &dyn QueueConsumer;
+}
+
+impl StageQueue for Queues {
+    fn consumer(&self, stage: Stage) -> &dyn QueueConsumer {
+        match stage {
+            Stage::Chunk => self.chunk.as_ref(),
+            Stage::Embed => self.embed.as_ref(),
+            Stage::Tag => self.tag.as_ref(),
+        }
+    }
+}
+
+impl StageQueue for OwnQueue {
+    fn consumer(&self, _: Stage) -> &dyn QueueConsumer {
+        self.0.as_ref()
+    }
+}
+
+/// What every function has, built once per process (per cold start on Lambda): settings, the
+/// state store, the vector index, the models and (when configured) Paperless. A use case that
+/// needs nothing else takes `&Core`.
+#[derive(Clone)]
+pub struct Core {
     pub settings: Arc<Settings>,
-    pub blobs: Arc<dyn BlobStore>,
     pub state: Arc<dyn StateStore>,
-    pub cache: Arc<dyn Cache>,
-    pub queues: Queues,
     pub vectors: Arc<dyn VectorIndex>,
     pub model: Arc<dyn ChatModel>,
     pub embedder: Arc<dyn Embedder>,
@@ -50,6 +103,31 @@ pub struct Services {
     /// The taxonomy used when no Paperless is configured (e.g. `DATA_DIR/taxonomy.json`).
     pub local_taxonomy: Arc<Taxonomy>,
     taxonomy_cache: Arc<TaxonomyCache>,
+}
+
+/// A function's services: the core, plus the blob store and the queues where it binds them.
+/// The slots are types, so what a function lacks is a compile error, not a run-time failure:
+/// `pai` and the ingest and chunk functions have everything (`Services`); embed and tag
+/// `Services<Blobs, OwnQueue>`; sync `Services<Unbound, Queues>`; chat `Services<Unbound,
+/// Unbound>`. A use case names the slots it uses and is generic over the others.
+#[derive(Clone)]
+pub struct Services<B = Blobs, Q = Queues> {
+    pub core: Core,
+    pub blobs: B,
+    pub queues: Q,
+}
+
+impl<B, Q> std::ops::Deref for Services<B, Q> {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
+impl<B, Q> std::ops::DerefMut for Services<B, Q> {
+    fn deref_mut(&mut self) -> &mut Core {
+        &mut self.core
+    }
 }
 
 /// The Paperless taxonomy as this process knows it: read once and kept, so a burst of
@@ -78,32 +156,34 @@ const TAXONOMY_MAX_AGE: Duration = Duration::from_secs(60);
 /// A name missing from a copy at least this old re-reads the taxonomy before it is created.
 const TAXONOMY_MISS_REFRESH: Duration = Duration::from_secs(10);
 
-impl Services {
-    #[allow(clippy::too_many_arguments)]
+impl Core {
     pub fn new(
         settings: Arc<Settings>,
-        blobs: Arc<dyn BlobStore>,
         state: Arc<dyn StateStore>,
-        cache: Arc<dyn Cache>,
-        queues: Queues,
         vectors: Arc<dyn VectorIndex>,
         model: Arc<dyn ChatModel>,
         embedder: Arc<dyn Embedder>,
         paperless: Option<Arc<dyn Paperless>>,
         local_taxonomy: Taxonomy,
-    ) -> Services {
-        Services {
+    ) -> Core {
+        Core {
             settings,
-            blobs,
             state,
-            cache,
-            queues,
             vectors,
             model,
             embedder,
             paperless,
             local_taxonomy: Arc::new(local_taxonomy),
             taxonomy_cache: Default::default(),
+        }
+    }
+
+    /// These services with a blob store and queues in their slots.
+    pub fn with<B, Q>(self, blobs: B, queues: Q) -> Services<B, Q> {
+        Services {
+            core: self,
+            blobs,
+            queues,
         }
     }
 
@@ -459,98 +539,149 @@ async fn write_stage(
     .await
 }
 
-/// Processes one message of a stage's queue. `final_attempt` is set when the queue will
-/// dead-letter the message if this attempt fails, so the job records the failure now.
-#[cfg(feature = "stage")]
-#[cfg_attr(
-    not(any(feature = "stage-chunk", feature = "stage-embed")),
-    allow(unreachable_code)
-)]
+/// Processes one message of a stage's queue (`pai`'s workers run all three stages in one
+/// process). `final_attempt` is set when the queue will dead-letter the message if this
+/// attempt fails, so the job records the failure now.
+#[cfg(all(
+    feature = "stage-chunk",
+    feature = "stage-embed",
+    feature = "stage-tag"
+))]
 pub async fn handle(
     svc: &Services,
     stage: Stage,
     body: &str,
     final_attempt: bool,
 ) -> Result<(), PipelineError> {
+    match stage {
+        Stage::Chunk => handle_chunk(svc, body, final_attempt).await,
+        Stage::Embed => handle_embed(svc, body, final_attempt).await,
+        Stage::Tag => handle_tag(svc, body, final_attempt).await,
+    }
+}
+
+#[cfg(feature = "stage")]
+fn malformed(stage: Stage) -> impl Fn(serde_json::Error) -> PipelineError {
+    move |e| PipelineError::Fail(format!("malformed {stage:?} message: {e}"))
+}
+
+/// The chunk stage's entry point: a document to read and split (or S3 notifications of
+/// uploads). It sends to the embed and tag queues, so it needs every slot.
+#[cfg(feature = "stage-chunk")]
+pub async fn handle_chunk(
+    svc: &Services,
+    body: &str,
+    final_attempt: bool,
+) -> Result<(), PipelineError> {
     use tracing::Instrument;
-    let malformed =
-        |e: serde_json::Error| PipelineError::Fail(format!("malformed {stage:?} message: {e}"));
-    let (job_id, result, span): (String, Result<(), PipelineError>, tracing::Span) = match stage {
-        #[cfg(feature = "stage-chunk")]
-        Stage::Chunk => {
-            // Uploads that went straight to S3 arrive as S3 event notifications on this queue.
-            if let Some(objects) = ingest::parse_s3_notification(body) {
-                for object in objects {
-                    uploaded(svc, &object, final_attempt).await?;
-                }
-                return Ok(());
-            }
-            let t: crate::domain::ChunkTask = serde_json::from_str(body).map_err(malformed)?;
-            let doc_id = match &t {
-                crate::domain::ChunkTask::Paperless { doc_id, .. } => {
-                    Some(crate::domain::DocId::Paperless(*doc_id).to_string())
-                }
-                crate::domain::ChunkTask::Upload { .. } => None,
-            };
-            let span = tracing::info_span!(
-                "chunk",
-                job_id = t.job_id(),
-                doc_id = tracing::field::Empty,
-                otel.status_code = tracing::field::Empty,
-            );
-            if let Some(d) = &doc_id {
-                span.record("doc_id", d.as_str());
-            }
-            telemetry::continue_trace(&span, t.trace(), JobIds::new(t.job_id(), doc_id));
-            (
-                t.job_id().to_string(),
-                chunk::run(svc, &t).instrument(span.clone()).await,
-                span,
-            )
+    // Uploads that went straight to S3 arrive as S3 event notifications on this queue.
+    if let Some(objects) = ingest::parse_s3_notification(body) {
+        for object in objects {
+            uploaded(svc, &object, final_attempt).await?;
         }
-        #[cfg(feature = "stage-embed")]
-        Stage::Embed => {
-            let t: crate::domain::EmbedTask = serde_json::from_str(body).map_err(malformed)?;
-            let span = tracing::info_span!("embed", job_id = %t.job_id, doc_id = %t.doc_id, chunks = t.chunks.len(), otel.status_code = tracing::field::Empty);
-            let ids = JobIds::new(&t.job_id, Some(t.doc_id.to_string()));
-            telemetry::continue_trace(&span, t.trace.as_ref(), ids);
-            let result = embed::run(svc, &t).instrument(span.clone()).await;
-            (t.job_id.clone(), result, span)
+        return Ok(());
+    }
+    let t: crate::domain::ChunkTask =
+        serde_json::from_str(body).map_err(malformed(Stage::Chunk))?;
+    let doc_id = match &t {
+        crate::domain::ChunkTask::Paperless { doc_id, .. } => {
+            Some(crate::domain::DocId::Paperless(*doc_id).to_string())
         }
-        #[cfg(feature = "stage-tag")]
-        Stage::Tag => {
-            let t: crate::domain::TagTask = serde_json::from_str(body).map_err(malformed)?;
-            let span = tracing::info_span!("tag", job_id = %t.job_id, doc_id = %t.doc_id, otel.status_code = tracing::field::Empty);
-            let ids = JobIds::new(&t.job_id, Some(t.doc_id.to_string()));
-            telemetry::continue_trace(&span, t.trace.as_ref(), ids);
-            let result = tag::run(svc, &t).instrument(span.clone()).await;
-            mark_error(&span, &result);
-            // In the stage's span: marking the failure on the document is part of its trace.
-            record_failure(
-                svc,
-                stage,
-                &t.job_id,
-                &result,
-                final_attempt,
-                Some(&t.content_hash),
-            )
-            .instrument(span)
-            .await;
-            return result;
-        }
-        #[cfg(not(all(
-            feature = "stage-chunk",
-            feature = "stage-embed",
-            feature = "stage-tag"
-        )))]
-        _ => {
-            return Err(PipelineError::Fail(format!(
-                "this build does not run the {stage:?} stage"
-            )));
-        }
+        crate::domain::ChunkTask::Upload { .. } => None,
     };
+    let span = tracing::info_span!(
+        "chunk",
+        job_id = t.job_id(),
+        doc_id = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    if let Some(d) = &doc_id {
+        span.record("doc_id", d.as_str());
+    }
+    telemetry::continue_trace(&span, t.trace(), JobIds::new(t.job_id(), doc_id));
+    let result = chunk::run(svc, &t).instrument(span.clone()).await;
+    finish_stage(
+        svc,
+        Stage::Chunk,
+        t.job_id(),
+        result,
+        final_attempt,
+        None,
+        span,
+    )
+    .await
+}
+
+/// The embed stage's entry point: chunks to embed. It reads the document's text snapshot and
+/// sends to no queue.
+#[cfg(feature = "stage-embed")]
+pub async fn handle_embed<Q: Sync>(
+    svc: &Services<Blobs, Q>,
+    body: &str,
+    final_attempt: bool,
+) -> Result<(), PipelineError> {
+    use tracing::Instrument;
+    let t: crate::domain::EmbedTask =
+        serde_json::from_str(body).map_err(malformed(Stage::Embed))?;
+    let span = tracing::info_span!("embed", job_id = %t.job_id, doc_id = %t.doc_id, chunks = t.chunks.len(), otel.status_code = tracing::field::Empty);
+    let ids = JobIds::new(&t.job_id, Some(t.doc_id.to_string()));
+    telemetry::continue_trace(&span, t.trace.as_ref(), ids);
+    let result = embed::run(svc, &t).instrument(span.clone()).await;
+    finish_stage(
+        svc,
+        Stage::Embed,
+        &t.job_id,
+        result,
+        final_attempt,
+        None,
+        span,
+    )
+    .await
+}
+
+/// The tag stage's entry point: a document version to suggest metadata for and write back.
+/// It reads the text snapshot and sends to no queue.
+#[cfg(feature = "stage-tag")]
+pub async fn handle_tag<Q: Sync>(
+    svc: &Services<Blobs, Q>,
+    body: &str,
+    final_attempt: bool,
+) -> Result<(), PipelineError> {
+    use tracing::Instrument;
+    let t: crate::domain::TagTask = serde_json::from_str(body).map_err(malformed(Stage::Tag))?;
+    let span = tracing::info_span!("tag", job_id = %t.job_id, doc_id = %t.doc_id, otel.status_code = tracing::field::Empty);
+    let ids = JobIds::new(&t.job_id, Some(t.doc_id.to_string()));
+    telemetry::continue_trace(&span, t.trace.as_ref(), ids);
+    let result = tag::run(svc, &t).instrument(span.clone()).await;
+    // The failure is marked on the document for the text this version has.
+    let hash = Some(t.content_hash.as_str());
+    finish_stage(
+        svc,
+        Stage::Tag,
+        &t.job_id,
+        result,
+        final_attempt,
+        hash,
+        span,
+    )
+    .await
+}
+
+/// A stage's outcome: an error shows on its span, and a failure is recorded in the stage's
+/// span (marking it on the document is part of its trace).
+#[cfg(feature = "stage")]
+async fn finish_stage(
+    svc: &Core,
+    stage: Stage,
+    job_id: &str,
+    result: Result<(), PipelineError>,
+    final_attempt: bool,
+    content_hash: Option<&str>,
+    span: tracing::Span,
+) -> Result<(), PipelineError> {
+    use tracing::Instrument;
     mark_error(&span, &result);
-    record_failure(svc, stage, &job_id, &result, final_attempt, None)
+    record_failure(svc, stage, job_id, &result, final_attempt, content_hash)
         .instrument(span)
         .await;
     result
@@ -646,7 +777,7 @@ fn job_age_secs(job: &Job) -> f64 {
 /// `content_hash` is the text a failed tag stage worked on.
 #[cfg(feature = "stage")]
 async fn record_failure(
-    svc: &Services,
+    svc: &Core,
     stage: Stage,
     job_id: &str,
     result: &Result<(), PipelineError>,

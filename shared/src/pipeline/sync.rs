@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use serde::Serialize;
 use serde_json::json;
 
-use super::{PipelineError, Services, healing, index};
+use super::{BlobSlot, Core, PipelineError, Queues, Services, healing, index};
 use crate::domain::{JobOrigin, JobStatus, Manifest, ObjectKind, Stage};
 use crate::ports::{Condition, DocumentQuery};
 
@@ -56,14 +56,14 @@ async fn all_pages(
 
 /// One sync run, traced as one `sync` span (its Paperless listing calls beneath it); each
 /// document it queues opens a trace of its own.
-pub async fn run(svc: &Services) -> Result<SyncReport, PipelineError> {
+pub async fn run<B: BlobSlot>(svc: &Services<B, Queues>) -> Result<SyncReport, PipelineError> {
     use tracing::Instrument;
     sync_once(svc)
         .instrument(tracing::info_span!(parent: None, "sync"))
         .await
 }
 
-async fn sync_once(svc: &Services) -> Result<SyncReport, PipelineError> {
+async fn sync_once<B: BlobSlot>(svc: &Services<B, Queues>) -> Result<SyncReport, PipelineError> {
     let paperless = svc
         .paperless
         .clone()
@@ -175,8 +175,8 @@ const ABANDONED_AFTER_SECS: i64 = 86_400;
 /// forgotten (vectors, manifest, loop-guard record); those whose index lacks chunks, and whose
 /// last job is not still at work, are queued again (`queued_now` were queued by this run).
 /// Returns (removed, re-queued).
-async fn check_window(
-    svc: &Services,
+async fn check_window<B: BlobSlot>(
+    svc: &Services<B, Queues>,
     queued_now: &BTreeSet<u64>,
 ) -> Result<(usize, usize), PipelineError> {
     let paperless = svc.paperless.clone().expect("checked by run");
@@ -226,7 +226,10 @@ async fn check_window(
         for m in batch {
             let id = m.doc_id.paperless_id().expect("filtered");
             if !existing.contains(&id) {
-                index::forget(svc, m).await?;
+                index::forget_index(svc, m).await?;
+                if let Some(blobs) = svc.blobs.store() {
+                    index::forget_snapshot(blobs, m).await;
+                }
                 state
                     .delete(&crate::state_keys::tagged_key(&m.doc_id))
                     .await?;
@@ -254,7 +257,7 @@ async fn check_window(
 }
 
 /// Whether a document's last job is still queued or running (and not abandoned).
-async fn still_at_work(svc: &Services, job_id: &str) -> Result<bool, PipelineError> {
+async fn still_at_work(svc: &Core, job_id: &str) -> Result<bool, PipelineError> {
     let Some(job) = super::load_job(svc.state.as_ref(), job_id).await? else {
         return Ok(false);
     };

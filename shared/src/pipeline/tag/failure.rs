@@ -4,7 +4,7 @@
 use serde_json::json;
 
 use crate::domain::{DocId, DocumentPatch, ObjectKind};
-use crate::pipeline::{PipelineError, Services};
+use crate::pipeline::{Core, PipelineError};
 use crate::ports::{Condition, StoreError};
 
 use super::*;
@@ -12,7 +12,7 @@ use super::*;
 /// Forgets that tagging failed on the document's current text: a retry is a person (or sync,
 /// a bounded number of times) asking for another attempt, which the loop guard must not skip
 /// as "failed before". A document tagged successfully stays guarded by its own record.
-pub(crate) async fn forget_failure(svc: &Services, doc_id: &DocId) -> Result<(), StoreError> {
+pub(crate) async fn forget_failure(svc: &Core, doc_id: &DocId) -> Result<(), StoreError> {
     svc.state.delete(&failed_key(doc_id)).await
 }
 
@@ -21,7 +21,7 @@ pub(crate) async fn forget_failure(svc: &Services, doc_id: &DocId) -> Result<(),
 /// "Document Updated", and that webhook must not buy a second full attempt at the same text
 /// and policy. A write that fails is kept under `FAILED_MARK_PREFIX`, and every sync run
 /// tries it again (`write_pending_failed_marks`) until it lands or the job runs again.
-pub async fn mark_failed(svc: &Services, job_id: &str, content_hash: Option<&str>, reason: &str) {
+pub async fn mark_failed(svc: &Core, job_id: &str, content_hash: Option<&str>, reason: &str) {
     if let Err(e) = try_mark_failed(svc, job_id, content_hash, reason).await {
         tracing::warn!(job_id, error = %e, "could not add the failed tag: sync will try again");
         let pending = json!({"content_hash": content_hash, "reason": reason});
@@ -37,7 +37,7 @@ pub async fn mark_failed(svc: &Services, job_id: &str, content_hash: Option<&str
 
 /// Sync's part: writes the failed tags that could not be written when their jobs failed.
 /// A job that is no longer failed (it ran again) needs none. Returns how many were written.
-pub async fn write_pending_failed_marks(svc: &Services) -> Result<usize, PipelineError> {
+pub async fn write_pending_failed_marks(svc: &Core) -> Result<usize, PipelineError> {
     let waiting = crate::pipeline::list_all(svc.state.as_ref(), FAILED_MARK_PREFIX).await?;
     let mut written = 0;
     for (key, pending) in waiting {
@@ -61,7 +61,7 @@ pub async fn write_pending_failed_marks(svc: &Services) -> Result<usize, Pipelin
 }
 
 pub(super) async fn try_mark_failed(
-    svc: &Services,
+    svc: &Core,
     job_id: &str,
     content_hash: Option<&str>,
     reason: &str,

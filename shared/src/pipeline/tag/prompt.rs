@@ -6,7 +6,7 @@ use chrono::NaiveDate;
 
 use crate::config::FieldMode;
 use crate::domain::{Field, ObjectKind, TagInput, Taxonomy};
-use crate::pipeline::{PipelineError, Services};
+use crate::pipeline::{Core, PipelineError};
 use crate::text::fit_head_tail;
 use crate::text::fold;
 
@@ -17,7 +17,7 @@ use super::*;
 /// context (`OLLAMA_NUM_CTX`) less the reply; a large taxonomy gives up names before the
 /// document gives up text below a floor.
 pub fn prompt_input(
-    svc: &Services,
+    svc: &Core,
     taxonomy: &Taxonomy,
     current_title: String,
     text: &str,

@@ -8,17 +8,13 @@ use serde_json::json;
 use crate::domain::DocId;
 #[cfg(feature = "tokens")]
 use crate::domain::ObjectKind;
-use crate::pipeline::{PipelineError, Services};
+use crate::pipeline::{Core, PipelineError, Queues, Services};
 use crate::ports::Condition;
 
 use super::*;
 
 /// Asks for a re-run of a document's tagging, whatever the loop guard says.
-pub async fn request_retag(
-    svc: &Services,
-    doc_id: &DocId,
-    job_id: &str,
-) -> Result<(), PipelineError> {
+pub async fn request_retag(svc: &Core, doc_id: &DocId, job_id: &str) -> Result<(), PipelineError> {
     svc.state
         .put(
             &retag_key(doc_id),
@@ -32,7 +28,10 @@ pub async fn request_retag(
 
 /// Re-runs a Paperless document's tagging whatever the loop guard says (a new job through
 /// the whole pipeline: the text may have changed too).
-pub async fn retag(svc: &Services, doc_id: &DocId) -> Result<crate::domain::Job, PipelineError> {
+pub async fn retag<B>(
+    svc: &Services<B, Queues>,
+    doc_id: &DocId,
+) -> Result<crate::domain::Job, PipelineError> {
     let Some(id) = doc_id.paperless_id() else {
         return Err(PipelineError::Fail(format!(
             "document {doc_id} is an upload, not a Paperless document: upload it again to re-tag it"
@@ -68,7 +67,7 @@ pub struct RetagPlan {
 /// prompt budgeting the tag stage uses).
 #[cfg(feature = "tokens")]
 pub async fn plan_retag(
-    svc: &Services,
+    svc: &Core,
     selection: &RetagSelection,
 ) -> Result<RetagPlan, PipelineError> {
     let paperless = svc

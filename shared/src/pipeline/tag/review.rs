@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::domain::{DocId, Document, DocumentPatch, Field, ObjectKind};
-use crate::pipeline::{PipelineError, Services};
+use crate::pipeline::{Core, PipelineError};
 use crate::ports::{Condition, Paperless, StoreError};
 use crate::text::plausible_date;
 
@@ -50,7 +50,7 @@ pub struct Edits {
 }
 
 pub(super) async fn load_record(
-    svc: &Services,
+    svc: &Core,
     doc_id: &DocId,
 ) -> Result<(SuggestionRecord, u64), ReviewError> {
     let v = svc
@@ -64,7 +64,7 @@ pub(super) async fn load_record(
 }
 
 pub(super) fn paperless_target(
-    svc: &Services,
+    svc: &Core,
     doc_id: &DocId,
 ) -> Result<(u64, Arc<dyn Paperless>), ReviewError> {
     match (doc_id.paperless_id(), &svc.paperless) {
@@ -77,7 +77,7 @@ pub(super) fn paperless_target(
 
 /// Makes the index's filterable metadata what Paperless shows for the document now.
 pub(super) async fn sync_index_meta(
-    svc: &Services,
+    svc: &Core,
     doc_id: &DocId,
     doc: &Document,
 ) -> Result<(), PipelineError> {
@@ -91,7 +91,7 @@ pub(super) async fn sync_index_meta(
 /// Stores a reviewed record at the version it was read at (a concurrent review conflicts),
 /// then makes the index's metadata what Paperless shows after the write.
 async fn save_and_sync(
-    svc: &Services,
+    svc: &Core,
     doc_id: &DocId,
     (id, paperless): (u64, &Arc<dyn Paperless>),
     record: &SuggestionRecord,
@@ -111,7 +111,7 @@ async fn save_and_sync(
 
 /// Applies a stored suggestion (review mode), with the reviewer's edits, by read-merge-write.
 pub async fn approve(
-    svc: &Services,
+    svc: &Core,
     doc_id: &DocId,
     edits: Edits,
 ) -> Result<SuggestionRecord, ReviewError> {
@@ -185,7 +185,7 @@ pub async fn approve(
 /// mark comes back (the suggestion waits for review again). The trigger and failed tags it
 /// removed are not put back: both were answered, and a trigger tag put back would start a new
 /// run at once (its "Document Updated" webhook), undoing the undo.
-pub async fn undo(svc: &Services, doc_id: &DocId) -> Result<SuggestionRecord, ReviewError> {
+pub async fn undo(svc: &Core, doc_id: &DocId) -> Result<SuggestionRecord, ReviewError> {
     let (mut record, version) = load_record(svc, doc_id).await?;
     let (id, paperless) = paperless_target(svc, doc_id)?;
     let (Some(applied), Some(previous)) = (record.applied.clone(), record.previous.clone()) else {

@@ -12,7 +12,7 @@ use crate::domain::{
 };
 use crate::pipeline::chunk::load_manifest;
 use crate::pipeline::index::read_snapshot;
-use crate::pipeline::{PipelineError, Services, set_stage};
+use crate::pipeline::{Blobs, Core, PipelineError, Services, set_stage};
 use crate::ports::{Condition, StoreError};
 use crate::text::fold;
 
@@ -49,7 +49,7 @@ pub(super) fn lease_value(task: &TagTask) -> serde_json::Value {
 /// delivery still works): this one waits and then finds the document tagged. Our own job's
 /// lease from another process, or with a stale heartbeat, is a dead worker's: taken over.
 /// Returns the lease's version.
-pub(super) async fn acquire_lease(svc: &Services, task: &TagTask) -> Result<u64, PipelineError> {
+pub(super) async fn acquire_lease(svc: &Core, task: &TagTask) -> Result<u64, PipelineError> {
     let key = lease_key(&task.doc_id);
     let until = crate::pipeline::now() + LEASE_SECS;
     let busy = |holder: &str| PipelineError::Deferred {
@@ -90,7 +90,7 @@ pub(super) async fn acquire_lease(svc: &Services, task: &TagTask) -> Result<u64,
 
 /// Runs `work` holding the lease at `version`, renewing it every `LEASE_BEAT`.
 pub(super) async fn holding_lease<F>(
-    svc: &Services,
+    svc: &Core,
     task: &TagTask,
     mut version: u64,
     work: F,
@@ -115,7 +115,7 @@ where
     }
 }
 
-pub(super) async fn release_lease(svc: &Services, task: &TagTask) {
+pub(super) async fn release_lease(svc: &Core, task: &TagTask) {
     let key = lease_key(&task.doc_id);
     if let Ok(Some(h)) = svc.state.get(&key).await
         && h.value["job_id"] == task.job_id.as_str()
@@ -126,14 +126,17 @@ pub(super) async fn release_lease(svc: &Services, task: &TagTask) {
 
 /// Tags one document version. Everything, from the loop guard's verdict on, happens holding
 /// the document's lease: a duplicate that waited for it reads what the first run wrote.
-pub async fn run(svc: &Services, task: &TagTask) -> Result<(), PipelineError> {
+pub async fn run<Q: Sync>(svc: &Services<Blobs, Q>, task: &TagTask) -> Result<(), PipelineError> {
     let version = acquire_lease(svc, task).await?;
     let result = holding_lease(svc, task, version, run_leased(svc, task)).await;
     release_lease(svc, task).await;
     result
 }
 
-pub(super) async fn run_leased(svc: &Services, task: &TagTask) -> Result<(), PipelineError> {
+pub(super) async fn run_leased<Q: Sync>(
+    svc: &Services<Blobs, Q>,
+    task: &TagTask,
+) -> Result<(), PipelineError> {
     let policy = &svc.settings.policy;
     let guard = json!({"content_hash": task.content_hash, "policy": policy.fingerprint(), "model": svc.model.name()});
     let tagged = svc
@@ -263,8 +266,8 @@ pub(super) fn recent_read(task: &TagTask) -> Option<Document> {
 /// chunk stage kept of this version; a Paperless document whose snapshot is gone (deleted
 /// with the index entry meanwhile) is read again. With it, its token count when the chunk
 /// stage's count is of this very text (the snapshot of the task's version).
-pub(super) async fn version_text(
-    svc: &Services,
+pub(super) async fn version_text<Q: Sync>(
+    svc: &Services<Blobs, Q>,
     task: &TagTask,
     doc: Option<&Document>,
 ) -> Result<(String, Option<usize>), PipelineError> {
@@ -305,8 +308,8 @@ pub(super) fn visible_in(doc: &Document, applied: &DocumentPatch) -> bool {
 }
 
 /// The tagging proper, holding the document's lease.
-pub(super) async fn tag_leased(
-    svc: &Services,
+pub(super) async fn tag_leased<Q: Sync>(
+    svc: &Services<Blobs, Q>,
     task: &TagTask,
     guard: &serde_json::Value,
     paperless_doc: Option<Document>,
@@ -339,7 +342,7 @@ pub(super) async fn tag_leased(
         .unwrap_or_default();
     let today = svc.settings.today();
     let (input, estimate) = {
-        let svc = svc.clone();
+        let svc = svc.core.clone();
         let taxonomy = taxonomy.clone();
         tokio::task::spawn_blocking(move || {
             prompt_input(&svc, &taxonomy, current_title, &text, text_tokens, today)
@@ -456,10 +459,7 @@ pub(super) async fn tag_leased(
     .await
 }
 
-pub(super) async fn put_record(
-    svc: &Services,
-    record: &SuggestionRecord,
-) -> Result<(), PipelineError> {
+pub(super) async fn put_record(svc: &Core, record: &SuggestionRecord) -> Result<(), PipelineError> {
     svc.state
         .put(
             &suggestion_key(&record.doc_id),
@@ -502,7 +502,7 @@ pub(super) fn apply(doc: &Document, patch: &DocumentPatch) -> Document {
 /// a pending retag request and an earlier failure are cleared, and the job shows the outcome.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn finish(
-    svc: &Services,
+    svc: &Core,
     task: &TagTask,
     guard: &serde_json::Value,
     manifest: Option<(Manifest, u64)>,
@@ -576,7 +576,7 @@ pub(super) async fn finish(
 /// The review mark: `REVIEW_TAG` added (and the trigger tag removed), so a Paperless user
 /// finds what waits for review; nothing else changes until approval.
 pub(super) async fn review_mark(
-    svc: &Services,
+    svc: &Core,
     fresh: &Document,
     taxonomy: &Taxonomy,
 ) -> Result<(DocumentPatch, DocumentPatch), PipelineError> {

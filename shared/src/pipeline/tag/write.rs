@@ -3,7 +3,7 @@
 
 use crate::config::FieldMode;
 use crate::domain::{Document, DocumentPatch, Field, ObjectKind, Suggestion, Taxonomy};
-use crate::pipeline::{PipelineError, Services};
+use crate::pipeline::{Core, PipelineError};
 
 /// The tag id of a named tag, if it exists.
 pub(super) fn tag_id(taxonomy: &Taxonomy, name: Option<&str>) -> Option<u64> {
@@ -13,7 +13,7 @@ pub(super) fn tag_id(taxonomy: &Taxonomy, name: Option<&str>) -> Option<u64> {
 
 /// The id of a named object, created (matching "none") when missing and allowed.
 pub(super) async fn object_id(
-    svc: &Services,
+    svc: &Core,
     taxonomy: &Taxonomy,
     kind: ObjectKind,
     name: &str,
@@ -27,7 +27,7 @@ pub(super) async fn object_id(
 /// Sets (tags, custom fields) are merged into the fresh ones. Returns the PATCH, the values
 /// it replaces (for undo) and the fields kept as the user set them.
 pub(super) async fn plan(
-    svc: &Services,
+    svc: &Core,
     base: &Document,
     fresh: &Document,
     s: &Suggestion,
