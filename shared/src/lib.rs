@@ -10,8 +10,6 @@ pub mod auth;
 #[cfg(feature = "tokens")]
 pub mod cl100k;
 pub mod config;
-#[cfg(feature = "contract")]
-pub mod contract;
 pub mod cost;
 pub mod domain;
 #[cfg(all(feature = "local", feature = "clients"))]

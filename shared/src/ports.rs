@@ -2,7 +2,8 @@
 //!
 //! Each port has an embedded adapter (`adapters::local`, used by `pai`) and an AWS adapter; the
 //! use cases in `pipeline` only ever see these traits, so the same code runs in both places and
-//! one contract suite (`contract`) proves every adapter behaves the same. No SDK type appears here.
+//! one contract suite per port (`pai_tests::contract`, in the test kit) proves every adapter
+//! behaves the same. No SDK type appears here.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pai_tests::aws_stack;
+use pai_tests::contract;
 use pai_tests::moto::{MotoServer, unique};
 use serde_json::{Map, Value, json};
 use shared::adapters::aws::{DynamoCache, DynamoState, S3Blobs, S3VectorIndex, SqsQueue};
-use shared::contract;
 use shared::ports::{
     BlobStore, Cache, Condition, DeadLetters, QueueConsumer, QueueSender, StateStore, StoreError,
     VectorIndex, VectorRecord,

@@ -1,9 +1,9 @@
 //! The chat-model and embedder contract suites, run against every provider available here:
 //! `lexical`, and `openai` against the fake OpenAI-compatible server.
 
+use pai_tests::contract;
 use pai_tests::fake_openai::FakeOpenAi;
 use serde_json::json;
-use shared::contract;
 use shared::providers::lexical::{LexicalEmbedder, LexicalModel};
 use shared::providers::openai::{OpenAiChat, OpenAiEmbedder};
 

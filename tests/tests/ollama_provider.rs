@@ -2,9 +2,9 @@
 //! `num_ctx` is the same for every call, embeddings are batched, answers stream as NDJSON, and
 //! the chat-model and embedder contract suites hold.
 
+use pai_tests::contract;
 use pai_tests::fake_openai::{FakeOpenAi, Reply};
 use serde_json::json;
-use shared::contract;
 use shared::domain::{AnswerInput, DocId, Field, Passage, TagInput, Taxonomy};
 use shared::ports::{ChatModel, Embedder, ModelError};
 use shared::providers::ollama::{OllamaChat, OllamaEmbedder};

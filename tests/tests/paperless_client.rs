@@ -159,7 +159,7 @@ async fn the_paperless_port_contract() {
         tags: vec![tag],
         ..Default::default()
     });
-    shared::contract::paperless(client(&fake, TOKEN), id).await;
+    pai_tests::contract::paperless(client(&fake, TOKEN), id).await;
 }
 
 /// A redirect is reported, never followed: following it would turn the PATCH into a GET and

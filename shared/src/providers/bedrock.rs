@@ -1286,24 +1286,6 @@ mod tests {
         assert!(partial.finish(1).unwrap_err().is_transient());
     }
 
-    #[tokio::test]
-    async fn contract_chat_model() {
-        let rule = mock!(Client::converse).then_compute_output(|r: &ConverseInput| {
-            if r.tool_config().is_some() {
-                tool_reply(
-                    json!({"title": "ACME invoice 2025-031", "tags": ["Invoice"],
-                    "correspondent": "ACME", "document_type": "Invoice", "created": "2025-03-14"}),
-                )
-            } else {
-                reply(
-                    ContentBlock::Text("The invoice total is EUR 120.00 [1].".into()),
-                    StopReason::EndTurn,
-                )
-            }
-        });
-        crate::contract::chat_model(chat(client(&[&rule], RuleMode::MatchAny))).await;
-    }
-
     fn body_of(r: &InvokeModelInput) -> Value {
         serde_json::from_slice(r.body().unwrap().as_ref()).unwrap()
     }
@@ -1400,30 +1382,6 @@ mod tests {
             last["input_type"], "search_query",
             "a question is a search query"
         );
-    }
-
-    #[tokio::test]
-    async fn contract_embedder() {
-        // A stand-in Titan: hashed words, normalised, so shared words mean nearby vectors.
-        let rule = mock!(Client::invoke_model).then_compute_output(|r| {
-            let mut v = vec![0.0f32; 256];
-            for w in crate::text::words(body_of(r)["inputText"].as_str().unwrap()) {
-                let h = w.bytes().fold(0x811c_9dc5u32, |h, b| {
-                    (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-                });
-                v[h as usize % 256] += 1.0;
-            }
-            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-6);
-            let v: Vec<f32> = v.iter().map(|x| x / norm).collect();
-            invoke_reply(json!({"embedding": v, "inputTextTokenCount": 5}))
-        });
-        let e = BedrockEmbedder::with_client(
-            client(&[&rule], RuleMode::MatchAny),
-            Some("amazon.titan-embed-text-v2:0"),
-            Some(256),
-        )
-        .unwrap();
-        crate::contract::embedder(e).await;
     }
 
     #[tokio::test]

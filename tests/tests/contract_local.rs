@@ -1,13 +1,11 @@
 //! The port contract suites run against the embedded adapters.
 
-#![cfg(all(feature = "local", feature = "contract"))]
-
 use std::sync::Arc;
 
+use pai_tests::contract;
 use shared::adapters::local::{
     FileBlobStore, SqliteCache, SqliteQueue, SqliteStateStore, SqliteVectorIndex,
 };
-use shared::contract;
 
 #[tokio::test]
 async fn blob_store() {

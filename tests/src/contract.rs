@@ -1,14 +1,14 @@
 //! The contract of every port, as one generic test suite per port. Each adapter's tests call
 //! the suite with a factory for fresh, empty instances, so the embedded store and AWS provably
-//! behave the same. (Compiled with the `contract` feature; panics on a broken contract.)
+//! behave the same; a broken contract panics. Test code only: it lives in this dev-only kit,
+//! beside the fakes, so no build of the library contains it.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
-
-use crate::filter::Filter;
-use crate::ports::{
+use shared::filter::Filter;
+use shared::ports::{
     BlobStore, Cache, Condition, DeadLetters, QueueConsumer, QueueSender, StateStore, StoreError,
     VectorIndex, VectorRecord, WorkQueue,
 };
@@ -236,12 +236,12 @@ pub async fn concurrent_updates<S: StateStore + 'static>(store: std::sync::Arc<S
 /// 3,000 chunks of its previous version, ~600 KB, beyond one DynamoDB item) is stored in
 /// pages; replacing it with a smaller version leaves neither the old pages nor lost chunks.
 pub async fn manifests_of_any_size<S: StateStore>(store: S) {
-    use crate::domain::{ChunkRef, DocId, DocMeta, Manifest};
-    use crate::pipeline::index::{load_manifest_in, save_manifest_in};
+    use shared::domain::{ChunkRef, DocId, DocMeta, Manifest};
+    use shared::pipeline::index::{load_manifest_in, save_manifest_in};
     let chunk = |version: &str, i: usize| ChunkRef {
         start: i * 100,
         end: i * 100 + 120,
-        hash: crate::text::sha256_hex(format!("{version}-{i}").as_bytes()),
+        hash: shared::text::sha256_hex(format!("{version}-{i}").as_bytes()),
     };
     let doc_id = DocId::Paperless(77);
     let big = Manifest {
@@ -500,7 +500,7 @@ pub async fn vector_index<V: VectorIndex>(index: V) {
     assert_eq!(hits[0].record.metadata["doc_id"], json!("1"));
 
     let f = |v: Value| Filter::parse(&v).unwrap();
-    let keys = |hits: Vec<crate::ports::VectorHit>| {
+    let keys = |hits: Vec<shared::ports::VectorHit>| {
         hits.into_iter().map(|h| h.record.key).collect::<Vec<_>>()
     };
     assert_eq!(
@@ -681,7 +681,7 @@ pub async fn vector_index<V: VectorIndex>(index: V) {
 
 /// Any embedder: one vector per text, in order, of the advertised dimension, the same text
 /// giving the same vector, and texts that share words closer than texts that do not.
-pub async fn embedder<E: crate::ports::Embedder>(e: E) {
+pub async fn embedder<E: shared::ports::Embedder>(e: E) {
     let (none, _) = e.embed(&[]).await.unwrap();
     assert!(none.is_empty());
     let texts: Vec<String> = [
@@ -711,8 +711,8 @@ pub async fn embedder<E: crate::ports::Embedder>(e: E) {
 
 /// Any chat model: a suggestion in the domain's shape (names, a plausible date or none), and
 /// an answer that cites only passages it was given.
-pub async fn chat_model<M: crate::ports::ChatModel>(m: M) {
-    use crate::domain::{AnswerInput, DocId, Field, Passage, TagInput, Taxonomy, TaxonomyObject};
+pub async fn chat_model<M: shared::ports::ChatModel>(m: M) {
+    use shared::domain::{AnswerInput, DocId, Field, Passage, TagInput, Taxonomy, TaxonomyObject};
     let object = |id, name: &str| TaxonomyObject {
         id,
         name: name.into(),
@@ -783,9 +783,9 @@ pub async fn chat_model<M: crate::ports::ChatModel>(m: M) {
 
 /// The document system: read, write back with sets replaced, create objects without
 /// duplicates, and typed failures. `doc` is a document id that exists and may be changed.
-pub async fn paperless<P: crate::ports::Paperless>(p: P, doc: u64) {
-    use crate::domain::{DocumentPatch, ObjectKind};
-    use crate::ports::PaperlessError;
+pub async fn paperless<P: shared::ports::Paperless>(p: P, doc: u64) {
+    use shared::domain::{DocumentPatch, ObjectKind};
+    use shared::ports::PaperlessError;
     let before = p.document(doc).await.unwrap();
     let tag = p.create(ObjectKind::Tag, "contract-suite").await.unwrap();
     let same = p.create(ObjectKind::Tag, "Contract-Suite").await.unwrap();
