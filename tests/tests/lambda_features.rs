@@ -142,5 +142,8 @@ fn sam_builds_each_function_as_its_own_package() {
         let manifest = std::fs::read_to_string(&path).expect("function manifest");
         let wanted = format!("[package.metadata.lambda.build]\npackages = [\"pai-{function}\"]");
         assert!(manifest.contains(&wanted), "{path} lacks {wanted:?}");
+        // …and optimises it for size (cold start), which `pai`'s release profile does not.
+        let size = "config = ['profile.release.opt-level=\"s\"']";
+        assert!(manifest.contains(size), "{path} lacks {size:?}");
     }
 }
