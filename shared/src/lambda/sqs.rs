@@ -8,7 +8,7 @@
 
 use std::future::Future;
 
-use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::LambdaEvent;
 
 use crate::domain::Stage;
@@ -17,6 +17,15 @@ use crate::pipeline::healing::{self, Settlement};
 use crate::pipeline::{Blobs, OwnQueue};
 use crate::pipeline::{PipelineError, Services, StageQueue};
 use crate::ports::Delivery;
+
+/// Writes the metrics as EMF when dropped: at the end of an invocation, on every path.
+struct FlushMetrics;
+
+impl Drop for FlushMetrics {
+    fn drop(&mut self) {
+        super::emf::flush();
+    }
+}
 
 /// The chunk function's door: its queue's batch, to the chunk stage.
 #[cfg(feature = "stage-chunk")]
@@ -97,23 +106,9 @@ where
     F: Fn(Services<B, Q>, String, bool) -> Fut,
     Fut: Future<Output = Result<(), PipelineError>> + Send + 'static,
 {
-    let response = process(svc, stage, event.payload.records, run).await;
-    super::emf::flush();
-    response
-}
-
-async fn process<B, Q, F, Fut>(
-    svc: &Services<B, Q>,
-    stage: Stage,
-    records: Vec<SqsMessage>,
-    run: F,
-) -> Result<SqsBatchResponse, lambda_runtime::Error>
-where
-    B: Clone + Send + Sync + 'static,
-    Q: StageQueue + Clone + Send + Sync + 'static,
-    F: Fn(Services<B, Q>, String, bool) -> Fut,
-    Fut: Future<Output = Result<(), PipelineError>> + Send + 'static,
-{
+    // The invocation's metrics are written however the batch ends.
+    let _flush = FlushMetrics;
+    let records = event.payload.records;
     let max_receives = svc.settings.max_receives;
     // Its own queue only: back-off and deferral of the messages this invocation holds.
     let own = svc.queues.consumer(stage);
