@@ -1,8 +1,9 @@
 //! The use cases: ingest, chunk, embed, tag and chat, as plain async functions over the ports.
 //!
 //! Every queue-driven step is idempotent: SQS (and the embedded queue) deliver at least once, so
-//! a redelivered message must change nothing twice. `handle` is the one entry point both the
-//! Lambda doors and `pai`'s workers call with a message body.
+//! a redelivered message must change nothing twice. Each stage has one entry point taking a
+//! message body (`handle_chunk`, `handle_embed`, `handle_tag`): the Lambda doors call their
+//! stage's, `pai`'s workers all three through `handle`.
 
 pub mod access;
 #[cfg(feature = "chat")]
