@@ -471,11 +471,25 @@ async fn api_keys_guard_everything_but_health_and_the_webhook() {
             .status(),
         200
     );
+    // Every route but the public ones (health, the webhook and the upload PUT with their own
+    // secrets, the pages' files): the key is a layer over all of them.
     for (method, path) in [
-        ("GET", "/jobs/x"),
-        ("POST", "/chat"),
+        ("GET", "/metrics"),
         ("POST", "/documents"),
+        ("GET", "/jobs/x"),
+        ("POST", "/jobs/x/retry"),
+        ("POST", "/jobs/retry-failed"),
         ("GET", "/documents/1/suggestions"),
+        ("POST", "/documents/1/suggestions/approve"),
+        ("POST", "/documents/1/approve"),
+        ("POST", "/documents/1/suggestions/undo"),
+        ("POST", "/documents/1/undo"),
+        ("POST", "/documents/1/retag"),
+        ("GET", "/jobs"),
+        ("GET", "/review"),
+        ("GET", "/status"),
+        ("GET", "/status/checks"),
+        ("POST", "/chat"),
     ] {
         let r = pai
             .http

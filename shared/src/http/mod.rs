@@ -72,13 +72,12 @@ impl<B, Q> ApiState<B, Q> {
 }
 
 pub fn router(state: ApiState) -> Router {
-    let router = Router::new()
-        // A new route needs its HttpApi event in template.yaml too (tests/tests/template.rs).
-        .route("/health", get(health))
+    // A new route needs its HttpApi event in template.yaml too (tests/tests/template.rs).
+    // Every route is behind the API key (`require_key`, a layer: no handler can forget it)
+    // unless it is in `public` on purpose, with its own check or no data.
+    let protected = Router::new()
         .route("/metrics", get(metrics_page))
-        .route("/webhooks/paperless", post(webhook))
         .route("/documents", post(create_upload))
-        .route("/uploads/{job_id}", put(receive_upload))
         .route("/jobs/{job_id}", get(job))
         .route("/jobs/{job_id}/retry", post(retry_job))
         .route("/jobs/retry-failed", post(retry_failed))
@@ -87,16 +86,39 @@ pub fn router(state: ApiState) -> Router {
         .route("/documents/{doc_id}/approve", post(approve))
         .route("/documents/{doc_id}/suggestions/undo", post(undo))
         .route("/documents/{doc_id}/undo", post(undo))
-        .route("/documents/{doc_id}/retag", post(retag));
+        .route("/documents/{doc_id}/retag", post(retag))
+        .merge(ui::page_data())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_key::<Blobs, Queues>,
+        ));
+    let public = Router::new()
+        .route("/health", get(health))
+        // Its own secret (Paperless sends no API key).
+        .route("/webhooks/paperless", post(webhook))
+        // Its job's upload token.
+        .route("/uploads/{job_id}", put(receive_upload))
+        .merge(ui::pages());
     // Without the chat use case (the ingest function: API Gateway sends chat to the chat
-    // function's URL) there is no `/chat` here.
+    // function's URL) there is no `/chat` here. Chat takes an API key or a Paperless user's
+    // token (`chat_viewer`).
     #[cfg(feature = "chat")]
-    let router = router.route("/chat", post(chat::<Blobs, Queues>));
-    router
-        .merge(ui::routes())
+    let public = public.route("/chat", post(chat::<Blobs, Queues>));
+    public
+        .merge(protected)
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
+}
+
+/// The API key check of every protected route, before its handler runs.
+async fn require_key<B, Q>(
+    State(state): State<ApiState<B, Q>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<Response, ApiError> {
+    authorize(&state, request.headers())?;
+    Ok(next.run(request).await)
 }
 
 /// Only `POST /chat` and `/health`: what the chat Lambda's public function URL serves (the
@@ -170,11 +192,7 @@ async fn health() -> impl IntoResponse {
     axum::Json(json!({"status": "ok"}))
 }
 
-async fn metrics_page(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
+async fn metrics_page(State(state): State<ApiState>) -> Result<Response, ApiError> {
     let render = state
         .metrics
         .as_ref()
@@ -228,12 +246,7 @@ struct UploadRequest {
     size: Option<u64>,
 }
 
-async fn create_upload(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
+async fn create_upload(State(state): State<ApiState>, body: Body) -> Result<Response, ApiError> {
     let req: UploadRequest = parse_json(&read_body(body, MAX_JSON_BYTES).await?)?;
     let job = ingest::create_upload(&state.svc, &req.filename, &req.content_type, req.size).await?;
     // A store that takes uploads directly (S3: a presigned PUT) gets them without passing
@@ -343,10 +356,8 @@ pub async fn job_view(svc: &Core, job_id: &str) -> Result<Option<Value>, ApiErro
 
 async fn job(
     State(state): State<ApiState>,
-    headers: HeaderMap,
     Path(job_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
     match job_view(&state.svc, &job_id).await? {
         Some(v) => Ok(axum::Json(v).into_response()),
         None => Err(ApiError::not_found(format!("no job {job_id}"))),
@@ -356,11 +367,9 @@ async fn job(
 /// `POST /jobs/{id}/retry`: runs a failed (or dead-lettered) job again; `202` with the job.
 async fn retry_job(
     State(state): State<ApiState>,
-    headers: HeaderMap,
     Path(job_id): Path<String>,
 ) -> Result<Response, ApiError> {
     use crate::pipeline::healing::RetryError;
-    authorize(&state, &headers)?;
     match crate::pipeline::healing::retry_job(&state.svc, &job_id).await {
         Ok(_) => {
             let view = job_view(&state.svc, &job_id).await?.unwrap_or(Value::Null);
@@ -373,11 +382,7 @@ async fn retry_job(
 }
 
 /// `POST /jobs/retry-failed`: runs every failed job again; `202 {"retried": [job ids]}`.
-async fn retry_failed(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
+async fn retry_failed(State(state): State<ApiState>) -> Result<Response, ApiError> {
     let retried = crate::pipeline::healing::retry_failed(&state.svc).await?;
     Ok((
         StatusCode::ACCEPTED,
@@ -388,10 +393,8 @@ async fn retry_failed(
 
 async fn suggestions(
     State(state): State<ApiState>,
-    headers: HeaderMap,
     Path(doc_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
     let doc: DocId = doc_id.parse().map_err(ApiError::bad_request)?;
     let record = state
         .svc
@@ -412,11 +415,9 @@ async fn suggestions(
 /// `POST /documents/{id}/suggestions/approve`: applies the stored suggestion, with edits.
 async fn approve(
     State(state): State<ApiState>,
-    headers: HeaderMap,
     Path(doc_id): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
     let doc: DocId = doc_id.parse().map_err(ApiError::bad_request)?;
     let bytes = read_body(body, MAX_JSON_BYTES).await?;
     let edits: tag::Edits = if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -430,10 +431,8 @@ async fn approve(
 /// `POST /documents/{id}/suggestions/undo`: restores what the applied suggestion replaced.
 async fn undo(
     State(state): State<ApiState>,
-    headers: HeaderMap,
     Path(doc_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
     let doc: DocId = doc_id.parse().map_err(ApiError::bad_request)?;
     Ok(axum::Json(tag::undo(&state.svc, &doc).await?).into_response())
 }
@@ -441,10 +440,8 @@ async fn undo(
 /// `POST /documents/{id}/retag`: tags the document again whatever the loop guard says.
 async fn retag(
     State(state): State<ApiState>,
-    headers: HeaderMap,
     Path(doc_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
     let doc: DocId = doc_id.parse().map_err(ApiError::bad_request)?;
     if doc.paperless_id().is_none() {
         return Err(ApiError::bad_request(format!(

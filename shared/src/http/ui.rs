@@ -62,10 +62,16 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-pub(super) fn routes() -> Router<ApiState> {
+/// The pages and their files: public (they hold no data; their scripts call the API with a key).
+pub(super) fn pages() -> Router<ApiState> {
     Router::new()
         .route("/", get(index))
         .route("/ui/{file}", get(asset))
+}
+
+/// What the pages' scripts read: behind the API key like every API route.
+pub(super) fn page_data() -> Router<ApiState> {
+    Router::new()
         .route("/jobs", get(job_list::jobs))
         .route("/review", get(review::review))
         .route("/status", get(status::status))
