@@ -12,9 +12,9 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::LambdaEvent;
 
 use crate::domain::Stage;
-use crate::pipeline::healing::{self, Settlement};
 #[cfg(any(feature = "stage-embed", feature = "stage-tag"))]
-use crate::pipeline::{Blobs, OwnQueue};
+use crate::pipeline::Blobs;
+use crate::pipeline::healing::{self, Settlement};
 use crate::pipeline::{PipelineError, Services, StageQueue};
 use crate::ports::Delivery;
 
@@ -39,13 +39,13 @@ pub async fn chunk_batch(
     batch(svc, Stage::Chunk, event, run).await
 }
 
-/// The embed function's door.
+/// The embed function's door (its own queue, or all three in `pai`'s services).
 #[cfg(feature = "stage-embed")]
-pub async fn embed_batch(
-    svc: &Services<Blobs, OwnQueue>,
+pub async fn embed_batch<Q: StageQueue + Clone + Send + Sync + 'static>(
+    svc: &Services<Blobs, Q>,
     event: LambdaEvent<SqsEvent>,
 ) -> Result<SqsBatchResponse, lambda_runtime::Error> {
-    let run = |svc: Services<Blobs, OwnQueue>, body: String, last| async move {
+    let run = |svc: Services<Blobs, Q>, body: String, last| async move {
         crate::pipeline::handle_embed(&svc, &body, last).await
     };
     batch(svc, Stage::Embed, event, run).await
@@ -53,11 +53,11 @@ pub async fn embed_batch(
 
 /// The tag function's door.
 #[cfg(feature = "stage-tag")]
-pub async fn tag_batch(
-    svc: &Services<Blobs, OwnQueue>,
+pub async fn tag_batch<Q: StageQueue + Clone + Send + Sync + 'static>(
+    svc: &Services<Blobs, Q>,
     event: LambdaEvent<SqsEvent>,
 ) -> Result<SqsBatchResponse, lambda_runtime::Error> {
-    let run = |svc: Services<Blobs, OwnQueue>, body: String, last| async move {
+    let run = |svc: Services<Blobs, Q>, body: String, last| async move {
         crate::pipeline::handle_tag(&svc, &body, last).await
     };
     batch(svc, Stage::Tag, event, run).await
@@ -77,18 +77,8 @@ pub async fn handle_batch(
 ) -> Result<SqsBatchResponse, lambda_runtime::Error> {
     match stage {
         Stage::Chunk => chunk_batch(svc, event).await,
-        Stage::Embed => {
-            let run = |svc: Services, body: String, last| async move {
-                crate::pipeline::handle_embed(&svc, &body, last).await
-            };
-            batch(svc, stage, event, run).await
-        }
-        Stage::Tag => {
-            let run = |svc: Services, body: String, last| async move {
-                crate::pipeline::handle_tag(&svc, &body, last).await
-            };
-            batch(svc, stage, event, run).await
-        }
+        Stage::Embed => embed_batch(svc, event).await,
+        Stage::Tag => tag_batch(svc, event).await,
     }
 }
 
