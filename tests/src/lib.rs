@@ -2,6 +2,7 @@
 //! the end-to-end tests and the benchmark.
 
 pub mod aws_stack;
+pub mod binary_size;
 pub mod contract;
 pub mod counting;
 pub mod fake_openai;

@@ -755,6 +755,10 @@ async fn lambda_functions(bin_dir: &std::path::Path, runs: usize) -> Value {
                 "arm64_stripped_mb": arm64.map(|(bin, _)| round(bin as f64 / 1_048_576.0)),
                 "arm64_zip_mb": arm64.map(|(_, zip)| round(zip as f64 / 1_048_576.0)),
                 "arm64_within_8_mb": arm64.map(|(bin, _)| bin <= LAMBDA_TARGET_BYTES),
+                // What the megabytes are, for a function over the target (issue 15).
+                "arm64_mib_by_section": arm64
+                    .filter(|(bin, _)| *bin > LAMBDA_TARGET_BYTES)
+                    .map(|_| arm64_breakdown(bin_dir, function)),
                 "binary_mb": round(meta.len() as f64 / 1_048_576.0),
                 "init_ms_p50": round(percentile(&init_ms, 0.5)),
                 "init_ms_max": round(init_ms.last().copied().unwrap_or(f64::NAN)),
@@ -779,6 +783,24 @@ fn arm64_sizes(bin_dir: &std::path::Path, function: &str) -> Option<(u64, u64)> 
         .join(format!("pai-{function}"));
     let size = |name: &str| std::fs::metadata(dir.join(name)).ok().map(|m| m.len());
     Some((size("bootstrap")?, size("bootstrap.zip")?))
+}
+
+/// The arm64 bootstrap's bytes by what its sections hold (`pai_tests::binary_size`), in MiB.
+fn arm64_breakdown(bin_dir: &std::path::Path, function: &str) -> Value {
+    let path = bin_dir.parent().map(|t| {
+        t.join("lambda")
+            .join(format!("pai-{function}"))
+            .join("bootstrap")
+    });
+    let bytes = path.and_then(|p| std::fs::read(p).ok()).unwrap_or_default();
+    match pai_tests::binary_size::breakdown(&bytes) {
+        Ok(parts) => parts
+            .into_iter()
+            .map(|(group, size)| (group.to_string(), json!(round(size as f64 / 1_048_576.0))))
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
+        Err(e) => json!({ "error": e }),
+    }
 }
 
 /// A number from `/proc/PID/status` (`Threads:`, `VmRSS:` …).
