@@ -351,15 +351,16 @@ impl Bm25Index {
                 }
             }
         }
+        let key = |slot: u32| &self.slots[slot as usize].as_ref().expect("live slot").key;
         let mut ranked: Vec<(u32, f32)> = scores.into_iter().collect();
-        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        // Equal scores are common (one shared term, equal lengths): broken by key, not by slot,
+        // whose order is the order concurrent workers happened to index in, so the same
+        // question over the same archive always gets the same passages.
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| key(a.0).cmp(key(b.0))));
         ranked.truncate(top_k);
         ranked
             .into_iter()
-            .map(|(slot, s)| {
-                let entry = self.slots[slot as usize].as_ref().expect("live slot");
-                (entry.key.clone(), s)
-            })
+            .map(|(slot, s)| (key(slot).clone(), s))
             .collect()
     }
 }
@@ -367,6 +368,32 @@ impl Bm25Index {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn equal_scores_rank_by_key_whatever_order_the_chunks_were_indexed_in() {
+        let chunks = [
+            ("c", "fence repair"),
+            ("a", "fence paint"),
+            ("b", "fence gate"),
+        ];
+        let mut forward = Bm25Index::default();
+        let mut backward = Bm25Index::default();
+        for (key, text) in chunks {
+            forward.upsert(key, text);
+        }
+        for (key, text) in chunks.iter().rev() {
+            backward.upsert(key, text);
+        }
+        let top = |index: &Bm25Index| -> Vec<String> {
+            index
+                .search("fence", 2, |_| true)
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()
+        };
+        assert_eq!(top(&forward), ["a", "b"]);
+        assert_eq!(top(&backward), ["a", "b"]);
+    }
 
     #[test]
     fn terms_drop_function_words_of_three_languages_and_share_stems() {

@@ -195,22 +195,31 @@ impl SqliteVectorIndex {
     }
 }
 
-/// Orders hits so the heap's top is the worst kept hit.
-struct Scored(f32, usize);
-impl PartialEq for Scored {
-    fn eq(&self, o: &Self) -> bool {
-        self.0 == o.0
+/// A hit (similarity, slot, key), ordered so the heap's top is the worst kept hit: the lowest
+/// similarity, and of equal ones the greatest key. Ties go by key, not by slot, whose order is
+/// the order concurrent workers happened to index in: the same question over the same archive
+/// always gets the same top k.
+struct Scored<'a>(f32, usize, &'a str);
+impl Scored<'_> {
+    /// Whether a hit with `sim` and `key` ranks above this one.
+    fn beaten_by(&self, sim: f32, key: &str) -> bool {
+        sim > self.0 || (sim == self.0 && key < self.2)
     }
 }
-impl Eq for Scored {}
-impl PartialOrd for Scored {
+impl PartialEq for Scored<'_> {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == std::cmp::Ordering::Equal
+    }
+}
+impl Eq for Scored<'_> {}
+impl PartialOrd for Scored<'_> {
     fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(o))
     }
 }
-impl Ord for Scored {
+impl Ord for Scored<'_> {
     fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        o.0.total_cmp(&self.0).then(self.1.cmp(&o.1))
+        o.0.total_cmp(&self.0).then_with(|| self.2.cmp(o.2))
     }
 }
 
@@ -356,16 +365,17 @@ impl VectorIndex for SqliteVectorIndex {
                     continue;
                 }
                 let sim = dot(&q, &memory.vectors[i * dim..(i + 1) * dim]);
+                let key = memory.keys[i].as_str();
                 if heap.len() < top_k {
-                    heap.push(Scored(sim, i));
-                } else if heap.peek().is_some_and(|w| sim > w.0) {
+                    heap.push(Scored(sim, i, key));
+                } else if heap.peek().is_some_and(|w| w.beaten_by(sim, key)) {
                     heap.pop();
-                    heap.push(Scored(sim, i));
+                    heap.push(Scored(sim, i, key));
                 }
             }
             heap.into_sorted_vec()
                 .into_iter()
-                .map(|Scored(sim, i)| {
+                .map(|Scored(sim, i, _)| {
                     (
                         memory.keys[i].clone(),
                         1.0 - sim,
@@ -416,5 +426,33 @@ impl VectorIndex for SqliteVectorIndex {
                 .collect()
         };
         Ok(Some(self.get(&keys).await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn equal_similarities_keep_the_same_top_k_whatever_order_they_were_indexed_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("state.db")).unwrap();
+        let record = |key: &str| VectorRecord {
+            key: key.into(),
+            vector: vec![1.0, 0.0],
+            metadata: Map::new(),
+            text: format!("chunk {key}"),
+            title: String::new(),
+        };
+        let mut tops = Vec::new();
+        for (name, order) in [("forward", ["c", "a", "b"]), ("backward", ["b", "a", "c"])] {
+            let index = SqliteVectorIndex::new(&db, name, 2).unwrap();
+            for key in order {
+                index.put(vec![record(key)]).await.unwrap();
+            }
+            let hits = index.query(&[1.0, 0.0], 2, None).await.unwrap();
+            tops.push(hits.into_iter().map(|h| h.record.key).collect::<Vec<_>>());
+        }
+        assert_eq!(tops, [["a", "b"], ["a", "b"]]);
     }
 }
