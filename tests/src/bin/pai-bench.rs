@@ -777,22 +777,26 @@ const LAMBDA_TARGET_BYTES: u64 = 8_000_000;
 /// The function's arm64 bootstrap and its zip, as `scripts/bench.sh` builds them with
 /// cargo-lambda into `target/lambda/pai-<function>/` (beside `bin_dir`, the x86_64 profile's).
 fn arm64_sizes(bin_dir: &std::path::Path, function: &str) -> Option<(u64, u64)> {
-    let dir = bin_dir
-        .parent()?
-        .join("lambda")
-        .join(format!("pai-{function}"));
+    let dir = arm64_dir(bin_dir, function)?;
     let size = |name: &str| std::fs::metadata(dir.join(name)).ok().map(|m| m.len());
     Some((size("bootstrap")?, size("bootstrap.zip")?))
 }
 
+/// Where cargo-lambda puts the function's arm64 build: `target/lambda/pai-<function>/`.
+fn arm64_dir(bin_dir: &std::path::Path, function: &str) -> Option<std::path::PathBuf> {
+    Some(
+        bin_dir
+            .parent()?
+            .join("lambda")
+            .join(format!("pai-{function}")),
+    )
+}
+
 /// The arm64 bootstrap's bytes by what its sections hold (`pai_tests::binary_size`), in MiB.
 fn arm64_breakdown(bin_dir: &std::path::Path, function: &str) -> Value {
-    let path = bin_dir.parent().map(|t| {
-        t.join("lambda")
-            .join(format!("pai-{function}"))
-            .join("bootstrap")
-    });
-    let bytes = path.and_then(|p| std::fs::read(p).ok()).unwrap_or_default();
+    let bytes = arm64_dir(bin_dir, function)
+        .and_then(|dir| std::fs::read(dir.join("bootstrap")).ok())
+        .unwrap_or_default();
     match pai_tests::binary_size::breakdown(&bytes) {
         Ok(parts) => parts
             .into_iter()

@@ -200,12 +200,6 @@ impl SqliteVectorIndex {
 /// the order concurrent workers happened to index in: the same question over the same archive
 /// always gets the same top k.
 struct Scored<'a>(f32, usize, &'a str);
-impl Scored<'_> {
-    /// Whether a hit with `sim` and `key` ranks above this one.
-    fn beaten_by(&self, sim: f32, key: &str) -> bool {
-        sim > self.0 || (sim == self.0 && key < self.2)
-    }
-}
 impl PartialEq for Scored<'_> {
     fn eq(&self, o: &Self) -> bool {
         self.cmp(o) == std::cmp::Ordering::Equal
@@ -365,12 +359,12 @@ impl VectorIndex for SqliteVectorIndex {
                     continue;
                 }
                 let sim = dot(&q, &memory.vectors[i * dim..(i + 1) * dim]);
-                let key = memory.keys[i].as_str();
+                let hit = Scored(sim, i, memory.keys[i].as_str());
                 if heap.len() < top_k {
-                    heap.push(Scored(sim, i, key));
-                } else if heap.peek().is_some_and(|w| w.beaten_by(sim, key)) {
+                    heap.push(hit);
+                } else if heap.peek().is_some_and(|worst| hit < *worst) {
                     heap.pop();
-                    heap.push(Scored(sim, i, key));
+                    heap.push(hit);
                 }
             }
             heap.into_sorted_vec()
