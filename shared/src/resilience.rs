@@ -8,7 +8,7 @@
 mod adaptive;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -62,7 +62,8 @@ tokio::task_local! {
 
 struct CallContext {
     limit: Arc<AdaptiveLimit>,
-    epoch: u64,
+    /// The back-off epoch of the call's latest attempt.
+    epoch: AtomicU64,
     pushed_back: AtomicBool,
 }
 
@@ -71,15 +72,21 @@ struct CallContext {
 pub fn report_overload() {
     let _ = CALL.try_with(|c| {
         c.pushed_back.store(true, Ordering::Relaxed);
-        c.limit.overloaded(c.epoch);
+        c.limit.overloaded(c.epoch.load(Ordering::Relaxed));
     });
 }
 
-/// Before the guarded call in progress retries after push-back: waits until its endpoint's
-/// (lowered) limit has room for it. Outside a guard: at once.
-pub async fn wait_for_room() {
-    if let Ok(limit) = CALL.try_with(|c| c.limit.clone()) {
-        limit.wait_for_room().await;
+/// Before the guarded call in progress retries after push-back: waits `delay`, then until its
+/// endpoint's (lowered) limit has room for it, holding growth back meanwhile. A retry refused
+/// again lowers the limit again (it went out after the first back-off), so retries cannot
+/// keep meeting a limit still above the provider's capacity. Outside a guard: just the delay.
+pub async fn wait_to_retry(delay: Duration) {
+    match CALL.try_with(|c| c.limit.clone()) {
+        Ok(limit) => {
+            let epoch = limit.retry_after(delay).await;
+            let _ = CALL.try_with(|c| c.epoch.store(epoch, Ordering::Relaxed));
+        }
+        Err(_) => tokio::time::sleep(delay).await,
     }
 }
 
@@ -184,7 +191,7 @@ impl Guard {
         }
         let context = CallContext {
             limit: self.concurrency.clone(),
-            epoch: slot.epoch(),
+            epoch: AtomicU64::new(slot.epoch()),
             pushed_back: AtomicBool::new(false),
         };
         let (result, pushed_back) = CALL

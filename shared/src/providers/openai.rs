@@ -116,15 +116,19 @@ impl Client {
             let resp = match req.send().await {
                 Ok(r) => r,
                 Err(e) => {
-                    last = if e.is_timeout() {
+                    let delay = jitter(Duration::from_millis(200 * 2u64.pow(attempt)));
+                    if e.is_timeout() {
+                        // A timeout is push-back: the provider is too busy to answer in time.
                         crate::resilience::report_overload();
-                        "timed out".into()
+                        last = "timed out".into();
+                        if attempt < ATTEMPTS {
+                            crate::resilience::wait_to_retry(delay).await;
+                        }
                     } else {
-                        "could not connect".into()
-                    };
-                    if attempt < ATTEMPTS {
-                        tokio::time::sleep(jitter(Duration::from_millis(200 * 2u64.pow(attempt))))
-                            .await;
+                        last = "could not connect".into();
+                        if attempt < ATTEMPTS {
+                            tokio::time::sleep(delay).await;
+                        }
                     }
                     continue;
                 }
@@ -152,8 +156,10 @@ impl Client {
                 last = format!("HTTP {status}");
                 if attempt < ATTEMPTS {
                     let backoff = jitter(Duration::from_millis(500 * 2u64.pow(attempt)));
-                    tokio::time::sleep(retry_after.unwrap_or(backoff).min(MAX_RETRY_AFTER)).await;
-                    crate::resilience::wait_for_room().await;
+                    crate::resilience::wait_to_retry(
+                        retry_after.unwrap_or(backoff).min(MAX_RETRY_AFTER),
+                    )
+                    .await;
                 }
                 continue;
             }

@@ -10,7 +10,8 @@
 //! - **back-off**: a 429, 5xx or timeout multiplies the limit by 0.8; latency rising above twice
 //!   its baseline and by more than 50 ms (the provider queues our calls; a few milliseconds
 //!   more on a fast endpoint is our own busy process) by the ratio, between 0.5 and 0.9. Only calls
-//!   started after the last back-off can cause another, so one burst of 429s counts once;
+//!   started after the last back-off can cause another, so one burst of 429s counts once; while
+//!   a pushed-back call waits to retry, the limit does not grow;
 //! - **bounds**: never below 1 nor above the ceiling (`LLM_MAX_CONCURRENCY`), never more in
 //!   flight than the provider's `x-ratelimit-remaining-requests`, and no call starts before a
 //!   `Retry-After` or an exhausted request/token budget's reset has passed.
@@ -233,7 +234,7 @@ impl State {
             Outcome::Success(took) => {
                 if let Some(ratio) = self.latency[kind.index()].observe(took.as_secs_f64()) {
                     self.back_off((LATENCY_TOLERANCE / ratio).clamp(0.5, 0.9), started_in);
-                } else if self.in_flight as f64 * 2.0 >= self.limit {
+                } else if self.retrying == 0 && self.in_flight as f64 * 2.0 >= self.limit {
                     let step = if self.slow_start {
                         1.0
                     } else {
@@ -311,6 +312,23 @@ impl Drop for Slot<'_> {
     }
 }
 
+/// A call counted as waiting to retry for as long as it waits, also when it is cancelled
+/// there (a chat client gone): a count left behind would stop growth for good.
+struct Retrying<'a>(&'a AdaptiveLimit);
+
+impl<'a> Retrying<'a> {
+    fn start(limit: &'a AdaptiveLimit) -> Retrying<'a> {
+        limit.state.lock().expect("limit state").retrying += 1;
+        Retrying(limit)
+    }
+}
+
+impl Drop for Retrying<'_> {
+    fn drop(&mut self) {
+        self.0.state.lock().expect("limit state").retrying -= 1;
+    }
+}
+
 impl AdaptiveLimit {
     /// `name` labels the metrics (e.g. `openai/gpt-4o-mini`); `ceiling` is `LLM_MAX_CONCURRENCY`.
     pub fn new(name: impl Into<String>, ceiling: usize) -> AdaptiveLimit {
@@ -371,23 +389,29 @@ impl AdaptiveLimit {
         }
     }
 
-    /// Before a call that holds a place retries after push-back: waits until the calls at
-    /// the provider are fewer than the limit that push-back lowered. A retry holding its
-    /// place would otherwise go out at once whatever the limit says, and a burst of retries
-    /// keeps the provider above its capacity (the next 429s, a call out of attempts). Calls
-    /// waiting here do not count as at the provider, so they cannot all wait on each other.
-    pub async fn wait_for_room(&self) {
-        self.state.lock().expect("limit state").retrying += 1;
+    /// A call that holds a place and was pushed back (a 429, 5xx or timeout its client
+    /// retries): waits out `delay`, then until the calls at the provider are fewer than the
+    /// limit that push-back lowered. A retry holding its place would otherwise go out at once
+    /// whatever the limit says, and a burst of retries keeps the provider above its capacity.
+    /// Calls waiting here do not count as at the provider, so they cannot all wait on each
+    /// other; and while any waits, the limit does not grow: probing above the level that was
+    /// just refused is what would refuse the retry again, until a call runs out of attempts.
+    /// Returns the back-off epoch the retry goes out in: push-back to the retry is news, not
+    /// the push-back already counted.
+    pub async fn retry_after(&self, delay: Duration) -> u64 {
+        let _retrying = Retrying::start(self);
+        tokio::time::sleep(delay).await;
         loop {
             let notified = self.room.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
-                let mut s = self.state.lock().expect("limit state");
-                let at_provider = s.in_flight - s.retrying;
+                let s = self.state.lock().expect("limit state");
+                // Saturating: a cancelled call may give its place back before it stops counting as
+                // retrying.
+                let at_provider = s.in_flight.saturating_sub(s.retrying);
                 if at_provider < s.target(Instant::now()) {
-                    s.retrying -= 1;
-                    return;
+                    return s.epoch;
                 }
             }
             notified.await;
@@ -464,6 +488,25 @@ mod tests {
         }
         assert_eq!(seen[..3], [8, 16, 32], "slow start doubles");
         assert_eq!(s.target(Instant::now()), 64, "and stops at the ceiling");
+    }
+
+    #[test]
+    fn the_limit_does_not_grow_while_a_pushed_back_call_waits_to_retry() {
+        let mut s = State::new(64);
+        round_trip(&mut s, Outcome::Overload);
+        let lowered = s.target(Instant::now());
+        s.retrying = 1;
+        for _ in 0..5 {
+            round_trip(&mut s, ok(10));
+        }
+        assert_eq!(
+            s.target(Instant::now()),
+            lowered,
+            "probing above what was refused would refuse the retry again"
+        );
+        s.retrying = 0;
+        round_trip(&mut s, ok(10));
+        assert!(s.target(Instant::now()) > lowered, "growth resumes after");
     }
 
     #[test]
@@ -631,7 +674,7 @@ mod tests {
         let retries: Vec<_> = (0..4)
             .map(|_| {
                 let l = limit.clone();
-                tokio::spawn(async move { l.wait_for_room().await })
+                tokio::spawn(async move { l.retry_after(Duration::ZERO).await })
             })
             .collect();
         for _ in 0..10 {
