@@ -706,6 +706,8 @@ async fn lambda_functions(bin_dir: &std::path::Path, runs: usize) -> Value {
             continue;
         };
         let mut api = RuntimeApi::start().await;
+        let stderr_dir = tempfile::tempdir().expect("temp dir");
+        let stderr_path = stderr_dir.path().join("stderr");
         let (mut init_ms, mut rss_mb) = (Vec::new(), Vec::new());
         let mut error = None;
         for _ in 0..runs {
@@ -724,8 +726,13 @@ async fn lambda_functions(bin_dir: &std::path::Path, runs: usize) -> Value {
                 .env("CHUNK_QUEUE_URL", "http://127.0.0.1:9/q/chunk")
                 .env("EMBED_QUEUE_URL", "http://127.0.0.1:9/q/embed")
                 .env("TAG_QUEUE_URL", "http://127.0.0.1:9/q/tag")
+                // ingest's retry routes and sync read the dead-letter queues too.
+                .env("CHUNK_DLQ_URL", "http://127.0.0.1:9/q/chunk-dlq")
+                .env("EMBED_DLQ_URL", "http://127.0.0.1:9/q/embed-dlq")
+                .env("TAG_DLQ_URL", "http://127.0.0.1:9/q/tag-dlq")
                 .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null());
+                // Kept for the error when the function never asks for an event.
+                .stderr(std::fs::File::create(&stderr_path).expect("stderr file"));
             let started = Instant::now();
             let mut child = cmd.spawn().expect("function binary starts");
             match api.wait_next(Duration::from_secs(10)).await {
@@ -734,9 +741,14 @@ async fn lambda_functions(bin_dir: &std::path::Path, runs: usize) -> Value {
                     rss_mb.push(current_rss_mb(child.id()));
                 }
                 None => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+                    let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
                     error = Some(format!(
-                        "no request for an event within 10 s: {:?}",
-                        api.init_errors()
+                        "no request for an event within 10 s: {:?}; stderr: {:?}",
+                        api.init_errors(),
+                        tail
                     ))
                 }
             }
