@@ -28,11 +28,14 @@ impl SqliteCache {
 #[async_trait]
 impl Cache for SqliteCache {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.db.read(|c| {
+        let key = key.to_string();
+        self.db
+            .call(move |c| {
                 c.prepare_cached("SELECT value FROM cache WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)").map_err(sql)?.query_row( params![key, now_unix()], |r| r.get(0))
                     .optional()
                     .map_err(sql)
-        })
+            })
+            .await
     }
 
     async fn put(
