@@ -116,18 +116,22 @@ impl Client {
             let resp = match req.send().await {
                 Ok(r) => r,
                 Err(e) => {
-                    let delay = jitter(Duration::from_millis(200 * 2u64.pow(attempt)));
-                    if e.is_timeout() {
-                        // A timeout is push-back: the provider is too busy to answer in time.
+                    // A timeout is push-back: the provider is too busy to answer in time.
+                    let timed_out = e.is_timeout();
+                    if timed_out {
                         crate::resilience::report_overload();
-                        last = "timed out".into();
-                        if attempt < ATTEMPTS {
-                            crate::resilience::wait_to_retry(delay).await;
-                        }
+                    }
+                    last = if timed_out {
+                        "timed out"
                     } else {
-                        last = "could not connect".into();
-                        if attempt < ATTEMPTS {
-                            tokio::time::sleep(delay).await;
+                        "could not connect"
+                    }
+                    .into();
+                    if attempt < ATTEMPTS {
+                        let delay = jitter(Duration::from_millis(200 * 2u64.pow(attempt)));
+                        match timed_out {
+                            true => crate::resilience::wait_to_retry(delay).await,
+                            false => tokio::time::sleep(delay).await,
                         }
                     }
                     continue;

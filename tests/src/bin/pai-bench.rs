@@ -741,10 +741,9 @@ async fn lambda_functions(bin_dir: &std::path::Path, runs: usize) -> Value {
                     rss_mb.push(current_rss_mb(child.id()));
                 }
                 None => {
-                    let _ = child.kill();
-                    let _ = child.wait();
                     let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-                    let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
+                    let lines: Vec<&str> = stderr.lines().collect();
+                    let tail = &lines[lines.len().saturating_sub(3)..];
                     error = Some(format!(
                         "no request for an event within 10 s: {:?}; stderr: {:?}",
                         api.init_errors(),
