@@ -107,6 +107,9 @@ async fn cited(pai: &Pai, question: &str, filters: Value) -> Vec<String> {
         .collect()
 }
 
+/// The model breaker's cooldown in the outage test: real time, the shortest there is.
+const BREAKER_COOLDOWN: Duration = Duration::from_secs(1);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_outage_of_minutes_heals_with_no_manual_action() {
     let clock = TestClock::new();
@@ -114,7 +117,10 @@ async fn a_model_outage_of_minutes_heals_with_no_manual_action() {
         &[
             ("MAX_RECEIVES", "8"),
             ("LLM_BREAKER_FAILURES", "1"),
-            ("LLM_BREAKER_COOLDOWN_SECS", "1"),
+            (
+                "LLM_BREAKER_COOLDOWN_SECS",
+                &BREAKER_COOLDOWN.as_secs().to_string(),
+            ),
         ],
         clock.clock(),
     )
@@ -147,11 +153,16 @@ async fn a_model_outage_of_minutes_heals_with_no_manual_action() {
     }
     assert_eq!(dead_letters(&pai).await, 0, "nothing dead-lettered");
 
-    // The model is back; time passes, nobody does a thing. How far each message's back-off
-    // grew depends on how many calls met the outage rather than the open breaker, which real
-    // time decides (the breaker's cooldown is not on the test clock): wait out the longest
-    // back-off there is, 6 h, a minute at a time.
+    // The model is back; time passes, nobody does a thing. The breakers' cooldown runs on
+    // real time, not on the test clock, and seven simulated hours of pumping take less real
+    // time than that: wait it out once, or a breaker opened by the last failing call is still
+    // open when the loop ends (and every message deferred by it waits in vain). No call runs
+    // meanwhile, so nothing can open a breaker again.
     pai.model.set_down(false);
+    tokio::time::sleep(BREAKER_COOLDOWN + Duration::from_millis(200)).await;
+    // How far each message's back-off grew depends on how many calls met the outage rather
+    // than the open breaker, which real time decides: wait out the longest back-off there
+    // is, 6 h, a minute at a time.
     for _ in 0..7 * 60 {
         pump(&pai).await;
         let mut finished = 0;
