@@ -45,6 +45,12 @@ pub async fn blob_store<B: BlobStore>(store: B) {
         Some(&b"three"[..]),
         "and replaces like any other"
     );
+    store.put("a/b.txt", b"four").await.unwrap();
+    assert_eq!(
+        store.get("a/b.txt").await.unwrap().as_deref(),
+        Some(&b"four"[..]),
+        "a put replaces a recoverable copy"
+    );
     let big = vec![7u8; 3 * 1024 * 1024];
     store.put("big.bin", &big).await.unwrap();
     assert_eq!(

@@ -4,13 +4,57 @@ use std::sync::Arc;
 
 use pai_tests::contract;
 use shared::adapters::local::{
-    FileBlobStore, SqliteCache, SqliteQueue, SqliteStateStore, SqliteVectorIndex,
+    Db, FileBlobStore, LocalBlobStore, SqliteCache, SqliteQueue, SqliteStateStore,
+    SqliteVectorIndex,
 };
 
 #[tokio::test]
 async fn blob_store() {
     let dir = tempfile::tempdir().unwrap();
     contract::blob_store(FileBlobStore::open(dir.path()).unwrap()).await;
+}
+
+#[tokio::test]
+async fn local_blob_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(&dir.path().join("pai.sqlite3")).unwrap();
+    contract::blob_store(LocalBlobStore::new(&dir.path().join("blobs"), &db).unwrap()).await;
+}
+
+#[tokio::test]
+async fn local_blob_store_reads_the_files_of_a_data_folder_written_before_it_and_deletes_them() {
+    use shared::ports::BlobStore;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("blobs");
+    FileBlobStore::open(&root)
+        .unwrap()
+        .put_recoverable("text/paperless-1/h.txt", b"older text")
+        .await
+        .unwrap();
+    let db = Db::open(&dir.path().join("pai.sqlite3")).unwrap();
+    let store = LocalBlobStore::new(&root, &db).unwrap();
+    assert_eq!(
+        store
+            .get("text/paperless-1/h.txt")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(&b"older text"[..])
+    );
+    store
+        .put_recoverable("text/paperless-2/h.txt", b"newer text")
+        .await
+        .unwrap();
+    assert!(
+        !root.join("text/paperless-2").exists(),
+        "a recoverable copy is a row, not a file"
+    );
+    store.delete("text/paperless-1/h.txt").await.unwrap();
+    assert_eq!(store.get("text/paperless-1/h.txt").await.unwrap(), None);
+    assert!(!root.join("text/paperless-1/h.txt").exists());
+    for key in ["../x", "/etc/passwd", ""] {
+        assert!(store.put_recoverable(key, b"x").await.is_err(), "{key}");
+    }
 }
 
 #[tokio::test]

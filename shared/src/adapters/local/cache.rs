@@ -28,14 +28,11 @@ impl SqliteCache {
 #[async_trait]
 impl Cache for SqliteCache {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let key = key.to_string();
-        self.db
-            .call(move |c| {
+        self.db.read(|c| {
                 c.prepare_cached("SELECT value FROM cache WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)").map_err(sql)?.query_row( params![key, now_unix()], |r| r.get(0))
                     .optional()
                     .map_err(sql)
-            })
-            .await
+        })
     }
 
     async fn put(

@@ -33,9 +33,7 @@ impl SqliteStateStore {
 #[async_trait]
 impl StateStore for SqliteStateStore {
     async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
-        let key = key.to_string();
-        self.db
-            .call(move |c| {
+        self.db.read(|c| {
                 let row: Option<(String, i64)> = c
                     .prepare_cached("SELECT value, version FROM state WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)").map_err(sql)?.query_row(
                         params![key, now_unix()],
@@ -48,8 +46,7 @@ impl StateStore for SqliteStateStore {
                     Ok(Versioned { value, version: version as u64 })
                 })
                 .transpose()
-            })
-            .await
+        })
     }
 
     async fn put(
@@ -141,18 +138,15 @@ impl StateStore for SqliteStateStore {
     }
 
     async fn counters(&self, key: &str) -> Result<BTreeMap<String, i64>, StoreError> {
-        let key = key.to_string();
-        self.db
-            .call(move |c| {
-                let mut stmt = c
-                    .prepare_cached("SELECT name, value FROM counters WHERE key = ?1")
-                    .map_err(sql)?;
-                let rows = stmt
-                    .query_map(params![key], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .map_err(sql)?;
-                rows.collect::<Result<_, _>>().map_err(sql)
-            })
-            .await
+        self.db.read(|c| {
+            let mut stmt = c
+                .prepare_cached("SELECT name, value FROM counters WHERE key = ?1")
+                .map_err(sql)?;
+            let rows = stmt
+                .query_map(params![key], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(sql)?;
+            rows.collect::<Result<_, _>>().map_err(sql)
+        })
     }
 
     async fn list(

@@ -321,24 +321,41 @@ impl VectorIndex for SqliteVectorIndex {
 
     async fn get(&self, keys: &[String]) -> Result<Vec<VectorRecord>, StoreError> {
         check::get_count(keys.len())?;
-        let (name, keys) = (self.name.clone(), keys.to_vec());
-        self.db
-            .call(move |c| {
-                let mut stmt = c.prepare_cached("SELECT vector, metadata, text, title FROM vectors WHERE idx = ?1 AND key = ?2").map_err(sql)?;
-                let mut out = Vec::new();
-                for key in keys {
-                    let row = stmt
-                        .query_row(params![name, key], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?)))
-                        .optional()
-                        .map_err(sql)?;
-                    if let Some((blob, meta, text, title)) = row {
-                        let metadata = serde_json::from_str(&meta).map_err(|e| StoreError::Unavailable(format!("corrupt metadata: {e}")))?;
-                        out.push(VectorRecord { key, vector: from_blob(&blob), metadata, text, title });
-                    }
+        let name = &self.name;
+        self.db.read(|c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT vector, metadata, text, title FROM vectors WHERE idx = ?1 AND key = ?2",
+                )
+                .map_err(sql)?;
+            let mut out = Vec::new();
+            for key in keys {
+                let key = key.clone();
+                let row = stmt
+                    .query_row(params![name, key], |r| {
+                        Ok((
+                            r.get::<_, Vec<u8>>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, String>(3)?,
+                        ))
+                    })
+                    .optional()
+                    .map_err(sql)?;
+                if let Some((blob, meta, text, title)) = row {
+                    let metadata = serde_json::from_str(&meta)
+                        .map_err(|e| StoreError::Unavailable(format!("corrupt metadata: {e}")))?;
+                    out.push(VectorRecord {
+                        key,
+                        vector: from_blob(&blob),
+                        metadata,
+                        text,
+                        title,
+                    });
                 }
-                Ok(out)
-            })
-            .await
+            }
+            Ok(out)
+        })
     }
 
     async fn query(
