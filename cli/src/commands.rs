@@ -166,8 +166,8 @@ pub async fn serve() -> Result<()> {
     println!(
         "pai listening on http://{local} (data in {}, model {}, embeddings {})",
         app.svc.settings.data_dir.display(),
-        app.svc.model.name(),
-        app.svc.embedder.space()
+        app.svc.names.model,
+        app.svc.names.space
     );
     let _ = std::io::stdout().flush();
     axum::serve(listener, router(state))
@@ -282,7 +282,7 @@ pub async fn demo(data_dir: Option<PathBuf>) -> Result<()> {
     println!(
         "pai demo: {} sample documents, provider {} (offline), data in {}\n",
         files.len(),
-        app.svc.model.name(),
+        app.svc.names.model,
         dir.display()
     );
     let started = Instant::now();

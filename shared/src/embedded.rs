@@ -12,7 +12,7 @@ use crate::adapters::local::{LocalStores, SqliteQueue, SqliteVectorIndex};
 use crate::config::{ConfigError, Settings};
 use crate::domain::{Stage, Taxonomy};
 use crate::paperless::PaperlessClient;
-use crate::pipeline::{Core, Queues, Services};
+use crate::pipeline::{Core, Models, Queues, Services};
 use crate::ports::{Cache, Paperless};
 
 /// The embedded application: services plus the local queues its workers consume.
@@ -120,18 +120,20 @@ impl LocalApp {
             embed: embed.clone(),
             tag: tag.clone(),
         };
+        let names = crate::providers::names::of(&settings)?;
+        names.check(model.as_ref(), embedder.as_ref())?;
         let svc = Core::new(
             settings,
             Arc::new(stores.state),
             Arc::new(vectors),
-            model,
-            embedder,
+            names,
             paperless,
             taxonomy,
         )
         .with(
             Arc::new(stores.blobs) as Arc<dyn crate::ports::BlobStore>,
             queues,
+            Models { model, embedder },
         );
         Ok(LocalApp {
             svc,

@@ -1172,7 +1172,7 @@ async fn aws_request_counts_price_out_per_document() {
         let raw = shared::providers::embedder(&svc.settings, &aws).unwrap();
         let (model, embedder) =
             shared::providers::assemble(&svc.settings, raw, cache, &aws).unwrap();
-        (svc.model, svc.embedder) = (model, embedder);
+        svc.models = shared::pipeline::Models { model, embedder };
         let q = &mut svc.queues;
         q.chunk = Counted::<dyn WorkQueue>::new(q.chunk.clone(), &counts);
         q.embed = Counted::<dyn WorkQueue>::new(q.embed.clone(), &counts);

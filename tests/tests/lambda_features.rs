@@ -70,6 +70,9 @@ fn expected() -> BTreeMap<&'static str, &'static [&'static str]> {
         ),
         ("aws-s3", &["ingest", "chunk", "embed", "tag"]),
         ("aws-sqs", &["ingest", "chunk", "embed", "tag", "sync"]),
+        // Only the functions that call a model build one: chunk and sync take the models'
+        // names from the settings (`providers::names`).
+        ("bedrock", &["ingest", "embed", "tag", "chat"]),
         ("http", &["ingest", "chat"]),
         ("lambda-http", &["ingest", "chat"]),
         ("chat", &["chat"]),
@@ -108,6 +111,10 @@ fn each_function_links_only_the_backends_it_binds() {
     let rules: &[(&str, &[&str])] = &[
         ("aws-sdk-s3", &["ingest", "chunk", "embed", "tag"]),
         ("aws-sdk-sqs", &["ingest", "chunk", "embed", "tag", "sync"]),
+        (
+            "aws-sdk-bedrockruntime",
+            &["ingest", "embed", "tag", "chat"],
+        ),
         ("axum", &["ingest", "chat"]),
         ("lambda_http", &["ingest", "chat"]),
         ("pdf-extract", &["chunk"]),

@@ -16,7 +16,7 @@ use super::job_list::{JobClass, SCAN_WINDOW};
 use super::{ApiError, ApiState};
 use crate::config::{FieldMode, Provider, Secret, Settings, Source};
 use crate::domain::{AnswerInput, DocId, Field, ObjectKind, Passage};
-use crate::pipeline::Core;
+use crate::pipeline::{Core, Services};
 
 /// One variable as the Status page shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -350,7 +350,7 @@ async fn tokens_today(state: &ApiState) -> Result<(i64, i64), crate::ports::Stor
 
 pub(super) async fn status(State(state): State<ApiState>) -> Result<Response, ApiError> {
     let svc = &state.svc;
-    let config = config_entries(&svc.settings, svc.model.name(), svc.embedder.space());
+    let config = config_entries(&svc.settings, &svc.names.model, &svc.names.space);
     let (tagging, chat) = tokens_today(&state)
         .await
         .map_err(crate::pipeline::PipelineError::from)?;
@@ -379,8 +379,8 @@ pub(super) async fn status(State(state): State<ApiState>) -> Result<Response, Ap
         .map(|render| metric_figures(&render()));
     Ok(axum::Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
-        "model": svc.model.name(),
-        "embedder": svc.embedder.space(),
+        "model": svc.names.model,
+        "embedder": svc.names.space,
         "review_mode": svc.settings.policy.review_mode,
         "paperless": svc.paperless.is_some(),
         "config": config,
@@ -471,7 +471,7 @@ async fn check_paperless(svc: &Core) -> (Option<bool>, String) {
 const ELSEWHERE: &str =
     "not used by this function: the tag and chat functions call it (see their logs and alarms)";
 
-async fn check_model(svc: &Core) -> (Option<bool>, String) {
+async fn check_model<B: Sync, Q: Sync>(svc: &Services<B, Q>) -> (Option<bool>, String) {
     if !svc.settings.required.llm_key {
         return (None, ELSEWHERE.into());
     }
@@ -491,44 +491,52 @@ async fn check_model(svc: &Core) -> (Option<bool>, String) {
         }],
         history: Vec::new(),
     };
-    match svc.model.answer(&input).await {
+    match svc.models.model.answer(&input).await {
         Ok((answer, usage)) => (
             Some(true),
             format!(
                 "{} answered ({} characters, {} tokens)",
-                svc.model.name(),
+                svc.models.model.name(),
                 answer.text.chars().count(),
                 usage.input_tokens + usage.output_tokens
             ),
         ),
-        Err(e) => (Some(false), format!("{}: {e}", svc.model.name())),
+        Err(e) => (Some(false), format!("{}: {e}", svc.models.model.name())),
     }
 }
 
-async fn check_embeddings(svc: &Core) -> (Option<bool>, String) {
+async fn check_embeddings<B: Sync, Q: Sync>(svc: &Services<B, Q>) -> (Option<bool>, String) {
     if !svc.settings.required.embedding_key {
         return (None, ELSEWHERE.replace("tag and chat", "embed and chat"));
     }
-    match svc.embedder.embed(&["status check".to_string()]).await {
+    match svc
+        .models
+        .embedder
+        .embed(&["status check".to_string()])
+        .await
+    {
         Ok((vectors, _)) => {
             let got = vectors.first().map_or(0, Vec::len);
             let want = svc.vectors.dimension();
             if got == want {
                 (
                     Some(true),
-                    format!("{} answered with {got} dimensions", svc.embedder.space()),
+                    format!(
+                        "{} answered with {got} dimensions",
+                        svc.models.embedder.space()
+                    ),
                 )
             } else {
                 (
                     Some(false),
                     format!(
                         "{} answered with {got} dimensions; the vector index has {want}",
-                        svc.embedder.space()
+                        svc.models.embedder.space()
                     ),
                 )
             }
         }
-        Err(e) => (Some(false), format!("{}: {e}", svc.embedder.space())),
+        Err(e) => (Some(false), format!("{}: {e}", svc.models.embedder.space())),
     }
 }
 
@@ -540,7 +548,7 @@ async fn check_store(svc: &Core) -> (Option<bool>, String) {
 }
 
 /// Every check, run at once.
-pub async fn run_checks(svc: &Core) -> Vec<Check> {
+pub async fn run_checks<B: Sync, Q: Sync>(svc: &Services<B, Q>) -> Vec<Check> {
     let (paperless, model, embeddings, store) = tokio::join!(
         timed("paperless", check_paperless(svc)),
         timed("model", check_model(svc)),

@@ -179,8 +179,8 @@ async fn add_secrets(function: Function, sdk: &SdkConfig, env: &mut Env) -> Resu
 
 /// The schedule door: one sync run per event; a failure fails the invocation (EventBridge
 /// retries it) after its metrics are written.
-pub async fn sync_on_schedule<B: BlobSlot>(
-    svc: &Services<B, Queues>,
+pub async fn sync_on_schedule<B: BlobSlot, M>(
+    svc: &Services<B, Queues, M>,
     _event: lambda_runtime::LambdaEvent<
         aws_lambda_events::event::cloudwatch_events::CloudWatchEvent,
     >,

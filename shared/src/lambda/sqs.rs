@@ -12,8 +12,9 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::LambdaEvent;
 
 use crate::domain::Stage;
-#[cfg(any(feature = "stage-embed", feature = "stage-tag"))]
 use crate::pipeline::Blobs;
+#[cfg(feature = "stage-chunk")]
+use crate::pipeline::Queues;
 use crate::pipeline::healing::{self, Settlement};
 use crate::pipeline::{PipelineError, Services, StageQueue};
 use crate::ports::Delivery;
@@ -29,11 +30,11 @@ impl Drop for FlushMetrics {
 
 /// The chunk function's door: its queue's batch, to the chunk stage.
 #[cfg(feature = "stage-chunk")]
-pub async fn chunk_batch(
-    svc: &Services,
+pub async fn chunk_batch<M: Clone + Send + Sync + 'static>(
+    svc: &Services<Blobs, Queues, M>,
     event: LambdaEvent<SqsEvent>,
 ) -> Result<SqsBatchResponse, lambda_runtime::Error> {
-    let run = |svc: Services, body: String, last| async move {
+    let run = |svc: Services<Blobs, Queues, M>, body: String, last| async move {
         crate::pipeline::handle_chunk(&svc, &body, last).await
     };
     batch(svc, Stage::Chunk, event, run).await
@@ -84,8 +85,8 @@ pub async fn handle_batch(
 
 /// Processes one SQS batch of `stage` with `run` (the stage's entry point), returning the
 /// messages to redeliver. Back-off and deferral go to the stage's own queue (`svc.queues`).
-async fn batch<B, Q, F, Fut>(
-    svc: &Services<B, Q>,
+async fn batch<B, Q, M, F, Fut>(
+    svc: &Services<B, Q, M>,
     stage: Stage,
     event: LambdaEvent<SqsEvent>,
     run: F,
@@ -93,7 +94,8 @@ async fn batch<B, Q, F, Fut>(
 where
     B: Clone + Send + Sync + 'static,
     Q: StageQueue + Clone + Send + Sync + 'static,
-    F: Fn(Services<B, Q>, String, bool) -> Fut,
+    M: Clone + Send + Sync + 'static,
+    F: Fn(Services<B, Q, M>, String, bool) -> Fut,
     Fut: Future<Output = Result<(), PipelineError>> + Send + 'static,
 {
     // The invocation's metrics are written however the batch ends.

@@ -8,11 +8,11 @@
 //! | function | state | cache | blobs | queues (send) | vectors | Paperless | stage |
 //! |---|---|---|---|---|---|---|---|
 //! | ingest | ✓ | – | S3 | chunk; dead letters | ✓ | ✓ | – |
-//! | chunk | ✓ | – | S3 | chunk, embed, tag | ✓ | ✓ | chunk |
+//! | chunk | ✓ | – | S3 | chunk, embed, tag | ✓ | ✓ | chunk (no model) |
 //! | embed | ✓ | ✓ | S3 | – (consumes embed) | ✓ | – | embed |
 //! | tag | ✓ | ✓ | S3 | – (consumes tag) | ✓ | ✓ | tag |
 //! | chat | ✓ | ✓ | – | – | ✓ | links only | – |
-//! | sync | ✓ | – | – | chunk; dead letters | ✓ | ✓ | – |
+//! | sync | ✓ | – | – | chunk; dead letters | ✓ | ✓ | – (no model) |
 
 // A function's build compiles only its own wiring, which uses a subset of the helpers.
 #![cfg_attr(not(every_wiring), allow(dead_code))]
@@ -27,7 +27,7 @@ use crate::adapters::aws::{DynamoCache, DynamoState};
 use crate::config::{ConfigError, Secret, Settings};
 use crate::domain::Taxonomy;
 use crate::paperless::PaperlessClient;
-use crate::pipeline::{Blobs, Core, OwnQueue, Queues, Services, Unbound};
+use crate::pipeline::{Blobs, Core, Models, OwnQueue, Queues, Services, Unbound};
 use crate::ports::{Cache, Paperless, StateStore, VectorIndex};
 
 /// A function's wiring: which function it is (its name, secrets and required settings) and
@@ -45,12 +45,16 @@ impl<S> Clone for Wiring<S> {
 }
 impl<S> Copy for Wiring<S> {}
 
-/// The services of the embed and tag functions: the bucket and their own queue.
+/// The services of the chunk function: the bucket and the three queues; no model (the
+/// models' names, which key the vectors, come from the settings).
+pub type ChunkServices = Services<Blobs, Queues, Unbound>;
+/// The services of the embed and tag functions: the bucket, their own queue, the models.
 pub type StageServices = Services<Blobs, OwnQueue>;
 /// The services of the chat function: no bucket, no queue.
 pub type ChatServices = Services<Unbound, Unbound>;
-/// The services of the sync function: the queues (chunk to send to, dead letters), no bucket.
-pub type SyncServices = Services<Unbound, Queues>;
+/// The services of the sync function: the queues (chunk to send to, dead letters); no bucket,
+/// no model.
+pub type SyncServices = Services<Unbound, Queues, Unbound>;
 
 #[cfg(wire_ingest)]
 pub const INGEST: Wiring<Services> = Wiring {
@@ -58,7 +62,7 @@ pub const INGEST: Wiring<Services> = Wiring {
     build: ingest,
 };
 #[cfg(wire_chunk)]
-pub const CHUNK: Wiring<Services> = Wiring {
+pub const CHUNK: Wiring<ChunkServices> = Wiring {
     function: Function::Chunk,
     build: chunk,
 };
@@ -88,7 +92,7 @@ pub const SYNC: Wiring<SyncServices> = Wiring {
 #[cfg(every_wiring)]
 pub enum Wired {
     Ingest(Services),
-    Chunk(Services),
+    Chunk(ChunkServices),
     Embed(StageServices),
     Tag(StageServices),
     Chat(ChatServices),
@@ -130,7 +134,8 @@ impl Wired {
     /// What every function has.
     pub fn core(&self) -> &Core {
         match self {
-            Wired::Ingest(s) | Wired::Chunk(s) => s,
+            Wired::Ingest(s) => s,
+            Wired::Chunk(s) => s,
             Wired::Embed(s) | Wired::Tag(s) => s,
             Wired::Chat(s) => s,
             Wired::Sync(s) => s,
@@ -160,17 +165,18 @@ fn ingest(sdk: &SdkConfig, env: &Env) -> Result<Services, StartError> {
     // The web UI the ingest function serves sends chat to the chat function's URL.
     settings.chat_url = env.get("CHAT_URL").filter(|u| !u.trim().is_empty());
     let settings = Arc::new(settings);
-    let core = core(sdk, env, settings, state(f, sdk, env)?, None, true)?;
-    Ok(core.with(s3::blobs(sdk, env)?, sqs::queues(sdk, env, true)?))
+    let core = core(sdk, env, settings, state(f, sdk, env)?, true)?;
+    let models = models(sdk, &core, None)?;
+    Ok(core.with(s3::blobs(sdk, env)?, sqs::queues(sdk, env, true)?, models))
 }
 
 /// Reads or fetches a document and chunks it: sends to all three queues (its own for back-off).
 #[cfg(wire_chunk)]
-fn chunk(sdk: &SdkConfig, env: &Env) -> Result<Services, StartError> {
+fn chunk(sdk: &SdkConfig, env: &Env) -> Result<ChunkServices, StartError> {
     let f = Function::Chunk;
     let settings = Arc::new(settings(f, env)?);
-    let core = core(sdk, env, settings, state(f, sdk, env)?, None, true)?;
-    Ok(core.with(s3::blobs(sdk, env)?, sqs::queues(sdk, env, false)?))
+    let core = core(sdk, env, settings, state(f, sdk, env)?, true)?;
+    Ok(core.with(s3::blobs(sdk, env)?, sqs::queues(sdk, env, false)?, Unbound))
 }
 
 /// Embeds chunks: no Paperless, only its own queue.
@@ -179,8 +185,13 @@ fn embed(sdk: &SdkConfig, env: &Env) -> Result<StageServices, StartError> {
     let f = Function::Embed;
     let settings = Arc::new(settings(f, env)?);
     let cache = cache(f, sdk, env)?;
-    let core = core(sdk, env, settings, state(f, sdk, env)?, Some(cache), false)?;
-    Ok(core.with(s3::blobs(sdk, env)?, sqs::own(sdk, env, "EMBED_QUEUE_URL")?))
+    let core = core(sdk, env, settings, state(f, sdk, env)?, false)?;
+    let models = models(sdk, &core, Some(cache))?;
+    Ok(core.with(
+        s3::blobs(sdk, env)?,
+        sqs::own(sdk, env, "EMBED_QUEUE_URL")?,
+        models,
+    ))
 }
 
 /// Suggests and writes back metadata: only its own queue.
@@ -189,8 +200,13 @@ fn tag(sdk: &SdkConfig, env: &Env) -> Result<StageServices, StartError> {
     let f = Function::Tag;
     let settings = Arc::new(settings(f, env)?);
     let cache = cache(f, sdk, env)?;
-    let core = core(sdk, env, settings, state(f, sdk, env)?, Some(cache), true)?;
-    Ok(core.with(s3::blobs(sdk, env)?, sqs::own(sdk, env, "TAG_QUEUE_URL")?))
+    let core = core(sdk, env, settings, state(f, sdk, env)?, true)?;
+    let models = models(sdk, &core, Some(cache))?;
+    Ok(core.with(
+        s3::blobs(sdk, env)?,
+        sqs::own(sdk, env, "TAG_QUEUE_URL")?,
+        models,
+    ))
 }
 
 /// Answers questions: no queue, no bucket; its Paperless client only links to documents.
@@ -199,8 +215,9 @@ fn chat(sdk: &SdkConfig, env: &Env) -> Result<ChatServices, StartError> {
     let f = Function::Chat;
     let settings = Arc::new(settings(f, env)?);
     let cache = cache(f, sdk, env)?;
-    let core = core(sdk, env, settings, state(f, sdk, env)?, Some(cache), true)?;
-    Ok(core.with(Unbound, Unbound))
+    let core = core(sdk, env, settings, state(f, sdk, env)?, true)?;
+    let models = models(sdk, &core, Some(cache))?;
+    Ok(core.with(Unbound, Unbound, models))
 }
 
 /// Queues what changed in Paperless: no bucket; reads the dead letters.
@@ -208,8 +225,8 @@ fn chat(sdk: &SdkConfig, env: &Env) -> Result<ChatServices, StartError> {
 fn sync(sdk: &SdkConfig, env: &Env) -> Result<SyncServices, StartError> {
     let f = Function::Sync;
     let settings = Arc::new(settings(f, env)?);
-    let core = core(sdk, env, settings, state(f, sdk, env)?, None, true)?;
-    Ok(core.with(Unbound, sqs::queues(sdk, env, true)?))
+    let core = core(sdk, env, settings, state(f, sdk, env)?, true)?;
+    Ok(core.with(Unbound, sqs::queues(sdk, env, true)?, Unbound))
 }
 
 /// The settings with what this function requires, and which came from SSM.
@@ -309,30 +326,23 @@ mod sqs {
     }
 }
 
-/// What every function has: its settings and state, the vector index, the models (as `pai`
-/// assembles them, in front of `cache` where the function has the cache table) and, when
-/// `with_paperless`, the Paperless client.
+/// What every function has: its settings and state, the vector index (its dimension from the
+/// embedding model's name, `names`) and, when `with_paperless`, the Paperless client.
 #[cfg(feature = "aws-s3vectors")]
 fn core(
     sdk: &SdkConfig,
     env: &Env,
     settings: Arc<Settings>,
     state: Arc<dyn StateStore>,
-    cache: Option<Arc<dyn Cache>>,
     with_paperless: bool,
 ) -> Result<Core, StartError> {
-    // Bedrock from the same configuration as the other clients: Lambda's variables.
-    let aws = crate::providers::AwsConfig::Given(Box::new(sdk.clone()));
-    let raw_embedder = crate::providers::embedder(&settings, &aws)?;
-    let dimension = raw_embedder.dimension();
+    let names = crate::providers::names::of(&settings)?;
     let vectors: Arc<dyn VectorIndex> = Arc::new(crate::adapters::aws::S3VectorIndex::new(
         aws_sdk_s3vectors::Client::new(sdk),
         env.require("VECTOR_BUCKET")?,
         env.require("VECTOR_INDEX")?,
-        dimension,
+        names.dimension,
     ));
-    let cache = cache.unwrap_or_else(|| Arc::new(crate::models::NoCache));
-    let (model, embedder) = crate::providers::assemble(&settings, raw_embedder, cache, &aws)?;
     let paperless = match with_paperless {
         true => paperless(&settings)?,
         false => None,
@@ -341,11 +351,30 @@ fn core(
         settings,
         state,
         vectors,
-        model,
-        embedder,
+        names,
         paperless,
         Taxonomy::default(),
     ))
+}
+
+/// The models, as `pai` assembles them, in front of `cache` where the function has the cache
+/// table: only the functions that call a model (ingest's status page, embed, tag, chat) build
+/// them, so only they link the providers (and Bedrock).
+fn models(
+    sdk: &SdkConfig,
+    core: &Core,
+    cache: Option<Arc<dyn Cache>>,
+) -> Result<Models, StartError> {
+    // Bedrock from the same configuration as the other clients: Lambda's variables.
+    let aws = crate::providers::AwsConfig::Given(Box::new(sdk.clone()));
+    let settings = &core.settings;
+    let raw_embedder = crate::providers::embedder(settings, &aws)?;
+    let cache = cache.unwrap_or_else(|| Arc::new(crate::models::NoCache));
+    let (model, embedder) = crate::providers::assemble(settings, raw_embedder, cache, &aws)?;
+    let models = Models { model, embedder };
+    core.names
+        .check(models.model.as_ref(), models.embedder.as_ref())?;
+    Ok(models)
 }
 
 /// The Paperless client, when `PAPERLESS_URL` is set. Chat's holds no token and is never used

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::embed::created_number;
-use super::{Core, PipelineError};
+use super::{PipelineError, Services};
 use crate::domain::{AnswerInput, DocId, Passage};
 use crate::filter::Filter;
 use crate::keyword;
@@ -268,12 +268,12 @@ fn median(mut xs: Vec<f32>) -> f32 {
 /// Hybrid retrieval: the vector index's nearest neighbours and the keyword index's best BM25
 /// matches (where the index has one), both after the filter, fused by reciprocal rank so
 /// neither side's scale can drown the other.
-pub async fn rank(
-    svc: &Core,
+pub async fn rank<B: Sync, Q: Sync>(
+    svc: &Services<B, Q>,
     query: &str,
     filter: Option<&Filter>,
 ) -> Result<Retrieval, PipelineError> {
-    let (qv, usage) = svc.embedder.embed_query(query).await?;
+    let (qv, usage) = svc.models.embedder.embed_query(query).await?;
     let mut candidates: Vec<Candidate> = Vec::new();
     if qv.iter().any(|x| *x != 0.0) {
         for hit in svc.vectors.query(&qv, CANDIDATES, filter).await? {
@@ -396,8 +396,8 @@ fn weigh(candidates: &[Candidate], keyword_share: f32) -> Evidence {
 /// unanswerable questions in other words or languages. A scope the user chose (one
 /// document, or filters) is never refused: the user has said where the answer is, and a
 /// question's words need not be the document's.
-pub async fn retrieve(
-    svc: &Core,
+pub async fn retrieve<B: Sync, Q: Sync>(
+    svc: &Services<B, Q>,
     query: &str,
     filter: Option<&Filter>,
 ) -> Result<Vec<Passage>, PipelineError> {
@@ -405,13 +405,13 @@ pub async fn retrieve(
 }
 
 /// `retrieve`, with what embedding the question cost.
-pub async fn retrieve_costed(
-    svc: &Core,
+pub async fn retrieve_costed<B: Sync, Q: Sync>(
+    svc: &Services<B, Q>,
     query: &str,
     filter: Option<&Filter>,
 ) -> Result<(Vec<Passage>, Usage), PipelineError> {
     let retrieval = rank(svc, query, filter).await?;
-    let judged_here = filter.is_none() && !svc.model.judges_passages();
+    let judged_here = filter.is_none() && !svc.models.model.judges_passages();
     if judged_here && retrieval.evidence.score < MIN_EVIDENCE {
         return Ok((Vec::new(), retrieval.usage));
     }
@@ -535,8 +535,8 @@ impl Viewer {
 }
 
 /// Answers a question from the archive for a keyless local caller (see `ask_as`).
-pub async fn ask(
-    svc: &Core,
+pub async fn ask<B: Sync, Q: Sync>(
+    svc: &Services<B, Q>,
     req: &ChatRequest,
     tokens: Option<&TokenSink>,
 ) -> Result<ChatResponse, ChatError> {
@@ -549,8 +549,8 @@ pub async fn ask(
 /// Answers a question from the archive, from what `viewer` may see. With `tokens`, the
 /// answer's text is also sent there piece by piece as the model produces it (the final
 /// response carries the citations).
-pub async fn ask_as(
-    svc: &Core,
+pub async fn ask_as<B: Sync, Q: Sync>(
+    svc: &Services<B, Q>,
     req: &ChatRequest,
     tokens: Option<&TokenSink>,
     viewer: &Viewer,
@@ -561,8 +561,8 @@ pub async fn ask_as(
     answer_as(svc, req, tokens, viewer).instrument(span).await
 }
 
-async fn answer_as(
-    svc: &Core,
+async fn answer_as<B: Sync, Q: Sync>(
+    svc: &Services<B, Q>,
     req: &ChatRequest,
     tokens: Option<&TokenSink>,
     viewer: &Viewer,
@@ -601,6 +601,7 @@ async fn answer_as(
         .collect();
     // A follow-up ("and in 2024?") is made to stand alone before it is searched for.
     let (query, rewrite_usage) = svc
+        .models
         .model
         .standalone(&history, question)
         .await
@@ -624,8 +625,8 @@ async fn answer_as(
             history,
         };
         let (answer, u) = match tokens {
-            Some(sink) => svc.model.answer_streaming(&input, sink).await,
-            None => svc.model.answer(&input).await,
+            Some(sink) => svc.models.model.answer_streaming(&input, sink).await,
+            None => svc.models.model.answer(&input).await,
         }
         .map_err(PipelineError::from)?;
         usage.add(&u);
@@ -680,7 +681,7 @@ async fn answer_as(
         answer,
         citations,
         session_id,
-        provider: svc.model.name().to_string(),
+        provider: svc.models.model.name().to_string(),
         answered,
         usage,
     })

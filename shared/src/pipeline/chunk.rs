@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 
 use super::index::{self, save_manifest};
-use super::{PipelineError, Services, set_stage};
+use super::{Blobs, PipelineError, Queues, Services, set_stage};
 use crate::domain::{
     ChunkRef, ChunkTask, DocId, DocMeta, Document, DocumentRead, EmbedTask, Manifest, Stage,
     StageStatus, TagTask, Taxonomy,
@@ -42,8 +42,8 @@ pub fn exclude_tag(
 
 /// An excluded document: whatever the index holds of it goes, and no stage runs.
 #[cfg(feature = "stage-chunk")]
-async fn exclude(
-    svc: &Services,
+async fn exclude<M: Sync>(
+    svc: &Services<Blobs, Queues, M>,
     job_id: &str,
     doc_id: &DocId,
     tag: &str,
@@ -72,7 +72,10 @@ async fn exclude(
 }
 
 #[cfg(feature = "stage-chunk")]
-pub async fn run(svc: &Services, task: &ChunkTask) -> Result<(), PipelineError> {
+pub async fn run<M: Sync>(
+    svc: &Services<Blobs, Queues, M>,
+    task: &ChunkTask,
+) -> Result<(), PipelineError> {
     let job_id = task.job_id();
     let (doc_id, text, meta, read) = match task {
         ChunkTask::Paperless { doc_id, .. } => {
@@ -241,7 +244,7 @@ pub async fn run(svc: &Services, task: &ChunkTask) -> Result<(), PipelineError> 
             Stage::Embed,
             StageStatus::Skipped,
             Some("every chunk is already indexed".into()),
-            Some(svc.embedder.space().to_string()),
+            Some(svc.names.space.clone()),
         )
         .await?;
     }

@@ -57,7 +57,7 @@ pub async fn run<Q: Sync>(svc: &Services<Blobs, Q>, task: &EmbedTask) -> Result<
                 .to_string(),
         );
     }
-    let (vectors, usage) = svc.embedder.embed(&texts).await?;
+    let (vectors, usage) = svc.models.embedder.embed(&texts).await?;
     super::add_job_usage(svc.state.as_ref(), &task.job_id, &usage).await;
     if vectors.len() != texts.len() {
         return Err(PipelineError::Retry(format!(
@@ -146,7 +146,7 @@ pub async fn run<Q: Sync>(svc: &Services<Blobs, Q>, task: &EmbedTask) -> Result<
                 Stage::Embed,
                 StageStatus::Done,
                 Some(format!("{} chunks indexed", manifest.chunks.len())),
-                Some(svc.embedder.space().to_string()),
+                Some(svc.models.embedder.space().to_string()),
             )
             .await?;
         }

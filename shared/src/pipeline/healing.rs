@@ -152,8 +152,8 @@ pub const AUTOMATIC_RUNS: u32 = 3;
 
 /// Sync's part: runs again every job recorded by `failed_transiently` (at most
 /// `AUTOMATIC_RUNS` times each). Returns their ids.
-pub async fn retry_transient_failures<B>(
-    svc: &Services<B, Queues>,
+pub async fn retry_transient_failures<B, M>(
+    svc: &Services<B, Queues, M>,
 ) -> Result<Vec<String>, PipelineError> {
     // One pass over what is recorded now; a job failing again meanwhile waits for the next run.
     let pending: Vec<String> = super::list_all(svc.state.as_ref(), TRANSIENT_PREFIX)
@@ -256,7 +256,7 @@ fn chunk_task(job: &Job) -> Result<ChunkTask, RetryError> {
 }
 
 /// The queues' dead letters, with their stages.
-fn queues<B>(svc: &Services<B, Queues>) -> [(Stage, &dyn DeadLetters); 3] {
+fn queues<B, M>(svc: &Services<B, Queues, M>) -> [(Stage, &dyn DeadLetters); 3] {
     [
         (Stage::Chunk, svc.queues.chunk.as_ref()),
         (Stage::Embed, svc.queues.embed.as_ref()),
@@ -268,7 +268,10 @@ fn queues<B>(svc: &Services<B, Queues>) -> [(Stage, &dyn DeadLetters); 3] {
 /// same id (its dead letters removed first, so they cannot fail it again). Chunking compares
 /// the document with the index, so only what is missing is embedded, and tagging's loop guard
 /// keeps a document already tagged from being billed twice.
-pub async fn retry_job<B>(svc: &Services<B, Queues>, job_id: &str) -> Result<Job, RetryError> {
+pub async fn retry_job<B, M>(
+    svc: &Services<B, Queues, M>,
+    job_id: &str,
+) -> Result<Job, RetryError> {
     use tracing::Instrument;
     // The re-run continues the trace of the job's first run.
     let trace = match crate::telemetry::active() {
@@ -286,7 +289,7 @@ pub async fn retry_job<B>(svc: &Services<B, Queues>, job_id: &str) -> Result<Job
     run_again(svc, job_id).instrument(span).await
 }
 
-async fn run_again<B>(svc: &Services<B, Queues>, job_id: &str) -> Result<Job, RetryError> {
+async fn run_again<B, M>(svc: &Services<B, Queues, M>, job_id: &str) -> Result<Job, RetryError> {
     // A message that died without reaching its handler may not be noted yet.
     for (stage, queue) in queues(svc) {
         for d in dead_of(queue).await? {
@@ -356,7 +359,9 @@ async fn run_again<B>(svc: &Services<B, Queues>, job_id: &str) -> Result<Job, Re
 
 /// `POST /jobs/retry-failed`, `pai retry --all`: re-runs every failed job (dead letters are
 /// noted first, so a job whose message died unseen is included). Returns the jobs re-run.
-pub async fn retry_failed<B>(svc: &Services<B, Queues>) -> Result<Vec<String>, PipelineError> {
+pub async fn retry_failed<B, M>(
+    svc: &Services<B, Queues, M>,
+) -> Result<Vec<String>, PipelineError> {
     for (stage, queue) in queues(svc) {
         note_dead_letters(svc, stage, queue).await?;
     }

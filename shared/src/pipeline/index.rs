@@ -271,8 +271,8 @@ pub async fn save_manifest_in(
 
 /// Removes a document from the index: its vectors, manifest (and pages) and text snapshot.
 /// Used when it gains an exclude tag.
-pub async fn forget<Q: Sync>(
-    svc: &Services<Blobs, Q>,
+pub async fn forget<Q: Sync, M: Sync>(
+    svc: &Services<Blobs, Q, M>,
     manifest: &Manifest,
 ) -> Result<(), PipelineError> {
     forget_index(svc, manifest).await?;

@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use super::{PipelineError, Queues, Services, job_key, now};
+use super::{Blobs, PipelineError, Queues, Services, job_key, now};
 use crate::domain::{ChunkTask, DocId, Job, JobOrigin};
 use crate::ports::Condition;
 use crate::telemetry::JobIds;
@@ -116,8 +116,8 @@ fn new_job_id() -> String {
 
 /// Writes a new job and sends its chunk message; undoes the job if the send fails. The job's
 /// trace starts here: the job and its chunk message carry its context.
-async fn start<B>(
-    svc: &Services<B, Queues>,
+async fn start<B, M>(
+    svc: &Services<B, Queues, M>,
     mut job: Job,
     mut task: Option<ChunkTask>,
 ) -> Result<Job, PipelineError> {
@@ -136,8 +136,8 @@ async fn start<B>(
     .await
 }
 
-async fn write_and_send<B>(
-    svc: &Services<B, Queues>,
+async fn write_and_send<B, M>(
+    svc: &Services<B, Queues, M>,
     job: Job,
     task: Option<ChunkTask>,
 ) -> Result<Job, PipelineError> {
@@ -161,8 +161,8 @@ async fn write_and_send<B>(
 }
 
 /// A Paperless document to (re)process: one job, one chunk message.
-pub async fn paperless_document<B>(
-    svc: &Services<B, Queues>,
+pub async fn paperless_document<B, M>(
+    svc: &Services<B, Queues, M>,
     doc_id: u64,
     origin: JobOrigin,
 ) -> Result<Job, PipelineError> {
@@ -343,8 +343,8 @@ pub fn upload_job_id(key: &str) -> Option<&str> {
 /// An upload arrived in the blob store directly (a presigned PUT on AWS): check it against its
 /// job and return the chunk task, or why it is refused. Redelivery of the same notification
 /// yields the same task (chunking is idempotent); an object no job expects is refused.
-pub async fn upload_arrived(
-    svc: &Services,
+pub async fn upload_arrived<M: Sync>(
+    svc: &Services<Blobs, Queues, M>,
     object: &ArrivedObject,
 ) -> Result<ChunkTask, PipelineError> {
     let job_id = upload_job_id(&object.key)

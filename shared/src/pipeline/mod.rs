@@ -25,6 +25,7 @@ use crate::ports::{
     BlobStore, ChatModel, Condition, Embedder, ModelError, Paperless, PaperlessError,
     QueueConsumer, StateStore, StoreError, VectorIndex, WorkQueue,
 };
+pub use crate::providers::names::ModelNames;
 #[cfg(feature = "stage")]
 use crate::telemetry::{self, JobIds};
 
@@ -91,41 +92,51 @@ impl StageQueue for OwnQueue {
 }
 
 /// What every function has, built once per process (per cold start on Lambda): settings, the
-/// state store, the vector index, the models and (when configured) Paperless. A use case that
-/// needs nothing else takes `&Core`.
+/// state store, the vector index, the models' names and (when configured) Paperless. A use
+/// case that needs nothing else takes `&Core`.
 #[derive(Clone)]
 pub struct Core {
     pub settings: Arc<Settings>,
     pub state: Arc<dyn StateStore>,
     pub vectors: Arc<dyn VectorIndex>,
-    pub model: Arc<dyn ChatModel>,
-    pub embedder: Arc<dyn Embedder>,
+    /// What the configured models are called (recorded on jobs, part of the tagging guard),
+    /// known without building them: chunk and sync record them but call no model.
+    pub names: Arc<ModelNames>,
     pub paperless: Option<Arc<dyn Paperless>>,
     /// The taxonomy used when no Paperless is configured (e.g. `DATA_DIR/taxonomy.json`).
     pub local_taxonomy: Arc<Taxonomy>,
     taxonomy_cache: Arc<TaxonomyCache>,
 }
 
-/// A function's services: the core, plus the blob store and the queues where it binds them.
-/// The slots are types, so what a function lacks is a compile error, not a run-time failure:
-/// `pai` and the ingest and chunk functions have everything (`Services`); embed and tag
-/// `Services<Blobs, OwnQueue>`; sync `Services<Unbound, Queues>`; chat `Services<Unbound,
-/// Unbound>`. A use case names the slots it uses and is generic over the others.
+/// A function's services: the core, plus the blob store, the queues and the models where it
+/// binds them. The slots are types, so what a function lacks is a compile error, not a
+/// run-time failure: `pai` and the ingest function have everything (`Services`); chunk
+/// `Services<Blobs, Queues, Unbound>`; embed and tag `Services<Blobs, OwnQueue>`; sync
+/// `Services<Unbound, Queues, Unbound>`; chat `Services<Unbound, Unbound>`. A use case names
+/// the slots it uses and is generic over the others.
 #[derive(Clone)]
-pub struct Services<B = Blobs, Q = Queues> {
+pub struct Services<B = Blobs, Q = Queues, M = Models> {
     pub core: Core,
     pub blobs: B,
     pub queues: Q,
+    pub models: M,
 }
 
-impl<B, Q> std::ops::Deref for Services<B, Q> {
+/// The models a function calls, as the use cases hold them (behind their guard and cache).
+#[derive(Clone)]
+pub struct Models {
+    pub model: Arc<dyn ChatModel>,
+    pub embedder: Arc<dyn Embedder>,
+}
+
+impl<B, Q, M> std::ops::Deref for Services<B, Q, M> {
     type Target = Core;
     fn deref(&self) -> &Core {
         &self.core
     }
 }
 
-impl<B, Q> std::ops::DerefMut for Services<B, Q> {
+impl<B, Q, M> std::ops::DerefMut for Services<B, Q, M> {
     fn deref_mut(&mut self) -> &mut Core {
         &mut self.core
     }
@@ -162,8 +173,7 @@ impl Core {
         settings: Arc<Settings>,
         state: Arc<dyn StateStore>,
         vectors: Arc<dyn VectorIndex>,
-        model: Arc<dyn ChatModel>,
-        embedder: Arc<dyn Embedder>,
+        names: ModelNames,
         paperless: Option<Arc<dyn Paperless>>,
         local_taxonomy: Taxonomy,
     ) -> Core {
@@ -171,20 +181,20 @@ impl Core {
             settings,
             state,
             vectors,
-            model,
-            embedder,
+            names: Arc::new(names),
             paperless,
             local_taxonomy: Arc::new(local_taxonomy),
             taxonomy_cache: Default::default(),
         }
     }
 
-    /// These services with a blob store and queues in their slots.
-    pub fn with<B, Q>(self, blobs: B, queues: Q) -> Services<B, Q> {
+    /// These services with a blob store, queues and models in their slots.
+    pub fn with<B, Q, M>(self, blobs: B, queues: Q, models: M) -> Services<B, Q, M> {
         Services {
             core: self,
             blobs,
             queues,
+            models,
         }
     }
 
@@ -569,8 +579,8 @@ fn malformed(stage: Stage) -> impl Fn(serde_json::Error) -> PipelineError {
 /// The chunk stage's entry point: a document to read and split (or S3 notifications of
 /// uploads). It sends to the embed and tag queues, so it needs every slot.
 #[cfg(feature = "stage-chunk")]
-pub async fn handle_chunk(
-    svc: &Services,
+pub async fn handle_chunk<M: Sync>(
+    svc: &Services<Blobs, Queues, M>,
     body: &str,
     final_attempt: bool,
 ) -> Result<(), PipelineError> {
@@ -698,8 +708,8 @@ fn mark_error(span: &tracing::Span, result: &Result<(), PipelineError>) {
 
 /// An upload that arrived in the blob store: checked against its job, then chunked.
 #[cfg(feature = "stage-chunk")]
-async fn uploaded(
-    svc: &Services,
+async fn uploaded<M: Sync>(
+    svc: &Services<Blobs, Queues, M>,
     object: &ingest::ArrivedObject,
     final_attempt: bool,
 ) -> Result<(), PipelineError> {

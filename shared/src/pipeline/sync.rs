@@ -56,14 +56,18 @@ async fn all_pages(
 
 /// One sync run, traced as one `sync` span (its Paperless listing calls beneath it); each
 /// document it queues opens a trace of its own.
-pub async fn run<B: BlobSlot>(svc: &Services<B, Queues>) -> Result<SyncReport, PipelineError> {
+pub async fn run<B: BlobSlot, M>(
+    svc: &Services<B, Queues, M>,
+) -> Result<SyncReport, PipelineError> {
     use tracing::Instrument;
     sync_once(svc)
         .instrument(tracing::info_span!(parent: None, "sync"))
         .await
 }
 
-async fn sync_once<B: BlobSlot>(svc: &Services<B, Queues>) -> Result<SyncReport, PipelineError> {
+async fn sync_once<B: BlobSlot, M>(
+    svc: &Services<B, Queues, M>,
+) -> Result<SyncReport, PipelineError> {
     let paperless = svc
         .paperless
         .clone()
@@ -175,8 +179,8 @@ const ABANDONED_AFTER_SECS: i64 = 86_400;
 /// forgotten (vectors, manifest, loop-guard record); those whose index lacks chunks, and whose
 /// last job is not still at work, are queued again (`queued_now` were queued by this run).
 /// Returns (removed, re-queued).
-async fn check_window<B: BlobSlot>(
-    svc: &Services<B, Queues>,
+async fn check_window<B: BlobSlot, M>(
+    svc: &Services<B, Queues, M>,
     queued_now: &BTreeSet<u64>,
 ) -> Result<(usize, usize), PipelineError> {
     let paperless = svc.paperless.clone().expect("checked by run");

@@ -36,11 +36,8 @@ use crate::domain::{Answer, AnswerInput, TagInput};
 use crate::ports::{EmbedKind, Embedder, ModelError, TokenSink, Usage};
 use crate::smithy_json::{to_document, to_json};
 
-/// Claude Haiku 4.5 through the global cross-region inference profile: reachable from every
-/// commercial region without naming one (the bare model id needs a profile). For data that must
-/// stay in a geography use its profile instead, e.g. `eu.anthropic.claude-haiku-4-5-20251001-v1:0`.
-pub const DEFAULT_CHAT_MODEL: &str = "global.anthropic.claude-haiku-4-5-20251001-v1:0";
-pub const DEFAULT_EMBEDDING_MODEL: &str = "amazon.titan-embed-text-v2:0";
+use super::names::bedrock::Family;
+pub use super::names::bedrock::{DEFAULT_CHAT_MODEL, DEFAULT_EMBEDDING_MODEL};
 /// The tool the model must call to reply with a suggestion.
 const TAG_TOOL: &str = "suggest_metadata";
 /// Titan embeds one text per call: this many calls run at once.
@@ -422,7 +419,7 @@ impl BedrockChat {
         let model = model.unwrap_or(DEFAULT_CHAT_MODEL).to_string();
         BedrockChat {
             client,
-            name: format!("bedrock/{model}"),
+            name: super::names::chat_name("bedrock", &model),
             model,
             max_input_tokens,
             max_output_tokens,
@@ -547,48 +544,6 @@ impl Completion for BedrockChat {
     }
 }
 
-/// The embedding model families InvokeModel is spoken to in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Family {
-    /// Titan Text Embeddings v2: `{inputText, dimensions, normalize}`, one text per call.
-    TitanV2,
-    /// Titan Text Embeddings v1 (G1): `{inputText}`, 1536 dimensions.
-    TitanV1,
-    /// Cohere Embed v3 (English, multilingual): up to 96 texts per call, 1024 dimensions.
-    CohereV3,
-    /// Cohere Embed v4: like v3, with a choice of output dimensions.
-    CohereV4,
-}
-
-impl Family {
-    fn of(model: &str) -> Option<Family> {
-        let m = model.to_ascii_lowercase();
-        if m.contains("amazon.titan-embed-text-v2") {
-            Some(Family::TitanV2)
-        } else if m.contains("amazon.titan-embed-text-v1") || m.contains("amazon.titan-embed-g1") {
-            Some(Family::TitanV1)
-        } else if m.contains("cohere.embed-english-v3")
-            || m.contains("cohere.embed-multilingual-v3")
-        {
-            Some(Family::CohereV3)
-        } else if m.contains("cohere.embed-v4") {
-            Some(Family::CohereV4)
-        } else {
-            None
-        }
-    }
-
-    /// The sizes the model can produce, the default first.
-    fn dimensions(self) -> &'static [usize] {
-        match self {
-            Family::TitanV2 => &[1024, 512, 256],
-            Family::TitanV1 => &[1536],
-            Family::CohereV3 => &[1024],
-            Family::CohereV4 => &[1536, 1024, 512, 256],
-        }
-    }
-}
-
 pub struct BedrockEmbedder {
     client: LazyClient,
     model: String,
@@ -628,27 +583,10 @@ impl BedrockEmbedder {
         dimensions: Option<usize>,
     ) -> Result<BedrockEmbedder, ConfigError> {
         let model = model.unwrap_or(DEFAULT_EMBEDDING_MODEL).to_string();
-        let family = Family::of(&model).ok_or_else(|| ConfigError {
-            var: "EMBEDDING_MODEL",
-            message: format!(
-                "bedrock embeds with Amazon Titan Text Embeddings (amazon.titan-embed-text-v2:0, amazon.titan-embed-text-v1) or Cohere Embed (cohere.embed-english-v3, cohere.embed-multilingual-v3, cohere.embed-v4:0), not {model:?}"
-            ),
-        })?;
-        let allowed = family.dimensions();
-        let dimension = dimensions.unwrap_or(allowed[0]);
-        if !allowed.contains(&dimension) {
-            let list: Vec<String> = allowed.iter().map(usize::to_string).collect();
-            return Err(ConfigError {
-                var: "EMBEDDING_DIMENSIONS",
-                message: format!(
-                    "{model} produces vectors of {} dimensions, not {dimension}",
-                    list.join(", ")
-                ),
-            });
-        }
+        let (family, dimension) = super::names::bedrock::embedding(&model, dimensions)?;
         Ok(BedrockEmbedder {
             client,
-            space: format!("bedrock/{model}/{dimension}"),
+            space: super::names::space("bedrock", &model, dimension, None),
             model,
             family,
             dimension,

@@ -26,7 +26,7 @@ impl LexicalEmbedder {
     pub fn new(dimension: usize) -> LexicalEmbedder {
         LexicalEmbedder {
             dimension,
-            space: format!("lexical/hash-ngram/{dimension}"),
+            space: super::names::space("lexical", "hash-ngram", dimension, None),
         }
     }
 

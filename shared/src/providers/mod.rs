@@ -5,6 +5,7 @@ pub mod bedrock;
 pub mod lexical;
 pub mod llm;
 pub mod marking;
+pub mod names;
 #[cfg(feature = "clients")]
 pub mod ollama;
 #[cfg(feature = "clients")]
@@ -40,7 +41,6 @@ mod assembly {
 
     use super::AwsConfig;
     use super::lexical::{DEFAULT_DIMENSION, LexicalEmbedder, LexicalModel};
-    use super::marking::Marking;
     use super::ollama::{OllamaChat, OllamaEmbedder};
     use super::openai::{OpenAiChat, OpenAiEmbedder};
 
@@ -97,15 +97,7 @@ mod assembly {
         })
     }
 
-    /// How the settings mark queries and documents for the model (prefixes, input types).
-    fn marking(e: &crate::config::ModelSettings, default_model: &str) -> Marking {
-        Marking::new(
-            e.model.as_deref().unwrap_or(default_model),
-            e.query_prefix.as_deref(),
-            e.document_prefix.as_deref(),
-            e.input_types.clone(),
-        )
-    }
+    use super::names::marking;
 
     /// The embedder the settings name (on Bedrock, configured from `aws`).
     #[cfg_attr(not(feature = "bedrock"), allow(unused_variables))]
@@ -129,12 +121,7 @@ mod assembly {
                 .with_marking(marking(e, super::openai::DEFAULT_EMBEDDING_MODEL)),
             ),
             Provider::Ollama => {
-                if e.input_types.is_some() {
-                    return Err(config(
-                        "EMBEDDING_INPUT_TYPES",
-                        "Ollama's embed API takes no input type: use EMBEDDING_QUERY_PREFIX / EMBEDDING_DOCUMENT_PREFIX",
-                    ));
-                }
+                super::names::check_ollama_embedding(e)?;
                 Arc::new(
                     OllamaEmbedder::new(e.base_url.as_deref(), e.model.as_deref(), e.dimensions)
                         .map_err(|m| config("EMBEDDING_DIMENSIONS", m))?

@@ -10,13 +10,14 @@ use serde_json::{Value, json};
 
 use super::llm::{Completion, Message, answer_messages, cited};
 use super::marking::Marking;
-use super::openai::{Client, known_dimensions, read_lines};
+use super::openai::{Client, read_lines};
 use crate::domain::{Answer, AnswerInput};
 use crate::ports::{EmbedKind, Embedder, ModelError, TokenSink, Usage};
 
 pub const DEFAULT_BASE_URL: &str = "http://localhost:11434";
-pub const DEFAULT_CHAT_MODEL: &str = "qwen2.5:7b";
-pub const DEFAULT_EMBEDDING_MODEL: &str = "nomic-embed-text";
+pub use super::names::{
+    OLLAMA_CHAT_MODEL as DEFAULT_CHAT_MODEL, OLLAMA_EMBEDDING_MODEL as DEFAULT_EMBEDDING_MODEL,
+};
 
 fn usage(reply: &Value) -> Usage {
     Usage {
@@ -52,7 +53,7 @@ impl OllamaChat {
         )?;
         Ok(OllamaChat {
             client,
-            name: format!("ollama/{model}"),
+            name: super::names::chat_name("ollama", &model),
             model,
             num_ctx,
             max_output_tokens,
@@ -152,13 +153,7 @@ impl OllamaEmbedder {
         dimensions: Option<usize>,
     ) -> Result<OllamaEmbedder, String> {
         let model = model.unwrap_or(DEFAULT_EMBEDDING_MODEL).to_string();
-        let dimension = dimensions
-            .or_else(|| known_dimensions(&model))
-            .ok_or_else(|| {
-                format!(
-                    "the size of embedding model {model:?} is unknown: set EMBEDDING_DIMENSIONS"
-                )
-            })?;
+        let dimension = super::names::http_dimension(&model, dimensions)?;
         let client = Client::new(
             Some(base.unwrap_or(DEFAULT_BASE_URL)),
             None,
@@ -168,7 +163,7 @@ impl OllamaEmbedder {
         let marking = Marking::new(&model, None, None, None);
         Ok(OllamaEmbedder {
             client,
-            space: format!("ollama/{model}/{dimension}{}", marking.space_suffix()),
+            space: super::names::space("ollama", &model, dimension, Some(&marking)),
             model,
             dimension,
             marking,
@@ -178,12 +173,7 @@ impl OllamaEmbedder {
     /// How queries and documents are marked (Ollama's API has no input type: prefixes
     /// only), replacing the model's default; the space follows.
     pub fn with_marking(mut self, marking: Marking) -> OllamaEmbedder {
-        self.space = format!(
-            "ollama/{}/{}{}",
-            self.model,
-            self.dimension,
-            marking.space_suffix()
-        );
+        self.space = super::names::space("ollama", &self.model, self.dimension, Some(&marking));
         self.marking = marking;
         self
     }

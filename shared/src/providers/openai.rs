@@ -15,8 +15,9 @@ use crate::domain::{Answer, AnswerInput};
 use crate::ports::{EmbedKind, Embedder, ModelError, TokenSink, Usage};
 
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
-pub const DEFAULT_CHAT_MODEL: &str = "gpt-4o-mini";
-pub const DEFAULT_EMBEDDING_MODEL: &str = "text-embedding-3-small";
+pub use super::names::{
+    OPENAI_CHAT_MODEL as DEFAULT_CHAT_MODEL, OPENAI_EMBEDDING_MODEL as DEFAULT_EMBEDDING_MODEL,
+};
 /// Attempts per call for 429 and 5xx replies, honouring `Retry-After` (capped).
 const ATTEMPTS: u32 = 3;
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(20);
@@ -53,20 +54,7 @@ fn jitter(cap: Duration) -> Duration {
     cap.mul_f64((r % 10_000) as f64 / 10_000.0)
 }
 
-/// Dimensions of well-known embedding models, so `EMBEDDING_DIMENSIONS` is needed only for others.
-pub fn known_dimensions(model: &str) -> Option<usize> {
-    match model {
-        "text-embedding-3-small" | "text-embedding-ada-002" => Some(1536),
-        "text-embedding-3-large" => Some(3072),
-        "nomic-embed-text" => Some(768),
-        "mxbai-embed-large" => Some(1024),
-        "all-minilm" => Some(384),
-        "multilingual-e5-small" | "intfloat/multilingual-e5-small" | "e5-small-v2" => Some(384),
-        "multilingual-e5-base" | "intfloat/multilingual-e5-base" | "e5-base-v2" => Some(768),
-        "multilingual-e5-large" | "intfloat/multilingual-e5-large" | "e5-large-v2" => Some(1024),
-        _ => None,
-    }
-}
+pub use super::names::known_dimensions;
 
 /// A JSON-over-HTTP client for model servers: bearer key, timeouts, and retries of
 /// connection failures, 429 and 5xx (honouring `Retry-After`). Shared by the HTTP providers.
@@ -236,7 +224,7 @@ impl OpenAiChat {
         let model = model.unwrap_or(DEFAULT_CHAT_MODEL).to_string();
         Ok(OpenAiChat {
             client: Client::new(base, key, Duration::from_secs(120))?,
-            name: format!("openai/{model}"),
+            name: super::names::chat_name("openai", &model),
             model,
             max_output_tokens,
             system_prompt,
@@ -367,18 +355,12 @@ impl OpenAiEmbedder {
         dimensions: Option<usize>,
     ) -> Result<OpenAiEmbedder, String> {
         let model = model.unwrap_or(DEFAULT_EMBEDDING_MODEL).to_string();
-        let dimension = dimensions
-            .or_else(|| known_dimensions(&model))
-            .ok_or_else(|| {
-                format!(
-                    "the size of embedding model {model:?} is unknown: set EMBEDDING_DIMENSIONS"
-                )
-            })?;
+        let dimension = super::names::http_dimension(&model, dimensions)?;
         let client = Client::new(base, key, Duration::from_secs(60)).map_err(|e| e.to_string())?;
         let marking = Marking::new(&model, None, None, None);
         Ok(OpenAiEmbedder {
             client,
-            space: format!("openai/{model}/{dimension}{}", marking.space_suffix()),
+            space: super::names::space("openai", &model, dimension, Some(&marking)),
             model,
             dimension,
             send_dimensions: dimensions.is_some(),
@@ -389,12 +371,7 @@ impl OpenAiEmbedder {
     /// How queries and documents are marked (prefixes, input types), replacing the model's
     /// default; the space follows.
     pub fn with_marking(mut self, marking: Marking) -> OpenAiEmbedder {
-        self.space = format!(
-            "openai/{}/{}{}",
-            self.model,
-            self.dimension,
-            marking.space_suffix()
-        );
+        self.space = super::names::space("openai", &self.model, self.dimension, Some(&marking));
         self.marking = marking;
         self
     }

@@ -74,7 +74,7 @@ pub(super) async fn try_mark_failed(
         return Ok(());
     };
     if let Some(hash) = content_hash {
-        let guard = json!({"content_hash": hash, "policy": svc.settings.policy.fingerprint(), "model": svc.model.name()});
+        let guard = json!({"content_hash": hash, "policy": svc.settings.policy.fingerprint(), "model": svc.names.model});
         svc.state
             .put(
                 &failed_key(&doc_id),

@@ -38,7 +38,7 @@ pub fn prompt_input(
     }
     // Budgets are in the model's tokens; text is counted in cl100k tokens.
     let factor =
-        crate::text::token_factor(settings.llm.model.as_deref().unwrap_or(svc.model.name()));
+        crate::text::token_factor(settings.llm.model.as_deref().unwrap_or(&svc.names.model));
     let limit = (limit as f64 / factor) as usize;
     const TEXT_FLOOR: usize = 256;
     const MARGIN: usize = 32;

@@ -28,8 +28,8 @@ pub async fn request_retag(svc: &Core, doc_id: &DocId, job_id: &str) -> Result<(
 
 /// Re-runs a Paperless document's tagging whatever the loop guard says (a new job through
 /// the whole pipeline: the text may have changed too).
-pub async fn retag<B>(
-    svc: &Services<B, Queues>,
+pub async fn retag<B, M>(
+    svc: &Services<B, Queues, M>,
     doc_id: &DocId,
 ) -> Result<crate::domain::Job, PipelineError> {
     let Some(id) = doc_id.paperless_id() else {

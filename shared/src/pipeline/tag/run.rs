@@ -138,7 +138,7 @@ pub(super) async fn run_leased<Q: Sync>(
     task: &TagTask,
 ) -> Result<(), PipelineError> {
     let policy = &svc.settings.policy;
-    let guard = json!({"content_hash": task.content_hash, "policy": policy.fingerprint(), "model": svc.model.name()});
+    let guard = json!({"content_hash": task.content_hash, "policy": policy.fingerprint(), "model": svc.models.model.name()});
     let tagged = svc
         .state
         .get(&tagged_key(&task.doc_id))
@@ -367,7 +367,7 @@ pub(super) async fn tag_leased<Q: Sync>(
     } else {
         0
     };
-    let reply = svc.model.suggest(&input).await;
+    let reply = svc.models.model.suggest(&input).await;
     if let Ok((_, usage)) = &reply {
         crate::pipeline::add_job_usage(svc.state.as_ref(), &task.job_id, usage).await;
     }
@@ -389,7 +389,7 @@ pub(super) async fn tag_leased<Q: Sync>(
     let mut record = SuggestionRecord {
         doc_id: task.doc_id.clone(),
         job_id: task.job_id.clone(),
-        provider: svc.model.name().to_string(),
+        provider: svc.models.model.name().to_string(),
         content_hash: task.content_hash.clone(),
         suggestion: suggestion.clone(),
         rejected: rejected.clone(),
@@ -566,7 +566,7 @@ pub(super) async fn finish(
         Stage::Tag,
         StageStatus::Done,
         Some(detail),
-        Some(svc.model.name().to_string()),
+        Some(svc.names.model.clone()),
     )
     .await?;
     tracing::info!(outcome, "tagged");
