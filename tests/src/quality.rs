@@ -196,6 +196,16 @@ pub async fn measure(embedding: Embedding) -> Value {
         );
     }
     let done = wait_for_jobs(&app.svc, &jobs, |_, _| {}).await.unwrap();
+    // Figures over a half-indexed corpus would measure the failure, not retrieval.
+    let failed: Vec<String> = done
+        .iter()
+        .filter(|j| j.status() != shared::domain::JobStatus::Done)
+        .map(|j| format!("{:?}: {:?}", j.filename, j.stages))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "sample documents not indexed: {failed:#?}"
+    );
     let _ = stop.send(true);
     for w in workers {
         let _ = w.await;

@@ -268,8 +268,28 @@ impl Db {
         R: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
     {
+        self.call_then(f, |_| {}).await
+    }
+
+    /// [`Db::call`], and `committed` run on the writer thread once `f`'s write is committed,
+    /// before the caller is answered. Committed writes are answered in the order they were
+    /// committed, so state kept beside the database (the vector index's memory) follows that
+    /// order: updated after the await instead, two writers of one row could leave memory
+    /// holding the one the database overwrote.
+    pub async fn call_then<R, F>(
+        &self,
+        f: F,
+        committed: impl FnOnce(&R) + Send + 'static,
+    ) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
+    {
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.enqueue(f, move |r| {
+            if let Ok(done) = &r {
+                committed(done);
+            }
             let _ = reply.send(r);
         })?;
         answer

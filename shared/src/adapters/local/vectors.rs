@@ -257,66 +257,73 @@ impl VectorIndex for SqliteVectorIndex {
                 )
             })
             .collect();
-        self.db
-            .call(move |c| {
-                super::in_savepoint(c, |tx| {
-                    {
-                        let mut stmt = tx.prepare_cached("INSERT OR REPLACE INTO vectors (idx, key, vector, metadata, text, title) VALUES (?1, ?2, ?3, ?4, ?5, ?6)").map_err(sql)?;
-                        for (key, blob, meta, text, title) in &rows {
-                            stmt.execute(params![name, key, blob, meta, text, title]).map_err(sql)?;
-                        }
-                    }
-                    Ok(())
-                })
-            })
-            .await?;
-        // Terms are counted outside the lock (searches and other writers go on meanwhile),
-        // and only for texts the keyword index does not hold yet.
-        let unchanged: Vec<bool> = {
+        // Terms are counted before the write and outside the lock (searches and other
+        // writers go on meanwhile), and only for texts the keyword index does not hold yet.
+        let terms: Vec<Option<Terms>> = {
             let memory = self.memory.read().expect("index lock");
             records
                 .iter()
                 .map(|r| memory.keywords.holds(&r.key, digest(&r.text)))
-                .collect()
-        };
-        let terms: Vec<Option<Terms>> = records
-            .iter()
-            .zip(unchanged)
-            .map(|(r, same)| (!same).then(|| Terms::of(&r.text)))
-            .collect();
-        let mut memory = self.memory.write().expect("index lock");
-        for ((r, u), terms) in records.into_iter().zip(units).zip(terms) {
-            // A concurrent put may have changed the text since it was checked (rare): then
-            // the terms are counted here after all.
-            let terms = terms.or_else(|| {
-                (!memory.keywords.holds(&r.key, digest(&r.text))).then(|| Terms::of(&r.text))
-            });
-            memory.upsert(self.dimension, r.key, &u, r.metadata, terms);
+                .collect::<Vec<bool>>()
         }
-        Ok(())
+        .into_iter()
+        .zip(&records)
+        .map(|(same, r)| (!same).then(|| Terms::of(&r.text)))
+        .collect();
+        let (memory, dimension) = (self.memory.clone(), self.dimension);
+        self.db
+            .call_then(
+                move |c| {
+                    super::in_savepoint(c, |tx| {
+                        let mut stmt = tx.prepare_cached("INSERT OR REPLACE INTO vectors (idx, key, vector, metadata, text, title) VALUES (?1, ?2, ?3, ?4, ?5, ?6)").map_err(sql)?;
+                        for (key, blob, meta, text, title) in &rows {
+                            stmt.execute(params![name, key, blob, meta, text, title]).map_err(sql)?;
+                        }
+                        Ok(())
+                    })
+                },
+                move |_| {
+                    let mut memory = memory.write().expect("index lock");
+                    for ((r, u), terms) in records.into_iter().zip(units).zip(terms) {
+                        // A concurrent put may have changed the text since it was checked
+                        // (rare): then the terms are counted here after all.
+                        let terms = terms.or_else(|| {
+                            (!memory.keywords.holds(&r.key, digest(&r.text)))
+                                .then(|| Terms::of(&r.text))
+                        });
+                        memory.upsert(dimension, r.key, &u, r.metadata, terms);
+                    }
+                },
+            )
+            .await
     }
 
     async fn delete(&self, keys: &[String]) -> Result<(), StoreError> {
         check::delete_count(keys.len())?;
         let (name, owned) = (self.name.clone(), keys.to_vec());
+        let (memory, dimension) = (self.memory.clone(), self.dimension);
         self.db
-            .call(move |c| {
-                super::in_savepoint(c, |tx| {
-                    for k in &owned {
-                        tx.prepare_cached("DELETE FROM vectors WHERE idx = ?1 AND key = ?2")
-                            .map_err(sql)?
-                            .execute(params![name, k])
-                            .map_err(sql)?;
+            .call_then(
+                move |c| {
+                    super::in_savepoint(c, |tx| {
+                        for k in &owned {
+                            tx.prepare_cached("DELETE FROM vectors WHERE idx = ?1 AND key = ?2")
+                                .map_err(sql)?
+                                .execute(params![name, k])
+                                .map_err(sql)?;
+                        }
+                        Ok(owned)
+                    })
+                },
+                move |removed| {
+                    let mut memory = memory.write().expect("index lock");
+                    for k in removed {
+                        memory.remove(dimension, k);
                     }
-                    Ok(())
-                })
-            })
-            .await?;
-        let mut memory = self.memory.write().expect("index lock");
-        for k in keys {
-            memory.remove(self.dimension, k);
-        }
-        Ok(())
+                },
+            )
+            .await
+            .map(|_| ())
     }
 
     async fn get(&self, keys: &[String]) -> Result<Vec<VectorRecord>, StoreError> {
@@ -465,5 +472,49 @@ mod tests {
             tops.push(hits.into_iter().map(|h| h.record.key).collect::<Vec<_>>());
         }
         assert_eq!(tops, [["a", "b"], ["a", "b"]]);
+    }
+
+    /// Found by the chat quality test: a tag's metadata refresh and an embed batch wrote the
+    /// same vectors at once, the database kept the refresh and memory the batch, so filtered
+    /// searches missed the document while every read of the database looked right.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_writes_of_a_key_leave_memory_as_the_database_has_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("state.db")).unwrap();
+        let index = Arc::new(SqliteVectorIndex::new(&db, "race", 2).unwrap());
+        for round in 0..200 {
+            let writes: Vec<_> = (0..6)
+                .map(|writer| {
+                    let index = index.clone();
+                    tokio::spawn(async move {
+                        let mut metadata = Map::new();
+                        metadata.insert("writer".into(), Value::from(writer));
+                        let record = VectorRecord {
+                            key: "k".into(),
+                            vector: vec![1.0, writer as f32],
+                            metadata,
+                            text: format!("chunk {round}"),
+                            title: String::new(),
+                        };
+                        if writer == 5 {
+                            index.delete(&["k".into()]).await.unwrap();
+                        } else {
+                            index.put(vec![record]).await.unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for w in writes {
+                w.await.unwrap();
+            }
+            let stored = index.get(&["k".into()]).await.unwrap();
+            let searched = index.query(&[1.0, 0.0], 1, None).await.unwrap();
+            assert_eq!(
+                stored.first().map(|r| &r.metadata),
+                searched.first().map(|h| &h.record.metadata),
+                "round {round}: memory and database disagree"
+            );
+            assert_eq!(stored.len(), index.len(), "round {round}");
+        }
     }
 }
