@@ -429,7 +429,9 @@ pub async fn suggestions(document: String) -> Result<()> {
 
 pub async fn approve(document: String, edits: shared::pipeline::tag::Edits) -> Result<()> {
     let app = LocalApp::build(settings_from_env()?)?;
-    let record = shared::pipeline::tag::approve(&app.svc, &doc_id(&document)?, edits).await?;
+    let record =
+        shared::pipeline::tag::approve(&app.svc, &app.svc.writer, &doc_id(&document)?, edits)
+            .await?;
     println!(
         "applied to document {document}: {}",
         serde_json::to_string(&record.applied)?
@@ -439,7 +441,8 @@ pub async fn approve(document: String, edits: shared::pipeline::tag::Edits) -> R
 
 pub async fn undo(document: String) -> Result<()> {
     let app = LocalApp::build(settings_from_env()?)?;
-    let record = shared::pipeline::tag::undo(&app.svc, &doc_id(&document)?).await?;
+    let record =
+        shared::pipeline::tag::undo(&app.svc, &app.svc.writer, &doc_id(&document)?).await?;
     println!(
         "restored document {document}: undid {}",
         serde_json::to_string(&record.undone)?

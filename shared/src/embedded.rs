@@ -13,7 +13,7 @@ use crate::config::{ConfigError, Settings};
 use crate::domain::{Stage, Taxonomy};
 use crate::paperless::PaperlessClient;
 use crate::pipeline::{Core, Models, Queues, Services};
-use crate::ports::{Cache, Paperless};
+use crate::ports::{Cache, PaperlessReader, PaperlessWriter};
 
 /// The embedded application: services plus the local queues its workers consume.
 pub struct LocalApp {
@@ -103,7 +103,7 @@ impl LocalApp {
             .map_err(store)?;
         let (model, embedder) =
             crate::providers::assemble(&settings, raw_embedder, cache.clone(), &aws)?;
-        let paperless: Option<Arc<dyn Paperless>> =
+        let paperless: Option<Arc<PaperlessClient>> =
             match (&settings.paperless_url, &settings.paperless_token) {
                 (Some(url), Some(token)) => Some(Arc::new(
                     PaperlessClient::new(url, token.clone(), std::time::Duration::from_secs(30))
@@ -127,13 +127,14 @@ impl LocalApp {
             Arc::new(stores.state),
             Arc::new(vectors),
             names,
-            paperless,
+            paperless.clone().map(|p| p as Arc<dyn PaperlessReader>),
             taxonomy,
         )
         .with(
             Arc::new(stores.blobs) as Arc<dyn crate::ports::BlobStore>,
             queues,
             Models { model, embedder },
+            paperless.map(|p| p as Arc<dyn PaperlessWriter>),
         );
         Ok(LocalApp {
             svc,

@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 
 use crate::adapters::local::SqliteQueue;
 use crate::domain::Stage;
-use crate::pipeline::{Core, PipelineError, Services, handle, healing};
+use crate::pipeline::{PipelineError, Services, handle, healing};
 use crate::ports::{Delivery, QueueConsumer};
 
 /// How long a received message stays hidden: far longer than any step takes.
@@ -56,9 +56,11 @@ pub async fn process(
 }
 
 /// Fails the jobs of the messages the queue has dead-lettered since the last call.
-pub async fn note_dead_lettered(svc: &Core, queue: &SqliteQueue, stage: Stage) {
+pub async fn note_dead_lettered(svc: &Services, queue: &SqliteQueue, stage: Stage) {
     for d in queue.take_dead_lettered() {
-        if let Err(e) = healing::dead_lettered(svc, stage, &d.body, d.receive_count).await {
+        if let Err(e) =
+            healing::dead_lettered(svc, &svc.writer, stage, &d.body, d.receive_count).await
+        {
             tracing::error!(queue = queue.name(), error = %e, "could not fail the job of a dead letter");
         }
     }
@@ -86,7 +88,7 @@ pub async fn consume(
     }
     // Dead letters of earlier runs (a crash may have come between dead-lettering a message and
     // failing its job): noted again, which changes nothing for jobs already failed.
-    if let Err(e) = healing::note_dead_letters(&svc, stage, queue.as_ref()).await {
+    if let Err(e) = healing::note_dead_letters(&svc, &svc.writer, stage, queue.as_ref()).await {
         tracing::error!(queue = queue.name(), error = %e, "could not check the dead letters");
     }
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));

@@ -33,7 +33,7 @@ use crate::domain::{DocId, JobOrigin};
 use crate::pipeline::chat::{ChatRequest, Viewer, ask_as, validate};
 use crate::pipeline::ingest::{self, MAX_WEBHOOK_BYTES};
 use crate::pipeline::tag::{self, SuggestionRecord, suggestion_key};
-use crate::pipeline::{Blobs, Core, Queues, Services, load_job};
+use crate::pipeline::{Blobs, Core, Models, Queues, Services, Writer, load_job};
 
 /// How long an upload URL stays valid.
 pub const UPLOAD_TTL_SECS: i64 = 3600;
@@ -45,8 +45,8 @@ pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
 /// What every route's handler gets: the services (of `pai` or the function serving the route:
 /// the chat function's have no bucket and no queue), keys, and the shared limits.
 #[derive(Clone)]
-pub struct ApiState<B = Blobs, Q = Queues> {
-    pub svc: Services<B, Q>,
+pub struct ApiState<B = Blobs, Q = Queues, W = Writer> {
+    pub svc: Services<B, Q, Models, W>,
     pub api_keys: ApiKeys,
     pub webhook_secret: Option<Secret>,
     /// Base URL of this server as clients reach it (for upload links).
@@ -55,8 +55,12 @@ pub struct ApiState<B = Blobs, Q = Queues> {
     pub rate_limiter: Arc<limits::RateLimiter>,
 }
 
-impl<B, Q> ApiState<B, Q> {
-    pub fn new(svc: Services<B, Q>, public_url: String, metrics: Option<MetricsRender>) -> Self {
+impl<B, Q, W> ApiState<B, Q, W> {
+    pub fn new(
+        svc: Services<B, Q, Models, W>,
+        public_url: String,
+        metrics: Option<MetricsRender>,
+    ) -> Self {
         let api_keys = ApiKeys::new(svc.settings.api_keys.iter().map(Secret::expose));
         let webhook_secret = svc.settings.webhook_secret.clone();
         let per_minute = svc.settings.chat_requests_per_minute;
@@ -90,7 +94,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(ui::page_data())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            require_key::<Blobs, Queues>,
+            require_key::<Blobs, Queues, Writer>,
         ));
     let public = Router::new()
         .route("/health", get(health))
@@ -103,7 +107,7 @@ pub fn router(state: ApiState) -> Router {
     // function's URL) there is no `/chat` here. Chat takes an API key or a Paperless user's
     // token (`chat_viewer`).
     #[cfg(feature = "chat")]
-    let public = public.route("/chat", post(chat::<Blobs, Queues>));
+    let public = public.route("/chat", post(chat::<Blobs, Queues, Writer>));
     public
         .merge(protected)
         .fallback(|| async { ApiError::not_found("no such route") })
@@ -112,8 +116,8 @@ pub fn router(state: ApiState) -> Router {
 }
 
 /// The API key check of every protected route, before its handler runs.
-async fn require_key<B, Q>(
-    State(state): State<ApiState<B, Q>>,
+async fn require_key<B, Q, W>(
+    State(state): State<ApiState<B, Q, W>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Result<Response, ApiError> {
@@ -124,14 +128,15 @@ async fn require_key<B, Q>(
 /// Only `POST /chat` and `/health`: what the chat Lambda's public function URL serves (the
 /// other routes belong to the ingest function, whose resources and secrets chat does not have).
 #[cfg(feature = "chat")]
-pub fn chat_router<B, Q>(state: ApiState<B, Q>) -> Router
+pub fn chat_router<B, Q, W>(state: ApiState<B, Q, W>) -> Router
 where
     B: Clone + Send + Sync + 'static,
     Q: Clone + Send + Sync + 'static,
+    W: Clone + Send + Sync + 'static,
 {
     Router::new()
         .route("/health", get(health))
-        .route("/chat", post(chat::<B, Q>))
+        .route("/chat", post(chat::<B, Q, W>))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
@@ -140,7 +145,7 @@ where
 /// Checks `Authorization: Bearer <key>`; returns who is calling (a key's id). Without
 /// configured keys it answers only where that was chosen (`pai` on loopback, IAM auth on the
 /// chat function URL): anything else fails closed.
-fn authorize<B, Q>(state: &ApiState<B, Q>, headers: &HeaderMap) -> Result<String, ApiError> {
+fn authorize<B, Q, W>(state: &ApiState<B, Q, W>, headers: &HeaderMap) -> Result<String, ApiError> {
     if state.api_keys.is_empty() {
         return match state.svc.settings.keyless {
             Keyless::Loopback => Ok("local".into()),
@@ -425,7 +430,7 @@ async fn approve(
     } else {
         parse_json(&bytes)?
     };
-    Ok(axum::Json(tag::approve(&state.svc, &doc, edits).await?).into_response())
+    Ok(axum::Json(tag::approve(&state.svc, &state.svc.writer, &doc, edits).await?).into_response())
 }
 
 /// `POST /documents/{id}/suggestions/undo`: restores what the applied suggestion replaced.
@@ -434,7 +439,7 @@ async fn undo(
     Path(doc_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let doc: DocId = doc_id.parse().map_err(ApiError::bad_request)?;
-    Ok(axum::Json(tag::undo(&state.svc, &doc).await?).into_response())
+    Ok(axum::Json(tag::undo(&state.svc, &state.svc.writer, &doc).await?).into_response())
 }
 
 /// `POST /documents/{id}/retag`: tags the document again whatever the loop guard says.
@@ -459,8 +464,8 @@ async fn retag(
 /// Who asks: a Paperless user by their own token (`Authorization: Token …`, as Paperless's
 /// API takes it), checked with Paperless; otherwise an API key, as for every route.
 #[cfg(feature = "chat")]
-async fn chat_viewer<B, Q>(
-    state: &ApiState<B, Q>,
+async fn chat_viewer<B, Q, W>(
+    state: &ApiState<B, Q, W>,
     headers: &HeaderMap,
 ) -> Result<Viewer, ApiError> {
     let token = headers
@@ -491,14 +496,15 @@ async fn chat_viewer<B, Q>(
 }
 
 #[cfg(feature = "chat")]
-async fn chat<B, Q>(
-    State(state): State<ApiState<B, Q>>,
+async fn chat<B, Q, W>(
+    State(state): State<ApiState<B, Q, W>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError>
 where
     B: Clone + Send + Sync + 'static,
     Q: Clone + Send + Sync + 'static,
+    W: Clone + Send + Sync + 'static,
 {
     let viewer = chat_viewer(&state, &headers).await?;
     let caller = viewer.caller();

@@ -42,11 +42,15 @@ pub async fn chunk_batch<M: Clone + Send + Sync + 'static>(
 
 /// The embed function's door (its own queue, or all three in `pai`'s services).
 #[cfg(feature = "stage-embed")]
-pub async fn embed_batch<Q: StageQueue + Clone + Send + Sync + 'static>(
-    svc: &Services<Blobs, Q>,
+pub async fn embed_batch<Q, W>(
+    svc: &Services<Blobs, Q, crate::pipeline::Models, W>,
     event: LambdaEvent<SqsEvent>,
-) -> Result<SqsBatchResponse, lambda_runtime::Error> {
-    let run = |svc: Services<Blobs, Q>, body: String, last| async move {
+) -> Result<SqsBatchResponse, lambda_runtime::Error>
+where
+    Q: StageQueue + Clone + Send + Sync + 'static,
+    W: Clone + Send + Sync + 'static,
+{
+    let run = |svc: Services<Blobs, Q, crate::pipeline::Models, W>, body: String, last| async move {
         crate::pipeline::handle_embed(&svc, &body, last).await
     };
     batch(svc, Stage::Embed, event, run).await
@@ -85,8 +89,8 @@ pub async fn handle_batch(
 
 /// Processes one SQS batch of `stage` with `run` (the stage's entry point), returning the
 /// messages to redeliver. Back-off and deferral go to the stage's own queue (`svc.queues`).
-async fn batch<B, Q, M, F, Fut>(
-    svc: &Services<B, Q, M>,
+async fn batch<B, Q, M, W, F, Fut>(
+    svc: &Services<B, Q, M, W>,
     stage: Stage,
     event: LambdaEvent<SqsEvent>,
     run: F,
@@ -95,7 +99,8 @@ where
     B: Clone + Send + Sync + 'static,
     Q: StageQueue + Clone + Send + Sync + 'static,
     M: Clone + Send + Sync + 'static,
-    F: Fn(Services<B, Q, M>, String, bool) -> Fut,
+    W: Clone + Send + Sync + 'static,
+    F: Fn(Services<B, Q, M, W>, String, bool) -> Fut,
     Fut: Future<Output = Result<(), PipelineError>> + Send + 'static,
 {
     // The invocation's metrics are written however the batch ends.

@@ -7,12 +7,12 @@
 //!
 //! | function | state | cache | blobs | queues (send) | vectors | Paperless | stage |
 //! |---|---|---|---|---|---|---|---|
-//! | ingest | ✓ | – | S3 | chunk; dead letters | ✓ | ✓ | – |
-//! | chunk | ✓ | – | S3 | chunk, embed, tag | ✓ | ✓ | chunk (no model) |
+//! | ingest | ✓ | – | S3 | chunk; dead letters | ✓ | read, write (review) | – |
+//! | chunk | ✓ | – | S3 | chunk, embed, tag | ✓ | read, write (failed tag) | chunk (no model) |
 //! | embed | ✓ | ✓ | S3 | – (consumes embed) | ✓ | – | embed |
-//! | tag | ✓ | ✓ | S3 | – (consumes tag) | ✓ | ✓ | tag |
-//! | chat | ✓ | ✓ | – | – | ✓ | links only | – |
-//! | sync | ✓ | – | – | chunk; dead letters | ✓ | ✓ | – (no model) |
+//! | tag | ✓ | ✓ | S3 | – (consumes tag) | ✓ | read, write | tag |
+//! | chat | ✓ | ✓ | – | – | ✓ | read as the user, links | – |
+//! | sync | ✓ | – | – | chunk; dead letters | ✓ | read, write (failed tag) | – (no model) |
 
 // A function's build compiles only its own wiring, which uses a subset of the helpers.
 #![cfg_attr(not(every_wiring), allow(dead_code))]
@@ -27,8 +27,8 @@ use crate::adapters::aws::{DynamoCache, DynamoState};
 use crate::config::{ConfigError, Secret, Settings};
 use crate::domain::Taxonomy;
 use crate::paperless::PaperlessClient;
-use crate::pipeline::{Blobs, Core, Models, OwnQueue, Queues, Services, Unbound};
-use crate::ports::{Cache, Paperless, StateStore, VectorIndex};
+use crate::pipeline::{Blobs, Core, Models, OwnQueue, Queues, Services, Unbound, Writer};
+use crate::ports::{Cache, PaperlessReader, PaperlessWriter, StateStore, VectorIndex};
 
 /// A function's wiring: which function it is (its name, secrets and required settings) and
 /// how its services (`S`: their type names the slots it binds) are built from the SDK
@@ -48,10 +48,14 @@ impl<S> Copy for Wiring<S> {}
 /// The services of the chunk function: the bucket and the three queues; no model (the
 /// models' names, which key the vectors, come from the settings).
 pub type ChunkServices = Services<Blobs, Queues, Unbound>;
-/// The services of the embed and tag functions: the bucket, their own queue, the models.
-pub type StageServices = Services<Blobs, OwnQueue>;
-/// The services of the chat function: no bucket, no queue.
-pub type ChatServices = Services<Unbound, Unbound>;
+/// The services of the embed function: the bucket, its own queue, the models; it writes
+/// nothing to Paperless.
+pub type EmbedServices = Services<Blobs, OwnQueue, Models, Unbound>;
+/// The services of the tag function: the bucket, its own queue, the models, the Paperless
+/// writer.
+pub type TagServices = Services<Blobs, OwnQueue>;
+/// The services of the chat function: no bucket, no queue, no Paperless writer.
+pub type ChatServices = Services<Unbound, Unbound, Models, Unbound>;
 /// The services of the sync function: the queues (chunk to send to, dead letters); no bucket,
 /// no model.
 pub type SyncServices = Services<Unbound, Queues, Unbound>;
@@ -67,12 +71,12 @@ pub const CHUNK: Wiring<ChunkServices> = Wiring {
     build: chunk,
 };
 #[cfg(wire_embed)]
-pub const EMBED: Wiring<StageServices> = Wiring {
+pub const EMBED: Wiring<EmbedServices> = Wiring {
     function: Function::Embed,
     build: embed,
 };
 #[cfg(wire_tag)]
-pub const TAG: Wiring<StageServices> = Wiring {
+pub const TAG: Wiring<TagServices> = Wiring {
     function: Function::Tag,
     build: tag,
 };
@@ -93,8 +97,8 @@ pub const SYNC: Wiring<SyncServices> = Wiring {
 pub enum Wired {
     Ingest(Services),
     Chunk(ChunkServices),
-    Embed(StageServices),
-    Tag(StageServices),
+    Embed(EmbedServices),
+    Tag(TagServices),
     Chat(ChatServices),
     Sync(SyncServices),
 }
@@ -136,7 +140,8 @@ impl Wired {
         match self {
             Wired::Ingest(s) => s,
             Wired::Chunk(s) => s,
-            Wired::Embed(s) | Wired::Tag(s) => s,
+            Wired::Embed(s) => s,
+            Wired::Tag(s) => s,
             Wired::Chat(s) => s,
             Wired::Sync(s) => s,
         }
@@ -164,69 +169,91 @@ fn ingest(sdk: &SdkConfig, env: &Env) -> Result<Services, StartError> {
     let mut settings = settings(f, env)?;
     // The web UI the ingest function serves sends chat to the chat function's URL.
     settings.chat_url = env.get("CHAT_URL").filter(|u| !u.trim().is_empty());
-    let settings = Arc::new(settings);
-    let core = core(sdk, env, settings, state(f, sdk, env)?, true)?;
+    let client = paperless(&settings)?;
+    let core = core(sdk, env, Arc::new(settings), state(f, sdk, env)?, &client)?;
     let models = models(sdk, &core, None)?;
-    Ok(core.with(s3::blobs(sdk, env)?, sqs::queues(sdk, env, true)?, models))
+    Ok(core.with(
+        s3::blobs(sdk, env)?,
+        sqs::queues(sdk, env, true)?,
+        models,
+        writer(client),
+    ))
 }
 
 /// Reads or fetches a document and chunks it: sends to all three queues (its own for back-off).
 #[cfg(wire_chunk)]
 fn chunk(sdk: &SdkConfig, env: &Env) -> Result<ChunkServices, StartError> {
     let f = Function::Chunk;
-    let settings = Arc::new(settings(f, env)?);
-    let core = core(sdk, env, settings, state(f, sdk, env)?, true)?;
-    Ok(core.with(s3::blobs(sdk, env)?, sqs::queues(sdk, env, false)?, Unbound))
+    let settings = settings(f, env)?;
+    let client = paperless(&settings)?;
+    let core = core(sdk, env, Arc::new(settings), state(f, sdk, env)?, &client)?;
+    Ok(core.with(
+        s3::blobs(sdk, env)?,
+        sqs::queues(sdk, env, false)?,
+        Unbound,
+        writer(client),
+    ))
 }
 
 /// Embeds chunks: no Paperless, only its own queue.
 #[cfg(wire_embed)]
-fn embed(sdk: &SdkConfig, env: &Env) -> Result<StageServices, StartError> {
+fn embed(sdk: &SdkConfig, env: &Env) -> Result<EmbedServices, StartError> {
     let f = Function::Embed;
     let settings = Arc::new(settings(f, env)?);
     let cache = cache(f, sdk, env)?;
-    let core = core(sdk, env, settings, state(f, sdk, env)?, false)?;
+    let core = core(sdk, env, settings, state(f, sdk, env)?, &None)?;
     let models = models(sdk, &core, Some(cache))?;
     Ok(core.with(
         s3::blobs(sdk, env)?,
         sqs::own(sdk, env, "EMBED_QUEUE_URL")?,
         models,
+        Unbound,
     ))
 }
 
 /// Suggests and writes back metadata: only its own queue.
 #[cfg(wire_tag)]
-fn tag(sdk: &SdkConfig, env: &Env) -> Result<StageServices, StartError> {
+fn tag(sdk: &SdkConfig, env: &Env) -> Result<TagServices, StartError> {
     let f = Function::Tag;
-    let settings = Arc::new(settings(f, env)?);
+    let settings = settings(f, env)?;
+    let client = paperless(&settings)?;
     let cache = cache(f, sdk, env)?;
-    let core = core(sdk, env, settings, state(f, sdk, env)?, true)?;
+    let core = core(sdk, env, Arc::new(settings), state(f, sdk, env)?, &client)?;
     let models = models(sdk, &core, Some(cache))?;
     Ok(core.with(
         s3::blobs(sdk, env)?,
         sqs::own(sdk, env, "TAG_QUEUE_URL")?,
         models,
+        writer(client),
     ))
 }
 
-/// Answers questions: no queue, no bucket; its Paperless client only links to documents.
+/// Answers questions: no queue, no bucket, no Paperless writer; its Paperless client only
+/// links to documents (and reads as a user who asks with their own token).
 #[cfg(wire_chat)]
 fn chat(sdk: &SdkConfig, env: &Env) -> Result<ChatServices, StartError> {
     let f = Function::Chat;
-    let settings = Arc::new(settings(f, env)?);
+    let settings = settings(f, env)?;
+    let client = paperless(&settings)?;
     let cache = cache(f, sdk, env)?;
-    let core = core(sdk, env, settings, state(f, sdk, env)?, true)?;
+    let core = core(sdk, env, Arc::new(settings), state(f, sdk, env)?, &client)?;
     let models = models(sdk, &core, Some(cache))?;
-    Ok(core.with(Unbound, Unbound, models))
+    Ok(core.with(Unbound, Unbound, models, Unbound))
 }
 
 /// Queues what changed in Paperless: no bucket; reads the dead letters.
 #[cfg(wire_sync)]
 fn sync(sdk: &SdkConfig, env: &Env) -> Result<SyncServices, StartError> {
     let f = Function::Sync;
-    let settings = Arc::new(settings(f, env)?);
-    let core = core(sdk, env, settings, state(f, sdk, env)?, true)?;
-    Ok(core.with(Unbound, sqs::queues(sdk, env, true)?, Unbound))
+    let settings = settings(f, env)?;
+    let client = paperless(&settings)?;
+    let core = core(sdk, env, Arc::new(settings), state(f, sdk, env)?, &client)?;
+    Ok(core.with(
+        Unbound,
+        sqs::queues(sdk, env, true)?,
+        Unbound,
+        writer(client),
+    ))
 }
 
 /// The settings with what this function requires, and which came from SSM.
@@ -327,14 +354,14 @@ mod sqs {
 }
 
 /// What every function has: its settings and state, the vector index (its dimension from the
-/// embedding model's name, `names`) and, when `with_paperless`, the Paperless client.
+/// embedding model's name, `names`) and reading Paperless through `client`.
 #[cfg(feature = "aws-s3vectors")]
 fn core(
     sdk: &SdkConfig,
     env: &Env,
     settings: Arc<Settings>,
     state: Arc<dyn StateStore>,
-    with_paperless: bool,
+    client: &Option<Arc<PaperlessClient>>,
 ) -> Result<Core, StartError> {
     let names = crate::providers::names::of(&settings)?;
     let vectors: Arc<dyn VectorIndex> = Arc::new(crate::adapters::aws::S3VectorIndex::new(
@@ -343,16 +370,12 @@ fn core(
         env.require("VECTOR_INDEX")?,
         names.dimension,
     ));
-    let paperless = match with_paperless {
-        true => paperless(&settings)?,
-        false => None,
-    };
     Ok(Core::new(
         settings,
         state,
         vectors,
         names,
-        paperless,
+        client.clone().map(|c| c as Arc<dyn PaperlessReader>),
         Taxonomy::default(),
     ))
 }
@@ -377,9 +400,15 @@ fn models(
     Ok(models)
 }
 
-/// The Paperless client, when `PAPERLESS_URL` is set. Chat's holds no token and is never used
-/// to call.
-fn paperless(settings: &Settings) -> Result<Option<Arc<dyn Paperless>>, StartError> {
+/// Writing to Paperless through `client`: only the functions that write turn their client
+/// into a writer, so only they link the writing half.
+fn writer(client: Option<Arc<PaperlessClient>>) -> Writer {
+    client.map(|c| c as Arc<dyn PaperlessWriter>)
+}
+
+/// The Paperless client, when `PAPERLESS_URL` is set. Chat's holds no token of its own: it
+/// reads as the asking user, or only links to documents.
+fn paperless(settings: &Settings) -> Result<Option<Arc<PaperlessClient>>, StartError> {
     let Some(url) = &settings.paperless_url else {
         return Ok(None);
     };

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::embed::created_number;
-use super::{PipelineError, Services};
+use super::{Models, PipelineError, Services};
 use crate::domain::{AnswerInput, DocId, Passage};
 use crate::filter::Filter;
 use crate::keyword;
@@ -268,8 +268,8 @@ fn median(mut xs: Vec<f32>) -> f32 {
 /// Hybrid retrieval: the vector index's nearest neighbours and the keyword index's best BM25
 /// matches (where the index has one), both after the filter, fused by reciprocal rank so
 /// neither side's scale can drown the other.
-pub async fn rank<B: Sync, Q: Sync>(
-    svc: &Services<B, Q>,
+pub async fn rank<B: Sync, Q: Sync, W: Sync>(
+    svc: &Services<B, Q, Models, W>,
     query: &str,
     filter: Option<&Filter>,
 ) -> Result<Retrieval, PipelineError> {
@@ -396,8 +396,8 @@ fn weigh(candidates: &[Candidate], keyword_share: f32) -> Evidence {
 /// unanswerable questions in other words or languages. A scope the user chose (one
 /// document, or filters) is never refused: the user has said where the answer is, and a
 /// question's words need not be the document's.
-pub async fn retrieve<B: Sync, Q: Sync>(
-    svc: &Services<B, Q>,
+pub async fn retrieve<B: Sync, Q: Sync, W: Sync>(
+    svc: &Services<B, Q, Models, W>,
     query: &str,
     filter: Option<&Filter>,
 ) -> Result<Vec<Passage>, PipelineError> {
@@ -405,8 +405,8 @@ pub async fn retrieve<B: Sync, Q: Sync>(
 }
 
 /// `retrieve`, with what embedding the question cost.
-pub async fn retrieve_costed<B: Sync, Q: Sync>(
-    svc: &Services<B, Q>,
+pub async fn retrieve_costed<B: Sync, Q: Sync, W: Sync>(
+    svc: &Services<B, Q, Models, W>,
     query: &str,
     filter: Option<&Filter>,
 ) -> Result<(Vec<Passage>, Usage), PipelineError> {
@@ -535,8 +535,8 @@ impl Viewer {
 }
 
 /// Answers a question from the archive for a keyless local caller (see `ask_as`).
-pub async fn ask<B: Sync, Q: Sync>(
-    svc: &Services<B, Q>,
+pub async fn ask<B: Sync, Q: Sync, W: Sync>(
+    svc: &Services<B, Q, Models, W>,
     req: &ChatRequest,
     tokens: Option<&TokenSink>,
 ) -> Result<ChatResponse, ChatError> {
@@ -549,8 +549,8 @@ pub async fn ask<B: Sync, Q: Sync>(
 /// Answers a question from the archive, from what `viewer` may see. With `tokens`, the
 /// answer's text is also sent there piece by piece as the model produces it (the final
 /// response carries the citations).
-pub async fn ask_as<B: Sync, Q: Sync>(
-    svc: &Services<B, Q>,
+pub async fn ask_as<B: Sync, Q: Sync, W: Sync>(
+    svc: &Services<B, Q, Models, W>,
     req: &ChatRequest,
     tokens: Option<&TokenSink>,
     viewer: &Viewer,
@@ -561,8 +561,8 @@ pub async fn ask_as<B: Sync, Q: Sync>(
     answer_as(svc, req, tokens, viewer).instrument(span).await
 }
 
-async fn answer_as<B: Sync, Q: Sync>(
-    svc: &Services<B, Q>,
+async fn answer_as<B: Sync, Q: Sync, W: Sync>(
+    svc: &Services<B, Q, Models, W>,
     req: &ChatRequest,
     tokens: Option<&TokenSink>,
     viewer: &Viewer,

@@ -3,13 +3,16 @@
 //! and counts the batch once.
 
 use super::index::{self, load_manifest, snapshot_key};
-use super::{Blobs, PipelineError, Services, set_stage};
+use super::{Blobs, Models, PipelineError, Services, set_stage};
 use crate::domain::{EmbedTask, Manifest, Stage, StageStatus};
 use crate::ports::VectorRecord;
 
 pub use super::index::{created_number, vector_metadata};
 
-pub async fn run<Q: Sync>(svc: &Services<Blobs, Q>, task: &EmbedTask) -> Result<(), PipelineError> {
+pub async fn run<Q: Sync, W: Sync>(
+    svc: &Services<Blobs, Q, Models, W>,
+    task: &EmbedTask,
+) -> Result<(), PipelineError> {
     let Some((manifest, _)) = load_manifest(svc, &task.doc_id).await? else {
         // Deleted in Paperless or excluded since: nothing of it may be indexed.
         set_stage(

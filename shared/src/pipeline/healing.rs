@@ -9,7 +9,9 @@
 
 use std::time::Duration;
 
-use super::{Core, PipelineError, Queues, Services, ingest, load_job, set_stage, update_job};
+use super::{
+    Core, PipelineError, Queues, Services, Writer, ingest, load_job, set_stage, update_job,
+};
 use crate::domain::{
     ChunkTask, DocId, EmbedTask, Job, JobStatus, Stage, StageState, StageStatus, TagTask,
 };
@@ -90,6 +92,7 @@ pub fn job_of(stage: Stage, body: &str) -> Option<String> {
 /// or already failed. Idempotent, so every dead letter may be noted any number of times.
 pub async fn dead_lettered(
     svc: &Core,
+    writer: &Writer,
     stage: Stage,
     body: &str,
     receives: u32,
@@ -124,7 +127,7 @@ pub async fn dead_lettered(
     failed_transiently(svc, &job_id).await?;
     if stage != Stage::Embed {
         // No content hash: a dead letter is no verdict on the text, a retry must run again.
-        super::tag::mark_failed(svc, &job_id, None, &reason).await;
+        super::tag::mark_failed(svc, writer, &job_id, None, &reason).await;
     }
     Ok(())
 }
@@ -202,12 +205,13 @@ async fn dead_of(queue: &dyn DeadLetters) -> Result<Vec<Delivery>, StoreError> {
 /// `pai` runs it when its workers start, sync runs it on AWS.
 pub async fn note_dead_letters(
     svc: &Core,
+    writer: &Writer,
     stage: Stage,
     queue: &dyn DeadLetters,
 ) -> Result<usize, PipelineError> {
     let dead = dead_of(queue).await?;
     for d in &dead {
-        dead_lettered(svc, stage, &d.body, d.receive_count).await?;
+        dead_lettered(svc, writer, stage, &d.body, d.receive_count).await?;
     }
     Ok(dead.len())
 }
@@ -294,7 +298,7 @@ async fn run_again<B, M>(svc: &Services<B, Queues, M>, job_id: &str) -> Result<J
     for (stage, queue) in queues(svc) {
         for d in dead_of(queue).await? {
             if job_of(stage, &d.body).as_deref() == Some(job_id) {
-                dead_lettered(svc, stage, &d.body, d.receive_count).await?;
+                dead_lettered(svc, &svc.writer, stage, &d.body, d.receive_count).await?;
             }
         }
     }
@@ -363,7 +367,7 @@ pub async fn retry_failed<B, M>(
     svc: &Services<B, Queues, M>,
 ) -> Result<Vec<String>, PipelineError> {
     for (stage, queue) in queues(svc) {
-        note_dead_letters(svc, stage, queue).await?;
+        note_dead_letters(svc, &svc.writer, stage, queue).await?;
     }
     let mut failed = Vec::new();
     let mut after: Option<String> = None;

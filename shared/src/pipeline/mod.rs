@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use crate::config::Settings;
 use crate::domain::{Document, Job, ObjectKind, Stage, StageState, StageStatus, Taxonomy};
 use crate::ports::{
-    BlobStore, ChatModel, Condition, Embedder, ModelError, Paperless, PaperlessError,
-    QueueConsumer, StateStore, StoreError, VectorIndex, WorkQueue,
+    BlobStore, ChatModel, Condition, Embedder, ModelError, PaperlessError, PaperlessReader,
+    PaperlessWriter, QueueConsumer, StateStore, StoreError, VectorIndex, WorkQueue,
 };
 pub use crate::providers::names::ModelNames;
 #[cfg(feature = "stage")]
@@ -39,6 +39,11 @@ pub struct Queues {
 
 /// The blob store, in the `blobs` slot of the functions that bind one.
 pub type Blobs = Arc<dyn BlobStore>;
+
+/// Writing to Paperless (tagging's write-back and the objects it creates, the review's approve
+/// and undo), in the `writer` slot of what writes: `pai`, ingest (the review routes) and tag.
+/// `None` where no Paperless is configured, as [`Core::paperless`] is.
+pub type Writer = Option<Arc<dyn PaperlessWriter>>;
 
 /// A slot of `Services` whose resource the function does not bind (chat: no bucket and no
 /// queue; sync: no bucket; embed and tag send to no queue). It implements no port, so code
@@ -102,24 +107,27 @@ pub struct Core {
     /// What the configured models are called (recorded on jobs, part of the tagging guard),
     /// known without building them: chunk and sync record them but call no model.
     pub names: Arc<ModelNames>,
-    pub paperless: Option<Arc<dyn Paperless>>,
+    /// Reading Paperless; writing is the `writer` slot of [`Services`].
+    pub paperless: Option<Arc<dyn PaperlessReader>>,
     /// The taxonomy used when no Paperless is configured (e.g. `DATA_DIR/taxonomy.json`).
     pub local_taxonomy: Arc<Taxonomy>,
     taxonomy_cache: Arc<TaxonomyCache>,
 }
 
-/// A function's services: the core, plus the blob store, the queues and the models where it
-/// binds them. The slots are types, so what a function lacks is a compile error, not a
-/// run-time failure: `pai` and the ingest function have everything (`Services`); chunk
-/// `Services<Blobs, Queues, Unbound>`; embed and tag `Services<Blobs, OwnQueue>`; sync
-/// `Services<Unbound, Queues, Unbound>`; chat `Services<Unbound, Unbound>`. A use case names
-/// the slots it uses and is generic over the others.
+/// A function's services: the core, plus the blob store, the queues, the models and the
+/// Paperless writer where it binds them. The slots are types, so what a function lacks is a
+/// compile error, not a run-time failure: `pai` and the ingest function have everything
+/// (`Services`); chunk `Services<Blobs, Queues, Unbound, Unbound>`; embed `Services<Blobs,
+/// OwnQueue, Models, Unbound>`; tag `Services<Blobs, OwnQueue>`; sync `Services<Unbound,
+/// Queues, Unbound, Unbound>`; chat `Services<Unbound, Unbound, Models, Unbound>`. A use case
+/// names the slots it uses and is generic over the others.
 #[derive(Clone)]
-pub struct Services<B = Blobs, Q = Queues, M = Models> {
+pub struct Services<B = Blobs, Q = Queues, M = Models, W = Writer> {
     pub core: Core,
     pub blobs: B,
     pub queues: Q,
     pub models: M,
+    pub writer: W,
 }
 
 /// The models a function calls, as the use cases hold them (behind their guard and cache).
@@ -129,14 +137,14 @@ pub struct Models {
     pub embedder: Arc<dyn Embedder>,
 }
 
-impl<B, Q, M> std::ops::Deref for Services<B, Q, M> {
+impl<B, Q, M, W> std::ops::Deref for Services<B, Q, M, W> {
     type Target = Core;
     fn deref(&self) -> &Core {
         &self.core
     }
 }
 
-impl<B, Q, M> std::ops::DerefMut for Services<B, Q, M> {
+impl<B, Q, M, W> std::ops::DerefMut for Services<B, Q, M, W> {
     fn deref_mut(&mut self) -> &mut Core {
         &mut self.core
     }
@@ -174,7 +182,7 @@ impl Core {
         state: Arc<dyn StateStore>,
         vectors: Arc<dyn VectorIndex>,
         names: ModelNames,
-        paperless: Option<Arc<dyn Paperless>>,
+        paperless: Option<Arc<dyn PaperlessReader>>,
         local_taxonomy: Taxonomy,
     ) -> Core {
         Core {
@@ -188,13 +196,20 @@ impl Core {
         }
     }
 
-    /// These services with a blob store, queues and models in their slots.
-    pub fn with<B, Q, M>(self, blobs: B, queues: Q, models: M) -> Services<B, Q, M> {
+    /// These services with a blob store, queues, models and a Paperless writer in their slots.
+    pub fn with<B, Q, M, W>(
+        self,
+        blobs: B,
+        queues: Q,
+        models: M,
+        writer: W,
+    ) -> Services<B, Q, M, W> {
         Services {
             core: self,
             blobs,
             queues,
             models,
+            writer,
         }
     }
 
@@ -272,6 +287,7 @@ impl Core {
     /// neighbour may have created it), then Paperless if the copy is not recent.
     pub async fn object_id(
         &self,
+        writer: &Writer,
         seen: &Taxonomy,
         kind: ObjectKind,
         name: &str,
@@ -279,8 +295,7 @@ impl Core {
         if let Some(o) = seen.find(kind, name) {
             return Ok(o.id);
         }
-        let paperless = self
-            .paperless
+        let paperless = writer
             .as_ref()
             .ok_or_else(|| PipelineError::Fail("PAPERLESS_URL is not configured".into()))?;
         let _one_creator = self.taxonomy_cache.creating.lock().await;
@@ -612,7 +627,7 @@ pub async fn handle_chunk<M: Sync>(
     telemetry::continue_trace(&span, t.trace(), JobIds::new(t.job_id(), doc_id));
     let result = chunk::run(svc, &t).instrument(span.clone()).await;
     finish_stage(
-        svc,
+        (svc, &svc.writer),
         Stage::Chunk,
         t.job_id(),
         result,
@@ -623,11 +638,11 @@ pub async fn handle_chunk<M: Sync>(
     .await
 }
 
-/// The embed stage's entry point: chunks to embed. It reads the document's text snapshot and
-/// sends to no queue.
+/// The embed stage's entry point: chunks to embed. It reads the document's text snapshot,
+/// sends to no queue and writes nothing to Paperless.
 #[cfg(feature = "stage-embed")]
-pub async fn handle_embed<Q: Sync>(
-    svc: &Services<Blobs, Q>,
+pub async fn handle_embed<Q: Sync, W: Sync>(
+    svc: &Services<Blobs, Q, Models, W>,
     body: &str,
     final_attempt: bool,
 ) -> Result<(), PipelineError> {
@@ -638,8 +653,9 @@ pub async fn handle_embed<Q: Sync>(
     let ids = JobIds::new(&t.job_id, Some(t.doc_id.to_string()));
     telemetry::continue_trace(&span, t.trace.as_ref(), ids);
     let result = embed::run(svc, &t).instrument(span.clone()).await;
+    // Embedding failures are not marked on the document (`record_failure`): no writer.
     finish_stage(
-        svc,
+        (svc, &None),
         Stage::Embed,
         &t.job_id,
         result,
@@ -667,7 +683,7 @@ pub async fn handle_tag<Q: Sync>(
     // The failure is marked on the document for the text this version has.
     let hash = Some(t.content_hash.as_str());
     finish_stage(
-        svc,
+        (svc, &svc.writer),
         Stage::Tag,
         &t.job_id,
         result,
@@ -682,7 +698,7 @@ pub async fn handle_tag<Q: Sync>(
 /// span (marking it on the document is part of its trace).
 #[cfg(feature = "stage")]
 async fn finish_stage(
-    svc: &Core,
+    (svc, writer): (&Core, &Writer),
     stage: Stage,
     job_id: &str,
     result: Result<(), PipelineError>,
@@ -692,9 +708,17 @@ async fn finish_stage(
 ) -> Result<(), PipelineError> {
     use tracing::Instrument;
     mark_error(&span, &result);
-    record_failure(svc, stage, job_id, &result, final_attempt, content_hash)
-        .instrument(span)
-        .await;
+    record_failure(
+        svc,
+        writer,
+        stage,
+        job_id,
+        &result,
+        final_attempt,
+        content_hash,
+    )
+    .instrument(span)
+    .await;
     result
 }
 
@@ -744,7 +768,16 @@ async fn uploaded<M: Sync>(
         }
         .await;
         mark_error(&tracing::Span::current(), &result);
-        record_failure(svc, Stage::Chunk, &job_id, &result, final_attempt, None).await;
+        record_failure(
+            svc,
+            &svc.writer,
+            Stage::Chunk,
+            &job_id,
+            &result,
+            final_attempt,
+            None,
+        )
+        .await;
         result
     }
     .instrument(span)
@@ -789,6 +822,7 @@ fn job_age_secs(job: &Job) -> f64 {
 #[cfg(feature = "stage")]
 async fn record_failure(
     svc: &Core,
+    writer: &Writer,
     stage: Stage,
     job_id: &str,
     result: &Result<(), PipelineError>,
@@ -837,7 +871,7 @@ async fn record_failure(
             // The document shows the failure in Paperless too (not for embedding: its tagging
             // may still succeed, and chat is what misses the document).
             if stage != Stage::Embed {
-                tag::mark_failed(svc, job_id, content_hash, &reason).await;
+                tag::mark_failed(svc, writer, job_id, content_hash, &reason).await;
             }
         }
     }

@@ -140,12 +140,12 @@ async fn sync_once<B: BlobSlot, M>(
         (Stage::Embed, &svc.queues.embed),
         (Stage::Tag, &svc.queues.tag),
     ] {
-        if let Err(e) = healing::note_dead_letters(svc, stage, queue.as_ref()).await {
+        if let Err(e) = healing::note_dead_letters(svc, &svc.writer, stage, queue.as_ref()).await {
             tracing::debug!(?stage, error = %e, "dead letters not checked");
         }
     }
     let retried = healing::retry_transient_failures(svc).await?;
-    let marked = super::tag::write_pending_failed_marks(svc).await?;
+    let marked = super::tag::write_pending_failed_marks(svc, &svc.writer).await?;
     let (removed, incomplete) = check_window(svc, &ids).await?;
     if newest != cursor {
         let condition = saved.map_or(Condition::Absent, |v| Condition::Version(v.version));

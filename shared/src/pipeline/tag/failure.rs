@@ -4,7 +4,7 @@
 use serde_json::json;
 
 use crate::domain::{DocId, DocumentPatch, ObjectKind};
-use crate::pipeline::{Core, PipelineError};
+use crate::pipeline::{Core, PipelineError, Writer};
 use crate::ports::{Condition, StoreError};
 
 use super::*;
@@ -21,8 +21,14 @@ pub(crate) async fn forget_failure(svc: &Core, doc_id: &DocId) -> Result<(), Sto
 /// "Document Updated", and that webhook must not buy a second full attempt at the same text
 /// and policy. A write that fails is kept under `FAILED_MARK_PREFIX`, and every sync run
 /// tries it again (`write_pending_failed_marks`) until it lands or the job runs again.
-pub async fn mark_failed(svc: &Core, job_id: &str, content_hash: Option<&str>, reason: &str) {
-    if let Err(e) = try_mark_failed(svc, job_id, content_hash, reason).await {
+pub async fn mark_failed(
+    svc: &Core,
+    writer: &Writer,
+    job_id: &str,
+    content_hash: Option<&str>,
+    reason: &str,
+) {
+    if let Err(e) = try_mark_failed(svc, writer, job_id, content_hash, reason).await {
         tracing::warn!(job_id, error = %e, "could not add the failed tag: sync will try again");
         let pending = json!({"content_hash": content_hash, "reason": reason});
         if let Err(e) = svc
@@ -37,7 +43,10 @@ pub async fn mark_failed(svc: &Core, job_id: &str, content_hash: Option<&str>, r
 
 /// Sync's part: writes the failed tags that could not be written when their jobs failed.
 /// A job that is no longer failed (it ran again) needs none. Returns how many were written.
-pub async fn write_pending_failed_marks(svc: &Core) -> Result<usize, PipelineError> {
+pub async fn write_pending_failed_marks(
+    svc: &Core,
+    writer: &Writer,
+) -> Result<usize, PipelineError> {
     let waiting = crate::pipeline::list_all(svc.state.as_ref(), FAILED_MARK_PREFIX).await?;
     let mut written = 0;
     for (key, pending) in waiting {
@@ -48,7 +57,7 @@ pub async fn write_pending_failed_marks(svc: &Core) -> Result<usize, PipelineErr
         if still_failed {
             let hash = pending["content_hash"].as_str();
             let reason = pending["reason"].as_str().unwrap_or("failed");
-            if let Err(e) = try_mark_failed(svc, job_id, hash, reason).await {
+            if let Err(e) = try_mark_failed(svc, writer, job_id, hash, reason).await {
                 // Still unreachable: the next run tries again.
                 tracing::info!(job_id, error = %e, "failed tag still not written");
                 continue;
@@ -62,6 +71,7 @@ pub async fn write_pending_failed_marks(svc: &Core) -> Result<usize, PipelineErr
 
 pub(super) async fn try_mark_failed(
     svc: &Core,
+    writer: &Writer,
     job_id: &str,
     content_hash: Option<&str>,
     reason: &str,
@@ -69,7 +79,8 @@ pub(super) async fn try_mark_failed(
     let Some(job) = crate::pipeline::load_job(svc.state.as_ref(), job_id).await? else {
         return Ok(());
     };
-    let (Some(doc_id @ DocId::Paperless(id)), Some(paperless)) = (job.doc_id, &svc.paperless)
+    let (Some(doc_id @ DocId::Paperless(id)), Some(paperless), Some(write)) =
+        (job.doc_id, &svc.paperless, writer)
     else {
         return Ok(());
     };
@@ -90,6 +101,7 @@ pub(super) async fn try_mark_failed(
     let doc = paperless.document(id).await?;
     let tag = object_id(
         svc,
+        writer,
         &taxonomy,
         ObjectKind::Tag,
         &svc.settings.policy.failed_tag,
@@ -106,7 +118,7 @@ pub(super) async fn try_mark_failed(
         tags.push(tag);
     }
     if tags != doc.tags {
-        paperless
+        write
             .patch(
                 id,
                 &DocumentPatch {

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::domain::{DocId, Document, DocumentPatch, Field, ObjectKind};
-use crate::pipeline::{Core, PipelineError};
-use crate::ports::{Condition, Paperless, StoreError};
+use crate::pipeline::{Core, PipelineError, Writer};
+use crate::ports::{Condition, PaperlessReader, PaperlessWriter, StoreError};
 use crate::text::plausible_date;
 
 use super::*;
@@ -63,12 +63,16 @@ pub(super) async fn load_record(
     Ok((record, v.version))
 }
 
+/// A reviewed document in Paperless: its id, and Paperless to read it and to write it.
+pub(super) type Target = (u64, Arc<dyn PaperlessReader>, Arc<dyn PaperlessWriter>);
+
 pub(super) fn paperless_target(
     svc: &Core,
+    writer: &Writer,
     doc_id: &DocId,
-) -> Result<(u64, Arc<dyn Paperless>), ReviewError> {
-    match (doc_id.paperless_id(), &svc.paperless) {
-        (Some(id), Some(p)) => Ok((id, p.clone())),
+) -> Result<Target, ReviewError> {
+    match (doc_id.paperless_id(), &svc.paperless, writer) {
+        (Some(id), Some(read), Some(write)) => Ok((id, read.clone(), write.clone())),
         _ => Err(ReviewError::Conflict(format!(
             "document {doc_id} is not in Paperless: there is nothing to write back"
         ))),
@@ -93,7 +97,7 @@ pub(super) async fn sync_index_meta(
 async fn save_and_sync(
     svc: &Core,
     doc_id: &DocId,
-    (id, paperless): (u64, &Arc<dyn Paperless>),
+    (id, paperless): (u64, &Arc<dyn PaperlessReader>),
     record: &SuggestionRecord,
     version: u64,
 ) -> Result<(), ReviewError> {
@@ -112,11 +116,12 @@ async fn save_and_sync(
 /// Applies a stored suggestion (review mode), with the reviewer's edits, by read-merge-write.
 pub async fn approve(
     svc: &Core,
+    writer: &Writer,
     doc_id: &DocId,
     edits: Edits,
 ) -> Result<SuggestionRecord, ReviewError> {
     let (mut record, version) = load_record(svc, doc_id).await?;
-    let (id, paperless) = paperless_target(svc, doc_id)?;
+    let (id, paperless, write) = paperless_target(svc, writer, doc_id)?;
     if record.applied.is_some() && record.undone_at.is_none() {
         return Err(ReviewError::Conflict(format!(
             "the suggestion for document {doc_id} is already applied"
@@ -165,9 +170,9 @@ pub async fn approve(
     }
     let doc = paperless.document(id).await?;
     // The reviewer decides now, on what the document shows now: no three-way merge.
-    let (patch, previous, _) = plan(svc, &doc, &doc, &s, &taxonomy).await?;
+    let (patch, previous, _) = plan(svc, writer, &doc, &doc, &s, &taxonomy).await?;
     if !patch.is_empty() {
-        paperless.patch(id, &patch).await?;
+        write.patch(id, &patch).await?;
     }
     record.suggestion = s;
     record.applied = Some(patch);
@@ -185,9 +190,13 @@ pub async fn approve(
 /// mark comes back (the suggestion waits for review again). The trigger and failed tags it
 /// removed are not put back: both were answered, and a trigger tag put back would start a new
 /// run at once (its "Document Updated" webhook), undoing the undo.
-pub async fn undo(svc: &Core, doc_id: &DocId) -> Result<SuggestionRecord, ReviewError> {
+pub async fn undo(
+    svc: &Core,
+    writer: &Writer,
+    doc_id: &DocId,
+) -> Result<SuggestionRecord, ReviewError> {
     let (mut record, version) = load_record(svc, doc_id).await?;
-    let (id, paperless) = paperless_target(svc, doc_id)?;
+    let (id, paperless, write) = paperless_target(svc, writer, doc_id)?;
     let (Some(applied), Some(previous)) = (record.applied.clone(), record.previous.clone()) else {
         return Err(ReviewError::Conflict(format!(
             "nothing applied to document {doc_id} to undo"
@@ -298,7 +307,7 @@ pub async fn undo(svc: &Core, doc_id: &DocId) -> Result<SuggestionRecord, Review
         }
     }
     if !patch.is_empty() {
-        paperless.patch(id, &patch).await?;
+        write.patch(id, &patch).await?;
     }
     record.undone_at = Some(crate::pipeline::now());
     record.undone = Some(applied);

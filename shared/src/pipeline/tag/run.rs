@@ -12,7 +12,7 @@ use crate::domain::{
 };
 use crate::pipeline::chunk::load_manifest;
 use crate::pipeline::index::read_snapshot;
-use crate::pipeline::{Blobs, Core, PipelineError, Services, set_stage};
+use crate::pipeline::{Blobs, Core, PipelineError, Services, Writer, set_stage};
 use crate::ports::{Condition, StoreError};
 use crate::text::fold;
 
@@ -404,18 +404,17 @@ pub(super) async fn tag_leased<Q: Sync>(
     };
     let (outcome, after) = match &paperless_doc {
         Some(doc) => {
-            let paperless = svc
-                .paperless
-                .clone()
-                .expect("a Paperless document has Paperless");
+            let (Some(paperless), Some(writer)) = (&svc.paperless, &svc.writer) else {
+                unreachable!("a Paperless document has Paperless, to read and to write")
+            };
             // Read again right before writing: the model took seconds (minutes on Ollama), and
             // what the user changed meanwhile wins.
             let fresh = paperless.document_metadata(doc.id).await?;
             let (patch, previous, kept) = if policy.review_mode {
-                let (patch, previous) = review_mark(svc, &fresh, &taxonomy).await?;
+                let (patch, previous) = review_mark(svc, &svc.writer, &fresh, &taxonomy).await?;
                 (patch, previous, Vec::new())
             } else {
-                plan(svc, doc, &fresh, &suggestion, &taxonomy).await?
+                plan(svc, &svc.writer, doc, &fresh, &suggestion, &taxonomy).await?
             };
             record.kept_by_user = kept;
             if !policy.review_mode {
@@ -427,7 +426,7 @@ pub(super) async fn tag_leased<Q: Sync>(
             record.pending = !patch.is_empty() && !policy.review_mode;
             put_record(svc, &record).await?;
             if !patch.is_empty() {
-                paperless.patch(doc.id, &patch).await?;
+                writer.patch(doc.id, &patch).await?;
             }
             if record.pending {
                 record.pending = false;
@@ -577,11 +576,19 @@ pub(super) async fn finish(
 /// finds what waits for review; nothing else changes until approval.
 pub(super) async fn review_mark(
     svc: &Core,
+    writer: &Writer,
     fresh: &Document,
     taxonomy: &Taxonomy,
 ) -> Result<(DocumentPatch, DocumentPatch), PipelineError> {
     let policy = &svc.settings.policy;
-    let review = object_id(svc, taxonomy, ObjectKind::Tag, &svc.settings.review_tag).await?;
+    let review = object_id(
+        svc,
+        writer,
+        taxonomy,
+        ObjectKind::Tag,
+        &svc.settings.review_tag,
+    )
+    .await?;
     let drop = [
         tag_id(taxonomy, policy.trigger_tag.as_deref()),
         tag_id(taxonomy, Some(&policy.failed_tag)),

@@ -3,7 +3,7 @@
 
 use crate::config::FieldMode;
 use crate::domain::{Document, DocumentPatch, Field, ObjectKind, Suggestion, Taxonomy};
-use crate::pipeline::{Core, PipelineError};
+use crate::pipeline::{Core, PipelineError, Writer};
 
 /// The tag id of a named tag, if it exists.
 pub(super) fn tag_id(taxonomy: &Taxonomy, name: Option<&str>) -> Option<u64> {
@@ -14,11 +14,12 @@ pub(super) fn tag_id(taxonomy: &Taxonomy, name: Option<&str>) -> Option<u64> {
 /// The id of a named object, created (matching "none") when missing and allowed.
 pub(super) async fn object_id(
     svc: &Core,
+    writer: &Writer,
     taxonomy: &Taxonomy,
     kind: ObjectKind,
     name: &str,
 ) -> Result<u64, PipelineError> {
-    svc.object_id(taxonomy, kind, name).await
+    svc.object_id(writer, taxonomy, kind, name).await
 }
 
 /// The PATCH for a suggestion, by three-way merge: `base` is the document the model saw,
@@ -28,6 +29,7 @@ pub(super) async fn object_id(
 /// it replaces (for undo) and the fields kept as the user set them.
 pub(super) async fn plan(
     svc: &Core,
+    writer: &Writer,
     base: &Document,
     fresh: &Document,
     s: &Suggestion,
@@ -66,7 +68,7 @@ pub(super) async fn plan(
         )
         && write(Field::Correspondent, fresh.correspondent.is_none())
     {
-        let id = object_id(svc, taxonomy, ObjectKind::Correspondent, c).await?;
+        let id = object_id(svc, writer, taxonomy, ObjectKind::Correspondent, c).await?;
         if fresh.correspondent != Some(id) {
             patch.correspondent = Some(Some(id));
             previous.correspondent = Some(fresh.correspondent);
@@ -80,7 +82,7 @@ pub(super) async fn plan(
         )
         && write(Field::DocumentType, fresh.document_type.is_none())
     {
-        let id = object_id(svc, taxonomy, ObjectKind::DocumentType, d).await?;
+        let id = object_id(svc, writer, taxonomy, ObjectKind::DocumentType, d).await?;
         if fresh.document_type != Some(id) {
             patch.document_type = Some(Some(id));
             previous.document_type = Some(fresh.document_type);
@@ -112,7 +114,7 @@ pub(super) async fn plan(
         }
         let id = match existing {
             Some(id) => id,
-            None => object_id(svc, taxonomy, ObjectKind::Tag, &name).await?,
+            None => object_id(svc, writer, taxonomy, ObjectKind::Tag, &name).await?,
         };
         if !tags.contains(&id) {
             tags.push(id);
