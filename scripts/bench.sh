@@ -7,8 +7,8 @@
 # chat retrieval p50 over 100k chunks; and each Lambda function's size (stripped arm64 binary
 # and zip, from a per-package `cargo lambda build`; x86_64 binary) and cold start (x86_64).
 # Everything runs on loopback. BENCH_DOCUMENTS and BENCH_CHUNKS change the sizes;
-# `scripts/bench.sh throughput` runs the throughput part alone, `scripts/bench.sh lambda` the
-# Lambda part; BENCH_PROFILE=quick builds without fat LTO (quicker, for development; the
+# `scripts/bench.sh throughput` runs the throughput part alone, `scripts/bench.sh retrieval`
+# the two retrieval timings, `scripts/bench.sh lambda` the Lambda part; BENCH_PROFILE=quick builds without fat LTO (quicker, for development; the
 # arm64 sizes keep the release profile unless BENCH_LAMBDA_PROFILE says otherwise).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +18,7 @@ profile="${BENCH_PROFILE:-release}"
 lambda_profile="${BENCH_LAMBDA_PROFILE:-release}"
 part="${1:-}"
 cargo build --profile "$profile" -q -p pai -p pai-tests --bin pai --bin pai-bench
-if [ "$part" != "throughput" ]; then
+if [ "$part" != "throughput" ] && [ "$part" != "retrieval" ]; then
   # Each function as its own package, as `sam build` builds it (one cargo call for all six
   # would unify their features): x86_64 here for the init times, arm64 through cargo-lambda
   # (scripts/setup-deploy.sh) for the sizes Lambda deploys, zipped as the code package is.

@@ -330,37 +330,60 @@ impl Bm25Index {
             return Vec::new();
         }
         let average = self.total_length as f32 / n;
-        let mut allowed: HashMap<u32, bool> = HashMap::new();
-        let mut scores: HashMap<u32, f32> = HashMap::new();
+        // Dense per-slot state rather than hash maps: a common term's postings reach most of
+        // the archive (100k chunks), where hashing every slot twice was most of the query.
+        const UNSEEN: u8 = 0;
+        const ACCEPTED: u8 = 1;
+        const REFUSED: u8 = 2;
+        let mut state = vec![UNSEEN; self.slots.len()];
+        let mut score = vec![0.0f32; self.slots.len()];
+        let mut scored: Vec<u32> = Vec::new();
         for term in &q {
             let Some(list) = self.postings.get(term) else {
                 continue;
             };
             // Document frequency over live chunks of the whole corpus (not only the filtered).
-            let live: Vec<&(u32, u32)> = list
+            let live = list
                 .iter()
                 .filter(|(slot, _)| self.slots[*slot as usize].is_some())
-                .collect();
-            let idf = idf(n, live.len() as f32);
-            for (slot, f) in live {
-                let s = self.slots[*slot as usize].as_ref().expect("live slot");
-                let ok = *allowed.entry(*slot).or_insert_with(|| accept(&s.key));
-                if ok {
-                    *scores.entry(*slot).or_insert(0.0) +=
-                        term_score(idf, *f as f32, s.length as f32, average);
+                .count();
+            let idf = idf(n, live as f32);
+            for &(slot, f) in list {
+                let Some(s) = self.slots[slot as usize].as_ref() else {
+                    continue;
+                };
+                let i = slot as usize;
+                if state[i] == UNSEEN {
+                    state[i] = if accept(&s.key) {
+                        scored.push(slot);
+                        ACCEPTED
+                    } else {
+                        REFUSED
+                    };
+                }
+                if state[i] == ACCEPTED {
+                    score[i] += term_score(idf, f as f32, s.length as f32, average);
                 }
             }
         }
         let key = |slot: u32| &self.slots[slot as usize].as_ref().expect("live slot").key;
-        let mut ranked: Vec<(u32, f32)> = scores.into_iter().collect();
         // Equal scores are common (one shared term, equal lengths): broken by key, not by slot,
         // whose order is the order concurrent workers happened to index in, so the same
-        // question over the same archive always gets the same passages.
-        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| key(a.0).cmp(key(b.0))));
-        ranked.truncate(top_k);
-        ranked
+        // question over the same archive always gets the same passages. A total order, so the
+        // top `top_k` are selected without sorting every scored chunk.
+        let order = |a: &u32, b: &u32| {
+            score[*b as usize]
+                .total_cmp(&score[*a as usize])
+                .then_with(|| key(*a).cmp(key(*b)))
+        };
+        if scored.len() > top_k {
+            scored.select_nth_unstable_by(top_k - 1, order);
+            scored.truncate(top_k);
+        }
+        scored.sort_by(order);
+        scored
             .into_iter()
-            .map(|(slot, s)| (key(slot).clone(), s))
+            .map(|slot| (key(slot).clone(), score[slot as usize]))
             .collect()
     }
 }
@@ -368,6 +391,25 @@ impl Bm25Index {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_top_k_are_the_first_k_of_the_whole_ranking() {
+        let mut index = Bm25Index::default();
+        for i in 0..300 {
+            let text = format!(
+                "fence {} gate {} paint",
+                "repair ".repeat(i % 7),
+                "oak ".repeat(i % 3)
+            );
+            index.upsert(&format!("k{i:03}"), &text);
+        }
+        let whole = index.search("fence repair oak", 300, |k| !k.ends_with('5'));
+        assert_eq!(whole.len(), 270);
+        for top_k in [1, 10, 40, 269, 270, 500] {
+            let top = index.search("fence repair oak", top_k, |k| !k.ends_with('5'));
+            assert_eq!(top, whole[..top_k.min(270)], "top {top_k}");
+        }
+    }
 
     #[test]
     fn equal_scores_rank_by_key_whatever_order_the_chunks_were_indexed_in() {

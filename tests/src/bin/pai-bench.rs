@@ -964,6 +964,15 @@ async fn main() {
         );
         return;
     }
+    if args.get(1).is_some_and(|a| a == "retrieval") {
+        let out = json!({
+            "retrieval": retrieval(chunks, 200).await,
+            "chat_retrieval": chat_retrieval(chunks, 200).await,
+            "targets": {"retrieval_p50_ms": 15, "chat_retrieval_p50_ms": 15},
+        });
+        println!("{}", serde_json::to_string_pretty(&out).unwrap());
+        return;
+    }
     if args.get(1).is_some_and(|a| a == "throughput") {
         let mut out = json!({"throughput": throughput(&pai_bin, documents).await});
         out["targets"] = throughput_targets();
