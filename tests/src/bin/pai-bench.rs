@@ -410,7 +410,8 @@ async fn retrieval(chunks: usize, queries: usize) -> Value {
         // 60-word windows over the corpus, shifted per chunk: realistic vocabulary, all distinct.
         let start = (i * 37) % (words.len() - 60);
         let text = format!("{} {i}", words[start..start + 60].join(" "));
-        let meta = json!({"doc_id": (i / 25).to_string(), "tags": ["invoice"], "created": 20200101 + (i % 1500)});
+        // A document's 25 chunks carry its metadata, as `pipeline::embed` writes them.
+        let meta = json!({"doc_id": (i / 25).to_string(), "tags": ["invoice"], "created": 20200101 + (i / 25) % 1500});
         batch.push(VectorRecord {
             key: format!("{}#{i}", i / 25),
             vector: e.vector(&text),
@@ -458,7 +459,8 @@ async fn chat_retrieval(chunks: usize, queries: usize) -> Value {
     for i in 0..chunks {
         let start = (i * 37) % (words.len() - 60);
         let text = format!("{} {i}", words[start..start + 60].join(" "));
-        let meta = json!({"doc_id": (i / 25).to_string(), "tags": ["invoice"], "created": 20200101 + (i % 1500)});
+        // A document's 25 chunks carry its metadata, as `pipeline::embed` writes them.
+        let meta = json!({"doc_id": (i / 25).to_string(), "tags": ["invoice"], "created": 20200101 + (i / 25) % 1500});
         batch.push(VectorRecord {
             key: format!("{}#{i}", i / 25),
             vector: e.vector(&text),
