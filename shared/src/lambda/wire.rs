@@ -169,8 +169,7 @@ fn ingest(sdk: &SdkConfig, env: &Env) -> Result<Services, StartError> {
     let mut settings = settings(f, env)?;
     // The web UI the ingest function serves sends chat to the chat function's URL.
     settings.chat_url = env.get("CHAT_URL").filter(|u| !u.trim().is_empty());
-    let client = paperless(&settings)?;
-    let core = core(sdk, env, Arc::new(settings), state(f, sdk, env)?, &client)?;
+    let (core, client) = core(sdk, env, settings, state(f, sdk, env)?, true)?;
     let models = models(sdk, &core, None)?;
     Ok(core.with(
         s3::blobs(sdk, env)?,
@@ -184,9 +183,7 @@ fn ingest(sdk: &SdkConfig, env: &Env) -> Result<Services, StartError> {
 #[cfg(wire_chunk)]
 fn chunk(sdk: &SdkConfig, env: &Env) -> Result<ChunkServices, StartError> {
     let f = Function::Chunk;
-    let settings = settings(f, env)?;
-    let client = paperless(&settings)?;
-    let core = core(sdk, env, Arc::new(settings), state(f, sdk, env)?, &client)?;
+    let (core, client) = core(sdk, env, settings(f, env)?, state(f, sdk, env)?, true)?;
     Ok(core.with(
         s3::blobs(sdk, env)?,
         sqs::queues(sdk, env, false)?,
@@ -199,9 +196,8 @@ fn chunk(sdk: &SdkConfig, env: &Env) -> Result<ChunkServices, StartError> {
 #[cfg(wire_embed)]
 fn embed(sdk: &SdkConfig, env: &Env) -> Result<EmbedServices, StartError> {
     let f = Function::Embed;
-    let settings = Arc::new(settings(f, env)?);
     let cache = cache(f, sdk, env)?;
-    let core = core(sdk, env, settings, state(f, sdk, env)?, &None)?;
+    let (core, _) = core(sdk, env, settings(f, env)?, state(f, sdk, env)?, false)?;
     let models = models(sdk, &core, Some(cache))?;
     Ok(core.with(
         s3::blobs(sdk, env)?,
@@ -215,10 +211,8 @@ fn embed(sdk: &SdkConfig, env: &Env) -> Result<EmbedServices, StartError> {
 #[cfg(wire_tag)]
 fn tag(sdk: &SdkConfig, env: &Env) -> Result<TagServices, StartError> {
     let f = Function::Tag;
-    let settings = settings(f, env)?;
-    let client = paperless(&settings)?;
     let cache = cache(f, sdk, env)?;
-    let core = core(sdk, env, Arc::new(settings), state(f, sdk, env)?, &client)?;
+    let (core, client) = core(sdk, env, settings(f, env)?, state(f, sdk, env)?, true)?;
     let models = models(sdk, &core, Some(cache))?;
     Ok(core.with(
         s3::blobs(sdk, env)?,
@@ -233,10 +227,9 @@ fn tag(sdk: &SdkConfig, env: &Env) -> Result<TagServices, StartError> {
 #[cfg(wire_chat)]
 fn chat(sdk: &SdkConfig, env: &Env) -> Result<ChatServices, StartError> {
     let f = Function::Chat;
-    let settings = settings(f, env)?;
-    let client = paperless(&settings)?;
     let cache = cache(f, sdk, env)?;
-    let core = core(sdk, env, Arc::new(settings), state(f, sdk, env)?, &client)?;
+    // Its client only reads: chat makes no writer of it.
+    let (core, _) = core(sdk, env, settings(f, env)?, state(f, sdk, env)?, true)?;
     let models = models(sdk, &core, Some(cache))?;
     Ok(core.with(Unbound, Unbound, models, Unbound))
 }
@@ -245,9 +238,7 @@ fn chat(sdk: &SdkConfig, env: &Env) -> Result<ChatServices, StartError> {
 #[cfg(wire_sync)]
 fn sync(sdk: &SdkConfig, env: &Env) -> Result<SyncServices, StartError> {
     let f = Function::Sync;
-    let settings = settings(f, env)?;
-    let client = paperless(&settings)?;
-    let core = core(sdk, env, Arc::new(settings), state(f, sdk, env)?, &client)?;
+    let (core, client) = core(sdk, env, settings(f, env)?, state(f, sdk, env)?, true)?;
     Ok(core.with(
         Unbound,
         sqs::queues(sdk, env, true)?,
@@ -354,15 +345,16 @@ mod sqs {
 }
 
 /// What every function has: its settings and state, the vector index (its dimension from the
-/// embedding model's name, `names`) and reading Paperless through `client`.
+/// embedding model's name, `names`) and, when `with_paperless`, reading Paperless; the client
+/// comes back too, for the functions that write with it (`writer`).
 #[cfg(feature = "aws-s3vectors")]
 fn core(
     sdk: &SdkConfig,
     env: &Env,
-    settings: Arc<Settings>,
+    settings: Settings,
     state: Arc<dyn StateStore>,
-    client: &Option<Arc<PaperlessClient>>,
-) -> Result<Core, StartError> {
+    with_paperless: bool,
+) -> Result<(Core, Option<Arc<PaperlessClient>>), StartError> {
     let names = crate::providers::names::of(&settings)?;
     let vectors: Arc<dyn VectorIndex> = Arc::new(crate::adapters::aws::S3VectorIndex::new(
         aws_sdk_s3vectors::Client::new(sdk),
@@ -370,14 +362,19 @@ fn core(
         env.require("VECTOR_INDEX")?,
         names.dimension,
     ));
-    Ok(Core::new(
-        settings,
+    let client = match with_paperless {
+        true => paperless(&settings)?,
+        false => None,
+    };
+    let core = Core::new(
+        Arc::new(settings),
         state,
         vectors,
         names,
         client.clone().map(|c| c as Arc<dyn PaperlessReader>),
         Taxonomy::default(),
-    ))
+    );
+    Ok((core, client))
 }
 
 /// The models, as `pai` assembles them, in front of `cache` where the function has the cache

@@ -47,13 +47,6 @@ mod assembly {
     #[cfg(not(feature = "bedrock"))]
     const WITHOUT_BEDROCK: &str = "this build has no bedrock support (built without the `bedrock` feature): use openai, ollama or lexical, or a build with bedrock";
 
-    fn config(var: &'static str, message: impl Into<String>) -> ConfigError {
-        ConfigError {
-            var,
-            message: message.into(),
-        }
-    }
-
     /// The chat model the settings name (on Bedrock, configured from `aws`).
     #[cfg_attr(not(feature = "bedrock"), allow(unused_variables))]
     pub fn chat_model(
@@ -97,7 +90,7 @@ mod assembly {
         })
     }
 
-    use super::names::marking;
+    use super::names::{config, marking};
 
     /// The embedder the settings name (on Bedrock, configured from `aws`).
     #[cfg_attr(not(feature = "bedrock"), allow(unused_variables))]

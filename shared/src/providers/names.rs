@@ -90,7 +90,7 @@ pub fn marking(e: &ModelSettings, default_model: &str) -> Marking {
     )
 }
 
-fn config(var: &'static str, message: impl Into<String>) -> ConfigError {
+pub(crate) fn config(var: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError {
         var,
         message: message.into(),
