@@ -275,26 +275,14 @@ pub use off::{active, continue_trace, current, flush, shutdown, wanted};
 /// the spans. A bad OTLP setting is logged, not fatal: traces are not worth a failed start.
 #[cfg(feature = "lambda")]
 pub fn init_lambda_subscriber(function: &str) {
-    use std::str::FromStr;
-    use tracing_subscriber::filter::{EnvFilter, LevelFilter};
+    use tracing_subscriber::filter::LevelFilter;
     use tracing_subscriber::prelude::*;
-    let level = std::env::var("AWS_LAMBDA_LOG_LEVEL")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .ok()
-        .and_then(|l| LevelFilter::from_str(&l).ok())
-        .unwrap_or(LevelFilter::INFO);
-    let filter = EnvFilter::builder()
-        .with_default_directive(level.into())
-        .from_env_lossy();
-    let lines = tracing_subscriber::fmt::layer()
-        .with_target(false)
-        .without_time()
-        .with_writer(std::io::stdout);
+    let filter = lambda_log_filter(
+        std::env::var("AWS_LAMBDA_LOG_LEVEL").ok().as_deref(),
+        std::env::var("RUST_LOG").ok().as_deref(),
+    );
     let json = std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
-    let lines = match json {
-        true => lines.json().boxed(),
-        false => lines.boxed(),
-    };
+    let lines = lambda_log_lines(json, std::io::stdout);
     let registry = tracing_subscriber::registry().with(lines.with_filter(filter));
     #[cfg(feature = "otel")]
     let (registry, failed) = {
@@ -314,6 +302,63 @@ pub fn init_lambda_subscriber(function: &str) {
     {
         tracing::error!(error = %e, "traces are not exported");
     }
+}
+
+/// A Lambda's log lines, as text or JSON objects. Plain text: CloudWatch shows terminal
+/// colour codes as they are (`\x1b[31mERROR\x1b[0m`), and adds its own timestamps.
+#[cfg(feature = "lambda")]
+fn lambda_log_lines<S, W>(
+    json: bool,
+    writer: W,
+) -> Box<dyn tracing_subscriber::Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    use tracing_subscriber::Layer;
+    let lines = tracing_subscriber::fmt::layer()
+        .with_target(false)
+        .without_time()
+        .with_ansi(false)
+        .with_writer(writer);
+    match json {
+        true => lines.json().boxed(),
+        false => lines.boxed(),
+    }
+}
+
+/// The log lines' filter: `RUST_LOG`'s `level` and `target=level` directives
+/// (`info,aws_smithy_runtime=debug`), the level by default coming from Lambda's logging
+/// configuration (`AWS_LAMBDA_LOG_LEVEL`) when it is set, else `info`. A directive that does
+/// not parse is skipped, not the whole filter. By target, not `EnvFilter`'s span
+/// and field patterns: those need a regex engine in every binary for a filter nobody sets there.
+#[cfg(feature = "lambda")]
+fn lambda_log_filter(
+    lambda_level: Option<&str>,
+    rust_log: Option<&str>,
+) -> tracing_subscriber::filter::Targets {
+    use std::str::FromStr;
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    let directives: Vec<(&str, Targets)> = rust_log
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .filter_map(|d| Targets::from_str(d).ok().map(|t| (d, t)))
+        .collect();
+    let default = lambda_level
+        .and_then(|l| LevelFilter::from_str(l.trim()).ok())
+        .or_else(|| {
+            let bare = directives.iter().filter(|(d, _)| !d.contains('='));
+            bare.filter_map(|(_, t)| t.default_level()).next_back()
+        })
+        .unwrap_or(LevelFilter::INFO);
+    let by_target = directives.into_iter().filter(|(d, _)| d.contains('='));
+    let mut filter = Targets::new().with_default(default);
+    for (_, targets) in by_target {
+        filter = filter.with_targets(targets);
+    }
+    filter
 }
 
 /// Exports the buffered spans without holding up the async runtime: what a Lambda does at the
@@ -358,6 +403,76 @@ pub fn provider_and_model(name: &str) -> (&str, &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "lambda")]
+    #[test]
+    fn a_lambda_logs_plain_lines_and_json_objects() {
+        use std::sync::{Arc, Mutex};
+        use tracing_subscriber::prelude::*;
+        #[derive(Clone, Default)]
+        struct Captured(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        for json in [false, true] {
+            let out = Captured::default();
+            let writer = out.clone();
+            let subscriber =
+                tracing_subscriber::registry().with(lambda_log_lines(json, move || writer.clone()));
+            tracing::subscriber::with_default(subscriber, || {
+                tracing::error!(error = "refused", "cold start failed");
+            });
+            let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+            assert!(text.contains("cold start failed"), "{text}");
+            assert!(
+                !text.contains('\x1b'),
+                "colour codes in CloudWatch: {text:?}"
+            );
+            if json {
+                let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+                assert_eq!(line["level"], "ERROR");
+                assert_eq!(line["fields"]["error"], "refused");
+            }
+        }
+    }
+
+    #[cfg(feature = "lambda")]
+    #[test]
+    fn a_lambda_filters_its_log_by_target_and_level() {
+        use tracing::Level;
+        let on = |f: &tracing_subscriber::filter::Targets, target: &str, level: Level| {
+            f.would_enable(target, &level)
+        };
+        let default = lambda_log_filter(None, None);
+        assert!(on(&default, "shared::pipeline", Level::INFO));
+        assert!(!on(&default, "shared::pipeline", Level::DEBUG));
+
+        let tuned = lambda_log_filter(None, Some("warn, aws_smithy_runtime=debug,shared=trace"));
+        assert!(!on(&tuned, "lambda_runtime", Level::INFO));
+        assert!(on(&tuned, "aws_smithy_runtime::client", Level::DEBUG));
+        assert!(on(&tuned, "shared::pipeline::tag", Level::TRACE));
+
+        // Lambda's logging configuration sets the level; RUST_LOG still tunes targets.
+        let both = lambda_log_filter(Some("ERROR"), Some("debug,shared=info"));
+        assert!(!on(&both, "lambda_runtime", Level::WARN));
+        assert!(on(&both, "shared::lambda", Level::INFO));
+
+        // What EnvFilter alone understands (span and field patterns) or garbage is skipped,
+        // directive by directive, not the whole filter.
+        let odd = lambda_log_filter(
+            Some("nonsense"),
+            Some("shared[run{id=1}]=trace,no=such,aws_sdk_s3=warn"),
+        );
+        assert!(on(&odd, "shared", Level::INFO));
+        assert!(!on(&odd, "shared", Level::TRACE));
+        assert!(!on(&odd, "aws_sdk_s3", Level::INFO));
+    }
 
     #[test]
     fn routes_name_no_document() {
