@@ -223,6 +223,55 @@ fn workers_report_partial_batch_failures_and_model_queues_are_bounded() {
     );
 }
 
+/// The shared crate's build settings for Lambda (`[package.metadata.lambda.build]` config) of
+/// the function that `f` builds.
+fn lambda_build_config(f: &Value) -> String {
+    let binary = f["Metadata"]["BuildProperties"]["Binary"]
+        .as_str()
+        .expect("BuildProperties.Binary");
+    let name = binary.strip_prefix("pai-").expect("pai-<name>");
+    let manifest = workspace_root()
+        .join("functions")
+        .join(name)
+        .join("Cargo.toml");
+    let cargo = std::fs::read_to_string(&manifest).expect("the function's Cargo.toml");
+    let build = cargo
+        .split_once("[package.metadata.lambda.build]")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    build.split("\n[").next().unwrap_or_default().to_string()
+}
+
+/// A function built with `panic = "abort"` loses its whole invocation to a panic, so it may
+/// consume batches of one message only: a panicking message must fail alone.
+#[test]
+fn a_function_that_aborts_on_panic_takes_one_message_at_a_time() {
+    let t = template::load();
+    let consumers = consumers(&t);
+    let mut aborting = BTreeSet::new();
+    for (id, f) in functions(&t) {
+        let config = lambda_build_config(&f);
+        assert!(
+            config.contains("config = ["),
+            "{id}: no Lambda build config"
+        );
+        if config.contains(r#"'profile.release.panic="abort"'"#) {
+            aborting.insert(id);
+        }
+    }
+    for (queue, (fn_id, _, ev)) in &consumers {
+        let batch = ev["Properties"]["BatchSize"].as_u64().unwrap_or(10);
+        assert!(
+            batch == 1 || !aborting.contains(fn_id),
+            "{fn_id} aborts on a panic but takes {batch} messages of {queue} at a time"
+        );
+    }
+    assert!(
+        aborting.contains("TagFunction") && !aborting.contains("ChunkFunction"),
+        "the build settings are read: {aborting:?}"
+    );
+}
+
 #[test]
 fn the_vector_index_survives_the_stack() {
     let t = template::load();

@@ -1,5 +1,6 @@
 //! The SQS doors of the chunk, embed and tag functions, one per stage: Lambda's counterpart of `pai`'s queue
-//! consumers. Each record runs in its own task (a panic fails that message only); a transient
+//! consumers. Each record runs in its own task (a panic fails that message only: chunk and embed
+//! are built to unwind for it; tag takes one message per batch and aborts); a transient
 //! failure gets the back-off of `pipeline::healing` (ChangeMessageVisibility) and is reported
 //! back as a batch item failure so SQS redelivers just that message then (and dead-letters it
 //! after `maxReceiveCount`); a call refused by an open circuit breaker is deferred (a delayed
