@@ -339,26 +339,28 @@ fn lambda_log_filter(
 ) -> tracing_subscriber::filter::Targets {
     use std::str::FromStr;
     use tracing_subscriber::filter::{LevelFilter, Targets};
-    let directives: Vec<(&str, Targets)> = rust_log
+    // A bare level parses to a filter with only a default, `target=level` to one without.
+    let directives: Vec<Targets> = rust_log
         .unwrap_or_default()
         .split(',')
         .map(str::trim)
         .filter(|d| !d.is_empty())
-        .filter_map(|d| Targets::from_str(d).ok().map(|t| (d, t)))
+        .filter_map(|d| Targets::from_str(d).ok())
         .collect();
     let default = lambda_level
         .and_then(|l| LevelFilter::from_str(l.trim()).ok())
         .or_else(|| {
-            let bare = directives.iter().filter(|(d, _)| !d.contains('='));
-            bare.filter_map(|(_, t)| t.default_level()).next_back()
+            directives
+                .iter()
+                .filter_map(Targets::default_level)
+                .next_back()
         })
         .unwrap_or(LevelFilter::INFO);
-    let by_target = directives.into_iter().filter(|(d, _)| d.contains('='));
-    let mut filter = Targets::new().with_default(default);
-    for (_, targets) in by_target {
-        filter = filter.with_targets(targets);
-    }
-    filter
+    directives
+        .into_iter()
+        .fold(Targets::new().with_default(default), |filter, targets| {
+            filter.with_targets(targets)
+        })
 }
 
 /// Exports the buffered spans without holding up the async runtime: what a Lambda does at the

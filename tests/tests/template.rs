@@ -80,15 +80,7 @@ fn every_function_is_an_arm64_binary_of_this_workspace() {
             .as_str()
             .unwrap_or_else(|| panic!("{id} has no BuildProperties.Binary"))
             .to_string();
-        let name = binary
-            .strip_prefix("pai-")
-            .unwrap_or_else(|| panic!("{id}: binary {binary} is not pai-<name>"));
-        let manifest = workspace_root()
-            .join("functions")
-            .join(name)
-            .join("Cargo.toml");
-        let cargo = std::fs::read_to_string(&manifest)
-            .unwrap_or_else(|e| panic!("{id}: {} ({e})", manifest.display()));
+        let (manifest, cargo) = function_manifest(id, f);
         assert!(
             cargo.contains(&format!("name = \"{binary}\"")),
             "{id}: {} declares no binary {binary}",
@@ -223,18 +215,26 @@ fn workers_report_partial_batch_failures_and_model_queues_are_bounded() {
     );
 }
 
-/// The shared crate's build settings for Lambda (`[package.metadata.lambda.build]` config) of
-/// the function that `f` builds.
-fn lambda_build_config(f: &Value) -> String {
+/// The manifest (path and text) of the function crate that template function `f` builds.
+fn function_manifest(id: &str, f: &Value) -> (std::path::PathBuf, String) {
     let binary = f["Metadata"]["BuildProperties"]["Binary"]
         .as_str()
-        .expect("BuildProperties.Binary");
-    let name = binary.strip_prefix("pai-").expect("pai-<name>");
+        .unwrap_or_else(|| panic!("{id} has no BuildProperties.Binary"));
+    let name = binary
+        .strip_prefix("pai-")
+        .unwrap_or_else(|| panic!("{id}: binary {binary} is not pai-<name>"));
     let manifest = workspace_root()
         .join("functions")
         .join(name)
         .join("Cargo.toml");
-    let cargo = std::fs::read_to_string(&manifest).expect("the function's Cargo.toml");
+    let cargo = std::fs::read_to_string(&manifest)
+        .unwrap_or_else(|e| panic!("{id}: {} ({e})", manifest.display()));
+    (manifest, cargo)
+}
+
+/// The function crate's Lambda build settings (its `[package.metadata.lambda.build]` table).
+fn lambda_build_config(id: &str, f: &Value) -> String {
+    let (_, cargo) = function_manifest(id, f);
     let build = cargo
         .split_once("[package.metadata.lambda.build]")
         .map(|(_, b)| b.to_string())
@@ -250,7 +250,7 @@ fn a_function_that_aborts_on_panic_takes_one_message_at_a_time() {
     let consumers = consumers(&t);
     let mut aborting = BTreeSet::new();
     for (id, f) in functions(&t) {
-        let config = lambda_build_config(&f);
+        let config = lambda_build_config(&id, &f);
         assert!(
             config.contains("config = ["),
             "{id}: no Lambda build config"
