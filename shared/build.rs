@@ -3,8 +3,10 @@
 //!
 //! Turns tiktoken's cl100k vocabulary (`data/cl100k_base.tiktoken`: one `base64 rank` line per
 //! token) into the form `src/cl100k.rs` reads in place: every token's bytes back to back in
-//! rank order, and where each ends (u32, little-endian). Read in place, the vocabulary costs
-//! no heap and no decoding at start-up, and the binary carries 1.0 MiB instead of 1.7.
+//! rank order, and each token's length (one byte: no token is longer than 255). Read in place,
+//! the vocabulary needs no decoding at start-up, and the binary carries 0.7 MiB instead of 1.7
+//! (lengths rather than u32 ends: 0.29 MiB less in chunk, tag and chat, whose size is cold-start
+//! time; the ends are summed at start-up into 0.4 MiB of heap).
 
 use std::io::Write;
 
@@ -73,7 +75,7 @@ fn vocabulary() {
     let source = "data/cl100k_base.tiktoken";
     println!("cargo::rerun-if-changed={source}");
     let text = std::fs::read_to_string(source).expect("the cl100k vocabulary");
-    let (mut arena, mut ends) = (Vec::new(), Vec::new());
+    let (mut arena, mut lengths) = (Vec::new(), Vec::new());
     for (n, line) in text.lines().enumerate() {
         let (token, rank) = line
             .split_once(' ')
@@ -85,16 +87,19 @@ fn vocabulary() {
             "{source} line {}",
             n + 1
         );
-        arena.extend(decode_base64(token).unwrap_or_else(|| panic!("{source} line {}", n + 1)));
-        ends.extend((arena.len() as u32).to_le_bytes());
+        let bytes = decode_base64(token).unwrap_or_else(|| panic!("{source} line {}", n + 1));
+        let length = u8::try_from(bytes.len())
+            .unwrap_or_else(|_| panic!("{source} line {}: longer than 255 bytes", n + 1));
+        arena.extend(bytes);
+        lengths.push(length);
     }
     let out = std::path::PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
     std::fs::File::create(out.join("cl100k.tokens"))
         .and_then(|mut f| f.write_all(&arena))
         .expect("writing cl100k.tokens");
-    std::fs::File::create(out.join("cl100k.ends"))
-        .and_then(|mut f| f.write_all(&ends))
-        .expect("writing cl100k.ends");
+    std::fs::File::create(out.join("cl100k.lengths"))
+        .and_then(|mut f| f.write_all(&lengths))
+        .expect("writing cl100k.lengths");
 }
 
 /// Standard base64 with padding, as tiktoken writes it; `None` for anything else.

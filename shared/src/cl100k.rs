@@ -5,9 +5,10 @@
 //! allocation per token each) plus 128 clones of its splitting regex, about 24 MiB resident
 //! once loaded — more than the rest of an idle `pai serve`. Counting needs only bytes → rank:
 //! here the 100,256 tokens are read in place from the binary (their bytes back to back and
-//! where each ends, 1 MiB, made by `build.rs` from the vocabulary file tiktoken publishes in
-//! `shared/data/`), found through a hash table of ranks (0.6 MiB, built on first use). A test
-//! checks every count and every cut against tiktoken-rs.
+//! each one's length, 0.7 MiB, made by `build.rs` from the vocabulary file tiktoken publishes
+//! in `shared/data/`), found through a hash table of ranks (0.6 MiB, built on first use with
+//! where each token ends, 0.4 MiB). A test checks every count and every cut against
+//! tiktoken-rs.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault};
@@ -27,9 +28,8 @@ const PATTERN: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3
 pub struct Cl100k {
     /// Every token's bytes, back to back in rank order (built by `build.rs`).
     tokens: &'static [u8],
-    /// Where token `rank` ends in `tokens`, u32 little-endian (it starts where `rank - 1`
-    /// ends).
-    ends: &'static [u8],
+    /// Where token `rank` ends in `tokens` (it starts where `rank - 1` ends).
+    ends: Box<[u32]>,
     /// Ranks, found by the hash of their bytes: four bytes a token.
     table: HashTable<Rank>,
     pieces: Regex,
@@ -37,12 +37,12 @@ pub struct Cl100k {
 }
 
 static TOKENS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cl100k.tokens"));
-static ENDS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cl100k.ends"));
+static LENGTHS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cl100k.lengths"));
 
 /// The process's encoder, built on first use (a few ms: the hash table).
 pub fn cl100k() -> &'static Cl100k {
     static ENCODER: OnceLock<Cl100k> = OnceLock::new();
-    ENCODER.get_or_init(|| Cl100k::new(TOKENS, ENDS))
+    ENCODER.get_or_init(|| Cl100k::new(TOKENS, LENGTHS))
 }
 
 fn hash(bytes: &[u8]) -> u64 {
@@ -50,12 +50,18 @@ fn hash(bytes: &[u8]) -> u64 {
 }
 
 impl Cl100k {
-    fn new(tokens: &'static [u8], ends: &'static [u8]) -> Cl100k {
-        let count = ends.len() / 4;
-        let mut table = HashTable::with_capacity(count);
-        for rank in 0..count as Rank {
-            let bytes = token_of(tokens, ends, rank);
-            table.insert_unique(hash(bytes), rank, |&r| hash(token_of(tokens, ends, r)));
+    fn new(tokens: &'static [u8], lengths: &[u8]) -> Cl100k {
+        let ends: Box<[u32]> = lengths
+            .iter()
+            .scan(0u32, |end, &length| {
+                *end += u32::from(length);
+                Some(*end)
+            })
+            .collect();
+        let mut table = HashTable::with_capacity(ends.len());
+        for rank in 0..ends.len() as Rank {
+            let bytes = token_of(tokens, &ends, rank);
+            table.insert_unique(hash(bytes), rank, |&r| hash(token_of(tokens, &ends, r)));
         }
         Cl100k {
             tokens,
@@ -67,7 +73,7 @@ impl Cl100k {
     }
 
     fn token(&self, rank: Rank) -> &[u8] {
-        token_of(self.tokens, self.ends, rank)
+        token_of(self.tokens, &self.ends, rank)
     }
 
     /// The pre-tokenizer's pieces of `text`: tokens never cross them.
@@ -225,13 +231,12 @@ impl MergeMemo {
     }
 }
 
-fn token_of<'a>(tokens: &'a [u8], ends: &[u8], rank: Rank) -> &'a [u8] {
-    let end = |r: usize| u32::from_le_bytes(ends[4 * r..4 * r + 4].try_into().expect("4 bytes"));
+fn token_of<'a>(tokens: &'a [u8], ends: &[u32], rank: Rank) -> &'a [u8] {
     let start = match rank {
         0 => 0,
-        r => end(r as usize - 1) as usize,
+        r => ends[r as usize - 1] as usize,
     };
-    &tokens[start..end(rank as usize) as usize]
+    &tokens[start..ends[rank as usize] as usize]
 }
 
 /// One text tokenized once, so that the count of any slice of it comes from sums over the
