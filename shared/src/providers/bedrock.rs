@@ -30,10 +30,11 @@ use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
 use super::AwsConfig;
+use super::embedding::EmbeddingRequest;
 use super::llm::{Completion, Message, answer_messages, cited};
 use crate::config::ConfigError;
 use crate::domain::{Answer, AnswerInput, TagInput};
-use crate::ports::{EmbedKind, Embedder, ModelError, TokenSink, Usage};
+use crate::ports::{EmbedKind, ModelError, TokenSink, Usage};
 use crate::smithy_json::{to_document, to_json};
 
 use super::names::bedrock::Family;
@@ -692,7 +693,7 @@ fn estimated_tokens(texts: &[String]) -> u64 {
 }
 
 #[async_trait]
-impl Embedder for BedrockEmbedder {
+impl EmbeddingRequest for BedrockEmbedder {
     fn space(&self) -> &str {
         &self.space
     }
@@ -701,17 +702,6 @@ impl Embedder for BedrockEmbedder {
         self.dimension
     }
 
-    async fn embed(&self, texts: &[String]) -> Result<(Vec<Vec<f32>>, Usage), ModelError> {
-        self.embed_as(EmbedKind::Document, texts).await
-    }
-
-    async fn embed_query(&self, text: &str) -> Result<(Vec<f32>, Usage), ModelError> {
-        let (mut v, usage) = self.embed_as(EmbedKind::Query, &[text.to_string()]).await?;
-        Ok((v.pop().unwrap_or_default(), usage))
-    }
-}
-
-impl BedrockEmbedder {
     /// Titan Text Embeddings take no input type (AWS documents one request shape for queries
     /// and documents alike); Cohere Embed takes `search_query` / `search_document`.
     async fn embed_as(
@@ -719,9 +709,6 @@ impl BedrockEmbedder {
         kind: EmbedKind,
         texts: &[String],
     ) -> Result<(Vec<Vec<f32>>, Usage), ModelError> {
-        if texts.is_empty() {
-            return Ok((Vec::new(), Usage::default()));
-        }
         let client = self.client.get().await?;
         let mut vectors = Vec::with_capacity(texts.len());
         let mut tokens = 0;
@@ -777,7 +764,7 @@ mod tests {
 
     use super::*;
     use crate::domain::{DocId, Field, Passage, Taxonomy};
-    use crate::ports::ChatModel;
+    use crate::ports::{ChatModel, Embedder};
     use crate::providers::llm::tag_schema;
     use crate::text::{count_tokens, fit_head_tail};
 
@@ -1256,7 +1243,10 @@ mod tests {
             });
         let e = BedrockEmbedder::with_client(client(&[&rule], RuleMode::MatchAny), None, Some(512))
             .unwrap();
-        assert_eq!(e.space(), "bedrock/amazon.titan-embed-text-v2:0/512");
+        assert_eq!(
+            Embedder::space(&e),
+            "bedrock/amazon.titan-embed-text-v2:0/512"
+        );
         let texts: Vec<String> = (0..30).map(|i| format!("text {i}")).collect();
         let (vectors, usage) = e.embed(&texts).await.unwrap();
         let firsts: Vec<f32> = vectors.iter().map(|v| v[0]).collect();
@@ -1298,7 +1288,7 @@ mod tests {
             None,
         )
         .unwrap();
-        assert_eq!(e.dimension(), 1024);
+        assert_eq!(Embedder::dimension(&e), 1024);
         let texts: Vec<String> = (0..200).map(|i| format!("text {i}")).collect();
         let (vectors, usage) = e.embed(&texts).await.unwrap();
         let firsts: Vec<f32> = vectors.iter().map(|v| v[0]).collect();
@@ -1363,8 +1353,8 @@ mod tests {
         let make = |model: Option<&str>, dims| {
             BedrockEmbedder::new(&AwsConfig::DefaultChain, None, model, dims)
         };
-        assert_eq!(make(None, None).unwrap().dimension(), 1024);
-        assert_eq!(make(None, Some(256)).unwrap().dimension(), 256);
+        assert_eq!(Embedder::dimension(&make(None, None).unwrap()), 1024);
+        assert_eq!(Embedder::dimension(&make(None, Some(256)).unwrap()), 256);
         let err = make(None, Some(300)).err().unwrap();
         assert_eq!(err.var, "EMBEDDING_DIMENSIONS");
         assert!(err.message.contains("1024, 512, 256"), "{}", err.message);
@@ -1373,7 +1363,7 @@ mod tests {
             .unwrap();
         assert_eq!(err.var, "EMBEDDING_DIMENSIONS");
         assert_eq!(
-            make(Some("cohere.embed-v4:0"), None).unwrap().space(),
+            Embedder::space(&make(Some("cohere.embed-v4:0"), None).unwrap()),
             "bedrock/cohere.embed-v4:0/1536"
         );
         let err = make(Some("amazon.nova-pro-v1:0"), None).err().unwrap();

@@ -2,6 +2,7 @@
 
 #[cfg(feature = "bedrock")]
 pub mod bedrock;
+pub mod embedding;
 pub mod lexical;
 pub mod llm;
 pub mod marking;

@@ -8,11 +8,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
+use super::embedding::EmbeddingRequest;
 use super::llm::{Completion, Message, answer_messages, cited};
 use super::marking::Marking;
 use super::openai::{Client, read_lines};
 use crate::domain::{Answer, AnswerInput};
-use crate::ports::{EmbedKind, Embedder, ModelError, TokenSink, Usage};
+use crate::ports::{EmbedKind, ModelError, TokenSink, Usage};
 
 pub const DEFAULT_BASE_URL: &str = "http://localhost:11434";
 pub use super::names::{
@@ -177,15 +178,23 @@ impl OllamaEmbedder {
         self.marking = marking;
         self
     }
+}
+
+#[async_trait]
+impl EmbeddingRequest for OllamaEmbedder {
+    fn space(&self) -> &str {
+        &self.space
+    }
+
+    fn dimension(&self) -> usize {
+        self.dimension
+    }
 
     async fn embed_as(
         &self,
         kind: EmbedKind,
         texts: &[String],
     ) -> Result<(Vec<Vec<f32>>, Usage), ModelError> {
-        if texts.is_empty() {
-            return Ok((Vec::new(), Usage::default()));
-        }
         let input: Vec<String> = texts.iter().map(|t| self.marking.text(kind, t)).collect();
         let reply = self
             .client
@@ -227,25 +236,5 @@ impl OllamaEmbedder {
                 cost_usd: 0.0,
             },
         ))
-    }
-}
-
-#[async_trait]
-impl Embedder for OllamaEmbedder {
-    fn space(&self) -> &str {
-        &self.space
-    }
-
-    fn dimension(&self) -> usize {
-        self.dimension
-    }
-
-    async fn embed(&self, texts: &[String]) -> Result<(Vec<Vec<f32>>, Usage), ModelError> {
-        self.embed_as(EmbedKind::Document, texts).await
-    }
-
-    async fn embed_query(&self, text: &str) -> Result<(Vec<f32>, Usage), ModelError> {
-        let (mut v, usage) = self.embed_as(EmbedKind::Query, &[text.to_string()]).await?;
-        Ok((v.pop().unwrap_or_default(), usage))
     }
 }
