@@ -30,7 +30,7 @@ use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
 use super::AwsConfig;
-use super::embedding::EmbeddingRequest;
+use super::embedding::{EmbeddingModel, EmbeddingRequest};
 use super::llm::{Completion, Message, answer_messages, cited};
 use crate::config::ConfigError;
 use crate::domain::{Answer, AnswerInput, TagInput};
@@ -547,10 +547,8 @@ impl Completion for BedrockChat {
 
 pub struct BedrockEmbedder {
     client: LazyClient,
-    model: String,
+    model: EmbeddingModel,
     family: Family,
-    dimension: usize,
-    space: String,
 }
 
 impl BedrockEmbedder {
@@ -587,25 +585,26 @@ impl BedrockEmbedder {
         let (family, dimension) = super::names::bedrock::embedding(&model, dimensions)?;
         Ok(BedrockEmbedder {
             client,
-            space: super::names::space("bedrock", &model, dimension, None),
-            model,
+            model: EmbeddingModel::new("bedrock", model, dimension, None),
             family,
-            dimension,
         })
     }
 
     async fn invoke(&self, client: &Client, body: &Value) -> Result<Value, ModelError> {
         let out = client
             .invoke_model()
-            .model_id(&self.model)
+            .model_id(self.model.name())
             .content_type("application/json")
             .accept("application/json")
             .body(Blob::new(body.to_string()))
             .send()
             .await
-            .map_err(|e| model_error(e, &self.model, "EMBEDDING_MODEL"))?;
+            .map_err(|e| model_error(e, self.model.name(), "EMBEDDING_MODEL"))?;
         serde_json::from_slice(out.body.as_ref()).map_err(|e| {
-            ModelError::InvalidReply(format!("bedrock {}: reply is not JSON: {e}", self.model))
+            ModelError::InvalidReply(format!(
+                "bedrock {}: reply is not JSON: {e}",
+                self.model.name()
+            ))
         })
     }
 
@@ -617,11 +616,11 @@ impl BedrockEmbedder {
             .filter_map(Value::as_f64)
             .map(|x| x as f32)
             .collect();
-        if v.len() != self.dimension {
+        if v.len() != self.model.dimension() {
             return Err(ModelError::InvalidReply(format!(
                 "embedding has {} dimensions, expected {}",
                 v.len(),
-                self.dimension
+                self.model.dimension()
             )));
         }
         Ok(v)
@@ -629,7 +628,7 @@ impl BedrockEmbedder {
 
     async fn titan(&self, client: &Client, text: &str) -> Result<(Vec<f32>, u64), ModelError> {
         let body = if self.family == Family::TitanV2 {
-            json!({"inputText": text, "dimensions": self.dimension, "normalize": true})
+            json!({"inputText": text, "dimensions": self.model.dimension(), "normalize": true})
         } else {
             json!({"inputText": text})
         };
@@ -653,7 +652,7 @@ impl BedrockEmbedder {
         let mut body =
             json!({"texts": texts, "input_type": input_type, "embedding_types": ["float"]});
         if self.family == Family::CohereV4 {
-            body["output_dimension"] = json!(self.dimension);
+            body["output_dimension"] = json!(self.model.dimension());
         }
         let reply = self.invoke(client, &body).await?;
         // `embeddings` is `{float: [...]}` when types were asked for, a bare list otherwise.
@@ -694,12 +693,8 @@ fn estimated_tokens(texts: &[String]) -> u64 {
 
 #[async_trait]
 impl EmbeddingRequest for BedrockEmbedder {
-    fn space(&self) -> &str {
-        &self.space
-    }
-
-    fn dimension(&self) -> usize {
-        self.dimension
+    fn model(&self) -> &EmbeddingModel {
+        &self.model
     }
 
     /// Titan Text Embeddings take no input type (AWS documents one request shape for queries
@@ -1243,10 +1238,7 @@ mod tests {
             });
         let e = BedrockEmbedder::with_client(client(&[&rule], RuleMode::MatchAny), None, Some(512))
             .unwrap();
-        assert_eq!(
-            Embedder::space(&e),
-            "bedrock/amazon.titan-embed-text-v2:0/512"
-        );
+        assert_eq!(e.space(), "bedrock/amazon.titan-embed-text-v2:0/512");
         let texts: Vec<String> = (0..30).map(|i| format!("text {i}")).collect();
         let (vectors, usage) = e.embed(&texts).await.unwrap();
         let firsts: Vec<f32> = vectors.iter().map(|v| v[0]).collect();
@@ -1288,7 +1280,7 @@ mod tests {
             None,
         )
         .unwrap();
-        assert_eq!(Embedder::dimension(&e), 1024);
+        assert_eq!(e.dimension(), 1024);
         let texts: Vec<String> = (0..200).map(|i| format!("text {i}")).collect();
         let (vectors, usage) = e.embed(&texts).await.unwrap();
         let firsts: Vec<f32> = vectors.iter().map(|v| v[0]).collect();
@@ -1353,8 +1345,8 @@ mod tests {
         let make = |model: Option<&str>, dims| {
             BedrockEmbedder::new(&AwsConfig::DefaultChain, None, model, dims)
         };
-        assert_eq!(Embedder::dimension(&make(None, None).unwrap()), 1024);
-        assert_eq!(Embedder::dimension(&make(None, Some(256)).unwrap()), 256);
+        assert_eq!(make(None, None).unwrap().dimension(), 1024);
+        assert_eq!(make(None, Some(256)).unwrap().dimension(), 256);
         let err = make(None, Some(300)).err().unwrap();
         assert_eq!(err.var, "EMBEDDING_DIMENSIONS");
         assert!(err.message.contains("1024, 512, 256"), "{}", err.message);
@@ -1363,7 +1355,7 @@ mod tests {
             .unwrap();
         assert_eq!(err.var, "EMBEDDING_DIMENSIONS");
         assert_eq!(
-            Embedder::space(&make(Some("cohere.embed-v4:0"), None).unwrap()),
+            make(Some("cohere.embed-v4:0"), None).unwrap().space(),
             "bedrock/cohere.embed-v4:0/1536"
         );
         let err = make(Some("amazon.nova-pro-v1:0"), None).err().unwrap();

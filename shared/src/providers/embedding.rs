@@ -4,14 +4,76 @@
 
 use async_trait::async_trait;
 
+use super::marking::Marking;
 use crate::ports::{EmbedKind, Embedder, ModelError, Usage};
+
+/// An embedding model as its vectors are named: provider, model, dimension and how queries
+/// and documents are marked, from which its space follows (`names::space`).
+pub struct EmbeddingModel {
+    provider: &'static str,
+    name: String,
+    dimension: usize,
+    marking: Option<Marking>,
+    space: String,
+}
+
+impl EmbeddingModel {
+    pub fn new(
+        provider: &'static str,
+        name: String,
+        dimension: usize,
+        marking: Option<Marking>,
+    ) -> EmbeddingModel {
+        let space = super::names::space(provider, &name, dimension, marking.as_ref());
+        EmbeddingModel {
+            provider,
+            name,
+            dimension,
+            marking,
+            space,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn dimension(&self) -> usize {
+        self.dimension
+    }
+
+    pub fn space(&self) -> &str {
+        &self.space
+    }
+
+    /// How queries and documents are marked from now on; the space follows.
+    pub fn set_marking(&mut self, marking: Marking) {
+        *self = EmbeddingModel::new(
+            self.provider,
+            std::mem::take(&mut self.name),
+            self.dimension,
+            Some(marking),
+        );
+    }
+
+    /// The text as the model should see it.
+    pub fn text(&self, kind: EmbedKind, text: &str) -> String {
+        match &self.marking {
+            Some(marking) => marking.text(kind, text),
+            None => text.to_string(),
+        }
+    }
+
+    /// The `input_type` to send, if any.
+    pub fn input_type(&self, kind: EmbedKind) -> Option<&str> {
+        self.marking.as_ref()?.input_type(kind)
+    }
+}
 
 /// What a model provider's embedder implements; [`Embedder`] follows.
 #[async_trait]
 pub trait EmbeddingRequest: Send + Sync {
-    /// As [`Embedder::space`].
-    fn space(&self) -> &str;
-    fn dimension(&self) -> usize;
+    fn model(&self) -> &EmbeddingModel;
     /// One call for `texts` (never empty), all of one kind.
     async fn embed_as(
         &self,
@@ -23,11 +85,11 @@ pub trait EmbeddingRequest: Send + Sync {
 #[async_trait]
 impl<T: EmbeddingRequest> Embedder for T {
     fn space(&self) -> &str {
-        EmbeddingRequest::space(self)
+        self.model().space()
     }
 
     fn dimension(&self) -> usize {
-        EmbeddingRequest::dimension(self)
+        self.model().dimension()
     }
 
     async fn embed(&self, texts: &[String]) -> Result<(Vec<Vec<f32>>, Usage), ModelError> {
@@ -58,7 +120,7 @@ async fn checked<T: EmbeddingRequest + ?Sized>(
             texts.len()
         )));
     }
-    let dimension = embedder.dimension();
+    let dimension = embedder.model().dimension();
     if let Some(v) = vectors.iter().find(|v| v.len() != dimension) {
         return Err(ModelError::InvalidReply(format!(
             "embedding has {} dimensions, expected {dimension}",
@@ -76,6 +138,7 @@ mod tests {
 
     /// Replies with `vectors` vectors of `dimension` numbers, whatever it is asked.
     struct Replying {
+        model: EmbeddingModel,
         vectors: usize,
         dimension: usize,
         calls: AtomicUsize,
@@ -83,12 +146,8 @@ mod tests {
 
     #[async_trait]
     impl EmbeddingRequest for Replying {
-        fn space(&self) -> &str {
-            "test"
-        }
-
-        fn dimension(&self) -> usize {
-            4
+        fn model(&self) -> &EmbeddingModel {
+            &self.model
         }
 
         async fn embed_as(
@@ -106,6 +165,7 @@ mod tests {
 
     fn replying(vectors: usize, dimension: usize) -> Replying {
         Replying {
+            model: EmbeddingModel::new("test", "model".into(), 4, None),
             vectors,
             dimension,
             calls: AtomicUsize::new(0),

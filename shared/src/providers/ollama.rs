@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
-use super::embedding::EmbeddingRequest;
+use super::embedding::{EmbeddingModel, EmbeddingRequest};
 use super::llm::{Completion, Message, answer_messages, cited};
 use super::marking::Marking;
 use super::openai::{Client, read_lines};
@@ -141,10 +141,7 @@ impl Completion for OllamaChat {
 
 pub struct OllamaEmbedder {
     client: Client,
-    model: String,
-    dimension: usize,
-    marking: Marking,
-    space: String,
+    model: EmbeddingModel,
 }
 
 impl OllamaEmbedder {
@@ -164,30 +161,22 @@ impl OllamaEmbedder {
         let marking = Marking::new(&model, None, None, None);
         Ok(OllamaEmbedder {
             client,
-            space: super::names::space("ollama", &model, dimension, Some(&marking)),
-            model,
-            dimension,
-            marking,
+            model: EmbeddingModel::new("ollama", model, dimension, Some(marking)),
         })
     }
 
     /// How queries and documents are marked (Ollama's API has no input type: prefixes
     /// only), replacing the model's default; the space follows.
     pub fn with_marking(mut self, marking: Marking) -> OllamaEmbedder {
-        self.space = super::names::space("ollama", &self.model, self.dimension, Some(&marking));
-        self.marking = marking;
+        self.model.set_marking(marking);
         self
     }
 }
 
 #[async_trait]
 impl EmbeddingRequest for OllamaEmbedder {
-    fn space(&self) -> &str {
-        &self.space
-    }
-
-    fn dimension(&self) -> usize {
-        self.dimension
+    fn model(&self) -> &EmbeddingModel {
+        &self.model
     }
 
     async fn embed_as(
@@ -195,10 +184,13 @@ impl EmbeddingRequest for OllamaEmbedder {
         kind: EmbedKind,
         texts: &[String],
     ) -> Result<(Vec<Vec<f32>>, Usage), ModelError> {
-        let input: Vec<String> = texts.iter().map(|t| self.marking.text(kind, t)).collect();
+        let input: Vec<String> = texts.iter().map(|t| self.model.text(kind, t)).collect();
         let reply = self
             .client
-            .post("api/embed", &json!({"model": self.model, "input": input}))
+            .post(
+                "api/embed",
+                &json!({"model": self.model.name(), "input": input}),
+            )
             .await?;
         let rows = reply["embeddings"]
             .as_array()
@@ -219,13 +211,6 @@ impl EmbeddingRequest for OllamaEmbedder {
                 .filter_map(Value::as_f64)
                 .map(|x| x as f32)
                 .collect();
-            if v.len() != self.dimension {
-                return Err(ModelError::InvalidReply(format!(
-                    "embedding has {} dimensions, expected {}",
-                    v.len(),
-                    self.dimension
-                )));
-            }
             out.push(v);
         }
         Ok((

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use super::embedding::EmbeddingRequest;
+use super::embedding::{EmbeddingModel, EmbeddingRequest};
 use super::llm::{Completion, Message, answer_messages, cited};
 use super::marking::Marking;
 use crate::config::Secret;
@@ -340,11 +340,8 @@ impl Completion for OpenAiChat {
 
 pub struct OpenAiEmbedder {
     client: Client,
-    model: String,
-    dimension: usize,
+    model: EmbeddingModel,
     send_dimensions: bool,
-    marking: Marking,
-    space: String,
 }
 
 impl OpenAiEmbedder {
@@ -361,31 +358,23 @@ impl OpenAiEmbedder {
         let marking = Marking::new(&model, None, None, None);
         Ok(OpenAiEmbedder {
             client,
-            space: super::names::space("openai", &model, dimension, Some(&marking)),
-            model,
-            dimension,
+            model: EmbeddingModel::new("openai", model, dimension, Some(marking)),
             send_dimensions: dimensions.is_some(),
-            marking,
         })
     }
 
     /// How queries and documents are marked (prefixes, input types), replacing the model's
     /// default; the space follows.
     pub fn with_marking(mut self, marking: Marking) -> OpenAiEmbedder {
-        self.space = super::names::space("openai", &self.model, self.dimension, Some(&marking));
-        self.marking = marking;
+        self.model.set_marking(marking);
         self
     }
 }
 
 #[async_trait]
 impl EmbeddingRequest for OpenAiEmbedder {
-    fn space(&self) -> &str {
-        &self.space
-    }
-
-    fn dimension(&self) -> usize {
-        self.dimension
+    fn model(&self) -> &EmbeddingModel {
+        &self.model
     }
 
     async fn embed_as(
@@ -393,12 +382,12 @@ impl EmbeddingRequest for OpenAiEmbedder {
         kind: EmbedKind,
         texts: &[String],
     ) -> Result<(Vec<Vec<f32>>, Usage), ModelError> {
-        let input: Vec<String> = texts.iter().map(|t| self.marking.text(kind, t)).collect();
-        let mut body = json!({"model": self.model, "input": input});
+        let input: Vec<String> = texts.iter().map(|t| self.model.text(kind, t)).collect();
+        let mut body = json!({"model": self.model.name(), "input": input});
         if self.send_dimensions {
-            body["dimensions"] = json!(self.dimension);
+            body["dimensions"] = json!(self.model.dimension());
         }
-        if let Some(input_type) = self.marking.input_type(kind) {
+        if let Some(input_type) = self.model.input_type(kind) {
             body["input_type"] = json!(input_type);
         }
         let reply = self.client.post("embeddings", &body).await?;
@@ -415,13 +404,6 @@ impl EmbeddingRequest for OpenAiEmbedder {
                 .filter_map(Value::as_f64)
                 .map(|x| x as f32)
                 .collect();
-            if v.len() != self.dimension {
-                return Err(ModelError::InvalidReply(format!(
-                    "embedding has {} dimensions, expected {}",
-                    v.len(),
-                    self.dimension
-                )));
-            }
             *out.get_mut(index).ok_or_else(|| {
                 ModelError::InvalidReply(format!("embedding index {index} out of range"))
             })? = Some(v);
