@@ -158,5 +158,17 @@ fn sam_builds_each_function_as_its_own_package() {
         ] {
             assert!(manifest.contains(&wanted), "{path} lacks {wanted}");
         }
+        // Linked without unwind tables exactly when it aborts: an unwinding binary without them
+        // would abort on its first panic and lose the rest of its batch (functions/link.rs).
+        assert!(
+            manifest.contains("\nbuild = \"../link.rs\"\n"),
+            "{path} lacks its build script"
+        );
+        let aborts = manifest.contains("'profile.release.panic=\"abort\"'");
+        let without_tables = manifest.contains("'env.PAI_LINK_WITHOUT_UNWIND_TABLES=\"1\"'");
+        assert_eq!(
+            aborts, without_tables,
+            "{path}: aborts {aborts}, without unwind tables {without_tables}"
+        );
     }
 }
