@@ -6,7 +6,7 @@
 //! rank order, and each token's length (one byte: no token is longer than 255). Read in place,
 //! the vocabulary needs no decoding at start-up, and the binary carries 0.7 MiB instead of 1.7
 //! (lengths rather than u32 ends: 0.29 MiB less in chunk, tag and chat, whose size is cold-start
-//! time; the ends are summed at start-up into 0.4 MiB of heap).
+//! time; the ends are summed into 0.4 MiB of heap when the tokenizer is first used).
 
 use std::io::Write;
 

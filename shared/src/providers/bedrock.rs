@@ -608,22 +608,14 @@ impl BedrockEmbedder {
         })
     }
 
+    /// One vector of a reply (its dimension is checked with the others: `embedding::checked`).
     fn vector(&self, v: &Value) -> Result<Vec<f32>, ModelError> {
-        let v: Vec<f32> = v
-            .as_array()
+        Ok(v.as_array()
             .ok_or_else(|| ModelError::InvalidReply("embedding is not an array".into()))?
             .iter()
             .filter_map(Value::as_f64)
             .map(|x| x as f32)
-            .collect();
-        if v.len() != self.model.dimension() {
-            return Err(ModelError::InvalidReply(format!(
-                "embedding has {} dimensions, expected {}",
-                v.len(),
-                self.model.dimension()
-            )));
-        }
-        Ok(v)
+            .collect())
     }
 
     async fn titan(&self, client: &Client, text: &str) -> Result<(Vec<f32>, u64), ModelError> {

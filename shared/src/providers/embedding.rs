@@ -48,12 +48,8 @@ impl EmbeddingModel {
 
     /// How queries and documents are marked from now on; the space follows.
     pub fn set_marking(&mut self, marking: Marking) {
-        *self = EmbeddingModel::new(
-            self.provider,
-            std::mem::take(&mut self.name),
-            self.dimension,
-            Some(marking),
-        );
+        self.space = super::names::space(self.provider, &self.name, self.dimension, Some(&marking));
+        self.marking = Some(marking);
     }
 
     /// The text as the model should see it.

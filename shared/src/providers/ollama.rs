@@ -195,13 +195,6 @@ impl EmbeddingRequest for OllamaEmbedder {
         let rows = reply["embeddings"]
             .as_array()
             .ok_or_else(|| ModelError::InvalidReply("embed reply has no embeddings".into()))?;
-        if rows.len() != texts.len() {
-            return Err(ModelError::InvalidReply(format!(
-                "{} embeddings for {} inputs",
-                rows.len(),
-                texts.len()
-            )));
-        }
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let v: Vec<f32> = row
